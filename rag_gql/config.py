@@ -1,0 +1,77 @@
+"""Settings: the only reader of the environment (and of a `.env` file).
+
+The names are a contract with deployments: `DATABASE_URL`, `DATA_DIR`, `OLLAMA_URL`, ...
+(see the README for the table).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the service, read from the environment and `.env`.
+
+    Units: sizes in characters, durations in seconds unless the name says otherwise.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL; unset starts an embedded server under DATA_DIR.",
+    )
+    data_dir: Path = Path(".rag-gql")
+
+    ollama_url: str = "http://127.0.0.1:11434"
+    ollama_embed_model: str = "nomic-embed-text"
+    ollama_chat_model: str = "llama3.2"
+    ollama_timeout: float = Field(default=120.0, gt=0)
+    embed_dim: int = Field(default=768, gt=0, le=16000)
+    embed_batch_size: int = Field(default=64, gt=0)
+
+    chunk_size: int = Field(default=1000, ge=100)
+    chunk_overlap: int = Field(default=150, ge=0)
+
+    jwt_secret: SecretStr | None = None
+    access_token_ttl: int = Field(default=3600, gt=0, description="Seconds.")
+
+    otp_ttl: int = Field(default=600, gt=0, description="Seconds an emailed code stays valid.")
+    otp_max_attempts: int = Field(default=5, gt=0)
+
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_timeout: float = 30.0
+    mail_from: str = "rag-gql <no-reply@localhost>"
+
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    search_max_k: int = Field(default=50, gt=0)
+    hnsw_ef_search: int = Field(default=100, gt=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
+        return self
+
+    def resolved_jwt_secret(self) -> bytes:
+        """Returns JWT_SECRET, or a random secret generated once and kept in DATA_DIR.
+
+        Raises:
+            OSError: when DATA_DIR cannot be created or written.
+        """
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value().encode()
+        path = self.data_dir / "jwt_secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(48))
+        return path.read_text().strip().encode()

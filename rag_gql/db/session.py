@@ -1,0 +1,62 @@
+"""Engine and units of work.
+
+`Database.transaction(workspace_id)` is the one way code touches tables: one transaction that
+commits on success and rolls back on any exception, with the tenant set transaction-locally
+(`set_config('app.workspace_id', ..., true)`, safe with pooled connections) for the row-level
+security policies of the workspaces issue.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+
+def normalize_url(url: str) -> str:
+    """Returns a SQLAlchemy asyncpg URL for any PostgreSQL URL.
+
+    Accepts `postgres://`, `postgresql://`, `postgresql+psycopg://` and `postgresql+asyncpg://`,
+    including Unix-socket URLs such as `postgresql://user@/db?host=/run/postgresql`.
+
+    Raises:
+        ValueError: when the URL is not a PostgreSQL URL.
+    """
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got {parsed.drivername!r}")
+    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+class Database:
+    """An async engine and its session factory; one per process, built in the app's lifespan."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = normalize_url(url)
+        self.engine: AsyncEngine = create_async_engine(
+            self.url, pool_size=pool_size, pool_pre_ping=True, echo=echo
+        )
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def transaction(self, workspace_id: uuid.UUID | None = None) -> AsyncIterator[AsyncSession]:
+        """Yields a session inside one transaction, scoped to `workspace_id` when given.
+
+        Commits when the block exits normally, rolls back when it raises. Never hold it across
+        an Ollama call or a `yield` to a client.
+        """
+        async with self._sessions() as session, session.begin():
+            if workspace_id is not None:
+                await session.execute(
+                    text("SELECT set_config('app.workspace_id', :ws, true)"),
+                    {"ws": str(workspace_id)},
+                )
+            yield session
+
+    async def dispose(self) -> None:
+        """Closes every pooled connection."""
+        await self.engine.dispose()

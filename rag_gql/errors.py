@@ -1,0 +1,65 @@
+"""Domain errors: what services raise and clients may see.
+
+Each maps to a GraphQL `extensions.code` (see `rag_gql.graphql.extensions`)::
+
+    DomainError
+     ├── InvalidInput         BAD_USER_INPUT
+     ├── Unauthenticated      UNAUTHENTICATED
+     ├── Forbidden            FORBIDDEN
+     ├── NotFound             NOT_FOUND
+     ├── Conflict             CONFLICT
+     ├── UpstreamUnavailable  UPSTREAM_UNAVAILABLE   (Ollama/SMTP unreachable)
+     └── UpstreamError        UPSTREAM_ERROR         (Ollama answered with an error)
+
+Anything else reaching the GraphQL layer is a bug: it is logged and masked.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base class: an error the client caused or can act on. `str(e)` is shown to clients."""
+
+    code = "INTERNAL_SERVER_ERROR"
+
+
+class InvalidInput(DomainError):
+    """The request's input is wrong (bad file, bad argument, wrong code)."""
+
+    code = "BAD_USER_INPUT"
+
+
+class Unauthenticated(DomainError):
+    """No credentials, or credentials that are wrong, expired or unverified."""
+
+    code = "UNAUTHENTICATED"
+
+
+class Forbidden(DomainError):
+    """Authenticated, but not allowed to do this."""
+
+    code = "FORBIDDEN"
+
+
+class NotFound(DomainError):
+    """Does not exist, or is not the caller's: the two are never told apart."""
+
+    code = "NOT_FOUND"
+
+
+class Conflict(DomainError):
+    """The request clashes with existing state (e.g. an email already registered)."""
+
+    code = "CONFLICT"
+
+
+class UpstreamUnavailable(DomainError):
+    """A service we depend on (Ollama, SMTP) cannot be reached or timed out."""
+
+    code = "UPSTREAM_UNAVAILABLE"
+
+
+class UpstreamError(DomainError):
+    """A service we depend on answered with an error; the message says which."""
+
+    code = "UPSTREAM_ERROR"

@@ -1,0 +1,1 @@
+"""The GraphQL API: schema, types, resolvers, the ASGI view and error mapping."""

@@ -1,0 +1,163 @@
+"""GraphQL object types, and their conversion from service results."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import strawberry
+
+from rag_gql.db import models
+from rag_gql.services import auth, generation, retrieval
+
+
+DocumentStatus = strawberry.enum(
+    models.DocumentStatus, description="Where a document is in ingestion."
+)
+
+
+@strawberry.type(description="An account.")
+class User:
+    id: strawberry.ID
+    email: str
+
+
+@strawberry.type(description="A registration waiting for the emailed 6-digit code.")
+class RegisterPayload:
+    email: str
+    code_expires_at: datetime
+
+
+@strawberry.type(description="A signed access token (JWT); send it as `Authorization: Bearer`.")
+class AuthPayload:
+    access_token: str
+    token_type: str
+    expires_in: int = strawberry.field(description="Seconds until the token expires.")
+
+    @classmethod
+    def from_token(cls, token: auth.AccessToken) -> AuthPayload:
+        return cls(
+            access_token=token.access_token,
+            token_type=token.token_type,
+            expires_in=token.expires_in,
+        )
+
+
+@strawberry.type(description="An uploaded document.")
+class Document:
+    id: strawberry.ID
+    filename: str
+    sha256: str = strawberry.field(description="SHA-256 of the file's bytes, hex.")
+    media_type: str
+    size_bytes: float = strawberry.field(description="Size of the file in bytes.")
+    page_count: int
+    chunk_count: int
+    status: DocumentStatus
+    error: str | None
+    duplicate: bool = strawberry.field(
+        description="True when this upload matched a document already in the workspace."
+    )
+    created_at: datetime
+
+    @classmethod
+    def from_model(cls, doc: models.Document, *, duplicate: bool = False) -> Document:
+        return cls(
+            id=strawberry.ID(str(doc.id)),
+            filename=doc.filename,
+            sha256=doc.sha256,
+            media_type=doc.media_type,
+            size_bytes=doc.size_bytes,
+            page_count=doc.page_count,
+            chunk_count=doc.chunk_count,
+            status=DocumentStatus(doc.status),
+            error=doc.error,
+            duplicate=duplicate,
+            created_at=doc.created_at,
+        )
+
+
+@strawberry.type
+class DocumentEdge:
+    node: Document
+    cursor: str
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type(description="A page of documents, newest first (a Relay connection).")
+class DocumentConnection:
+    edges: list[DocumentEdge]
+    page_info: PageInfo
+
+
+@strawberry.type(description="A passage that matches a query.")
+class SearchHit:
+    score: float = strawberry.field(description="Cosine similarity to the query (1 is best).")
+    text: str
+    page: int = strawberry.field(description="1-based page number.")
+    char_start: int = strawberry.field(description="Offset in the page's normalized text.")
+    char_end: int
+    document: Document
+
+    @classmethod
+    def from_hit(cls, hit: retrieval.SearchHit) -> SearchHit:
+        return cls(
+            score=hit.score,
+            text=hit.text,
+            page=hit.page,
+            char_start=hit.char_start,
+            char_end=hit.char_end,
+            document=Document.from_model(hit.document),
+        )
+
+
+@strawberry.type(description="First event of an answer: the numbered sources, [1] first.")
+class AnswerSources:
+    sources: list[SearchHit]
+
+
+@strawberry.type(description="A piece of the answer, as the model streamed it.")
+class AnswerToken:
+    text: str
+
+
+@strawberry.type(description="Last event of a complete answer.")
+class AnswerDone:
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token_ms: float
+    total_ms: float
+
+
+@strawberry.type(description="The answer stopped; `code` is an error code like UPSTREAM_ERROR.")
+class AnswerError:
+    code: str
+    message: str
+
+
+AnswerEvent = Annotated[
+    AnswerSources | AnswerToken | AnswerDone | AnswerError,
+    strawberry.union("AnswerEvent", description="An event of a streamed answer."),
+]
+
+
+def answer_event(event: generation.AnswerEvent) -> AnswerEvent:
+    """Converts a service event to its GraphQL type."""
+    match event:
+        case generation.Sources(hits=hits):
+            return AnswerSources(sources=[SearchHit.from_hit(h) for h in hits])
+        case generation.Token(text=text):
+            return AnswerToken(text=text)
+        case generation.Done():
+            return AnswerDone(
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                time_to_first_token_ms=event.time_to_first_token_ms,
+                total_ms=event.total_ms,
+            )
+        case generation.Failed(code=code, message=message):
+            return AnswerError(code=code, message=message)

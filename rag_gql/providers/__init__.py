@@ -1,0 +1,1 @@
+"""Clients for the services rag-gql depends on: Ollama and mail."""

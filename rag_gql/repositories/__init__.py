@@ -1,0 +1,1 @@
+"""Repositories: one per aggregate; each takes a session and never commits."""

@@ -1,0 +1,125 @@
+"""The long-lived resources of a process, built once in the app's lifespan.
+
+`open_services(settings)` builds the engine, the Ollama HTTP client, the mailer and the
+services over them, and closes them on exit. Tests and tools build their own with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy import text
+
+from rag_gql.config import Settings
+from rag_gql.db import Database
+from rag_gql.errors import DomainError
+from rag_gql.providers.mail import Mailer, make_mailer
+from rag_gql.providers.ollama import OllamaClient
+from rag_gql.services.auth import AuthService
+from rag_gql.services.documents import DocumentService
+from rag_gql.services.generation import GenerationService
+from rag_gql.services.ingestion import IngestionService
+from rag_gql.services.retrieval import RetrievalService
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The configuration cannot work (e.g. EMBED_DIM disagrees with the model or database)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything a request needs; one per process."""
+
+    settings: Settings
+    db: Database
+    ollama: OllamaClient
+    mailer: Mailer
+    auth: AuthService
+    documents: DocumentService
+    ingestion: IngestionService
+    retrieval: RetrievalService
+    generation: GenerationService
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, *, check_upstream: bool = True) -> AsyncIterator[Services]:
+    """Builds the services for `settings.database_url` and closes them on exit.
+
+    With `check_upstream`, checks the database's embedding column and Ollama's embedding
+    size against `EMBED_DIM` (an unreachable Ollama is logged, not fatal).
+
+    Raises:
+        StartupError: when EMBED_DIM disagrees with the database or the model.
+    """
+    if not settings.database_url:
+        raise StartupError("No database URL: set DATABASE_URL or use `rag-gql serve`")
+    db = Database(settings.database_url)
+    timeout = httpx.Timeout(settings.ollama_timeout, connect=5.0)
+    async with httpx.AsyncClient(base_url=settings.ollama_url, timeout=timeout) as http:
+        try:
+            ollama = OllamaClient(
+                http,
+                embed_model=settings.ollama_embed_model,
+                chat_model=settings.ollama_chat_model,
+                batch_size=settings.embed_batch_size,
+            )
+            if check_upstream:
+                await _check_database(db, settings)
+                await _check_ollama(ollama, settings)
+            retrieval = RetrievalService(settings=settings, db=db, ollama=ollama)
+            mailer = make_mailer(settings)
+            yield Services(
+                settings=settings,
+                db=db,
+                ollama=ollama,
+                mailer=mailer,
+                auth=AuthService(settings=settings, db=db, mailer=mailer),
+                documents=DocumentService(db=db),
+                ingestion=IngestionService(settings=settings, db=db, ollama=ollama),
+                retrieval=retrieval,
+                generation=GenerationService(retrieval=retrieval, ollama=ollama),
+            )
+        finally:
+            await db.dispose()
+
+
+async def _check_database(db: Database, settings: Settings) -> None:
+    query = text(
+        "SELECT atttypmod FROM pg_attribute "
+        "WHERE attrelid = 'chunk'::regclass AND attname = 'embedding'"
+    )
+    async with db.transaction() as session:
+        dim = (await session.execute(query)).scalar_one()
+    if dim != settings.embed_dim:
+        raise StartupError(
+            f"EMBED_DIM is {settings.embed_dim} but the database stores {dim}-dimensional "
+            "embeddings; set EMBED_DIM to match, or use a new database"
+        )
+
+
+async def _check_ollama(ollama: OllamaClient, settings: Settings) -> None:
+    try:
+        (probe,) = await ollama.embed(["dimension probe"])
+    except DomainError as exc:
+        log.warning(
+            "OLLAMA NOT AVAILABLE at %s (%s). The server starts anyway; uploads, search and "
+            "answers will fail with UPSTREAM_UNAVAILABLE until it is reachable. "
+            "Is `ollama serve` running, and has `ollama pull %s` been done?",
+            settings.ollama_url,
+            exc,
+            settings.ollama_embed_model,
+        )
+        return
+    if len(probe) != settings.embed_dim:
+        raise StartupError(
+            f"EMBED_DIM is {settings.embed_dim} but {settings.ollama_embed_model!r} returns "
+            f"{len(probe)}-dimensional embeddings; set EMBED_DIM={len(probe)} (with a new "
+            "database) or choose another OLLAMA_EMBED_MODEL"
+        )
+    log.info("Ollama at %s answers; embeddings have %d dimensions", settings.ollama_url, len(probe))

@@ -1,0 +1,1 @@
+"""Services: the use cases. They take explicit dependencies and never import strawberry."""

@@ -1,0 +1,87 @@
+"""Reading, paging and deleting the caller's documents."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from rag_gql.db import Database
+from rag_gql.db.models import Document
+from rag_gql.errors import InvalidInput, NotFound
+from rag_gql.repositories import documents
+from rag_gql.services.auth import Principal
+
+MAX_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentPage:
+    """One page of a listing, newest first; `cursors[i]` is the opaque cursor of `items[i]`."""
+
+    items: list[Document]
+    cursors: list[str]
+    has_next_page: bool
+
+
+class DocumentService:
+    """The caller's documents; every lookup is scoped to the caller's workspace in SQL."""
+
+    def __init__(self, *, db: Database) -> None:
+        self._db = db
+
+    async def get(self, principal: Principal, document_id: uuid.UUID) -> Document:
+        """Returns the caller's document. Raises `NotFound`, also for another's document."""
+        async with self._db.transaction(principal.workspace_id) as session:
+            document = await documents.get(
+                session, workspace_id=principal.workspace_id, document_id=document_id
+            )
+        if document is None:
+            raise NotFound("Document not found")
+        return document
+
+    async def list_page(self, principal: Principal, *, first: int, after: str | None) -> DocumentPage:
+        """Returns up to `first` (1..100) documents after the cursor `after`, newest first.
+
+        Raises:
+            InvalidInput: `first` out of range or a malformed cursor.
+        """
+        if not 1 <= first <= MAX_PAGE_SIZE:
+            raise InvalidInput(f"first must be between 1 and {MAX_PAGE_SIZE}")
+        before = decode_cursor(after) if after else None
+        async with self._db.transaction(principal.workspace_id) as session:
+            rows = await documents.list_page(
+                session, workspace_id=principal.workspace_id, limit=first + 1, before=before
+            )
+        items = rows[:first]
+        return DocumentPage(
+            items=items,
+            cursors=[encode_cursor(d.created_at, d.id) for d in items],
+            has_next_page=len(rows) > first,
+        )
+
+    async def delete(self, principal: Principal, document_id: uuid.UUID) -> None:
+        """Deletes the caller's document and its chunks. Raises `NotFound`."""
+        async with self._db.transaction(principal.workspace_id) as session:
+            deleted = await documents.delete_document(
+                session, workspace_id=principal.workspace_id, document_id=document_id
+            )
+        if not deleted:
+            raise NotFound("Document not found")
+
+
+def encode_cursor(created_at: datetime, document_id: uuid.UUID) -> str:
+    """Returns an opaque cursor for the keyset (created_at, id)."""
+    raw = f"{created_at.isoformat()}|{document_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Reverses `encode_cursor`. Raises `InvalidInput` on anything else."""
+    try:
+        created, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(ident)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidInput("Malformed cursor") from exc
