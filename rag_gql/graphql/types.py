@@ -10,10 +10,7 @@ import strawberry
 from rag_gql.db import models
 from rag_gql.services import auth, generation, retrieval
 
-
-DocumentStatus = strawberry.enum(
-    models.DocumentStatus, description="Where a document is in ingestion."
-)
+strawberry.enum(models.DocumentStatus, description="Where a document is in ingestion.")
 
 
 @strawberry.type(description="An account.")
@@ -52,7 +49,7 @@ class Document:
     size_bytes: float = strawberry.field(description="Size of the file in bytes.")
     page_count: int
     chunk_count: int
-    status: DocumentStatus
+    status: models.DocumentStatus
     error: str | None
     duplicate: bool = strawberry.field(
         description="True when this upload matched a document already in the workspace."
@@ -69,7 +66,7 @@ class Document:
             size_bytes=doc.size_bytes,
             page_count=doc.page_count,
             chunk_count=doc.chunk_count,
-            status=DocumentStatus(doc.status),
+            status=models.DocumentStatus(doc.status),
             error=doc.error,
             duplicate=duplicate,
             created_at=doc.created_at,

@@ -18,9 +18,7 @@ async def get(
     session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
 ) -> Document | None:
     """Returns the workspace's document with this id, or None (also when it is another's)."""
-    stmt = select(Document).where(
-        Document.workspace_id == workspace_id, Document.id == document_id
-    )
+    stmt = select(Document).where(Document.workspace_id == workspace_id, Document.id == document_id)
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
@@ -106,13 +104,15 @@ async def nearest_chunks(
     await session.execute(text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"))
     distance = Chunk.embedding.cosine_distance(embedding).label("distance")
     stmt = (
-        select(Chunk.id, distance, Chunk.text, Chunk.page, Chunk.char_start, Chunk.char_end, Document)
+        select(
+            Chunk.id, distance, Chunk.text, Chunk.page, Chunk.char_start, Chunk.char_end, Document
+        )
         .join(Document, Document.id == Chunk.document_id)
         .where(Chunk.workspace_id == workspace_id, Document.workspace_id == workspace_id)
         .order_by(distance)
         .limit(k)
     )
-    rows = (await session.execute(stmt)).all()
+    rows = list((await session.execute(stmt)).all())
     # relaxed_order may return neighbours slightly out of order; k rows are cheap to sort.
     rows.sort(key=lambda row: float(row[1]))
     return [

@@ -52,7 +52,7 @@ class AccessToken:
 
     access_token: str
     expires_in: int
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105 - the RFC 6750 scheme name, not a secret
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,9 @@ class DocumentService:
             raise NotFound("Document not found")
         return document
 
-    async def list_page(self, principal: Principal, *, first: int, after: str | None) -> DocumentPage:
+    async def list_page(
+        self, principal: Principal, *, first: int, after: str | None
+    ) -> DocumentPage:
         """Returns up to `first` (1..100) documents after the cursor `after`, newest first.
 
         Raises:

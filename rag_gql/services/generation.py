@@ -78,7 +78,9 @@ class GenerationService:
         self._retrieval = retrieval
         self._ollama = ollama
 
-    async def answer(self, principal: Principal, question: str, k: int) -> AsyncIterator[AnswerEvent]:
+    async def answer(
+        self, principal: Principal, question: str, k: int
+    ) -> AsyncIterator[AnswerEvent]:
         """Yields `Sources`, then `Token`s as they arrive (never buffered), then `Done`.
 
         Input errors (empty question, bad `k`) raise `InvalidInput` before the first event;

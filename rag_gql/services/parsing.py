@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pymupdf
 
@@ -24,6 +25,10 @@ class ParsedDocument:
         return len(self.pages)
 
 
+# `pymupdf.open` is `pymupdf.Document`, whose constructor has no type hints.
+_open: Any = pymupdf.open
+
+
 def parse_document(data: bytes, filename: str) -> ParsedDocument:
     """Extracts the text of every page of a PDF.
 
@@ -38,7 +43,7 @@ def parse_document(data: bytes, filename: str) -> ParsedDocument:
     if PDF_MAGIC not in data[:1024]:
         raise InvalidInput(f"{filename!r} is not a PDF; only PDF documents are supported for now")
     try:
-        doc = pymupdf.open(stream=data, filetype="pdf")
+        doc = _open(stream=data, filetype="pdf")
     except Exception as exc:  # PyMuPDF raises several types for damaged files
         raise InvalidInput(f"{filename!r} is not a readable PDF (corrupt or truncated)") from exc
     with doc:

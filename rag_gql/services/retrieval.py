@@ -17,7 +17,7 @@ MAX_QUERY_LENGTH = 4000
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
-    """A chunk that matches: `score` is cosine similarity (1 − cosine distance, in [−1, 1])."""
+    """A chunk that matches: `score` is cosine similarity (1 - cosine distance, in [-1, 1])."""
 
     chunk_id: int
     score: float
