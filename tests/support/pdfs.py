@@ -1,0 +1,43 @@
+"""Test PDFs generated with PyMuPDF, with known text per page."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pymupdf
+
+_Document: Any = pymupdf.open
+
+
+def make_pdf(pages: Sequence[str]) -> bytes:
+    """Returns a PDF whose page i holds `pages[i]` as its text layer (A4, Helvetica 11 pt)."""
+    doc = _Document()
+    for text in pages:
+        page = doc.new_page(width=595, height=842)
+        page.insert_textbox(pymupdf.Rect(50, 50, 545, 792), text, fontsize=11, fontname="helv")
+    data: bytes = doc.tobytes()
+    doc.close()
+    return data
+
+
+def make_image_only_pdf() -> bytes:
+    """Returns a one-page PDF with a drawing and no text layer (like a scan)."""
+    doc = _Document()
+    page = doc.new_page(width=595, height=842)
+    page.draw_rect(pymupdf.Rect(100, 100, 400, 400), color=(0, 0, 0), fill=(0.5, 0.5, 0.5))
+    data: bytes = doc.tobytes()
+    doc.close()
+    return data
+
+
+def make_encrypted_pdf(text: str = "secret text") -> bytes:
+    """Returns a PDF that needs a user password to open."""
+    doc = _Document()
+    page = doc.new_page()
+    page.insert_text((72, 72), text)
+    data: bytes = doc.tobytes(
+        encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="user-pw", owner_pw="owner-pw"
+    )
+    doc.close()
+    return data
