@@ -1,4 +1,4 @@
-"""The `rag-gql` command: `serve` (more subcommands come with ingestion and eval)."""
+"""The `rag-gql` command: `serve`, `migrate`, `export-schema`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 
@@ -27,7 +28,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--log-level", default="info", help="debug, info, warning, error")
     commands.add_parser("migrate", help="apply the database migrations and exit")
+    export = commands.add_parser("export-schema", help="print the GraphQL schema (SDL)")
+    export.add_argument("--output", help="write to this file instead of stdout")
     args = parser.parse_args(argv)
+
+    if args.command == "export-schema":
+        return export_schema(args.output)
 
     configure_logging(getattr(args, "log_level", "info"))
     settings = Settings()
@@ -73,6 +79,20 @@ def database(settings: Settings) -> Iterator[str]:
     finally:
         log.info("stopping the embedded PostgreSQL")
         embedded.stop()
+
+
+def export_schema(output: str | None) -> int:
+    """Writes the printed schema (what `schema.graphql` holds) to `output` or stdout."""
+    from strawberry.printer import print_schema
+
+    from rag_gql.graphql.schema import schema
+
+    sdl = print_schema(schema) + "\n"
+    if output:
+        Path(output).write_text(sdl)
+    else:
+        sys.stdout.write(sdl)
+    return 0
 
 
 class _Stop(Exception):

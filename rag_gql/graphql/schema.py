@@ -20,6 +20,9 @@ from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.extensions import DomainErrors
 
+DEFAULT_K = 5
+DEFAULT_PAGE_SIZE = 20
+
 
 def _uuid(value: strawberry.ID) -> uuid.UUID:
     """Parses an id; a malformed one is simply not found (ids are opaque to clients)."""
@@ -44,10 +47,12 @@ class Query:
 
     @strawberry.field(description="The caller's documents, newest first.")
     async def documents(
-        self, info: Info, first: int = 20, after: str | None = None
+        self, info: Info, first: int | None = DEFAULT_PAGE_SIZE, after: str | None = None
     ) -> types.DocumentConnection:
         principal = await info.context.require_principal()
-        page = await info.context.services.documents.list_page(principal, first=first, after=after)
+        page = await info.context.services.documents.list_page(
+            principal, first=DEFAULT_PAGE_SIZE if first is None else first, after=after
+        )
         edges = [
             types.DocumentEdge(node=types.Document.from_model(doc), cursor=cursor)
             for doc, cursor in zip(page.items, page.cursors, strict=True)
@@ -61,9 +66,13 @@ class Query:
         )
 
     @strawberry.field(description="The caller's passages most similar to `query`, best first.")
-    async def search(self, info: Info, query: str, k: int = 5) -> list[types.SearchHit]:
+    async def search(
+        self, info: Info, query: str, k: int | None = DEFAULT_K
+    ) -> list[types.SearchHit]:
         principal = await info.context.require_principal()
-        hits = await info.context.services.retrieval.search(principal, query, k)
+        hits = await info.context.services.retrieval.search(
+            principal, query, DEFAULT_K if k is None else k
+        )
         return [types.SearchHit.from_hit(hit) for hit in hits]
 
 
@@ -112,10 +121,12 @@ class Subscription:
         description="Answers from the caller's documents: sources, tokens as they stream, done."
     )
     async def answer(
-        self, info: Info, question: str, k: int = 5
+        self, info: Info, question: str, k: int | None = DEFAULT_K
     ) -> AsyncGenerator[types.AnswerEvent, None]:
         principal = await info.context.require_principal()
-        events = info.context.services.generation.answer(principal, question, k)
+        events = info.context.services.generation.answer(
+            principal, question, DEFAULT_K if k is None else k
+        )
         async for event in events:
             yield types.answer_event(event)
 
