@@ -50,7 +50,9 @@ def postgres_url() -> Iterator[str]:
         yield normalize_url(configured)
         return
     folder = Path(tempfile.mkdtemp(prefix="rag-gql-test-"))
-    server: EmbeddedPostgres = start_embedded(folder / "pg", database="postgres", delete_on_stop=True)
+    server: EmbeddedPostgres = start_embedded(
+        folder / "pg", database="postgres", delete_on_stop=True
+    )
     try:
         yield server.url
     finally:
@@ -59,7 +61,7 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 async def template_url(postgres_url: str) -> str:
-    """A database migrated to head once per run; each test clones it (CREATE DATABASE ... TEMPLATE)."""
+    """A database migrated to head once per run; each test clones it (`CREATE ... TEMPLATE`)."""
     admin = await asyncpg.connect(_asyncpg_dsn(postgres_url))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
@@ -124,7 +126,7 @@ def settings(
 ) -> Settings:
     """Settings for one test: its own database, the stand-in Ollama, the SMTP sink."""
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]  # pydantic-settings' init-only option
+        _env_file=None,
         database_url=database_url,
         data_dir=tmp_path / "data",
         ollama_url=ollama_server.url,

@@ -29,7 +29,8 @@ async def test_sign_up_upload_search(gql: GraphQLClient, inbox: Inbox) -> None:
     assert doc["duplicate"] is False
 
     hits = await gql.data(
-        "query($q: String!) { search(query: $q, k: 2) { score page text document { id filename } } }",
+        "query($q: String!) { search(query: $q, k: 2) "
+        "{ score page text document { id filename } } }",
         {"q": "how do I bake bread with a starter?"},
         token=token,
     )

@@ -62,7 +62,10 @@ class GraphQLClient:
             headers["Apollo-Require-Preflight"] = "true"
         return await self.http.post(
             f"{self.base_url}/graphql",
-            data={"operations": json.dumps(operations), "map": json.dumps({"0": ["variables.file"]})},
+            data={
+                "operations": json.dumps(operations),
+                "map": json.dumps({"0": ["variables.file"]}),
+            },
             files={"0": (filename, content, "application/pdf")},
             headers=headers,
         )

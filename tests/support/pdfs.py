@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import pymupdf
+import pymupdf as _pymupdf
 
+# PyMuPDF's constructors carry no type hints.
+pymupdf: Any = _pymupdf
 _Document: Any = pymupdf.open
 
 
