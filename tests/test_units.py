@@ -78,7 +78,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("CHUNK_OVERLAP", "50")
     monkeypatch.setenv("SMTP_STARTTLS", "true")
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     assert settings.ollama_url == "http://ollama:11434"
     assert (settings.embed_dim, settings.chunk_size, settings.chunk_overlap) == (384, 500, 50)
     assert settings.smtp_starttls is True
@@ -88,14 +88,14 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 def test_overlap_must_be_below_chunk_size() -> None:
     with pytest.raises(ValidationError, match="CHUNK_OVERLAP"):
-        Settings(_env_file=None, chunk_size=200, chunk_overlap=200)  # type: ignore[call-arg]
+        Settings(_env_file=None, chunk_size=200, chunk_overlap=200)
 
 
 def test_generated_jwt_secret_is_kept(tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path)
     first = settings.resolved_jwt_secret()
     assert len(first) >= 32
-    assert Settings(_env_file=None, data_dir=tmp_path).resolved_jwt_secret() == first  # type: ignore[call-arg]
+    assert Settings(_env_file=None, data_dir=tmp_path).resolved_jwt_secret() == first
     assert (tmp_path / "jwt_secret").stat().st_mode & 0o077 == 0
 
 
