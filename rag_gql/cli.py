@@ -51,7 +51,13 @@ def serve_forever(settings: Settings, *, host: str, port: int, log_level: str) -
     with database(settings) as url:
         migrate.upgrade(url, embed_dim=settings.embed_dim)
         app = create_app(settings.model_copy(update={"database_url": url}))
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower())
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level.lower(),
+            timeout_graceful_shutdown=int(settings.shutdown_grace),
+        )
         server = uvicorn.Server(config)
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
         # handler that was there before it; these handlers turn that into an exception so the

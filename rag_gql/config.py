@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,12 @@ class Settings(BaseSettings):
     chunk_size: int = Field(default=1000, ge=100)
     chunk_overlap: int = Field(default=150, ge=0)
 
+    password_hash_profile: Literal["RFC_9106_LOW_MEMORY", "RFC_9106_HIGH_MEMORY", "CHEAPEST"] = (
+        Field(
+            default="RFC_9106_LOW_MEMORY",
+            description="argon2-cffi parameter profile; CHEAPEST is for tests only.",
+        )
+    )
     jwt_secret: SecretStr | None = None
     access_token_ttl: int = Field(default=3600, gt=0, description="Seconds.")
 
@@ -51,6 +58,9 @@ class Settings(BaseSettings):
     smtp_timeout: float = 30.0
     mail_from: str = "rag-gql <no-reply@localhost>"
 
+    shutdown_grace: float = Field(
+        default=10.0, ge=0, description="Seconds running requests get to finish on SIGTERM."
+    )
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     search_max_k: int = Field(default=50, gt=0)
     hnsw_ef_search: int = Field(default=100, gt=0)

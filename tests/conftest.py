@@ -134,6 +134,7 @@ def settings(
         chunk_size=400,
         chunk_overlap=60,
         jwt_secret="test-secret-" + "x" * 40,
+        password_hash_profile="CHEAPEST",  # Argon2's defaults cost ~0.4 s of CPU per hash here
         smtp_host="127.0.0.1",
         smtp_port=smtp_server.port,
         mail_from="rag-gql tests <tests@example.com>",

@@ -99,10 +99,7 @@ class Mutation:
     async def upload_document(self, info: Info, file: Upload) -> types.Document:
         principal = await info.context.require_principal()
         upload = cast(UploadFile, file)  # Strawberry hands Starlette's UploadFile over
-        try:
-            data = await upload.read()
-        finally:
-            await upload.close()  # Strawberry's form parsing leaves the spooled file open
+        data = await upload.read()
         result = await info.context.services.ingestion.ingest(
             principal, filename=upload.filename or "upload", data=data
         )

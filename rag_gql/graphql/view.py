@@ -7,7 +7,8 @@ from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -43,6 +44,22 @@ class GraphQLView(GraphQL[Context, None]):
             connection_init_wait_timeout=timedelta(seconds=3),
             multipart_uploads_enabled=True,
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope=scope, receive=receive)
+        try:
+            try:
+                response = await self.run(request)
+            except HTTPException as exc:
+                response = PlainTextResponse(exc.reason, status_code=exc.status_code)
+            await response(scope, receive, send)
+        finally:
+            # Strawberry parses multipart bodies with `request.form()` and never closes the
+            # spooled upload files; closing the request closes them, whatever the outcome.
+            await request.close()
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket | None = None

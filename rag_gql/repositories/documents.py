@@ -102,18 +102,33 @@ async def nearest_chunks(
         text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(max(ef_search, k))}
     )
     await session.execute(text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"))
-    distance = Chunk.embedding.cosine_distance(embedding).label("distance")
-    stmt = (
-        select(
-            Chunk.id, distance, Chunk.text, Chunk.page, Chunk.char_start, Chunk.char_end, Document
-        )
-        .join(Document, Document.id == Chunk.document_id)
-        .where(Chunk.workspace_id == workspace_id, Document.workspace_id == workspace_id)
+    # The k nearest ids first (an index scan on HNSW with LIMIT), then their rows and
+    # documents: joining inside the ordered query can make the planner sort instead.
+    distance = Chunk.embedding.cosine_distance(embedding)
+    nearest = (
+        select(Chunk.id, distance.label("distance"))
+        .where(Chunk.workspace_id == workspace_id)
         .order_by(distance)
         .limit(k)
+        .subquery()
+    )
+    stmt = (
+        select(
+            Chunk.id,
+            nearest.c.distance,
+            Chunk.text,
+            Chunk.page,
+            Chunk.char_start,
+            Chunk.char_end,
+            Document,
+        )
+        .join(nearest, nearest.c.id == Chunk.id)
+        .join(Document, Document.id == Chunk.document_id)
+        .where(Document.workspace_id == workspace_id)
     )
     rows = list((await session.execute(stmt)).all())
-    # relaxed_order may return neighbours slightly out of order; k rows are cheap to sort.
+    # The join does not keep the subquery's order, and relaxed_order may return neighbours
+    # slightly out of order; k rows are cheap to sort.
     rows.sort(key=lambda row: float(row[1]))
     return [
         ChunkHit(

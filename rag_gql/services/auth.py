@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import argon2.profiles
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
@@ -70,7 +71,9 @@ class AuthService:
         self._settings = settings
         self._db = db
         self._mailer = mailer
-        self._hasher = PasswordHasher()
+        self._hasher = PasswordHasher.from_parameters(
+            getattr(argon2.profiles, settings.password_hash_profile)
+        )
         self._secret = settings.resolved_jwt_secret()
         self._jwk = OctKey.import_key(self._secret)
         # Verified against when the email is unknown, so both paths cost one Argon2 check
@@ -117,17 +120,17 @@ class AuthService:
         """Activates the account when `code` is its live code; creates its personal workspace.
 
         Raises:
-            InvalidInput: wrong, expired or exhausted code, or unknown email (one message).
+            InvalidInput: wrong, expired or exhausted code, unknown email, or an account
+                already verified (one message).
         """
         email = normalize_email(email)
         code = code.strip()
         wrong = InvalidInput("The code is wrong or has expired")
         async with self._db.transaction() as session:
             user = await users.get_by_email(session, email)
-            if user is None:
+            # A verified account has no live code: any code is wrong (and must not reveal its id).
+            if user is None or user.verified_at is not None:
                 raise wrong
-            if user.verified_at is not None:
-                return user
             stored = await users.get_code(session, user_id=user.id, purpose=_VERIFY)
             if stored is None or stored.expires_at <= datetime.now(UTC):
                 raise wrong

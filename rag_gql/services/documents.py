@@ -6,7 +6,7 @@ import base64
 import binascii
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from rag_gql.db import Database
 from rag_gql.db.models import Document
@@ -81,9 +81,16 @@ def encode_cursor(created_at: datetime, document_id: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Reverses `encode_cursor`. Raises `InvalidInput` on anything else."""
+    """Reverses `encode_cursor`. Raises `InvalidInput` on anything else.
+
+    The time must carry its offset (ours always do) and fit in UTC; `OverflowError` is a
+    hand-made time like `9999-12-31T23:59:59-23:59`.
+    """
     try:
         created, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(ident)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        created_at = datetime.fromisoformat(created)
+        if created_at.tzinfo is None:
+            raise ValueError("a cursor's time has an offset")
+        return created_at.astimezone(UTC), uuid.UUID(ident)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidInput("Malformed cursor") from exc

@@ -10,6 +10,7 @@ import pymupdf
 from rag_gql.errors import InvalidInput
 
 PDF_MAGIC = b"%PDF-"
+PDF_EOF = b"%%EOF"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,9 @@ def parse_document(data: bytes, filename: str) -> ParsedDocument:
     except Exception as exc:  # PyMuPDF raises several types for damaged files
         raise InvalidInput(f"{filename!r} is not a readable PDF (corrupt or truncated)") from exc
     with doc:
+        # MuPDF rebuilds a file cut short without a word, and the pages it lost read as empty.
+        if doc.is_repaired and PDF_EOF not in data[-1024:]:
+            raise InvalidInput(f"{filename!r} is not a readable PDF (corrupt or truncated)")
         if doc.needs_pass or doc.is_encrypted:
             raise InvalidInput(f"{filename!r} is encrypted; upload it without a password")
         if doc.page_count == 0:
