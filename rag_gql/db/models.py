@@ -65,7 +65,11 @@ class DocumentStatus(enum.StrEnum):
 
 
 class User(Base):
-    """An account. `email` is stored lower-cased; `verified_at` is null until the OTP."""
+    """An account. `email` is stored lower-cased; `verified_at` is null until the OTP.
+
+    `token_version` is in every access token; bumping it (password change or reset) ends
+    every session at once.
+    """
 
     __tablename__ = "user"
 
@@ -73,6 +77,7 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str] = mapped_column(Text)
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = _now()
 
 
@@ -118,6 +123,77 @@ class Membership(Base):
     created_at: Mapped[datetime] = _now()
 
 
+class Collection(Base):
+    """A named group of documents inside a workspace."""
+
+    __tablename__ = "collection"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "name", name="uq_collection_workspace_id_name"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspace.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _now()
+
+
+class Invitation(Base):
+    """An emailed invitation to join a workspace; the token is stored as a SHA-256 hash."""
+
+    __tablename__ = "invitation"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workspace.id", ondelete="CASCADE"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    accepted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+
+
+class ApiKey(Base):
+    """A workspace's key for services: `prefix` is shown, the secret is stored hashed."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workspace.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    prefix: Mapped[str] = mapped_column(String(32))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("user.id", ondelete="SET NULL"))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+
+
+class RefreshToken(Base):
+    """An opaque refresh token (stored as SHA-256). Rotation keeps one `family_id` per login;
+    presenting a used token revokes its whole family (OAuth 2.0 Security BCP, RFC 9700 4.14).
+    """
+
+    __tablename__ = "refresh_token"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("user.id", ondelete="CASCADE"), index=True
+    )
+    family_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+
+
 class Document(Base):
     """An uploaded file; unique per workspace by the SHA-256 of its bytes."""
 
@@ -129,6 +205,9 @@ class Document(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspace.id", ondelete="CASCADE"))
+    collection_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("collection.id", ondelete="CASCADE"), index=True
+    )
     filename: Mapped[str] = mapped_column(String(1024))
     sha256: Mapped[str] = mapped_column(String(64))
     media_type: Mapped[str] = mapped_column(String(255))
@@ -160,6 +239,8 @@ class Chunk(Base):
     document_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("document.id", ondelete="CASCADE"), index=True
     )
+    # Copied from the document so filtered vector search filters inside the index scan.
+    collection_id: Mapped[uuid.UUID | None] = mapped_column()
     ordinal: Mapped[int] = mapped_column(Integer)
     page: Mapped[int] = mapped_column(Integer)
     char_start: Mapped[int] = mapped_column(Integer)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -20,6 +21,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+APP_ROLE = "rag_gql_app"
+"""The role the application's queries run as (created by migration 0002)."""
 
 
 def normalize_url(url: str) -> str:
@@ -40,11 +44,24 @@ def normalize_url(url: str) -> str:
 class Database:
     """An async engine and its session factory; one per process, built in the app's lifespan."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, role: str | None = APP_ROLE, pool_size: int = 10, echo: bool = False
+    ) -> None:
         self.url = normalize_url(url)
         self.engine: AsyncEngine = create_async_engine(
             self.url, pool_size=pool_size, pool_pre_ping=True, echo=echo
         )
+        if role is not None:
+            # Every pooled connection acts as the application role, which owns no table and
+            # cannot bypass row-level security; the URL's user only needs to be its member.
+            statement = f'SET ROLE "{role}"'
+
+            @event.listens_for(self.engine.sync_engine, "connect")
+            def _set_role(dbapi_connection: Any, _record: object) -> None:
+                cursor = dbapi_connection.cursor()
+                cursor.execute(statement)
+                cursor.close()
+
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
