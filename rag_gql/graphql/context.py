@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from rag_gql.errors import Unauthenticated
+from rag_gql.errors import NotFound, Unauthenticated
 from rag_gql.resources import Services
-from rag_gql.services.auth import Principal
+from rag_gql.services.access import Principal
 
 
 @dataclass
@@ -31,8 +32,12 @@ class Context:
     async def require_principal(self) -> Principal:
         """Returns the caller, authenticating the bearer token on first use.
 
+        The workspace is the `X-Workspace-Id` header (HTTP) or `workspaceId` in the
+        `connection_init` payload (WebSocket); without one, the user's personal workspace.
+
         Raises:
             Unauthenticated: no token, or a bad or expired one.
+            NotFound: the workspace is not the caller's (or does not exist).
         """
         if self.principal is None:
             token = bearer_token(self.request.headers.get("authorization"))
@@ -40,7 +45,8 @@ class Context:
                 raise Unauthenticated(
                     "Authentication required: send the header `Authorization: Bearer <token>`"
                 )
-            self.principal = await self.services.auth.authenticate(token)
+            workspace = parse_workspace_id(self.request.headers.get("x-workspace-id"))
+            self.principal = await self.services.auth.authenticate(token, workspace)
         return self.principal
 
 
@@ -51,6 +57,20 @@ def bearer_token(value: object) -> str | None:
     scheme, _, token = value.strip().partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
+
+
+def parse_workspace_id(value: object) -> uuid.UUID | None:
+    """Parses a workspace id from a header or payload; absent is None.
+
+    Raises:
+        NotFound: a value that is not an id (the same answer as an unknown workspace).
+    """
+    if value is None or value == "":
+        return None
+    try:
+        return uuid.UUID(str(value))
+    except ValueError as exc:
+        raise NotFound("Workspace not found") from exc
 
 
 Info = strawberry.Info[Context, None]

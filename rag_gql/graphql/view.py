@@ -15,7 +15,7 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from rag_gql.errors import DomainError
-from rag_gql.graphql.context import Context, bearer_token
+from rag_gql.graphql.context import Context, bearer_token, parse_workspace_id
 from rag_gql.graphql.schema import schema
 from rag_gql.resources import Services
 
@@ -82,7 +82,8 @@ class GraphQLView(GraphQL[Context, None]):
         if token is None:
             raise ConnectionRejectionError({"message": "Send authorization: Bearer <token>"})
         try:
-            context.principal = await context.services.auth.authenticate(token)
+            workspace = parse_workspace_id(params.get("workspaceId"))
+            context.principal = await context.services.auth.authenticate(token, workspace)
         except DomainError as exc:
             raise ConnectionRejectionError({"message": str(exc)}) from exc
         return None

@@ -1,4 +1,4 @@
-"""Users, their one-time email codes, and their personal workspace."""
+"""Users and their one-time email codes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rag_gql.db.models import EmailCode, Membership, Role, User, Workspace
+from rag_gql.db.models import EmailCode, User
 
 
 async def get_by_email(session: AsyncSession, email: str) -> User | None:
@@ -67,24 +67,3 @@ async def delete_codes(session: AsyncSession, *, user_id: uuid.UUID, purpose: st
     await session.execute(
         delete(EmailCode).where(EmailCode.user_id == user_id, EmailCode.purpose == purpose)
     )
-
-
-async def create_personal_workspace(session: AsyncSession, user: User) -> Workspace:
-    """Creates the user's personal workspace, with the user as its owner."""
-    workspace = Workspace(id=uuid.uuid4(), name=f"{user.email}'s workspace", personal=True)
-    session.add(workspace)
-    await session.flush()
-    session.add(Membership(workspace_id=workspace.id, user_id=user.id, role=Role.OWNER.value))
-    await session.flush()
-    return workspace
-
-
-async def personal_workspace_id(session: AsyncSession, user_id: uuid.UUID) -> uuid.UUID | None:
-    """Returns the id of the user's personal workspace, if the user has one yet."""
-    stmt = (
-        select(Workspace.id)
-        .join(Membership, Membership.workspace_id == Workspace.id)
-        .where(Membership.user_id == user_id, Workspace.personal.is_(True))
-        .limit(1)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()

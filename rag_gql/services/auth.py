@@ -29,22 +29,14 @@ from joserfc.jwk import OctKey
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import User
-from rag_gql.errors import Conflict, InvalidInput, Unauthenticated
+from rag_gql.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
 from rag_gql.providers.mail import Mailer
-from rag_gql.repositories import users
+from rag_gql.repositories import users, workspaces
+from rag_gql.services.access import Principal
 
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
 _VERIFY = "verify"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling, and in which workspace (the tenant) they act."""
-
-    user_id: uuid.UUID
-    email: str
-    workspace_id: uuid.UUID
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +136,7 @@ class AuthService:
                 failed = False
                 user.verified_at = datetime.now(UTC)
                 await users.delete_codes(session, user_id=user.id, purpose=_VERIFY)
-                await users.create_personal_workspace(session, user)
+                await workspaces.create_personal_workspace(session, user)
         if failed:
             raise wrong
         return user
@@ -169,21 +161,27 @@ class AuthService:
                 raise Unauthenticated("Verify your email before logging in")
             if self._hasher.check_needs_rehash(user.password_hash):
                 user.password_hash = await asyncio.to_thread(self._hasher.hash, password)
-            return self.issue_token(user.id)
+            return self.issue_token(user)
 
-    def issue_token(self, user_id: uuid.UUID) -> AccessToken:
-        """Signs an access token for `user_id`, valid for `ACCESS_TOKEN_TTL` seconds."""
+    def issue_token(self, user: User) -> AccessToken:
+        """Signs an access token for `user`, valid for `ACCESS_TOKEN_TTL` seconds.
+
+        Its `ver` claim is the user's `token_version`: bumping that revokes the token.
+        """
         now = int(time.time())
         ttl = self._settings.access_token_ttl
-        claims = {"sub": str(user_id), "iat": now, "exp": now + ttl}
+        claims = {"sub": str(user.id), "iat": now, "exp": now + ttl, "ver": user.token_version}
         token = jwt.encode({"alg": "HS256"}, claims, self._jwk)
         return AccessToken(access_token=token, expires_in=ttl)
 
-    async def authenticate(self, token: str) -> Principal:
-        """Returns the principal for a bearer access token.
+    async def authenticate(self, token: str, workspace_id: uuid.UUID | None = None) -> Principal:
+        """Returns the principal for a bearer access token, acting in `workspace_id`.
+
+        Without `workspace_id`, the user's personal workspace.
 
         Raises:
             Unauthenticated: malformed, forged or expired token, or the account is gone.
+            NotFound: the user is not a member of `workspace_id` (or it does not exist).
         """
         try:
             decoded = jwt.decode(token, self._jwk, algorithms=["HS256"])
@@ -191,16 +189,38 @@ class AuthService:
                 exp={"essential": True}, sub={"essential": True}, iat={"essential": True}
             ).validate(decoded.claims)
             user_id = uuid.UUID(str(decoded.claims["sub"]))
+            version = int(decoded.claims.get("ver", 0))
         except ExpiredTokenError as exc:
             raise Unauthenticated("The access token has expired; log in again") from exc
-        except (JoseError, ValueError, KeyError) as exc:
+        except (JoseError, ValueError, KeyError, TypeError) as exc:
             raise Unauthenticated("The access token is invalid") from exc
         async with self._db.transaction() as session:
             user = await users.get(session, user_id)
-            workspace_id = await users.personal_workspace_id(session, user_id) if user else None
-        if user is None or user.verified_at is None or workspace_id is None:
+            if user is None or user.verified_at is None or user.token_version != version:
+                raise Unauthenticated("The access token is invalid")
+            if workspace_id is None:
+                workspace_id = await workspaces.personal_workspace_id(session, user_id)
+                if workspace_id is None:
+                    raise Unauthenticated("The access token is invalid")
+            role = await workspaces.member_role(session, workspace_id=workspace_id, user_id=user_id)
+        if role is None:
+            raise NotFound("Workspace not found")
+        return Principal(workspace_id=workspace_id, role=role, user_id=user.id, email=user.email)
+
+    async def current_user(self, principal: Principal) -> User:
+        """Returns the calling user.
+
+        Raises:
+            Forbidden: the caller is an API key, not a user.
+            Unauthenticated: the account is gone.
+        """
+        if principal.user_id is None:
+            raise Forbidden("An API key has no user; `me` needs a user's access token")
+        async with self._db.transaction() as session:
+            user = await users.get(session, principal.user_id)
+        if user is None:
             raise Unauthenticated("The access token is invalid")
-        return Principal(user_id=user.id, email=user.email, workspace_id=workspace_id)
+        return user
 
     def _verify_password(self, stored_hash: str, password: str) -> bool:
         try:

@@ -12,7 +12,7 @@ from rag_gql.db import Database
 from rag_gql.db.models import Document
 from rag_gql.errors import InvalidInput, NotFound
 from rag_gql.repositories import documents
-from rag_gql.services.auth import Principal
+from rag_gql.services.access import Action, Principal
 
 MAX_PAGE_SIZE = 100
 
@@ -65,7 +65,13 @@ class DocumentService:
         )
 
     async def delete(self, principal: Principal, document_id: uuid.UUID) -> None:
-        """Deletes the caller's document and its chunks. Raises `NotFound`."""
+        """Deletes the workspace's document and its chunks.
+
+        Raises:
+            Forbidden: the caller's role cannot write (VIEWER).
+            NotFound: no such document in the workspace.
+        """
+        principal.require(Action.WRITE)
         async with self._db.transaction(principal.workspace_id) as session:
             deleted = await documents.delete_document(
                 session, workspace_id=principal.workspace_id, document_id=document_id

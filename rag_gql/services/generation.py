@@ -15,7 +15,7 @@ from string import Template
 
 from rag_gql.errors import DomainError
 from rag_gql.providers.ollama import ChatMessage, OllamaClient
-from rag_gql.services.auth import Principal
+from rag_gql.services.access import Principal
 from rag_gql.services.retrieval import RetrievalService, SearchHit
 
 

@@ -20,7 +20,7 @@ from rag_gql.db.models import Document, DocumentStatus
 from rag_gql.errors import InvalidInput
 from rag_gql.providers.ollama import OllamaClient
 from rag_gql.repositories import documents
-from rag_gql.services.auth import Principal
+from rag_gql.services.access import Action, Principal
 from rag_gql.services.chunking import chunk_pages
 from rag_gql.services.parsing import parse_document
 
@@ -47,9 +47,11 @@ class IngestionService:
         """Stores the document and its embedded chunks in the caller's workspace.
 
         Raises:
+            Forbidden: the caller's role cannot write (VIEWER).
             InvalidInput: empty, too large, not a PDF, corrupt, encrypted, no text layer.
             UpstreamUnavailable, UpstreamError: Ollama failed while embedding (nothing stored).
         """
+        principal.require(Action.WRITE)
         filename = clean_filename(filename)
         if len(data) > self._settings.max_upload_bytes:
             raise InvalidInput(

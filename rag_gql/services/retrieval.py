@@ -10,7 +10,7 @@ from rag_gql.db.models import Document
 from rag_gql.errors import InvalidInput
 from rag_gql.providers.ollama import OllamaClient
 from rag_gql.repositories import documents
-from rag_gql.services.auth import Principal
+from rag_gql.services.access import Principal
 
 MAX_QUERY_LENGTH = 4000
 
