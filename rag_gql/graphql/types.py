@@ -11,6 +11,11 @@ from rag_gql.db import models
 from rag_gql.services import auth, generation, retrieval
 
 strawberry.enum(models.DocumentStatus, description="Where a document is in ingestion.")
+strawberry.enum(
+    models.Role,
+    description="A role in a workspace: OWNER > ADMIN (members, API keys) > EDITOR (upload, "
+    "delete) > VIEWER (search, answer).",
+)
 
 
 @strawberry.type(description="An account.")
