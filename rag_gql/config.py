@@ -45,10 +45,23 @@ class Settings(BaseSettings):
         )
     )
     jwt_secret: SecretStr | None = None
-    access_token_ttl: int = Field(default=3600, gt=0, description="Seconds.")
+    access_token_ttl: int = Field(default=900, gt=0, description="Seconds.")
+    refresh_token_ttl: int = Field(
+        default=30 * 86400, gt=0, description="Seconds a refresh token stays valid."
+    )
 
     otp_ttl: int = Field(default=600, gt=0, description="Seconds an emailed code stays valid.")
     otp_max_attempts: int = Field(default=5, gt=0)
+    rate_limit_storage_uri: str = Field(
+        default="memory://", description="`limits` storage, e.g. redis://host:6379."
+    )
+    rate_limit_auth_per_ip: str = Field(
+        default="30/minute", description="Account endpoints, per client IP and endpoint."
+    )
+    rate_limit_auth_per_account: str = Field(
+        default="10/minute", description="Account endpoints, per email and endpoint."
+    )
+    invitation_ttl: int = Field(default=7 * 86400, gt=0, description="Seconds.")
 
     smtp_host: str | None = None
     smtp_port: int = 587

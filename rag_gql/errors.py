@@ -8,6 +8,7 @@ Each maps to a GraphQL `extensions.code` (see `rag_gql.graphql.extensions`)::
      ├── Forbidden            FORBIDDEN
      ├── NotFound             NOT_FOUND
      ├── Conflict             CONFLICT
+     ├── RateLimited          RATE_LIMITED           (extensions.retryAfter: seconds)
      ├── UpstreamUnavailable  UPSTREAM_UNAVAILABLE   (Ollama/SMTP unreachable)
      └── UpstreamError        UPSTREAM_ERROR         (Ollama answered with an error)
 
@@ -21,6 +22,10 @@ class DomainError(Exception):
     """Base class: an error the client caused or can act on. `str(e)` is shown to clients."""
 
     code = "INTERNAL_SERVER_ERROR"
+
+    def extensions(self) -> dict[str, object]:
+        """Extra `extensions` entries for the client besides `code` (none by default)."""
+        return {}
 
 
 class InvalidInput(DomainError):
@@ -63,3 +68,17 @@ class UpstreamError(DomainError):
     """A service we depend on answered with an error; the message says which."""
 
     code = "UPSTREAM_ERROR"
+
+
+class RateLimited(DomainError):
+    """Too many requests; `retry_after` is the whole seconds (at least 1) to wait."""
+
+    code = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+    def extensions(self) -> dict[str, object]:
+        """`retryAfter`, in seconds, as HTTP's `Retry-After` (RFC 9110 10.2.3)."""
+        return {"retryAfter": self.retry_after}

@@ -19,11 +19,15 @@ from rag_gql.db import Database
 from rag_gql.errors import DomainError
 from rag_gql.providers.mail import Mailer, make_mailer
 from rag_gql.providers.ollama import OllamaClient
+from rag_gql.services.api_keys import ApiKeyService
 from rag_gql.services.auth import AuthService
+from rag_gql.services.collections import CollectionService
 from rag_gql.services.documents import DocumentService
 from rag_gql.services.generation import GenerationService
 from rag_gql.services.ingestion import IngestionService
+from rag_gql.services.ratelimit import RateLimiter
 from rag_gql.services.retrieval import RetrievalService
+from rag_gql.services.workspaces import WorkspaceService
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +45,13 @@ class Services:
     ollama: OllamaClient
     mailer: Mailer
     auth: AuthService
+    api_keys: ApiKeyService
     documents: DocumentService
     ingestion: IngestionService
     retrieval: RetrievalService
     generation: GenerationService
+    workspaces: WorkspaceService
+    collections: CollectionService
 
 
 @asynccontextmanager
@@ -63,6 +70,7 @@ async def open_services(
         raise StartupError("No database URL: set DATABASE_URL or use `rag-gql serve`")
     db = Database(settings.database_url)
     timeout = httpx.Timeout(settings.ollama_timeout, connect=5.0)
+    auth: AuthService | None = None
     async with httpx.AsyncClient(base_url=settings.ollama_url, timeout=timeout) as http:
         try:
             ollama = OllamaClient(
@@ -76,18 +84,25 @@ async def open_services(
                 await _check_ollama(ollama, settings)
             retrieval = RetrievalService(settings=settings, db=db, ollama=ollama)
             mailer = make_mailer(settings)
+            limiter = RateLimiter.from_settings(settings)
+            auth = AuthService(settings=settings, db=db, mailer=mailer, ratelimiter=limiter)
             yield Services(
                 settings=settings,
                 db=db,
                 ollama=ollama,
                 mailer=mailer,
-                auth=AuthService(settings=settings, db=db, mailer=mailer),
+                auth=auth,
+                api_keys=ApiKeyService(db=db),
                 documents=DocumentService(db=db),
                 ingestion=IngestionService(settings=settings, db=db, ollama=ollama),
                 retrieval=retrieval,
                 generation=GenerationService(retrieval=retrieval, ollama=ollama),
+                workspaces=WorkspaceService(settings=settings, db=db, mailer=mailer),
+                collections=CollectionService(db=db),
             )
         finally:
+            if auth is not None:
+                await auth.aclose()  # emails still being sent in the background
             await db.dispose()
 
 

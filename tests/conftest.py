@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,22 +17,22 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy.engine import make_url
 
-from rag_gql.app import create_app
 from rag_gql.config import Settings
 from rag_gql.db import migrate, normalize_url
 from rag_gql.db.embedded import EmbeddedPostgres, start_embedded
 from tests.support.graphql_client import GraphQLClient
 from tests.support.ollama_standin import OllamaStandin, StandinState
+from tests.support.serving import serve
 from tests.support.smtp import Inbox, SmtpSink
 
 TEST_EMBED_DIM = 256
 TEMPLATE_DB = "rag_gql_test_template"
 
 
-def _with_database(url: str, name: str) -> str:
+def with_database(url: str, name: str) -> str:
+    """`url` with its database name replaced by `name` (Unix-socket URLs included)."""
     return make_url(normalize_url(url)).set(database=name).render_as_string(hide_password=False)
 
 
@@ -68,7 +67,7 @@ async def template_url(postgres_url: str) -> str:
         await admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
     finally:
         await admin.close()
-    url = _with_database(postgres_url, TEMPLATE_DB)
+    url = with_database(postgres_url, TEMPLATE_DB)
     await asyncio.to_thread(migrate.upgrade, url, embed_dim=TEST_EMBED_DIM)
     return url
 
@@ -82,7 +81,7 @@ async def database_url(postgres_url: str, template_url: str) -> AsyncIterator[st
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
     finally:
         await admin.close()
-    yield _with_database(postgres_url, name)
+    yield with_database(postgres_url, name)
     admin = await asyncpg.connect(_asyncpg_dsn(postgres_url))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -141,30 +140,11 @@ def settings(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def server_url(settings: Settings) -> AsyncIterator[str]:
     """The real app served by uvicorn on a free loopback port; yields its base URL."""
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn stopped before it started")
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with serve(settings) as url:
+        yield url
 
 
 @pytest.fixture

@@ -294,7 +294,35 @@ async def test_invalid_registration_input(
     assert inbox.messages == []
     async with sql.connect(settings) as conn:
         assert await conn.fetchval('SELECT count(*) FROM "user"') == 0
-    await gql.data(REGISTER, {"e": "ada@example.com", "p": "eight888"})  # 8 is enough
+    await gql.data(REGISTER, {"e": "ada@example.com", "p": "Tr0ub4d&"})  # 8 is enough
+
+
+async def test_guessable_passwords_are_refused(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings
+) -> None:
+    """zxcvbn scores below 2 are refused with its advice; the email counts as a known word."""
+    email = "grizwald@example.com"
+    refused = {
+        "password1": "This is a very common password.",
+        "qwertyuiop": "common password",
+        "aaaaaaaaaaaa": "Repeats",
+        "grizwald1987": "Add another word or two",  # fine for anyone but grizwald@...
+        "grizwald@example.com": "Add another word or two",
+    }
+    for password, advice in refused.items():
+        body = await gql.execute(REGISTER, {"e": email, "p": password})
+        message = assert_error(body, "BAD_USER_INPUT")
+        assert message.startswith("The password is too easy to guess."), message
+        assert advice in message, (password, message)
+    # Only the first 72 characters are scored (zxcvbn's cost grows fast with length).
+    body = await gql.execute(REGISTER, {"e": email, "p": "a" * 1024})
+    assert "too easy to guess" in assert_error(body, "BAD_USER_INPUT")
+    assert inbox.messages == []
+    async with sql.connect(settings) as conn:
+        assert await conn.fetchval('SELECT count(*) FROM "user"') == 0
+
+    await gql.data(REGISTER, {"e": "bob@example.com", "p": "grizwald1987"})
+    await gql.data(REGISTER, {"e": email, "p": "x" * 60 + "7#Qp!zk" + "a" * 900})
 
 
 # --- access tokens over HTTP ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ from websockets.exceptions import ConnectionClosed
 
 from rag_gql.config import Settings
 from rag_gql.graphql.schema import schema
-from tests.support.accounts import sign_up
+from tests.support.accounts import LOGIN, PASSWORD, sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init, subscribe
 from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import make_pdf
@@ -46,9 +46,33 @@ COVERED = {
     ("Mutation", "uploadDocument"),
     ("Mutation", "deleteDocument"),
     ("Subscription", "answer"),
+    # tests/test_api_keys.py::test_a_key_acts_only_in_its_own_workspace
+    ("Query", "apiKeys"),
+    ("Mutation", "createApiKey"),
+    ("Mutation", "revokeApiKey"),
+    # test_change_password_touches_only_the_caller
+    ("Mutation", "changePassword"),
+    # tests/test_workspaces.py: outsiders, removed members and roles below ADMIN
+    ("Query", "workspaces"),
+    ("Query", "members"),
+    ("Query", "collections"),
+    ("Mutation", "createWorkspace"),
+    ("Mutation", "inviteMember"),
+    ("Mutation", "acceptInvitation"),
+    ("Mutation", "removeMember"),
+    ("Mutation", "updateMemberRole"),
+    ("Mutation", "createCollection"),
+    ("Mutation", "deleteCollection"),
 }
 # Public operations: they act on no tenant's data (accounts are tested in test_auth.py).
 EXEMPT = {("Mutation", "register"), ("Mutation", "verifyEmail"), ("Mutation", "login")}
+# Also public; sessions and passwords are tested in test_sessions.py.
+EXEMPT |= {
+    ("Mutation", "refreshToken"),
+    ("Mutation", "logout"),
+    ("Mutation", "requestPasswordReset"),
+    ("Mutation", "resetPassword"),
+}
 
 SECRET_PAGES = [
     "Project Nightingale: the zeppelin hangar combination is amber walrus seventeen.",
@@ -206,3 +230,18 @@ async def test_anonymous_callers_reach_no_documents(gql: GraphQLClient, inbox: I
             with pytest.raises(ConnectionClosed) as closed:
                 await init(ws, payload)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+
+
+async def test_change_password_touches_only_the_caller(gql: GraphQLClient, inbox: Inbox) -> None:
+    token_a = await sign_up(gql, inbox, "alice@example.com")
+    token_b = await sign_up(gql, inbox, "bob@example.com")
+    change = (
+        "mutation($c: String!, $n: String!) "
+        "{ changePassword(currentPassword: $c, newPassword: $n) }"
+    )
+    variables = {"c": PASSWORD, "n": "purple velvet antelope"}
+    assert await gql.data(change, variables, token=token_b) == {"changePassword": True}
+    assert_error(await gql.execute(ME, token=token_b), "UNAUTHENTICATED")
+    # A's session and password are untouched.
+    assert (await gql.data(ME, token=token_a))["me"]["email"] == "alice@example.com"
+    await gql.data(LOGIN, {"e": "alice@example.com", "p": PASSWORD})

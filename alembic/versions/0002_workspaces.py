@@ -147,8 +147,16 @@ def upgrade() -> None:
         END $$
         """
     )
-    # The migrating (owning) user may then `SET ROLE` to it.
-    op.execute(f"GRANT {APP_ROLE} TO CURRENT_USER")
+    # The migrating (owning) user may then `SET ROLE` to it (a DBA may have granted it).
+    op.execute(
+        f"""
+        DO $$ BEGIN
+          IF NOT pg_has_role(current_user, '{APP_ROLE}', 'MEMBER') THEN
+            EXECUTE 'GRANT {APP_ROLE} TO ' || quote_ident(current_user);
+          END IF;
+        END $$
+        """
+    )
     op.execute(f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}")
     op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_ROLE}")
     op.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE}")

@@ -14,6 +14,12 @@ from starlette.websockets import WebSocket
 from rag_gql.errors import NotFound, Unauthenticated
 from rag_gql.resources import Services
 from rag_gql.services.access import Principal
+from rag_gql.services.api_keys import API_KEY_PREFIX, INVALID
+
+HTTP_CREDENTIALS = "send the header `Authorization: Bearer <token>` or `X-API-Key: <key>`"
+WS_CREDENTIALS = (
+    'send `{"authorization": "Bearer <token>"}` or `{"apiKey": "<key>"}` in connection_init'
+)
 
 
 @dataclass
@@ -28,26 +34,60 @@ class Context:
     response: Response | WebSocket | None = None
     connection_params: dict[str, Any] | None = None
     principal: Principal | None = field(default=None)
+    _elsewhere: dict[uuid.UUID, Principal] = field(default_factory=dict, init=False, repr=False)
 
-    async def require_principal(self) -> Principal:
-        """Returns the caller, authenticating the bearer token on first use.
+    async def require_principal(self, workspace_id: uuid.UUID | None = None) -> Principal:
+        """Returns the caller acting in `workspace_id`, authenticating on first use.
 
-        The workspace is the `X-Workspace-Id` header (HTTP) or `workspaceId` in the
-        `connection_init` payload (WebSocket); without one, the user's personal workspace.
+        Without `workspace_id`, the request's workspace: the `X-Workspace-Id` header (HTTP)
+        or `workspaceId` in the `connection_init` payload (WebSocket), else the user's
+        personal workspace (an API key's is its own). The credential is an access token or
+        an API key (`rgk_…`): `Authorization: Bearer` or `X-API-Key` over HTTP,
+        `authorization` or `apiKey` in the `connection_init` payload.
 
         Raises:
-            Unauthenticated: no token, or a bad or expired one.
+            Unauthenticated: no credential, or a bad, expired or revoked one.
             NotFound: the workspace is not the caller's (or does not exist).
         """
-        if self.principal is None:
-            token = bearer_token(self.request.headers.get("authorization"))
-            if token is None:
-                raise Unauthenticated(
-                    "Authentication required: send the header `Authorization: Bearer <token>`"
-                )
-            workspace = parse_workspace_id(self.request.headers.get("x-workspace-id"))
-            self.principal = await self.services.auth.authenticate(token, workspace)
-        return self.principal
+        if workspace_id is None or (
+            self.principal is not None and self.principal.workspace_id == workspace_id
+        ):
+            if self.principal is None:
+                self.principal = await self._authenticate(self._requested_workspace())
+            return self.principal
+        if workspace_id not in self._elsewhere:
+            self._elsewhere[workspace_id] = await self._authenticate(workspace_id)
+        return self._elsewhere[workspace_id]
+
+    async def _authenticate(self, workspace_id: uuid.UUID | None) -> Principal:
+        credential = self._credential()
+        if credential.startswith(API_KEY_PREFIX):
+            return await self.services.api_keys.authenticate(credential, workspace_id)
+        return await self.services.auth.authenticate(credential, workspace_id)
+
+    def _credential(self) -> str:
+        if isinstance(self.request, WebSocket):
+            params = self.connection_params or {}
+            bearer = params.get("authorization") or params.get("Authorization")
+            api_key, how = params.get("apiKey"), WS_CREDENTIALS
+        else:
+            bearer = self.request.headers.get("authorization")
+            api_key, how = self.request.headers.get("x-api-key"), HTTP_CREDENTIALS
+        token = bearer_token(bearer)
+        if token is not None:
+            return token
+        if isinstance(api_key, str) and api_key.strip():
+            api_key = api_key.strip()
+            # Only an API key goes in this slot, never an access token.
+            if not api_key.startswith(API_KEY_PREFIX):
+                raise Unauthenticated(INVALID)
+            return api_key
+        raise Unauthenticated(f"Authentication required: {how}")
+
+    def _requested_workspace(self) -> uuid.UUID | None:
+        if isinstance(self.request, WebSocket):
+            return parse_workspace_id((self.connection_params or {}).get("workspaceId"))
+        return parse_workspace_id(self.request.headers.get("x-workspace-id"))
 
 
 def bearer_token(value: object) -> str | None:
@@ -60,7 +100,7 @@ def bearer_token(value: object) -> str | None:
 
 
 def parse_workspace_id(value: object) -> uuid.UUID | None:
-    """Parses a workspace id from a header or payload; absent is None.
+    """Parses a workspace id from a header, payload or argument; absent is None.
 
     Raises:
         NotFound: a value that is not an id (the same answer as an unknown workspace).

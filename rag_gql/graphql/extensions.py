@@ -1,6 +1,7 @@
 """Maps domain errors to `extensions.code` and masks everything else.
 
-A `DomainError` keeps its message and gets its code (`BAD_USER_INPUT`, `NOT_FOUND`, ...).
+A `DomainError` keeps its message and gets its code (`BAD_USER_INPUT`, `NOT_FOUND`, ...),
+plus whatever its `extensions()` adds (`RateLimited`: `retryAfter`).
 Any other exception is a bug: it is logged with its traceback and an error id, and the
 client sees only "Internal server error" with `INTERNAL_SERVER_ERROR` and that id.
 Errors without an original exception (syntax, validation) pass through as GraphQL-core
@@ -33,6 +34,7 @@ class DomainErrors(MaskErrors):
         original = error.original_error
         extensions = dict(error.extensions or {})
         if isinstance(original, DomainError):
+            extensions.update(original.extensions())
             extensions["code"] = original.code
             return _copy(error, str(original), extensions)
         if original is None or isinstance(original, GraphQLError):

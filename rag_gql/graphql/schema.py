@@ -13,12 +13,16 @@ from strawberry.tools import merge_types
 from strawberry.types.execution import ExecutionContext
 
 from rag_gql.graphql.extensions import DomainErrors
+from rag_gql.graphql.resolvers.api_keys import ApiKeyMutation, ApiKeyQuery
 from rag_gql.graphql.resolvers.auth import AuthMutation, AuthQuery
 from rag_gql.graphql.resolvers.documents import DocumentMutation, DocumentQuery
 from rag_gql.graphql.resolvers.search import AnswerSubscription, SearchQuery
+from rag_gql.graphql.resolvers.workspaces import WorkspaceMutation, WorkspaceQuery
 
-Query = merge_types("Query", (AuthQuery, DocumentQuery, SearchQuery))
-Mutation = merge_types("Mutation", (AuthMutation, DocumentMutation))
+Query = merge_types("Query", (AuthQuery, DocumentQuery, SearchQuery, WorkspaceQuery, ApiKeyQuery))
+Mutation = merge_types(
+    "Mutation", (AuthMutation, DocumentMutation, WorkspaceMutation, ApiKeyMutation)
+)
 Subscription = merge_types("Subscription", (AnswerSubscription,))
 
 

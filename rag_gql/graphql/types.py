@@ -8,7 +8,7 @@ from typing import Annotated
 import strawberry
 
 from rag_gql.db import models
-from rag_gql.services import auth, generation, retrieval
+from rag_gql.services import auth, collections, generation, retrieval, workspaces
 
 strawberry.enum(models.DocumentStatus, description="Where a document is in ingestion.")
 strawberry.enum(
@@ -30,24 +30,36 @@ class RegisterPayload:
     code_expires_at: datetime
 
 
-@strawberry.type(description="A signed access token (JWT); send it as `Authorization: Bearer`.")
+@strawberry.type(
+    description="A session: a short-lived access token (JWT; send it as `Authorization: "
+    "Bearer`) and a refresh token that renews it once with `refreshToken`."
+)
 class AuthPayload:
     access_token: str
     token_type: str
-    expires_in: int = strawberry.field(description="Seconds until the token expires.")
+    expires_in: int = strawberry.field(description="Seconds until the access token expires.")
+    refresh_token: str = strawberry.field(
+        description="Opaque; good for one `refreshToken` call, which returns the next one."
+    )
+    refresh_expires_in: int = strawberry.field(
+        description="Seconds until the refresh token expires."
+    )
 
     @classmethod
-    def from_token(cls, token: auth.AccessToken) -> AuthPayload:
+    def from_tokens(cls, tokens: auth.Tokens) -> AuthPayload:
         return cls(
-            access_token=token.access_token,
-            token_type=token.token_type,
-            expires_in=token.expires_in,
+            access_token=tokens.access.access_token,
+            token_type=tokens.access.token_type,
+            expires_in=tokens.access.expires_in,
+            refresh_token=tokens.refresh_token,
+            refresh_expires_in=tokens.refresh_expires_in,
         )
 
 
 @strawberry.type(description="An uploaded document.")
 class Document:
     id: strawberry.ID
+    collection_id: strawberry.ID | None
     filename: str
     sha256: str = strawberry.field(description="SHA-256 of the file's bytes, hex.")
     media_type: str
@@ -65,6 +77,7 @@ class Document:
     def from_model(cls, doc: models.Document, *, duplicate: bool = False) -> Document:
         return cls(
             id=strawberry.ID(str(doc.id)),
+            collection_id=strawberry.ID(str(doc.collection_id)) if doc.collection_id else None,
             filename=doc.filename,
             sha256=doc.sha256,
             media_type=doc.media_type,
@@ -163,3 +176,107 @@ def answer_event(event: generation.AnswerEvent) -> AnswerEvent:
             )
         case generation.Failed(code=code, message=message):
             return AnswerError(code=code, message=message)
+
+
+@strawberry.type(description="A workspace (the tenant) and the caller's role in it.")
+class Workspace:
+    id: strawberry.ID
+    name: str
+    personal: bool
+    role: models.Role
+    created_at: datetime
+
+    @classmethod
+    def from_view(cls, view: workspaces.WorkspaceView) -> Workspace:
+        ws = view.workspace
+        return cls(
+            id=strawberry.ID(str(ws.id)),
+            name=ws.name,
+            personal=ws.personal,
+            role=view.role,
+            created_at=ws.created_at,
+        )
+
+
+@strawberry.type(description="A member of a workspace.")
+class Member:
+    user: User
+    role: models.Role
+    joined_at: datetime
+
+    @classmethod
+    def from_view(cls, view: workspaces.MemberView) -> Member:
+        return cls(
+            user=User(id=strawberry.ID(str(view.user.id)), email=view.user.email),
+            role=models.Role(view.membership.role),
+            joined_at=view.membership.created_at,
+        )
+
+
+@strawberry.type(description="An invitation sent by email; its token is only in the email.")
+class Invitation:
+    id: strawberry.ID
+    email: str
+    role: models.Role
+    expires_at: datetime
+
+    @classmethod
+    def from_view(cls, view: workspaces.InvitationView) -> Invitation:
+        inv = view.invitation
+        return cls(
+            id=strawberry.ID(str(inv.id)),
+            email=inv.email,
+            role=models.Role(inv.role),
+            expires_at=inv.expires_at,
+        )
+
+
+@strawberry.type(description="A named group of documents in a workspace.")
+class Collection:
+    id: strawberry.ID
+    name: str
+    document_count: int
+    created_at: datetime
+
+    @classmethod
+    def from_view(cls, view: collections.CollectionView) -> Collection:
+        c = view.collection
+        return cls(
+            id=strawberry.ID(str(c.id)),
+            name=c.name,
+            document_count=view.document_count,
+            created_at=c.created_at,
+        )
+
+
+@strawberry.type(description="A workspace's key for services; its secret was shown only once.")
+class ApiKey:
+    id: strawberry.ID
+    name: str
+    role: models.Role
+    prefix: str = strawberry.field(description="The secret's start (`rgk_` + 8 characters).")
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None = strawberry.field(description="Updated at most once a minute.")
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_model(cls, key: models.ApiKey) -> ApiKey:
+        return cls(
+            id=strawberry.ID(str(key.id)),
+            name=key.name,
+            role=models.Role(key.role),
+            prefix=key.prefix,
+            created_at=key.created_at,
+            expires_at=key.expires_at,
+            last_used_at=key.last_used_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+@strawberry.type(description="A new API key and its secret, shown this once and never again.")
+class CreateApiKeyPayload:
+    api_key: ApiKey
+    secret: str = strawberry.field(
+        description="Send as `Authorization: Bearer <secret>` or `X-API-Key: <secret>`."
+    )

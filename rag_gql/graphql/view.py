@@ -15,7 +15,7 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from rag_gql.errors import DomainError
-from rag_gql.graphql.context import Context, bearer_token, parse_workspace_id
+from rag_gql.graphql.context import Context
 from rag_gql.graphql.schema import schema
 from rag_gql.resources import Services
 
@@ -33,7 +33,8 @@ class GraphQLView(GraphQL[Context, None]):
 
     Multipart uploads (the GraphQL multipart request spec) are on, but only with a preflight
     header. A WebSocket must authenticate in its `connection_init` payload
-    (`{"authorization": "Bearer <token>"}`); otherwise it is closed with 4403.
+    (`{"authorization": "Bearer <token or API key>"}` or `{"apiKey": "rgk_..."}`, with an
+    optional `workspaceId`); otherwise it is closed with 4403.
     """
 
     def __init__(self) -> None:
@@ -76,14 +77,9 @@ class GraphQLView(GraphQL[Context, None]):
         return await super().parse_http_body(request)
 
     async def on_ws_connect(self, context: Context) -> dict[str, object] | None:
-        params = context.connection_params or {}
-        credential = params.get("authorization") or params.get("Authorization")
-        token = bearer_token(credential)
-        if token is None:
-            raise ConnectionRejectionError({"message": "Send authorization: Bearer <token>"})
         try:
-            workspace = parse_workspace_id(params.get("workspaceId"))
-            context.principal = await context.services.auth.authenticate(token, workspace)
+            # The connection's principal: every operation on this socket acts as it.
+            await context.require_principal()
         except DomainError as exc:
             raise ConnectionRejectionError({"message": str(exc)}) from exc
         return None

@@ -92,11 +92,13 @@ async def nearest_chunks(
     embedding: Sequence[float],
     k: int,
     ef_search: int,
+    collection_ids: Sequence[uuid.UUID] | None = None,
 ) -> list[ChunkHit]:
     """Returns the workspace's `k` chunks nearest to `embedding` by cosine distance.
 
     Uses the HNSW index (`vector_cosine_ops`); `hnsw.ef_search` is raised to at least `k` for
     this transaction, and pgvector 0.8's iterative scan keeps filtered results complete.
+    With `collection_ids`, only chunks of documents in those collections.
     """
     await session.execute(
         text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(max(ef_search, k))}
@@ -105,9 +107,12 @@ async def nearest_chunks(
     # The k nearest ids first (an index scan on HNSW with LIMIT), then their rows and
     # documents: joining inside the ordered query can make the planner sort instead.
     distance = Chunk.embedding.cosine_distance(embedding)
+    scope = [Chunk.workspace_id == workspace_id]
+    if collection_ids is not None:
+        scope.append(Chunk.collection_id.in_(list(collection_ids)))
     nearest = (
         select(Chunk.id, distance.label("distance"))
-        .where(Chunk.workspace_id == workspace_id)
+        .where(*scope)
         .order_by(distance)
         .limit(k)
         .subquery()

@@ -17,9 +17,11 @@ async def get_by_email(session: AsyncSession, email: str) -> User | None:
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def get(session: AsyncSession, user_id: uuid.UUID) -> User | None:
-    """Returns the user with this id."""
-    return await session.get(User, user_id)
+async def get(
+    session: AsyncSession, user_id: uuid.UUID, *, for_update: bool = False
+) -> User | None:
+    """Returns the user with this id; `for_update` locks its row until the transaction ends."""
+    return await session.get(User, user_id, with_for_update=for_update)
 
 
 async def add(session: AsyncSession, *, email: str, password_hash: str) -> User:

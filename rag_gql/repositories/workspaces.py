@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rag_gql.db.models import Membership, Role, User, Workspace
+from rag_gql.db.models import Invitation, Membership, Role, User, Workspace
 
 
 async def create_personal_workspace(session: AsyncSession, user: User) -> Workspace:
@@ -40,3 +40,86 @@ async def member_role(
     )
     role = (await session.execute(stmt)).scalar_one_or_none()
     return Role(role) if role is not None else None
+
+
+async def get(session: AsyncSession, workspace_id: uuid.UUID) -> Workspace | None:
+    """Returns the workspace with this id."""
+    return await session.get(Workspace, workspace_id)
+
+
+async def add(session: AsyncSession, *, name: str, owner_id: uuid.UUID) -> Workspace:
+    """Creates a (shared) workspace with `owner_id` as its OWNER."""
+    workspace = Workspace(id=uuid.uuid4(), name=name, personal=False)
+    session.add(workspace)
+    await session.flush()
+    session.add(Membership(workspace_id=workspace.id, user_id=owner_id, role=Role.OWNER.value))
+    await session.flush()
+    return workspace
+
+
+async def for_user(session: AsyncSession, user_id: uuid.UUID) -> list[tuple[Workspace, Role]]:
+    """Returns the user's workspaces with their role, personal first, then by name."""
+    stmt = (
+        select(Workspace, Membership.role)
+        .join(Membership, Membership.workspace_id == Workspace.id)
+        .where(Membership.user_id == user_id)
+        .order_by(Workspace.personal.desc(), Workspace.name, Workspace.id)
+    )
+    return [(ws, Role(role)) for ws, role in (await session.execute(stmt)).all()]
+
+
+async def members(session: AsyncSession, workspace_id: uuid.UUID) -> list[tuple[Membership, User]]:
+    """Returns the workspace's members with their accounts, oldest membership first."""
+    stmt = (
+        select(Membership, User)
+        .join(User, User.id == Membership.user_id)
+        .where(Membership.workspace_id == workspace_id)
+        .order_by(Membership.created_at, User.email)
+    )
+    return [(m, u) for m, u in (await session.execute(stmt)).all()]
+
+
+async def get_membership(
+    session: AsyncSession, *, workspace_id: uuid.UUID, user_id: uuid.UUID
+) -> Membership | None:
+    """Returns the membership row, locked for update."""
+    stmt = (
+        select(Membership)
+        .where(Membership.workspace_id == workspace_id, Membership.user_id == user_id)
+        .with_for_update()
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def owner_count(session: AsyncSession, workspace_id: uuid.UUID) -> int:
+    """Number of OWNERs of the workspace."""
+    stmt = select(func.count()).where(
+        Membership.workspace_id == workspace_id, Membership.role == Role.OWNER.value
+    )
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def upsert_membership(
+    session: AsyncSession, *, workspace_id: uuid.UUID, user_id: uuid.UUID, role: Role
+) -> Membership:
+    """Adds the user to the workspace with `role`, or changes their role if already there."""
+    membership = await get_membership(session, workspace_id=workspace_id, user_id=user_id)
+    if membership is None:
+        membership = Membership(workspace_id=workspace_id, user_id=user_id, role=role.value)
+        session.add(membership)
+    else:
+        membership.role = role.value
+    await session.flush()
+    return membership
+
+
+async def add_invitation(session: AsyncSession, invitation: Invitation) -> None:
+    """Stores an invitation."""
+    session.add(invitation)
+    await session.flush()
+
+
+async def invitation_by_hash(session: AsyncSession, token_hash: str) -> Invitation | None:
+    """Returns the invitation whose token hashes to `token_hash`, locked for update."""
+    stmt = select(Invitation).where(Invitation.token_hash == token_hash).with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()

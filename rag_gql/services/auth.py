@@ -1,42 +1,68 @@
-"""Accounts: registration with an emailed one-time code, login, and access tokens.
+"""Accounts: registration with an emailed code, login, sessions, password change and reset.
 
-Passwords are hashed with Argon2id (`argon2-cffi`, RFC 9106 defaults). One-time codes are
-6 digits, stored as an HMAC-SHA256 keyed by the server secret (a plain hash of a 6-digit code
-could be reversed by trying all million), expire after `OTP_TTL` seconds and die after
-`OTP_MAX_ATTEMPTS` wrong tries. Access tokens are JWTs (RFC 7519) signed HS256 with
-`joserfc`, carrying `sub`, `iat`, `exp`.
+Passwords follow `rag_gql.services.passwords` (policy, Argon2id). One-time codes are 6 digits,
+stored as an HMAC-SHA256 keyed by the server secret (a plain hash of a 6-digit code could be
+reversed by trying all million), expire after `OTP_TTL` seconds and die after
+`OTP_MAX_ATTEMPTS` wrong tries.
+
+A login opens a session: a short-lived access token, a JWT (RFC 7519) signed HS256 with
+`joserfc` carrying `sub`, `iat`, `exp` and `ver` (the user's `token_version`), and an opaque
+refresh token stored as its SHA-256. Refresh tokens rotate: each is good for one refresh, and
+presenting one again revokes every token of its family, the session, since either the client
+or a thief holds a stolen copy (OAuth 2.0 Security BCP, RFC 9700 4.14.2). Changing or
+resetting the password bumps `token_version` and revokes every refresh token: all sessions end.
+
+The endpoints that take a password or a code, or send mail, are rate limited per client IP
+and per email (`rag_gql.services.ratelimit`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import argon2.profiles
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from email_validator import EmailNotValidError, validate_email
 from joserfc import jwt
 from joserfc.errors import ExpiredTokenError, JoseError
 from joserfc.jwk import OctKey
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import User
-from rag_gql.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
+from rag_gql.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unauthenticated
 from rag_gql.providers.mail import Mailer
-from rag_gql.repositories import users, workspaces
+from rag_gql.repositories import refresh_tokens, users, workspaces
 from rag_gql.services.access import Principal
+from rag_gql.services.passwords import Passwords
+from rag_gql.services.ratelimit import RateLimiter
 
-MIN_PASSWORD_LENGTH = 8
-MAX_PASSWORD_LENGTH = 1024
+log = logging.getLogger(__name__)
+
 _VERIFY = "verify"
+_RESET = "reset"
+WRONG_CODE = "The code is wrong or has expired"
+WRONG_RESET_CODE = "The code is wrong or has expired; request a new one"
+INVALID_REFRESH = "The refresh token is invalid; log in again"
+_MAILS = {  # purpose: (subject, body)
+    _VERIFY: (
+        "Your rag-gql verification code",
+        "Your verification code is {code}.\n\nIt expires in {minutes} minutes.",
+    ),
+    _RESET: (
+        "Your rag-gql password reset code",
+        "Your password reset code is {code}.\n\nIt expires in {minutes} minutes.\n\n"
+        "If you did not ask for it, ignore this email: your password stays as it is.",
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +75,16 @@ class AccessToken:
 
 
 @dataclass(frozen=True, slots=True)
+class Tokens:
+    """A session's credentials: an access token and the refresh token that renews it once."""
+
+    access: AccessToken
+    refresh_token: str
+    refresh_expires_in: int
+    """Seconds until `refresh_token` expires."""
+
+
+@dataclass(frozen=True, slots=True)
 class Registration:
     """A registration awaiting its code."""
 
@@ -56,35 +92,51 @@ class Registration:
     code_expires_at: datetime
 
 
-class AuthService:
-    """Registration, email verification, login and token checks."""
+class _Code(enum.Enum):
+    """What checking a one-time code found."""
 
-    def __init__(self, *, settings: Settings, db: Database, mailer: Mailer) -> None:
+    RIGHT = "right"
+    WRONG = "wrong"  # counted as an attempt
+    DEAD = "dead"  # none, or expired
+    EXHAUSTED = "exhausted"  # OTP_MAX_ATTEMPTS wrong tries already
+
+
+class AuthService:
+    """Accounts, sessions (access and refresh tokens) and password changes."""
+
+    def __init__(
+        self, *, settings: Settings, db: Database, mailer: Mailer, ratelimiter: RateLimiter
+    ) -> None:
         self._settings = settings
         self._db = db
         self._mailer = mailer
-        self._hasher = PasswordHasher.from_parameters(
-            getattr(argon2.profiles, settings.password_hash_profile)
-        )
+        self._limiter = ratelimiter
+        self._passwords = Passwords(settings.password_hash_profile)
         self._secret = settings.resolved_jwt_secret()
         self._jwk = OctKey.import_key(self._secret)
-        # Verified against when the email is unknown, so both paths cost one Argon2 check
-        # and timing does not tell which emails have accounts.
-        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self._mail_tasks: set[asyncio.Task[None]] = set()
 
-    async def register(self, email: str, password: str) -> Registration:
+    async def aclose(self) -> None:
+        """Waits for the emails still being sent in the background."""
+        await asyncio.gather(*self._mail_tasks, return_exceptions=True)
+
+    # --- registration --------------------------------------------------------------------------
+
+    async def register(
+        self, email: str, password: str, *, client_ip: str | None = None
+    ) -> Registration:
         """Creates (or refreshes) an unverified account and emails it a 6-digit code.
 
         Raises:
-            InvalidInput: malformed email, or a password outside 8..1024 characters.
+            RateLimited: too many attempts from this IP or for this email.
+            InvalidInput: malformed email, or a password the policy refuses.
             Conflict: a verified account already has this email.
             UpstreamUnavailable: the code could not be emailed (registering again resends).
         """
+        await self._limit("register", client_ip, email)
         email = normalize_email(email)
-        check_password(password)
-        password_hash = await asyncio.to_thread(self._hasher.hash, password)
-        code = f"{secrets.randbelow(1_000_000):06d}"
-        expires_at = datetime.now(UTC) + timedelta(seconds=self._settings.otp_ttl)
+        await self._passwords.check(password, email=email)
+        password_hash = await self._passwords.hash(password)
         async with self._db.transaction() as session:
             user = await users.get_by_email(session, email)
             if user is not None and user.verified_at is not None:
@@ -93,75 +145,102 @@ class AuthService:
                 user = await users.add(session, email=email, password_hash=password_hash)
             else:
                 user.password_hash = password_hash
-            await users.replace_code(
-                session,
-                user_id=user.id,
-                purpose=_VERIFY,
-                code_hash=self._code_hash(code),
-                expires_at=expires_at,
-            )
-        minutes = max(1, self._settings.otp_ttl // 60)
-        await self._mailer.send(
-            to=email,
-            subject="Your rag-gql verification code",
-            body=f"Your verification code is {code}.\n\nIt expires in {minutes} minutes.",
-        )
+            code, expires_at = await self._new_code(session, user.id, _VERIFY)
+        await self._mailer.send(**self._code_mail(email, code, _VERIFY))
         return Registration(email=email, code_expires_at=expires_at)
 
-    async def verify_email(self, email: str, code: str) -> User:
+    async def verify_email(self, email: str, code: str, *, client_ip: str | None = None) -> User:
         """Activates the account when `code` is its live code; creates its personal workspace.
 
         Raises:
+            RateLimited: too many attempts from this IP or for this email.
             InvalidInput: wrong, expired or exhausted code, unknown email, or an account
-                already verified (one message).
+                already verified (one message, but for an exhausted code).
         """
+        await self._limit("verifyEmail", client_ip, email)
         email = normalize_email(email)
-        code = code.strip()
-        wrong = InvalidInput("The code is wrong or has expired")
         async with self._db.transaction() as session:
             user = await users.get_by_email(session, email)
             # A verified account has no live code: any code is wrong (and must not reveal its id).
             if user is None or user.verified_at is not None:
-                raise wrong
-            stored = await users.get_code(session, user_id=user.id, purpose=_VERIFY)
-            if stored is None or stored.expires_at <= datetime.now(UTC):
-                raise wrong
-            if stored.attempts >= self._settings.otp_max_attempts:
+                raise InvalidInput(WRONG_CODE)
+            found = await self._use_code(session, user.id, _VERIFY, code)
+            if found is _Code.EXHAUSTED:
                 raise InvalidInput("Too many wrong codes; register again to get a new one")
-            if not hmac.compare_digest(stored.code_hash, self._code_hash(code)):
-                # Counted in a committed transaction: the error is raised after it.
-                stored.attempts += 1
-                failed = True
-            else:
-                failed = False
+            if found is _Code.DEAD:
+                raise InvalidInput(WRONG_CODE)
+            if found is _Code.RIGHT:
                 user.verified_at = datetime.now(UTC)
-                await users.delete_codes(session, user_id=user.id, purpose=_VERIFY)
                 await workspaces.create_personal_workspace(session, user)
-        if failed:
-            raise wrong
+        # Raised after the commit, so the wrong attempt stays counted.
+        if found is _Code.WRONG:
+            raise InvalidInput(WRONG_CODE)
         return user
 
-    async def login(self, email: str, password: str) -> AccessToken:
-        """Checks the password and returns an access token.
+    # --- sessions ------------------------------------------------------------------------------
+
+    async def login(self, email: str, password: str, *, client_ip: str | None = None) -> Tokens:
+        """Checks the password and opens a session.
 
         Raises:
+            RateLimited: too many attempts from this IP or for this email.
             Unauthenticated: wrong email or password, or an unverified account.
         """
+        await self._limit("login", client_ip, email)
         try:
             email = normalize_email(email)
         except InvalidInput:
             email = ""
         async with self._db.transaction() as session:
             user = await users.get_by_email(session, email) if email else None
-            stored_hash = user.password_hash if user is not None else self._dummy_hash
-            ok = await asyncio.to_thread(self._verify_password, stored_hash, password)
+            ok = await self._passwords.verify(user.password_hash if user else None, password)
             if user is None or not ok:
                 raise Unauthenticated("Wrong email or password")
             if user.verified_at is None:
                 raise Unauthenticated("Verify your email before logging in")
-            if self._hasher.check_needs_rehash(user.password_hash):
-                user.password_hash = await asyncio.to_thread(self._hasher.hash, password)
-            return self.issue_token(user)
+            if self._passwords.needs_rehash(user.password_hash):
+                user.password_hash = await self._passwords.hash(password)
+            return await self._open_session(session, user, family_id=uuid.uuid4())
+
+    async def refresh(self, refresh_token: str) -> Tokens:
+        """Exchanges a live refresh token for a new session; the old one is used up.
+
+        Presenting a used or revoked token revokes its whole family (reuse detection,
+        RFC 9700 4.14.2). The row is locked, so of two concurrent refreshes with one token,
+        the second sees it used.
+
+        Raises:
+            Unauthenticated: unknown, used, revoked or expired token, or the account is gone.
+        """
+        now = datetime.now(UTC)
+        async with self._db.transaction() as session:
+            stored = await refresh_tokens.get_by_hash(
+                session, _token_hash(refresh_token), for_update=True
+            )
+            if stored is None:
+                raise Unauthenticated(INVALID_REFRESH)
+            if stored.used_at is None and stored.revoked_at is None:
+                if stored.expires_at <= now:
+                    raise Unauthenticated("The refresh token has expired; log in again")
+                user = await users.get(session, stored.user_id)
+                if user is None or user.verified_at is None:
+                    raise Unauthenticated(INVALID_REFRESH)
+                stored.used_at = now
+                return await self._open_session(session, user, family_id=stored.family_id)
+            # Reused: revoke the family, commit, then refuse.
+            await refresh_tokens.revoke_family(session, stored.family_id, now=now)
+        log.warning("refresh token reused; its family %s is revoked", stored.family_id)
+        raise Unauthenticated(INVALID_REFRESH)
+
+    async def logout(self, refresh_token: str) -> None:
+        """Ends the session of `refresh_token` (revokes its family); unknown tokens are ignored.
+
+        Access tokens already issued stay valid until they expire (`ACCESS_TOKEN_TTL`).
+        """
+        async with self._db.transaction() as session:
+            stored = await refresh_tokens.get_by_hash(session, _token_hash(refresh_token))
+            if stored is not None:
+                await refresh_tokens.revoke_family(session, stored.family_id, now=datetime.now(UTC))
 
     def issue_token(self, user: User) -> AccessToken:
         """Signs an access token for `user`, valid for `ACCESS_TOKEN_TTL` seconds.
@@ -180,7 +259,7 @@ class AuthService:
         Without `workspace_id`, the user's personal workspace.
 
         Raises:
-            Unauthenticated: malformed, forged or expired token, or the account is gone.
+            Unauthenticated: malformed, forged, expired or revoked token, or the account is gone.
             NotFound: the user is not a member of `workspace_id` (or it does not exist).
         """
         try:
@@ -222,14 +301,166 @@ class AuthService:
             raise Unauthenticated("The access token is invalid")
         return user
 
-    def _verify_password(self, stored_hash: str, password: str) -> bool:
+    # --- passwords -----------------------------------------------------------------------------
+
+    async def change_password(
+        self,
+        principal: Principal,
+        current_password: str,
+        new_password: str,
+        *,
+        client_ip: str | None = None,
+    ) -> None:
+        """Replaces the caller's password and ends all their sessions (this one too).
+
+        Raises:
+            Forbidden: the caller is an API key, not a user.
+            RateLimited: too many attempts from this IP or for this account.
+            InvalidInput: the new password breaks the policy.
+            Unauthenticated: `current_password` is wrong, or the account is gone.
+        """
+        if principal.user_id is None:
+            raise Forbidden("An API key has no password; use a user's access token")
+        await self._limit("changePassword", client_ip, principal.email)
+        await self._passwords.check(new_password, email=principal.email)
+        new_hash = await self._passwords.hash(new_password)
+        async with self._db.transaction() as session:
+            user = await users.get(session, principal.user_id, for_update=True)
+            if user is None:
+                raise Unauthenticated("The access token is invalid")
+            if not await self._passwords.verify(user.password_hash, current_password):
+                raise Unauthenticated("The current password is wrong")
+            user.password_hash = new_hash
+            await self._end_all_sessions(session, user)
+
+    async def request_password_reset(self, email: str, *, client_ip: str | None = None) -> None:
+        """Emails a 6-digit reset code when a verified account has this email.
+
+        Says nothing either way: the answer, and its time, are the same for any email (the
+        mail goes out in the background, and a failure to send it is only logged).
+
+        Raises:
+            RateLimited: too many attempts from this IP or for this email.
+            InvalidInput: a malformed email.
+        """
+        await self._limit("requestPasswordReset", client_ip, email)
+        email = normalize_email(email)
+        async with self._db.transaction() as session:
+            user = await users.get_by_email(session, email)
+            if user is None or user.verified_at is None:
+                return
+            code, _ = await self._new_code(session, user.id, _RESET)
+        task = asyncio.create_task(
+            self._send_quietly(user.id, self._code_mail(email, code, _RESET))
+        )
+        self._mail_tasks.add(task)
+        task.add_done_callback(self._mail_tasks.discard)
+
+    async def reset_password(
+        self, email: str, code: str, new_password: str, *, client_ip: str | None = None
+    ) -> None:
+        """Sets a new password with an emailed reset code, and ends all sessions.
+
+        Raises:
+            RateLimited: too many attempts from this IP or for this email.
+            InvalidInput: a malformed email, a new password the policy refuses, or a wrong,
+                expired or exhausted code or unknown email (one message for these).
+        """
+        await self._limit("resetPassword", client_ip, email)
+        email = normalize_email(email)
+        await self._passwords.check(new_password, email=email)
+        async with self._db.transaction() as session:
+            user = await users.get_by_email(session, email)
+            if user is None or user.verified_at is None:
+                raise InvalidInput(WRONG_RESET_CODE)
+            found = await self._use_code(session, user.id, _RESET, code)
+            if found in (_Code.DEAD, _Code.EXHAUSTED):
+                raise InvalidInput(WRONG_RESET_CODE)
+            if found is _Code.RIGHT:
+                user.password_hash = await self._passwords.hash(new_password)
+                await self._end_all_sessions(session, user)
+        # Raised after the commit, so the wrong attempt stays counted.
+        if found is _Code.WRONG:
+            raise InvalidInput(WRONG_RESET_CODE)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    async def _limit(self, action: str, client_ip: str | None, email: str | None) -> None:
+        account: str | None = None
+        if email:
+            try:
+                account = normalize_email(email)
+            except InvalidInput:
+                account = None  # cannot be an account; the IP limit still counts
+        await self._limiter.hit(action, client_ip=client_ip, account=account)
+
+    async def _open_session(
+        self, session: AsyncSession, user: User, *, family_id: uuid.UUID
+    ) -> Tokens:
+        token = secrets.token_urlsafe(32)
+        ttl = self._settings.refresh_token_ttl
+        await refresh_tokens.add(
+            session,
+            user_id=user.id,
+            family_id=family_id,
+            token_hash=_token_hash(token),
+            expires_at=datetime.now(UTC) + timedelta(seconds=ttl),
+        )
+        return Tokens(access=self.issue_token(user), refresh_token=token, refresh_expires_in=ttl)
+
+    async def _end_all_sessions(self, session: AsyncSession, user: User) -> None:
+        user.token_version += 1
+        await refresh_tokens.revoke_all(session, user.id, now=datetime.now(UTC))
+
+    async def _new_code(
+        self, session: AsyncSession, user_id: uuid.UUID, purpose: str
+    ) -> tuple[str, datetime]:
+        """Stores a new code for `purpose` (replacing any other); returns it and its expiry."""
+        code = f"{secrets.randbelow(1_000_000):06d}"
+        expires_at = datetime.now(UTC) + timedelta(seconds=self._settings.otp_ttl)
+        await users.replace_code(
+            session,
+            user_id=user_id,
+            purpose=purpose,
+            code_hash=self._code_hash(code),
+            expires_at=expires_at,
+        )
+        return code, expires_at
+
+    async def _use_code(
+        self, session: AsyncSession, user_id: uuid.UUID, purpose: str, code: str
+    ) -> _Code:
+        """Checks `code` against the live code for `purpose`: a right one is deleted, a wrong
+        one counted (the caller must commit before raising)."""
+        stored = await users.get_code(session, user_id=user_id, purpose=purpose)
+        if stored is None or stored.expires_at <= datetime.now(UTC):
+            return _Code.DEAD
+        if stored.attempts >= self._settings.otp_max_attempts:
+            return _Code.EXHAUSTED
+        if not hmac.compare_digest(stored.code_hash, self._code_hash(code.strip())):
+            stored.attempts += 1
+            return _Code.WRONG
+        await users.delete_codes(session, user_id=user_id, purpose=purpose)
+        return _Code.RIGHT
+
+    def _code_mail(self, email: str, code: str, purpose: str) -> dict[str, str]:
+        subject, body = _MAILS[purpose]
+        minutes = max(1, self._settings.otp_ttl // 60)
+        return {"to": email, "subject": subject, "body": body.format(code=code, minutes=minutes)}
+
+    async def _send_quietly(self, user_id: uuid.UUID, mail: dict[str, str]) -> None:
         try:
-            return self._hasher.verify(stored_hash, password)
-        except (VerificationError, InvalidHashError):
-            return False
+            await self._mailer.send(**mail)
+        except DomainError as exc:
+            log.warning("reset code for user %s not sent: %s", user_id, exc)
 
     def _code_hash(self, code: str) -> str:
         return hmac.new(self._secret, code.encode(), hashlib.sha256).hexdigest()
+
+
+def _token_hash(token: str) -> str:
+    # A refresh token has 256 random bits: a plain hash cannot be reversed by guessing.
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def normalize_email(email: str) -> str:
@@ -243,11 +474,3 @@ def normalize_email(email: str) -> str:
     except EmailNotValidError as exc:
         raise InvalidInput(f"Invalid email address: {exc}") from exc
     return valid.normalized.lower()
-
-
-def check_password(password: str) -> None:
-    """Raises `InvalidInput` unless the password has 8 to 1024 characters."""
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidInput(f"The password must have at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise InvalidInput(f"The password must have at most {MAX_PASSWORD_LENGTH} characters")

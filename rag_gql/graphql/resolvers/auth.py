@@ -1,4 +1,4 @@
-"""Accounts: register, verify, log in; `me`."""
+"""Accounts: register, verify, log in, refresh, log out, change or reset the password; `me`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,16 @@ import strawberry
 
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
+
+
+def client_ip(info: Info) -> str | None:
+    """The peer's IP address, as the ASGI server reports it (None when unknown).
+
+    Behind a reverse proxy, run uvicorn with `--proxy-headers` and `--forwarded-allow-ips`
+    so this is the client's address, not the proxy's.
+    """
+    client = info.context.request.client
+    return client.host if client is not None else None
 
 
 @strawberry.type
@@ -21,15 +31,58 @@ class AuthQuery:
 class AuthMutation:
     @strawberry.mutation(description="Creates an account and emails it a 6-digit code.")
     async def register(self, info: Info, email: str, password: str) -> types.RegisterPayload:
-        result = await info.context.services.auth.register(email, password)
+        result = await info.context.services.auth.register(
+            email, password, client_ip=client_ip(info)
+        )
         return types.RegisterPayload(email=result.email, code_expires_at=result.code_expires_at)
 
     @strawberry.mutation(description="Activates an account with the emailed code.")
     async def verify_email(self, info: Info, email: str, code: str) -> types.User:
-        user = await info.context.services.auth.verify_email(email, code)
+        user = await info.context.services.auth.verify_email(email, code, client_ip=client_ip(info))
         return types.User(id=strawberry.ID(str(user.id)), email=user.email)
 
-    @strawberry.mutation(description="Exchanges email and password for an access token.")
+    @strawberry.mutation(description="Exchanges email and password for a session's tokens.")
     async def login(self, info: Info, email: str, password: str) -> types.AuthPayload:
-        token = await info.context.services.auth.login(email, password)
-        return types.AuthPayload.from_token(token)
+        tokens = await info.context.services.auth.login(email, password, client_ip=client_ip(info))
+        return types.AuthPayload.from_tokens(tokens)
+
+    @strawberry.mutation(
+        description="Exchanges a refresh token for new tokens; each refresh token works once, "
+        "and using one twice ends its session."
+    )
+    async def refresh_token(self, info: Info, token: str) -> types.AuthPayload:
+        tokens = await info.context.services.auth.refresh(token)
+        return types.AuthPayload.from_tokens(tokens)
+
+    @strawberry.mutation(
+        description="Ends the session of this refresh token; true even for an unknown token."
+    )
+    async def logout(self, info: Info, refresh_token: str) -> bool:
+        await info.context.services.auth.logout(refresh_token)
+        return True
+
+    @strawberry.mutation(
+        description="Changes the caller's password and ends all their sessions, this one too."
+    )
+    async def change_password(self, info: Info, current_password: str, new_password: str) -> bool:
+        principal = await info.context.require_principal()
+        await info.context.services.auth.change_password(
+            principal, current_password, new_password, client_ip=client_ip(info)
+        )
+        return True
+
+    @strawberry.mutation(
+        description="Emails a 6-digit reset code if a verified account has this email; always true."
+    )
+    async def request_password_reset(self, info: Info, email: str) -> bool:
+        await info.context.services.auth.request_password_reset(email, client_ip=client_ip(info))
+        return True
+
+    @strawberry.mutation(
+        description="Sets a new password with the emailed reset code; ends all sessions."
+    )
+    async def reset_password(self, info: Info, email: str, code: str, new_password: str) -> bool:
+        await info.context.services.auth.reset_password(
+            email, code, new_password, client_ip=client_ip(info)
+        )
+        return True

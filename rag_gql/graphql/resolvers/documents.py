@@ -49,12 +49,15 @@ class DocumentMutation:
     @strawberry.mutation(
         description="Uploads a PDF (GraphQL multipart request; send `Apollo-Require-Preflight`)."
     )
-    async def upload_document(self, info: Info, file: Upload) -> types.Document:
+    async def upload_document(
+        self, info: Info, file: Upload, collection_id: strawberry.ID | None = None
+    ) -> types.Document:
         principal = await info.context.require_principal()
+        collection = parse_id(collection_id, "Collection") if collection_id else None
         upload = cast(UploadFile, file)  # Strawberry hands Starlette's UploadFile over
         data = await upload.read()
         result = await info.context.services.ingestion.ingest(
-            principal, filename=upload.filename or "upload", data=data
+            principal, filename=upload.filename or "upload", data=data, collection_id=collection
         )
         return types.Document.from_model(result.document, duplicate=result.duplicate)
 

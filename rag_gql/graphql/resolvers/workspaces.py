@@ -1,0 +1,90 @@
+"""Workspaces, members, invitations and collections."""
+
+from __future__ import annotations
+
+import strawberry
+
+from rag_gql.db.models import Role
+from rag_gql.graphql import types
+from rag_gql.graphql.context import Info
+from rag_gql.graphql.resolvers.common import parse_id
+
+
+@strawberry.type
+class WorkspaceQuery:
+    @strawberry.field(description="The caller's workspaces, personal first.")
+    async def workspaces(self, info: Info) -> list[types.Workspace]:
+        principal = await info.context.require_principal()
+        views = await info.context.services.workspaces.list_for(principal)
+        return [types.Workspace.from_view(v) for v in views]
+
+    @strawberry.field(description="The members of one of the caller's workspaces.")
+    async def members(self, info: Info, workspace_id: strawberry.ID) -> list[types.Member]:
+        principal = await info.context.require_principal()
+        views = await info.context.services.workspaces.members(
+            principal, parse_id(workspace_id, "Workspace")
+        )
+        return [types.Member.from_view(v) for v in views]
+
+    @strawberry.field(description="The collections of the request's workspace, by name.")
+    async def collections(self, info: Info) -> list[types.Collection]:
+        principal = await info.context.require_principal()
+        views = await info.context.services.collections.list_all(principal)
+        return [types.Collection.from_view(v) for v in views]
+
+
+@strawberry.type
+class WorkspaceMutation:
+    @strawberry.mutation(description="Creates a shared workspace owned by the caller.")
+    async def create_workspace(self, info: Info, name: str) -> types.Workspace:
+        principal = await info.context.require_principal()
+        view = await info.context.services.workspaces.create(principal, name)
+        return types.Workspace.from_view(view)
+
+    @strawberry.mutation(description="Emails an invitation to join a workspace (ADMIN+).")
+    async def invite_member(
+        self, info: Info, workspace_id: strawberry.ID, email: str, role: Role
+    ) -> types.Invitation:
+        principal = await info.context.require_principal()
+        view = await info.context.services.workspaces.invite(
+            principal, parse_id(workspace_id, "Workspace"), email, role
+        )
+        return types.Invitation.from_view(view)
+
+    @strawberry.mutation(description="Joins a workspace with the token from an invitation email.")
+    async def accept_invitation(self, info: Info, token: str) -> types.Workspace:
+        principal = await info.context.require_principal()
+        view = await info.context.services.workspaces.accept(principal, token)
+        return types.Workspace.from_view(view)
+
+    @strawberry.mutation(description="Removes a member (ADMIN+, or yourself to leave).")
+    async def remove_member(
+        self, info: Info, workspace_id: strawberry.ID, user_id: strawberry.ID
+    ) -> bool:
+        principal = await info.context.require_principal()
+        await info.context.services.workspaces.remove_member(
+            principal, parse_id(workspace_id, "Workspace"), parse_id(user_id, "Member")
+        )
+        return True
+
+    @strawberry.mutation(description="Changes a member's role (ADMIN+, never above your own).")
+    async def update_member_role(
+        self, info: Info, workspace_id: strawberry.ID, user_id: strawberry.ID, role: Role
+    ) -> types.Member:
+        principal = await info.context.require_principal()
+        view = await info.context.services.workspaces.update_role(
+            principal, parse_id(workspace_id, "Workspace"), parse_id(user_id, "Member"), role
+        )
+        return types.Member.from_view(view)
+
+    @strawberry.mutation(description="Creates a collection in the request's workspace.")
+    async def create_collection(self, info: Info, name: str) -> types.Collection:
+        principal = await info.context.require_principal()
+        view = await info.context.services.collections.create(principal, name)
+        return types.Collection.from_view(view)
+
+    @strawberry.mutation(description="Deletes a collection with its documents and chunks.")
+    async def delete_collection(self, info: Info, id: strawberry.ID) -> bool:
+        principal = await info.context.require_principal()
+        await info.context.services.collections.delete(principal, parse_id(id, "Collection"))
+        return True

@@ -1,0 +1,42 @@
+"""API keys. `api_key` is an auth table without row-level security: a key is found by its
+hash before the workspace is known. Every other query names the workspace."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rag_gql.db.models import ApiKey
+
+
+async def add(session: AsyncSession, key: ApiKey) -> None:
+    """Inserts a key (flushes, so `created_at` and unique violations come back here)."""
+    session.add(key)
+    await session.flush()
+    await session.refresh(key, ["created_at"])
+
+
+async def get_by_hash(session: AsyncSession, key_hash: str) -> ApiKey | None:
+    """Returns the key whose secret hashes to `key_hash` (SHA-256 hex), in any workspace."""
+    stmt = select(ApiKey).where(ApiKey.key_hash == key_hash)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get(
+    session: AsyncSession, *, workspace_id: uuid.UUID, key_id: uuid.UUID
+) -> ApiKey | None:
+    """Returns the workspace's key with this id, or None (also when it is another's)."""
+    stmt = select(ApiKey).where(ApiKey.workspace_id == workspace_id, ApiKey.id == key_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def list_for_workspace(session: AsyncSession, *, workspace_id: uuid.UUID) -> list[ApiKey]:
+    """Returns the workspace's keys, revoked ones included, newest first."""
+    stmt = (
+        select(ApiKey)
+        .where(ApiKey.workspace_id == workspace_id)
+        .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
+    )
+    return list((await session.execute(stmt)).scalars())

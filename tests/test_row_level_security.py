@@ -1,0 +1,207 @@
+"""Isolation in the database itself: row-level security and a role that cannot bypass it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from alembic import command
+from rag_gql.config import Settings
+from rag_gql.db import Database
+from rag_gql.db.migrate import alembic_config
+from rag_gql.db.session import APP_ROLE
+from tests.conftest import TEST_EMBED_DIM, with_database
+from tests.support.accounts import sign_up
+from tests.support.graphql_client import GraphQLClient
+from tests.support.pdfs import make_pdf
+from tests.support.smtp import Inbox
+from tests.support.sql import asyncpg_dsn, connect
+
+TENANT_TABLES = ("collection", "document", "chunk")
+
+
+@pytest.fixture
+async def app_db(settings: Settings) -> AsyncIterator[Database]:
+    """The application's own database access: it connects and `SET ROLE`s to the app role."""
+    db = Database(str(settings.database_url))
+    yield db
+    await db.dispose()
+
+
+async def workspace_of(settings: Settings, email: str) -> uuid.UUID:
+    async with connect(settings) as conn:
+        ws: uuid.UUID = await conn.fetchval(
+            'SELECT m.workspace_id FROM membership m JOIN "user" u ON u.id = m.user_id '
+            "WHERE u.email = $1",
+            email,
+        )
+    return ws
+
+
+async def test_app_role_cannot_bypass_rls(settings: Settings, app_db: Database) -> None:
+    async with app_db.transaction() as session:
+        role = (await session.execute(text("SELECT current_user"))).scalar_one()
+        flags = (
+            await session.execute(
+                text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+            )
+        ).one()
+        owned = (
+            await session.execute(
+                text(
+                    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = 'public' AND pg_get_userbyid(c.relowner) = current_user"
+                )
+            )
+        ).scalar_one()
+    assert role == APP_ROLE
+    assert tuple(flags) == (False, False)
+    assert owned == 0
+    async with connect(settings) as conn:
+        rows = await conn.fetch(
+            "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class "
+            "WHERE relname = ANY($1::text[])",
+            list(TENANT_TABLES),
+        )
+    assert {r["relname"]: (r["relrowsecurity"], r["relforcerowsecurity"]) for r in rows} == {
+        t: (True, True) for t in TENANT_TABLES
+    }
+
+
+async def test_a_query_without_its_filter_sees_only_its_workspace(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
+) -> None:
+    for email, words in (("a@example.com", "apples"), ("b@example.com", "bananas")):
+        token = await sign_up(gql, inbox, email)
+        response = await gql.upload(f"{words}.pdf", make_pdf([f"All about {words}."]), token=token)
+        assert "errors" not in response.json()
+    ws_a = await workspace_of(settings, "a@example.com")
+    ws_b = await workspace_of(settings, "b@example.com")
+
+    # No WHERE clause at all: the policy alone keeps B's rows out.
+    async with app_db.transaction(ws_a) as session:
+        docs = (await session.execute(text("SELECT filename FROM document"))).scalars().all()
+        chunk_ws = (
+            (await session.execute(text("SELECT DISTINCT workspace_id FROM chunk"))).scalars().all()
+        )
+        by_id = (
+            await session.execute(
+                text("SELECT count(*) FROM document WHERE workspace_id = :ws"), {"ws": ws_b}
+            )
+        ).scalar_one()
+    assert list(docs) == ["apples.pdf"]
+    assert list(chunk_ws) == [ws_a]
+    assert by_id == 0
+
+    # Without a workspace set, a tenant table is empty.
+    async with app_db.transaction() as session:
+        for table in TENANT_TABLES:
+            count = (await session.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+            assert count == 0, table
+
+    # Writing into another workspace is refused by the policy's WITH CHECK.
+    with pytest.raises(DBAPIError, match="row-level security"):
+        async with app_db.transaction(ws_a) as session:
+            await session.execute(
+                text("INSERT INTO collection (id, workspace_id, name) VALUES (:id, :ws, 'x')"),
+                {"id": uuid.uuid4(), "ws": ws_b},
+            )
+    # Nor can B's rows be changed or deleted from A's transaction.
+    async with app_db.transaction(ws_a) as session:
+        deleted = await session.execute(
+            text("DELETE FROM document WHERE workspace_id = :ws"), {"ws": ws_b}
+        )
+        assert deleted.rowcount == 0  # type: ignore[attr-defined]
+    async with connect(settings) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM document") == 2
+
+
+async def test_vector_search_uses_hnsw_under_rls(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
+) -> None:
+    token = await sign_up(gql, inbox, "plan@example.com")
+    await gql.upload("p.pdf", make_pdf(["pgvector plans", "hnsw index"]), token=token)
+    ws = await workspace_of(settings, "plan@example.com")
+    vector = "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]"
+    async with app_db.transaction(ws) as session:
+        # The table is tiny; make the planner show what it does when the index pays off.
+        await session.execute(text("SET LOCAL enable_seqscan = off"))
+        await session.execute(text("SET LOCAL enable_sort = off"))
+        plan = "\n".join(
+            (
+                await session.execute(
+                    text(
+                        "EXPLAIN SELECT id FROM chunk "
+                        "ORDER BY embedding <=> CAST(:v AS vector) LIMIT 5"
+                    ),
+                    {"v": vector},
+                )
+            ).scalars()
+        )
+    assert "ix_chunk_embedding_hnsw" in plan, plan
+    assert "app.workspace_id" in plan, plan  # the policy is applied inside the index scan
+
+
+async def test_upgrade_from_the_skeleton_keeps_documents(postgres_url: str) -> None:
+    """A database made by revision 0001 keeps each user's documents in their workspace."""
+    name = f"up_{uuid.uuid4().hex[:12]}"
+    dsn = asyncpg_dsn(Settings(_env_file=None, database_url=postgres_url))
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    settings = Settings(_env_file=None, database_url=with_database(postgres_url, name))
+    url = str(settings.database_url)
+    try:
+        config = alembic_config(url, embed_dim=TEST_EMBED_DIM)
+        await asyncio.to_thread(command.upgrade, config, "0001")
+        user, ws, doc = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        async with connect(settings) as conn:
+            await conn.execute(
+                'INSERT INTO "user" (id, email, password_hash, verified_at) '
+                "VALUES ($1, 'old@example.com', 'x', now())",
+                user,
+            )
+            await conn.execute(
+                "INSERT INTO workspace (id, name, personal) VALUES ($1, 'p', true)", ws
+            )
+            await conn.execute(
+                "INSERT INTO membership (workspace_id, user_id, role) VALUES ($1, $2, 'OWNER')",
+                ws,
+                user,
+            )
+            await conn.execute(
+                "INSERT INTO document (id, workspace_id, filename, sha256, media_type, size_bytes, "
+                "page_count, chunk_count, status) VALUES ($1, $2, 'old.pdf', 'ab', "
+                "'application/pdf', 1, 1, 1, 'READY')",
+                doc,
+                ws,
+            )
+            vector = "[" + ",".join(["0.5"] * TEST_EMBED_DIM) + "]"
+            await conn.execute(
+                "INSERT INTO chunk (workspace_id, document_id, ordinal, page, char_start, "
+                "char_end, text, embedding) VALUES ($1, $2, 0, 1, 0, 3, 'old', $3::vector)",
+                ws,
+                doc,
+                vector,
+            )
+        await asyncio.to_thread(command.upgrade, config, "head")
+        db = Database(url)
+        try:
+            async with db.transaction(ws) as session:
+                names = (await session.execute(text("SELECT filename FROM document"))).scalars()
+                assert list(names) == ["old.pdf"]
+                chunks = (await session.execute(text("SELECT count(*) FROM chunk"))).scalar_one()
+                assert chunks == 1
+        finally:
+            await db.dispose()
+        await asyncio.to_thread(command.downgrade, config, "0001")
+    finally:
+        admin = await asyncpg.connect(dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
