@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     search_max_k: int = Field(default=50, gt=0)
     hnsw_ef_search: int = Field(default=100, gt=0)
+    # Reciprocal rank fusion (Cormack et al. 2009); tuned with `rag-gql eval`.
+    rrf_k: float = Field(default=60.0, gt=0)
+    hybrid_vector_weight: float = Field(default=1.0, ge=0)
+    hybrid_keyword_weight: float = Field(default=1.0, ge=0)
+    hybrid_candidates: int = Field(default=50, gt=0, description="Depth of each ranked list.")
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> Settings:

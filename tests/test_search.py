@@ -12,7 +12,7 @@ from sqlalchemy import event, text
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
-from rag_gql.repositories import documents
+from rag_gql.repositories import chunks
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json
 from tests.support.ollama_standin import StandinState, embed_text
@@ -22,7 +22,7 @@ from tests.support.sql import connect
 from tests.support.uploads import assert_error, upload_ok
 
 SEARCH = (
-    "query($q: String!, $k: Int) { search(query: $q, k: $k) "
+    "query($q: String!, $k: Int) { search(query: $q, k: $k, mode: VECTOR) "
     "{ score text page charStart charEnd document { id filename } } }"
 )
 
@@ -210,10 +210,13 @@ async def test_nearest_neighbour_query_uses_the_hnsw_index(
         async with db.transaction(workspace) as session:
             for setting in no_seqscan_no_sort:
                 await session.execute(text(setting))
-            hits = await documents.nearest_chunks(
-                session, workspace_id=workspace, embedding=query_vector, k=5, ef_search=100
+            ranked = await chunks.vector_ranked(
+                session, workspace_id=workspace, embedding=query_vector, limit=5, ef_search=100
             )
-            assert [hit.page for hit in hits][:1] == [3], "the espresso page"
+            pages = await chunks.load(
+                session, workspace_id=workspace, ids=[ranked[0][0]], query="espresso"
+            )
+            assert [row.page for row in pages.values()] == [3], "the espresso page"
             ((statement, parameters),) = statements
             connection = await (await session.connection()).get_raw_connection()
             raw = connection.driver_connection

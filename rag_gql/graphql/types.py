@@ -109,10 +109,37 @@ class DocumentConnection:
     page_info: PageInfo
 
 
+strawberry.enum(
+    retrieval.SearchMode,
+    description="VECTOR: embeddings (HNSW, cosine). KEYWORD: full-text. HYBRID: both, fused "
+    "by reciprocal rank fusion.",
+)
+
+
+@strawberry.input(description="Restricts a search; unset fields do not restrict.")
+class SearchFilter:
+    collection_ids: list[strawberry.ID] | None = None
+    document_ids: list[strawberry.ID] | None = None
+    filenames: list[str] | None = None
+    page_from: int | None = strawberry.field(default=None, description="1-based, inclusive.")
+    page_to: int | None = strawberry.field(default=None, description="1-based, inclusive.")
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
 @strawberry.type(description="A passage that matches a query.")
 class SearchHit:
-    score: float = strawberry.field(description="Cosine similarity to the query (1 is best).")
+    score: float = strawberry.field(
+        description="VECTOR: cosine similarity; KEYWORD: ts_rank_cd; HYBRID: the fused score."
+    )
+    vector_rank: int | None = strawberry.field(
+        description="1-based rank in the vector list, null when not in it."
+    )
+    keyword_rank: int | None = strawberry.field(
+        description="1-based rank in the keyword list, null when not in it."
+    )
     text: str
+    snippet: str = strawberry.field(description="The text around the matches, marked **so**.")
     page: int = strawberry.field(description="1-based page number.")
     char_start: int = strawberry.field(description="Offset in the page's normalized text.")
     char_end: int
@@ -122,7 +149,10 @@ class SearchHit:
     def from_hit(cls, hit: retrieval.SearchHit) -> SearchHit:
         return cls(
             score=hit.score,
+            vector_rank=hit.vector_rank,
+            keyword_rank=hit.keyword_rank,
             text=hit.text,
+            snippet=hit.snippet,
             page=hit.page,
             char_start=hit.char_start,
             char_end=hit.char_end,

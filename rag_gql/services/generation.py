@@ -8,7 +8,6 @@ errors rather than raising them). Retrieval's transaction is closed before strea
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -16,8 +15,9 @@ from string import Template
 
 from rag_gql.errors import DomainError
 from rag_gql.providers.ollama import ChatMessage, OllamaClient
+from rag_gql.repositories.chunks import ChunkScope
 from rag_gql.services.access import Principal
-from rag_gql.services.retrieval import RetrievalService, SearchHit
+from rag_gql.services.retrieval import RetrievalService, SearchHit, SearchMode
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,8 @@ class GenerationService:
         question: str,
         k: int,
         *,
-        collection_ids: Sequence[uuid.UUID] | None = None,
+        mode: SearchMode = SearchMode.HYBRID,
+        scope: ChunkScope | None = None,
     ) -> AsyncIterator[AnswerEvent]:
         """Yields `Sources`, then `Token`s as they arrive (never buffered), then `Done`.
 
@@ -93,7 +94,7 @@ class GenerationService:
         failures after it end the stream with a `Failed` event.
         """
         started = time.perf_counter()
-        hits = await self._retrieval.search(principal, question, k, collection_ids=collection_ids)
+        hits = await self._retrieval.search(principal, question, k, mode=mode, scope=scope)
         yield Sources(hits)
         first_token_at: float | None = None
         try:

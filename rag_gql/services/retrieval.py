@@ -1,37 +1,62 @@
-"""Vector search over the caller's chunks (pgvector HNSW, cosine)."""
+"""Search over the workspace's chunks: vector, keyword, or both fused (hybrid).
+
+- VECTOR: pgvector HNSW on cosine distance; `score` is cosine similarity.
+- KEYWORD: PostgreSQL full-text search, any lexeme matches, `ts_rank_cd`; `score` is that rank.
+- HYBRID: both lists fused by reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009:
+  score(d) = Σ wᵢ / (k + rankᵢ(d))); `score` is the fused score.
+
+Adjacent chunks of one document that both made the list are merged into one hit, so results
+are not five slices of one paragraph.
+"""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, replace
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import Document
 from rag_gql.errors import InvalidInput
 from rag_gql.providers.ollama import OllamaClient
-from rag_gql.repositories import documents
+from rag_gql.repositories import chunks
+from rag_gql.repositories.chunks import ChunkRow, ChunkScope
 from rag_gql.services.access import Action, Principal
 
 MAX_QUERY_LENGTH = 4000
 
 
+class SearchMode(enum.Enum):
+    """How chunks are found."""
+
+    VECTOR = "VECTOR"
+    KEYWORD = "KEYWORD"
+    HYBRID = "HYBRID"
+
+
 @dataclass(frozen=True, slots=True)
 class SearchHit:
-    """A chunk that matches: `score` is cosine similarity (1 - cosine distance, in [-1, 1])."""
+    """A passage that matches: its score (see the module doc), ranks, text and place.
+
+    `vector_rank` / `keyword_rank` are 1-based positions in each list (None: not in it).
+    `char_start`/`char_end` index the page's normalized text.
+    """
 
     chunk_id: int
     score: float
     text: str
+    snippet: str
     page: int
     char_start: int
     char_end: int
     document: Document
+    vector_rank: int | None = None
+    keyword_rank: int | None = None
+    ordinal: int = 0
 
 
 class RetrievalService:
-    """Finds the chunks of the caller's workspace nearest to a query."""
+    """Finds the chunks of the caller's workspace that best match a query."""
 
     def __init__(self, *, settings: Settings, db: Database, ollama: OllamaClient) -> None:
         self._settings = settings
@@ -44,14 +69,13 @@ class RetrievalService:
         query: str,
         k: int,
         *,
-        collection_ids: Sequence[uuid.UUID] | None = None,
+        mode: SearchMode = SearchMode.HYBRID,
+        scope: ChunkScope | None = None,
     ) -> list[SearchHit]:
-        """Returns the workspace's `k` chunks most similar to `query`, best first.
-
-        With `collection_ids`, only from documents in those collections (ids of other
-        workspaces' collections simply match nothing).
+        """Returns up to `k` hits for `query`, best first, within `scope`.
 
         Raises:
+            Forbidden: the caller cannot read.
             InvalidInput: empty or over-long query, `k` outside 1..SEARCH_MAX_K.
             UpstreamUnavailable, UpstreamError: the query could not be embedded.
         """
@@ -63,26 +87,136 @@ class RetrievalService:
             raise InvalidInput(f"The query is longer than {MAX_QUERY_LENGTH} characters")
         if not 1 <= k <= self._settings.search_max_k:
             raise InvalidInput(f"k must be between 1 and {self._settings.search_max_k}")
-        (vector,) = await self._ollama.embed([query])
+        s = self._settings
+        depth = k if mode is not SearchMode.HYBRID else max(k, s.hybrid_candidates)
+        vector: list[float] | None = None
+        if mode is not SearchMode.KEYWORD:
+            (vector,) = await self._ollama.embed([query])
         # The transaction opens after the Ollama call: nothing holds a connection across it.
-        async with self._db.transaction(principal.workspace_id) as session:
-            hits = await documents.nearest_chunks(
-                session,
-                workspace_id=principal.workspace_id,
-                embedding=vector,
-                k=k,
-                ef_search=self._settings.hnsw_ef_search,
-                collection_ids=collection_ids,
+        ws = principal.workspace_id
+        async with self._db.transaction(ws) as session:
+            by_vector = (
+                await chunks.vector_ranked(
+                    session,
+                    workspace_id=ws,
+                    embedding=vector,
+                    limit=depth,
+                    ef_search=s.hnsw_ef_search,
+                    scope=scope,
+                )
+                if vector is not None
+                else []
             )
-        return [
-            SearchHit(
-                chunk_id=h.chunk_id,
-                score=1.0 - h.distance,
-                text=h.text,
-                page=h.page,
-                char_start=h.char_start,
-                char_end=h.char_end,
-                document=h.document,
+            by_keyword = (
+                await chunks.keyword_ranked(
+                    session, workspace_id=ws, query=query, limit=depth, scope=scope
+                )
+                if mode is not SearchMode.VECTOR
+                else []
             )
-            for h in hits
+            ranked = _rank(mode, by_vector, by_keyword, s)
+            # Load a few extra so merging neighbours still leaves k hits.
+            top = ranked[: k * 2]
+            rows = await chunks.load(
+                session, workspace_id=ws, ids=[cid for cid, *_ in top], query=query
+            )
+        hits = [
+            _hit(rows[cid], score, v_rank, k_rank)
+            for cid, score, v_rank, k_rank in top
+            if cid in rows
         ]
+        return merge_adjacent(hits)[:k]
+
+
+def _rank(
+    mode: SearchMode,
+    by_vector: list[tuple[int, float]],
+    by_keyword: list[tuple[int, float]],
+    s: Settings,
+) -> list[tuple[int, float, int | None, int | None]]:
+    """(chunk id, score, vector rank, keyword rank), best first."""
+    v_rank = {cid: i for i, (cid, _) in enumerate(by_vector, start=1)}
+    k_rank = {cid: i for i, (cid, _) in enumerate(by_keyword, start=1)}
+    if mode is SearchMode.VECTOR:
+        return [(cid, 1.0 - d, v_rank[cid], None) for cid, d in by_vector]
+    if mode is SearchMode.KEYWORD:
+        return [(cid, r, None, k_rank[cid]) for cid, r in by_keyword]
+    fused = reciprocal_rank_fusion(
+        [[cid for cid, _ in by_vector], [cid for cid, _ in by_keyword]],
+        weights=[s.hybrid_vector_weight, s.hybrid_keyword_weight],
+        k=s.rrf_k,
+    )
+    return [(cid, score, v_rank.get(cid), k_rank.get(cid)) for cid, score in fused]
+
+
+def reciprocal_rank_fusion(
+    rankings: list[list[int]], *, weights: list[float], k: float
+) -> list[tuple[int, float]]:
+    """Fuses ranked id lists: score(d) = Σ wᵢ / (k + rankᵢ(d)), ranks from 1.
+
+    Source: Cormack, Clarke & Büttcher, "Reciprocal Rank Fusion outperforms Condorcet and
+    individual Rank Learning Methods", SIGIR 2009 (k = 60 there). Ties keep first-seen order.
+    """
+    scores: dict[int, float] = {}
+    for ranking, weight in zip(rankings, weights, strict=True):
+        for rank, ident in enumerate(ranking, start=1):
+            scores[ident] = scores.get(ident, 0.0) + weight / (k + rank)
+    return sorted(scores.items(), key=lambda item: -item[1])
+
+
+def _hit(row: ChunkRow, score: float, v_rank: int | None, k_rank: int | None) -> SearchHit:
+    return SearchHit(
+        chunk_id=row.chunk_id,
+        score=score,
+        text=row.text,
+        snippet=row.snippet,
+        page=row.page,
+        char_start=row.char_start,
+        char_end=row.char_end,
+        document=row.document,
+        vector_rank=v_rank,
+        keyword_rank=k_rank,
+        ordinal=row.ordinal,
+    )
+
+
+def merge_adjacent(hits: list[SearchHit]) -> list[SearchHit]:
+    """Merges hits that are consecutive chunks of one page of one document into the better one.
+
+    The merged hit spans both (its text de-duplicates their overlap), keeps the better score
+    and the best rank of each list, and takes the better hit's place in the order.
+    """
+    merged: list[SearchHit] = []
+    for hit in hits:
+        for i, kept in enumerate(merged):
+            if (
+                kept.document.id == hit.document.id
+                and kept.page == hit.page
+                and abs(kept.ordinal - hit.ordinal) == 1
+            ):
+                merged[i] = _join(kept, hit)
+                break
+        else:
+            merged.append(hit)
+    return merged
+
+
+def _join(best: SearchHit, other: SearchHit) -> SearchHit:
+    first, second = (best, other) if best.char_start <= other.char_start else (other, best)
+    overlap = max(0, first.char_end - second.char_start)
+    text = first.text + second.text[overlap:] if overlap else f"{first.text} {second.text}"
+    return replace(
+        best,
+        text=text,
+        char_start=first.char_start,
+        char_end=max(first.char_end, second.char_end),
+        snippet=best.snippet,
+        vector_rank=_best_rank(best.vector_rank, other.vector_rank),
+        keyword_rank=_best_rank(best.keyword_rank, other.keyword_rank),
+        ordinal=min(best.ordinal, other.ordinal),
+    )
+
+
+def _best_rank(a: int | None, b: int | None) -> int | None:
+    ranks = [r for r in (a, b) if r is not None]
+    return min(ranks) if ranks else None

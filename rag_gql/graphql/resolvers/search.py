@@ -9,6 +9,8 @@ import strawberry
 
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
+from rag_gql.repositories.chunks import ChunkScope
+from rag_gql.services.retrieval import SearchMode
 
 DEFAULT_K = 5
 
@@ -21,6 +23,8 @@ class SearchQuery:
         info: Info,
         query: str,
         k: int | None = DEFAULT_K,
+        mode: SearchMode = SearchMode.HYBRID,
+        filter: types.SearchFilter | None = None,
         collection_ids: list[strawberry.ID] | None = None,
     ) -> list[types.SearchHit]:
         principal = await info.context.require_principal()
@@ -28,7 +32,8 @@ class SearchQuery:
             principal,
             query,
             DEFAULT_K if k is None else k,
-            collection_ids=_collection_ids(collection_ids),
+            mode=mode,
+            scope=to_scope(filter, collection_ids),
         )
         return [types.SearchHit.from_hit(hit) for hit in hits]
 
@@ -43,6 +48,8 @@ class AnswerSubscription:
         info: Info,
         question: str,
         k: int | None = DEFAULT_K,
+        mode: SearchMode = SearchMode.HYBRID,
+        filter: types.SearchFilter | None = None,
         collection_ids: list[strawberry.ID] | None = None,
     ) -> AsyncGenerator[types.AnswerEvent, None]:
         principal = await info.context.require_principal()
@@ -50,18 +57,41 @@ class AnswerSubscription:
             principal,
             question,
             DEFAULT_K if k is None else k,
-            collection_ids=_collection_ids(collection_ids),
+            mode=mode,
+            scope=to_scope(filter, collection_ids),
         )
         async for event in events:
             yield types.answer_event(event)
 
 
-def _collection_ids(ids: list[strawberry.ID] | None) -> list[uuid.UUID] | None:
-    """Parses the filter; an id that is not an id matches no collection."""
-    if ids is None:
+def to_scope(
+    filter: types.SearchFilter | None, collection_ids: list[strawberry.ID] | None
+) -> ChunkScope | None:
+    """Builds the search scope; `collectionIds` (top level) narrows `filter.collectionIds`."""
+    if filter is None and collection_ids is None:
+        return None
+    f = filter or types.SearchFilter()
+    collections = _ids(f.collection_ids)
+    if collection_ids is not None:
+        top = _ids(collection_ids) or []
+        collections = top if collections is None else [c for c in collections if c in top]
+    return ChunkScope(
+        collection_ids=collections,
+        document_ids=_ids(f.document_ids),
+        filenames=f.filenames,
+        page_from=f.page_from,
+        page_to=f.page_to,
+        created_after=f.created_after,
+        created_before=f.created_before,
+    )
+
+
+def _ids(values: list[strawberry.ID] | None) -> list[uuid.UUID] | None:
+    """Parses ids; one that is not an id matches nothing (it is left out)."""
+    if values is None:
         return None
     parsed: list[uuid.UUID] = []
-    for value in ids:
+    for value in values:
         try:
             parsed.append(uuid.UUID(str(value)))
         except ValueError:
