@@ -167,5 +167,3 @@ async def load(
             document=r[7],
         )
     return rows
-
-
