@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     search_max_k: int = Field(default=50, gt=0)
     hnsw_ef_search: int = Field(default=100, gt=0)
+    num_ctx: int = Field(default=8192, ge=512, description="Chat model context, tokens.")
+    answer_max_tokens: int = Field(default=1024, gt=0, description="Tokens kept for the answer.")
+    history_token_budget: int = Field(
+        default=1024, ge=0, description="Tokens of conversation history kept in the prompt."
+    )
     # Reciprocal rank fusion (Cormack et al. 2009); tuned with `rag-gql eval`.
     rrf_k: float = Field(default=60.0, gt=0)
     hybrid_vector_weight: float = Field(default=1.0, ge=0)

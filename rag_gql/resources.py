@@ -22,6 +22,7 @@ from rag_gql.providers.ollama import OllamaClient
 from rag_gql.services.api_keys import ApiKeyService
 from rag_gql.services.auth import AuthService
 from rag_gql.services.collections import CollectionService
+from rag_gql.services.conversations import ConversationService
 from rag_gql.services.documents import DocumentService
 from rag_gql.services.generation import GenerationService
 from rag_gql.services.ingestion import IngestionService
@@ -51,6 +52,7 @@ class Services:
     retrieval: RetrievalService
     generation: GenerationService
     workspaces: WorkspaceService
+    conversations: ConversationService
     collections: CollectionService
 
 
@@ -96,7 +98,10 @@ async def open_services(
                 documents=DocumentService(db=db),
                 ingestion=IngestionService(settings=settings, db=db, ollama=ollama),
                 retrieval=retrieval,
-                generation=GenerationService(retrieval=retrieval, ollama=ollama),
+                generation=GenerationService(
+                    settings=settings, db=db, retrieval=retrieval, ollama=ollama
+                ),
+                conversations=ConversationService(db=db),
                 workspaces=WorkspaceService(settings=settings, db=db, mailer=mailer),
                 collections=CollectionService(db=db),
             )

@@ -63,6 +63,11 @@ COVERED = {
     ("Mutation", "updateMemberRole"),
     ("Mutation", "createCollection"),
     ("Mutation", "deleteCollection"),
+    # tests/test_conversations.py::test_conversations_are_private
+    ("Query", "conversations"),
+    ("Query", "conversation"),
+    ("Mutation", "deleteConversation"),
+    ("Mutation", "ask"),
 }
 # Public operations: they act on no tenant's data (accounts are tested in test_auth.py).
 EXEMPT = {("Mutation", "register"), ("Mutation", "verifyEmail"), ("Mutation", "login")}

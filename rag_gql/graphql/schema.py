@@ -15,13 +15,25 @@ from strawberry.types.execution import ExecutionContext
 from rag_gql.graphql.extensions import DomainErrors
 from rag_gql.graphql.resolvers.api_keys import ApiKeyMutation, ApiKeyQuery
 from rag_gql.graphql.resolvers.auth import AuthMutation, AuthQuery
+from rag_gql.graphql.resolvers.conversations import ConversationMutation, ConversationQuery
 from rag_gql.graphql.resolvers.documents import DocumentMutation, DocumentQuery
-from rag_gql.graphql.resolvers.search import AnswerSubscription, SearchQuery
+from rag_gql.graphql.resolvers.search import AnswerSubscription, AskMutation, SearchQuery
 from rag_gql.graphql.resolvers.workspaces import WorkspaceMutation, WorkspaceQuery
 
-Query = merge_types("Query", (AuthQuery, DocumentQuery, SearchQuery, WorkspaceQuery, ApiKeyQuery))
+Query = merge_types(
+    "Query",
+    (AuthQuery, DocumentQuery, SearchQuery, WorkspaceQuery, ApiKeyQuery, ConversationQuery),
+)
 Mutation = merge_types(
-    "Mutation", (AuthMutation, DocumentMutation, WorkspaceMutation, ApiKeyMutation)
+    "Mutation",
+    (
+        AuthMutation,
+        DocumentMutation,
+        WorkspaceMutation,
+        ApiKeyMutation,
+        AskMutation,
+        ConversationMutation,
+    ),
 )
 Subscription = merge_types("Subscription", (AnswerSubscription,))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 
@@ -160,9 +160,36 @@ class SearchHit:
         )
 
 
+@strawberry.type(description="A numbered source an answer cites, and where it is.")
+class Citation:
+    number: int = strawberry.field(description="The [n] marker in the answer.")
+    document_id: strawberry.ID
+    filename: str
+    page: int = strawberry.field(description="1-based page number.")
+    char_start: int = strawberry.field(description="Offset in the page's normalized text.")
+    char_end: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Citation:
+        return cls(
+            number=int(data["number"]),
+            document_id=strawberry.ID(str(data["documentId"])),
+            filename=str(data["filename"]),
+            page=int(data["page"]),
+            char_start=int(data["charStart"]),
+            char_end=int(data["charEnd"]),
+        )
+
+
 @strawberry.type(description="First event of an answer: the numbered sources, [1] first.")
 class AnswerSources:
     sources: list[SearchHit]
+    conversation_id: strawberry.ID = strawberry.field(
+        description="Pass it back as `conversationId` to ask a follow-up."
+    )
+    standalone_question: str = strawberry.field(
+        description="The question retrieval used: a follow-up rewritten to stand alone."
+    )
 
 
 @strawberry.type(description="A piece of the answer, as the model streamed it.")
@@ -172,6 +199,13 @@ class AnswerToken:
 
 @strawberry.type(description="Last event of a complete answer.")
 class AnswerDone:
+    message_id: strawberry.ID
+    citations: list[Citation] = strawberry.field(
+        description="The sources the answer cites ([n] markers), in order of first citation."
+    )
+    grounded: bool = strawberry.field(
+        description="False when sources were given and the answer cites none of them."
+    )
     prompt_tokens: int
     completion_tokens: int
     time_to_first_token_ms: float
@@ -190,15 +224,138 @@ AnswerEvent = Annotated[
 ]
 
 
+@strawberry.type(description="Token counts and times of an answer.")
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token_ms: float
+    total_ms: float
+
+
+@strawberry.type(description="A whole answer at once (`ask`), for clients that don't stream.")
+class AskResult:
+    text: str
+    conversation_id: strawberry.ID
+    message_id: strawberry.ID | None
+    standalone_question: str
+    sources: list[SearchHit]
+    citations: list[Citation]
+    grounded: bool
+    usage: Usage | None
+    error: AnswerError | None = strawberry.field(
+        description="Set when the answer stopped after its sources (the text is partial)."
+    )
+
+
+@strawberry.type(description="One turn of a conversation.")
+class ConversationMessage:
+    id: strawberry.ID
+    role: str = strawberry.field(description="`user` or `assistant`.")
+    content: str
+    status: str = strawberry.field(description="`complete`, `interrupted` or `failed`.")
+    standalone_question: str | None
+    citations: list[Citation]
+    sources: list[Citation] = strawberry.field(description="The numbered sources given.")
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    time_to_first_token_ms: float | None
+    total_ms: float | None
+    created_at: datetime
+
+    @classmethod
+    def from_model(cls, m: models.Message) -> ConversationMessage:
+        return cls(
+            id=strawberry.ID(str(m.id)),
+            role=m.role,
+            content=m.content,
+            status=m.status,
+            standalone_question=m.standalone_question,
+            citations=[Citation.from_json(c) for c in m.citations],
+            sources=[Citation.from_json(c) for c in m.sources],
+            prompt_tokens=m.prompt_tokens,
+            completion_tokens=m.completion_tokens,
+            time_to_first_token_ms=m.time_to_first_token_ms,
+            total_ms=m.total_ms,
+            created_at=m.created_at,
+        )
+
+
+@strawberry.type(description="A thread of questions and answers.")
+class Conversation:
+    id: strawberry.ID
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    messages: list[ConversationMessage]
+
+
+@strawberry.type
+class ConversationEdge:
+    node: Conversation
+    cursor: str
+
+
+@strawberry.type(description="The caller's conversations, most recent first.")
+class ConversationConnection:
+    edges: list[ConversationEdge]
+    page_info: PageInfo
+
+
+def conversation(c: models.Conversation, messages: list[models.Message]) -> Conversation:
+    """Converts a conversation and its messages."""
+    return Conversation(
+        id=strawberry.ID(str(c.id)),
+        title=c.title,
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+        messages=[ConversationMessage.from_model(m) for m in messages],
+    )
+
+
+def _citation(c: generation.Citation) -> Citation:
+    return Citation.from_json(c.as_json())
+
+
+def ask_result(result: generation.AskResult) -> AskResult:
+    """Converts a collected answer."""
+    assert result.sources is not None  # `ask` raises before the sources otherwise
+    done, failed = result.done, result.failed
+    return AskResult(
+        text=result.text,
+        conversation_id=strawberry.ID(str(result.sources.conversation_id)),
+        message_id=strawberry.ID(str(done.message_id)) if done else None,
+        standalone_question=result.sources.standalone_question,
+        sources=[SearchHit.from_hit(h) for h in result.sources.hits],
+        citations=[_citation(c) for c in done.citations] if done else [],
+        grounded=done.grounded if done else False,
+        usage=Usage(
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            time_to_first_token_ms=done.time_to_first_token_ms,
+            total_ms=done.total_ms,
+        )
+        if done
+        else None,
+        error=AnswerError(code=failed.code, message=failed.message) if failed else None,
+    )
+
+
 def answer_event(event: generation.AnswerEvent) -> AnswerEvent:
     """Converts a service event to its GraphQL type."""
     match event:
         case generation.Sources(hits=hits):
-            return AnswerSources(sources=[SearchHit.from_hit(h) for h in hits])
+            return AnswerSources(
+                sources=[SearchHit.from_hit(h) for h in hits],
+                conversation_id=strawberry.ID(str(event.conversation_id)),
+                standalone_question=event.standalone_question,
+            )
         case generation.Token(text=text):
             return AnswerToken(text=text)
         case generation.Done():
             return AnswerDone(
+                message_id=strawberry.ID(str(event.message_id)),
+                citations=[_citation(c) for c in event.citations],
+                grounded=event.grounded,
                 prompt_tokens=event.prompt_tokens,
                 completion_tokens=event.completion_tokens,
                 time_to_first_token_ms=event.time_to_first_token_ms,

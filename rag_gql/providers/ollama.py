@@ -103,6 +103,28 @@ class OllamaClient:
             raise UpstreamUnavailable(f"Ollama connection failed: {_describe(exc)}") from exc
         raise UpstreamUnavailable("Ollama ended the answer stream before it was done")
 
+    async def chat(
+        self, messages: Sequence[ChatMessage], *, options: dict[str, Any] | None = None
+    ) -> ChatDelta:
+        """Returns the whole reply at once (`stream: false`), with its token counts."""
+        payload: dict[str, Any] = {
+            "model": self.chat_model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": False,
+        }
+        if options:
+            payload["options"] = options
+        body = await self._post_json("/api/chat", payload)
+        message = body.get("message")
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise UpstreamError("Ollama returned a malformed /api/chat response")
+        return ChatDelta(
+            text=message["content"],
+            done=True,
+            prompt_tokens=int(body.get("prompt_eval_count") or 0),
+            completion_tokens=int(body.get("eval_count") or 0),
+        )
+
     async def ping(self) -> list[str]:
         """Returns the names of the models Ollama has (`GET /api/tags`)."""
         try:

@@ -1,30 +1,71 @@
-"""Grounded answers: retrieve, then stream the chat model's reply token by token.
+"""Grounded answers: (rewrite a follow-up,) retrieve, stream the reply, cite, store.
 
-The events, in order: one `Sources`, a `Token` per streamed piece, then `Done` — or an
-`Failed` event in place of the rest when something breaks mid-way (a subscription yields its
-errors rather than raising them). Retrieval's transaction is closed before streaming starts.
+The events, in order: one `Sources`, a `Token` per streamed piece, then `Done` — or `Failed`
+in place of the rest when something breaks after the sources (a subscription yields its
+errors rather than raising them). No transaction is held across an Ollama call or a yield.
+
+Every answer belongs to a conversation (a new one unless `conversation_id` is given) and is
+stored with its question, sources, citations, timings and token counts; a client that leaves
+mid-answer leaves the partial answer stored as `interrupted`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import resources
 from string import Template
+from typing import Any
 
-from rag_gql.errors import DomainError
+from rag_gql.config import Settings
+from rag_gql.db import Database
+from rag_gql.db.models import Message
+from rag_gql.errors import DomainError, InvalidInput, NotFound
 from rag_gql.providers.ollama import ChatMessage, OllamaClient
+from rag_gql.repositories import conversations
 from rag_gql.repositories.chunks import ChunkScope
-from rag_gql.services.access import Principal
-from rag_gql.services.retrieval import RetrievalService, SearchHit, SearchMode
+from rag_gql.services.access import Action, Principal
+from rag_gql.services.citations import cited_numbers, estimate_tokens
+from rag_gql.services.retrieval import MAX_QUERY_LENGTH, RetrievalService, SearchHit, SearchMode
+
+TITLE_LENGTH = 80
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    """A numbered source the answer cites, and where it is: document, page, character span."""
+
+    number: int
+    document_id: uuid.UUID
+    filename: str
+    page: int
+    char_start: int
+    char_end: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The form stored with the message."""
+        return {
+            "number": self.number,
+            "documentId": str(self.document_id),
+            "filename": self.filename,
+            "page": self.page,
+            "charStart": self.char_start,
+            "charEnd": self.char_end,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class Sources:
-    """The passages the answer is grounded in, numbered from 1 in this order."""
+    """The passages the answer is grounded in, numbered from 1 in this order, and the
+    stand-alone question they were retrieved for."""
 
     hits: list[SearchHit]
+    conversation_id: uuid.UUID
+    standalone_question: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +77,11 @@ class Token:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The end: token counts from Ollama; times in milliseconds from the question."""
+    """The end: citations, whether any source was cited, token counts, times in ms."""
 
+    message_id: uuid.UUID
+    citations: list[Citation]
+    grounded: bool
     prompt_tokens: int
     completion_tokens: int
     time_to_first_token_ms: float
@@ -55,27 +99,74 @@ class Failed:
 AnswerEvent = Sources | Token | Done | Failed
 
 
+@dataclass
+class AskResult:
+    """A whole answer at once (`ask`), built from the same events as the stream."""
+
+    text: str = ""
+    sources: Sources | None = None
+    done: Done | None = None
+    failed: Failed | None = None
+    tokens: list[str] = field(default_factory=list)
+
+
 def _template(name: str) -> Template:
     text = resources.files("rag_gql.services").joinpath("prompts", name).read_text("utf-8")
     return Template(text)
 
 
-def build_prompt(question: str, hits: Sequence[SearchHit]) -> list[ChatMessage]:
-    """Returns the chat messages: a system prompt with numbered sources, then the question."""
-    blocks = [
-        f"[{n}] {hit.document.filename}, page {hit.page}:\n{hit.text}"
-        for n, hit in enumerate(hits, start=1)
-    ]
+def build_prompt(
+    question: str,
+    hits: Sequence[SearchHit],
+    history: Sequence[Message] = (),
+    *,
+    num_ctx: int = 8192,
+    answer_tokens: int = 1024,
+    history_tokens: int = 1024,
+) -> tuple[list[ChatMessage], list[SearchHit]]:
+    """Returns the chat messages and the sources that fit in the model's context.
+
+    The system prompt numbers the sources; the most recent turns of `history` follow, as many
+    as fit in `history_tokens`; then the question. Sources are dropped lowest-ranked first
+    until the whole prompt plus `answer_tokens` fits in `num_ctx` (estimated tokens).
+    """
+    turns: list[ChatMessage] = []
+    spent = 0
+    for message in reversed(history):
+        cost = estimate_tokens(message.content)
+        if spent + cost > history_tokens:
+            break
+        turns.insert(0, ChatMessage(message.role, message.content))
+        spent += cost
+    user = _template("answer_user.txt").substitute(question=question).strip()
+    template = _template("answer_system.txt")
+    fixed = estimate_tokens(template.template) + estimate_tokens(user) + spent + answer_tokens
+    kept: list[SearchHit] = []
+    blocks: list[str] = []
+    for hit in hits:
+        block = f"[{len(kept) + 1}] {hit.document.filename}, page {hit.page}:\n{hit.text}"
+        if fixed + sum(estimate_tokens(b) for b in blocks) + estimate_tokens(block) > num_ctx:
+            break
+        kept.append(hit)
+        blocks.append(block)
     sources = "\n\n".join(blocks) if blocks else "(no sources were found)"
-    system = _template("answer_system.txt").substitute(sources=sources)
-    user = _template("answer_user.txt").substitute(question=question)
-    return [ChatMessage("system", system), ChatMessage("user", user.strip())]
+    system = template.substitute(sources=sources)
+    return [ChatMessage("system", system), *turns, ChatMessage("user", user)], kept
 
 
 class GenerationService:
-    """Answers questions from the caller's documents."""
+    """Answers questions from the caller's documents, in conversations."""
 
-    def __init__(self, *, retrieval: RetrievalService, ollama: OllamaClient) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        retrieval: RetrievalService,
+        ollama: OllamaClient,
+    ) -> None:
+        self._settings = settings
+        self._db = db
         self._retrieval = retrieval
         self._ollama = ollama
 
@@ -87,30 +178,207 @@ class GenerationService:
         *,
         mode: SearchMode = SearchMode.HYBRID,
         scope: ChunkScope | None = None,
+        conversation_id: uuid.UUID | None = None,
     ) -> AsyncIterator[AnswerEvent]:
         """Yields `Sources`, then `Token`s as they arrive (never buffered), then `Done`.
 
-        Input errors (empty question, bad `k`) raise `InvalidInput` before the first event;
-        failures after it end the stream with a `Failed` event.
+        Raises (before the first event):
+            InvalidInput: empty or over-long question, bad `k`.
+            NotFound: `conversation_id` is not the caller's conversation.
+            UpstreamUnavailable, UpstreamError: the question could not be embedded/rewritten.
+        Failures after `Sources` end the stream with a `Failed` event instead.
         """
         started = time.perf_counter()
-        hits = await self._retrieval.search(principal, question, k, mode=mode, scope=scope)
-        yield Sources(hits)
+        principal.require(Action.READ)
+        question = question.strip()
+        if not question:
+            raise InvalidInput("The question is empty")
+        if len(question) > MAX_QUERY_LENGTH:
+            raise InvalidInput(f"The question is longer than {MAX_QUERY_LENGTH} characters")
+        conv_id, history = await self._open_conversation(principal, conversation_id, question)
+        standalone = await self._standalone(question, history) if history else question
+        hits = await self._retrieval.search(principal, standalone, k, mode=mode, scope=scope)
+        s = self._settings
+        prompt, hits = build_prompt(
+            question,
+            hits,
+            history,
+            num_ctx=s.num_ctx,
+            answer_tokens=s.answer_max_tokens,
+            history_tokens=s.history_token_budget,
+        )
+        yield Sources(hits, conv_id, standalone)
+
+        record = _Record(principal, conv_id, question, standalone, hits, message_id=uuid.uuid4())
         first_token_at: float | None = None
         try:
-            async for delta in self._ollama.chat_stream(build_prompt(question.strip(), hits)):
+            options = {"num_ctx": s.num_ctx, "num_predict": s.answer_max_tokens}
+            async for delta in self._ollama.chat_stream(prompt, options=options):
                 if delta.text:
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
+                    record.parts.append(delta.text)
                     yield Token(delta.text)
                 if delta.done:
                     now = time.perf_counter()
-                    yield Done(
+                    text = "".join(record.parts)
+                    numbers = cited_numbers(text, len(hits))
+                    done = Done(
+                        message_id=record.message_id,
+                        citations=[_citation(n, hits[n - 1]) for n in numbers],
+                        grounded=bool(numbers) or not hits,
                         prompt_tokens=delta.prompt_tokens,
                         completion_tokens=delta.completion_tokens,
                         time_to_first_token_ms=((first_token_at or now) - started) * 1000,
                         total_ms=(now - started) * 1000,
                     )
+                    await self._store(record, "complete", done)
+                    yield done
                     return
         except DomainError as exc:
+            await self._store(record, "failed", None)
             yield Failed(code=exc.code, message=str(exc))
+        finally:
+            if not record.stored:
+                # The client left mid-answer: keep what it had received.
+                await asyncio.shield(self._store(record, "interrupted", None))
+
+    async def ask(
+        self,
+        principal: Principal,
+        question: str,
+        k: int,
+        *,
+        mode: SearchMode = SearchMode.HYBRID,
+        scope: ChunkScope | None = None,
+        conversation_id: uuid.UUID | None = None,
+    ) -> AskResult:
+        """The same answer as `answer`, collected into one result (for clients that don't
+        stream). Raises as `answer` does before its first event."""
+        result = AskResult()
+        events = self.answer(
+            principal, question, k, mode=mode, scope=scope, conversation_id=conversation_id
+        )
+        async for event in events:
+            match event:
+                case Sources():
+                    result.sources = event
+                case Token(text=text):
+                    result.tokens.append(text)
+                case Done():
+                    result.done = event
+                case Failed():
+                    result.failed = event
+        result.text = "".join(result.tokens)
+        return result
+
+    async def _open_conversation(
+        self, principal: Principal, conversation_id: uuid.UUID | None, question: str
+    ) -> tuple[uuid.UUID, list[Message]]:
+        ws = principal.workspace_id
+        async with self._db.transaction(ws) as session:
+            if conversation_id is None:
+                conversation = await conversations.add(
+                    session,
+                    workspace_id=ws,
+                    user_id=principal.user_id,
+                    api_key_id=principal.api_key_id,
+                    title=question[:TITLE_LENGTH],
+                )
+                return conversation.id, []
+            found = await conversations.get(
+                session,
+                workspace_id=ws,
+                user_id=principal.user_id,
+                api_key_id=principal.api_key_id,
+                conversation_id=conversation_id,
+            )
+            if found is None:
+                raise NotFound("Conversation not found")
+            history = await conversations.messages(
+                session, workspace_id=ws, conversation_id=found.id
+            )
+        return found.id, [m for m in history if m.status == "complete" or m.role == "user"]
+
+    async def _standalone(self, question: str, history: Sequence[Message]) -> str:
+        """Rewrites a follow-up into a stand-alone question with the chat model."""
+        lines: list[str] = []
+        spent = 0
+        for message in reversed(history):
+            line = f"{message.role}: {' '.join(message.content.split())}"
+            spent += estimate_tokens(line)
+            if spent > self._settings.history_token_budget:
+                break
+            lines.insert(0, line)
+        user = _template("rewrite_user.txt").substitute(history="\n".join(lines), question=question)
+        system = _template("rewrite_system.txt").template
+        reply = await self._ollama.chat(
+            [ChatMessage("system", system), ChatMessage("user", user)],
+            options={"num_ctx": self._settings.num_ctx},
+        )
+        rewritten = " ".join(reply.text.split()).strip("\"'")
+        return rewritten[:MAX_QUERY_LENGTH] or question
+
+    async def _store(self, record: _Record, status: str, done: Done | None) -> None:
+        """Stores the question and the (possibly partial) answer in one transaction."""
+        if record.stored:
+            return
+        record.stored = True
+        ws = record.principal.workspace_id
+        sources = [
+            {**_citation(n, hit).as_json(), "score": hit.score}
+            for n, hit in enumerate(record.hits, start=1)
+        ]
+        question = Message(
+            id=uuid.uuid4(),
+            workspace_id=ws,
+            conversation_id=record.conversation_id,
+            role="user",
+            content=record.question,
+            status="complete",
+            created_at=record.asked_at,
+        )
+        answer = Message(
+            id=record.message_id,
+            workspace_id=ws,
+            conversation_id=record.conversation_id,
+            role="assistant",
+            content="".join(record.parts),
+            status=status,
+            standalone_question=record.standalone,
+            sources=sources,
+            citations=[c.as_json() for c in done.citations] if done else [],
+            prompt_tokens=done.prompt_tokens if done else None,
+            completion_tokens=done.completion_tokens if done else None,
+            time_to_first_token_ms=done.time_to_first_token_ms if done else None,
+            total_ms=done.total_ms if done else None,
+            created_at=datetime.now(UTC),
+        )
+        async with self._db.transaction(ws) as session:
+            await conversations.add_messages(session, [question, answer])
+
+
+@dataclass
+class _Record:
+    """What an answer in progress will store."""
+
+    principal: Principal
+    conversation_id: uuid.UUID
+    question: str
+    standalone: str
+    hits: list[SearchHit]
+    message_id: uuid.UUID
+    parts: list[str] = field(default_factory=list)
+    stored: bool = False
+    asked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def _citation(number: int, hit: SearchHit) -> Citation:
+    return Citation(
+        number=number,
+        document_id=hit.document.id,
+        filename=hit.document.filename,
+        page=hit.page,
+        char_start=hit.char_start,
+        char_end=hit.char_end,
+    )

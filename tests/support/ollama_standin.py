@@ -270,9 +270,30 @@ def _source_one_text(content: str) -> str | None:
     return None
 
 
+REWRITE_MARKER = "STANDALONE QUESTION"
+_FOLLOW_UP = re.compile(r"Follow-up question:\s*(.+)", re.S)
+_HISTORY_USER = re.compile(r"^user: (.+)$", re.M)
+
+
+def _rewrite_reply(content: str) -> str:
+    """A stand-alone question: the follow-up, completed with the conversation's first question."""
+    follow_up = _FOLLOW_UP.search(content)
+    question = follow_up.group(1).strip() if follow_up else content.strip()
+    earlier = _HISTORY_USER.findall(content)
+    return f"{question} ({earlier[0].strip()})" if earlier else question
+
+
 def _grounded_reply(messages: Sequence[dict[str, str]]) -> str:
-    """Build the deterministic reply for a chat: quote and cite source ``[1]``, if any."""
+    """Build the deterministic reply for a chat: quote and cite source ``[1]``, if any.
+
+    A request to rewrite a follow-up (a system message with ``STANDALONE QUESTION``) gets
+    the follow-up completed with the conversation's first question instead.
+    """
     last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
+    if last_user is not None and any(
+        REWRITE_MARKER in m["content"] for m in messages if m["role"] == "system"
+    ):
+        return _rewrite_reply(last_user)
     candidates = [last_user] if last_user is not None else []
     candidates += [m["content"] for m in messages if m["role"] == "system"]
     for content in candidates:

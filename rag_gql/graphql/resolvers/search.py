@@ -9,6 +9,7 @@ import strawberry
 
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
+from rag_gql.graphql.resolvers.common import parse_id
 from rag_gql.repositories.chunks import ChunkScope
 from rag_gql.services.retrieval import SearchMode
 
@@ -51,6 +52,7 @@ class AnswerSubscription:
         mode: SearchMode = SearchMode.HYBRID,
         filter: types.SearchFilter | None = None,
         collection_ids: list[strawberry.ID] | None = None,
+        conversation_id: strawberry.ID | None = None,
     ) -> AsyncGenerator[types.AnswerEvent, None]:
         principal = await info.context.require_principal()
         events = info.context.services.generation.answer(
@@ -59,9 +61,38 @@ class AnswerSubscription:
             DEFAULT_K if k is None else k,
             mode=mode,
             scope=to_scope(filter, collection_ids),
+            conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
         )
         async for event in events:
             yield types.answer_event(event)
+
+
+@strawberry.type
+class AskMutation:
+    @strawberry.mutation(
+        description="The same answer as the `answer` subscription, as one response "
+        "(for scripts, curl, batch jobs). It is stored in the conversation too."
+    )
+    async def ask(
+        self,
+        info: Info,
+        question: str,
+        k: int | None = DEFAULT_K,
+        mode: SearchMode = SearchMode.HYBRID,
+        filter: types.SearchFilter | None = None,
+        collection_ids: list[strawberry.ID] | None = None,
+        conversation_id: strawberry.ID | None = None,
+    ) -> types.AskResult:
+        principal = await info.context.require_principal()
+        result = await info.context.services.generation.ask(
+            principal,
+            question,
+            DEFAULT_K if k is None else k,
+            mode=mode,
+            scope=to_scope(filter, collection_ids),
+            conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
+        )
+        return types.ask_result(result)
 
 
 def to_scope(

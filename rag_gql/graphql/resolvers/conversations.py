@@ -1,0 +1,51 @@
+"""Conversations: list, read with messages, delete."""
+
+from __future__ import annotations
+
+import strawberry
+
+from rag_gql.graphql import types
+from rag_gql.graphql.context import Info
+from rag_gql.graphql.resolvers.common import parse_id
+
+DEFAULT_PAGE_SIZE = 20
+
+
+@strawberry.type
+class ConversationQuery:
+    @strawberry.field(description="The caller's conversations in the workspace, most recent first.")
+    async def conversations(
+        self, info: Info, first: int | None = DEFAULT_PAGE_SIZE, after: str | None = None
+    ) -> types.ConversationConnection:
+        principal = await info.context.require_principal()
+        page = await info.context.services.conversations.list_page(
+            principal, first=DEFAULT_PAGE_SIZE if first is None else first, after=after
+        )
+        edges = [
+            types.ConversationEdge(node=types.conversation(c, []), cursor=cursor)
+            for c, cursor in zip(page.items, page.cursors, strict=True)
+        ]
+        return types.ConversationConnection(
+            edges=edges,
+            page_info=types.PageInfo(
+                has_next_page=page.has_next_page,
+                end_cursor=page.cursors[-1] if page.cursors else None,
+            ),
+        )
+
+    @strawberry.field(description="One of the caller's conversations, with its messages.")
+    async def conversation(self, info: Info, id: strawberry.ID) -> types.Conversation:
+        principal = await info.context.require_principal()
+        found, messages = await info.context.services.conversations.get(
+            principal, parse_id(id, "Conversation")
+        )
+        return types.conversation(found, messages)
+
+
+@strawberry.type
+class ConversationMutation:
+    @strawberry.mutation(description="Deletes one of the caller's conversations.")
+    async def delete_conversation(self, info: Info, id: strawberry.ID) -> bool:
+        principal = await info.context.require_principal()
+        await info.context.services.conversations.delete(principal, parse_id(id, "Conversation"))
+        return True

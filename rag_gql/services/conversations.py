@@ -1,0 +1,87 @@
+"""Reading and deleting the caller's conversations (the generation service writes them)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from rag_gql.db import Database
+from rag_gql.db.models import Conversation, Message
+from rag_gql.errors import InvalidInput, NotFound
+from rag_gql.repositories import conversations
+from rag_gql.services.access import Action, Principal
+from rag_gql.services.documents import MAX_PAGE_SIZE, decode_cursor, encode_cursor
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationPage:
+    """Conversations, most recently active first, with their opaque cursors."""
+
+    items: list[Conversation]
+    cursors: list[str]
+    has_next_page: bool
+
+
+class ConversationService:
+    """The caller's own conversations in the request's workspace."""
+
+    def __init__(self, *, db: Database) -> None:
+        self._db = db
+
+    async def list_page(
+        self, principal: Principal, *, first: int, after: str | None
+    ) -> ConversationPage:
+        """Up to `first` (1..100) conversations after `after`. Raises `InvalidInput`."""
+        principal.require(Action.READ)
+        if not 1 <= first <= MAX_PAGE_SIZE:
+            raise InvalidInput(f"first must be between 1 and {MAX_PAGE_SIZE}")
+        before = decode_cursor(after) if after else None
+        async with self._db.transaction(principal.workspace_id) as session:
+            rows = await conversations.list_page(
+                session,
+                workspace_id=principal.workspace_id,
+                user_id=principal.user_id,
+                api_key_id=principal.api_key_id,
+                limit=first + 1,
+                before=before,
+            )
+        items = rows[:first]
+        return ConversationPage(
+            items=items,
+            cursors=[encode_cursor(c.updated_at, c.id) for c in items],
+            has_next_page=len(rows) > first,
+        )
+
+    async def get(
+        self, principal: Principal, conversation_id: uuid.UUID
+    ) -> tuple[Conversation, list[Message]]:
+        """The conversation with its messages, oldest first. Raises `NotFound`."""
+        principal.require(Action.READ)
+        async with self._db.transaction(principal.workspace_id) as session:
+            found = await conversations.get(
+                session,
+                workspace_id=principal.workspace_id,
+                user_id=principal.user_id,
+                api_key_id=principal.api_key_id,
+                conversation_id=conversation_id,
+            )
+            if found is None:
+                raise NotFound("Conversation not found")
+            messages = await conversations.messages(
+                session, workspace_id=principal.workspace_id, conversation_id=found.id
+            )
+        return found, messages
+
+    async def delete(self, principal: Principal, conversation_id: uuid.UUID) -> None:
+        """Deletes the conversation and its messages. Raises `NotFound`."""
+        principal.require(Action.READ)
+        async with self._db.transaction(principal.workspace_id) as session:
+            deleted = await conversations.delete_conversation(
+                session,
+                workspace_id=principal.workspace_id,
+                user_id=principal.user_id,
+                api_key_id=principal.api_key_id,
+                conversation_id=conversation_id,
+            )
+        if not deleted:
+            raise NotFound("Conversation not found")

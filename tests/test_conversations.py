@@ -1,0 +1,222 @@
+"""Cited answers, `ask`, conversations with follow-ups, and what is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+from rag_gql.config import Settings
+from tests.support.accounts import sign_up
+from tests.support.graphql_client import GraphQLClient, Json, init
+from tests.support.ollama_standin import StandinState
+from tests.support.pdfs import make_pdf
+from tests.support.smtp import Inbox
+from tests.support.sql import connect
+from tests.support.uploads import assert_error
+
+ANSWER = """
+subscription($q: String!, $c: ID) {
+  answer(question: $q, k: 3, conversationId: $c) {
+    __typename
+    ... on AnswerSources { conversationId standaloneQuestion sources { page document { id } } }
+    ... on AnswerToken { text }
+    ... on AnswerDone {
+      messageId grounded promptTokens completionTokens
+      citations { number documentId filename page charStart charEnd }
+    }
+    ... on AnswerError { code message }
+  }
+}
+"""
+ASK = """
+mutation($q: String!, $c: ID) {
+  ask(question: $q, k: 3, conversationId: $c) {
+    text conversationId messageId standaloneQuestion grounded
+    sources { page document { filename } }
+    citations { number filename page }
+    usage { promptTokens completionTokens totalMs }
+    error { code message }
+  }
+}
+"""
+CONVERSATION = """
+query($id: ID!) {
+  conversation(id: $id) {
+    id title
+    messages { role content status standaloneQuestion citations { number page } sources { number }
+               promptTokens completionTokens totalMs }
+  }
+}
+"""
+PAGES = [
+    "The lighthouse keeper lights the lamp at dusk and trims the wick every four hours.",
+    "Tide tables are printed every spring; the harbour master posts them by the quay.",
+]
+
+
+async def answer(
+    gql: GraphQLClient, token: str, question: str, conversation: str | None = None
+) -> list[Json]:
+    """Runs the subscription to its end; returns the `answer` events."""
+    async with gql.websocket() as ws:
+        assert (await init(ws, {"authorization": f"Bearer {token}"}))["type"] == "connection_ack"
+        payload = {"query": ANSWER, "variables": {"q": question, "c": conversation}}
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+        events: list[Json] = []
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == "complete":
+                return events
+            assert frame["type"] == "next", frame
+            if frame["payload"].get("errors"):
+                return [{"__typename": "errors", "errors": frame["payload"]["errors"]}]
+            events.append(frame["payload"]["data"]["answer"])
+
+
+async def test_answers_cite_and_are_stored(gql: GraphQLClient, inbox: Inbox) -> None:
+    token = await sign_up(gql, inbox, "keeper@example.com")
+    doc = (await gql.upload("lighthouse.pdf", make_pdf(PAGES), token=token)).json()
+    doc_id = doc["data"]["uploadDocument"]["id"]
+
+    events = await answer(gql, token, "When does the keeper light the lamp?")
+    sources, done = events[0], events[-1]
+    assert sources["__typename"] == "AnswerSources" and done["__typename"] == "AnswerDone"
+    assert sources["standaloneQuestion"] == "When does the keeper light the lamp?"
+    assert done["grounded"] is True
+    (citation,) = done["citations"]
+    assert citation["number"] == 1
+    assert (citation["documentId"], citation["filename"], citation["page"]) == (
+        doc_id,
+        "lighthouse.pdf",
+        1,
+    )
+    assert citation["charEnd"] > citation["charStart"] == 0
+    text = "".join(e["text"] for e in events if e["__typename"] == "AnswerToken")
+
+    stored = await gql.data(CONVERSATION, {"id": sources["conversationId"]}, token=token)
+    conversation = stored["conversation"]
+    assert conversation["title"] == "When does the keeper light the lamp?"
+    question, reply = conversation["messages"]
+    assert (question["role"], question["content"]) == (
+        "user",
+        "When does the keeper light the lamp?",
+    )
+    assert (reply["role"], reply["content"], reply["status"]) == ("assistant", text, "complete")
+    assert reply["citations"] == [{"number": 1, "page": 1}]
+    assert [s["number"] for s in reply["sources"]] == [1, 2]
+    assert reply["completionTokens"] == done["completionTokens"] and reply["totalMs"] > 0
+
+
+async def test_an_answer_that_cites_nothing_is_not_grounded(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState
+) -> None:
+    token = await sign_up(gql, inbox, "loose@example.com")
+    await gql.upload("lighthouse.pdf", make_pdf(PAGES), token=token)
+    ollama.chat_reply = "The lamp is lit at dusk, and also [7] at dawn."
+    done = (await answer(gql, token, "When is the lamp lit?"))[-1]
+    assert done["grounded"] is False
+    assert done["citations"] == [], "[7] is not one of the 2 sources"
+
+
+async def test_follow_ups_are_rewritten_and_keep_history(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState
+) -> None:
+    token = await sign_up(gql, inbox, "tides@example.com")
+    await gql.upload("harbour.pdf", make_pdf(PAGES), token=token)
+    first = await answer(gql, token, "Who posts the tide tables?")
+    conversation = first[0]["conversationId"]
+    first_text = "".join(e["text"] for e in first if e["__typename"] == "AnswerToken")
+
+    follow = await answer(gql, token, "And when are they printed?", conversation)
+    sources = follow[0]
+    assert sources["conversationId"] == conversation
+    # The stand-in "rewrites" by completing the follow-up with the conversation's question.
+    assert (
+        sources["standaloneQuestion"] == "And when are they printed? (Who posts the tide tables?)"
+    )
+    roles = [m["role"] for m in ollama.last_chat_messages]
+    assert roles == ["system", "user", "assistant", "user"], (
+        "history sits between system and question"
+    )
+    assert ollama.last_chat_messages[2]["content"] == first_text
+
+    via_ask = await gql.data(ASK, {"q": "Where are they posted?", "c": conversation}, token=token)
+    result = via_ask["ask"]
+    assert result["conversationId"] == conversation
+    assert result["grounded"] is True and result["citations"][0]["number"] == 1
+    assert result["usage"]["completionTokens"] > 0 and result["error"] is None
+    assert result["text"].endswith("[1].")
+    stored = await gql.data(CONVERSATION, {"id": conversation}, token=token)
+    messages = stored["conversation"]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 3
+    assert messages[3]["standaloneQuestion"] == sources["standaloneQuestion"]
+    listed = await gql.data("{ conversations { edges { node { id title } } } }", token=token)
+    assert [e["node"]["id"] for e in listed["conversations"]["edges"]] == [conversation]
+
+
+async def test_a_client_leaving_mid_answer_leaves_it_interrupted(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    token = await sign_up(gql, inbox, "leaver@example.com")
+    await gql.upload("lighthouse.pdf", make_pdf(PAGES), token=token)
+    ollama.chat_reply = "one two three four five six seven eight nine ten"
+    ollama.token_delay = 0.2
+    async with gql.websocket() as ws:
+        await init(ws, {"authorization": f"Bearer {token}"})
+        payload = {"query": ANSWER, "variables": {"q": "lamp?", "c": None}}
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+        tokens = 0
+        while tokens < 2:
+            frame = json.loads(await ws.recv())
+            if frame["payload"]["data"]["answer"]["__typename"] == "AnswerToken":
+                tokens += 1
+    # The server notices the closed socket and stores what was streamed.
+    for _ in range(100):
+        async with connect(settings) as conn:
+            row = await conn.fetchrow(
+                "SELECT status, content FROM message WHERE role = 'assistant'"
+            )
+        if row is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert row is not None
+    assert row["status"] == "interrupted"
+    assert row["content"].startswith("one two") and "ten" not in row["content"]
+
+
+async def test_conversations_are_private(gql: GraphQLClient, inbox: Inbox) -> None:
+    alice = await sign_up(gql, inbox, "alice@example.com")
+    bob = await sign_up(gql, inbox, "bob@example.com")
+    await gql.upload("lighthouse.pdf", make_pdf(PAGES), token=alice)
+    mine = (await gql.data(ASK, {"q": "When is the lamp lit?", "c": None}, token=alice))["ask"]
+    conversation = mine["conversationId"]
+    unknown = str(uuid.uuid4())
+
+    def same_not_found(body: Json, other: Json) -> None:
+        assert assert_error(body, "NOT_FOUND", "Conversation not found") == assert_error(
+            other, "NOT_FOUND"
+        )
+
+    same_not_found(
+        await gql.execute(CONVERSATION, {"id": conversation}, token=bob),
+        await gql.execute(CONVERSATION, {"id": unknown}, token=bob),
+    )
+    same_not_found(
+        await gql.execute(ASK, {"q": "and then?", "c": conversation}, token=bob),
+        await gql.execute(ASK, {"q": "and then?", "c": unknown}, token=bob),
+    )
+    events = await answer(gql, bob, "and then?", conversation)
+    assert_error({"errors": events[0]["errors"]}, "NOT_FOUND", "Conversation not found")
+    delete = "mutation($id: ID!) { deleteConversation(id: $id) }"
+    same_not_found(
+        await gql.execute(delete, {"id": conversation}, token=bob),
+        await gql.execute(delete, {"id": unknown}, token=bob),
+    )
+    assert (await gql.data("{ conversations { edges { node { id } } } }", token=bob))[
+        "conversations"
+    ]["edges"] == []
+    # Still Alice's, until she deletes it.
+    assert (await gql.data(CONVERSATION, {"id": conversation}, token=alice))["conversation"]
+    assert (await gql.data(delete, {"id": conversation}, token=alice))["deleteConversation"]
+    assert_error(await gql.execute(CONVERSATION, {"id": conversation}, token=alice), "NOT_FOUND")
