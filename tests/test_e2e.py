@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import signal
 import socket
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -136,14 +138,24 @@ async def _assert_stops_cleanly(served: Served, data_dir: Path) -> None:
     assert _postgres_processes(data_dir) == [], served.output()
 
 
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """DATA_DIR for the served process. Not under tmp_path: pytest keeps its temp root at mode
+    0700 (and other pytest runs on the machine reset it), while the embedded server runs as
+    its own system user."""
+    folder = Path(tempfile.mkdtemp(prefix="rag-gql-e2e-"))
+    yield folder / "data"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 async def test_serve_end_to_end(
     ollama_server: OllamaStandin,
     ollama: StandinState,
     smtp_server: SmtpSink,
     inbox: Inbox,
     tmp_path: Path,
+    data_dir: Path,
 ) -> None:
-    data_dir = tmp_path / "data"
     env = _server_env(data_dir, ollama_server, smtp_server.port)
     reply = "Lighthouses guide ships past the reef [1]."
     expected_tokens = split_tokens(reply)
