@@ -53,6 +53,12 @@ class SearchHit:
     vector_rank: int | None = None
     keyword_rank: int | None = None
     ordinal: int = 0
+    last_ordinal: int | None = None  # a merged hit's last chunk (None: just `ordinal`)
+
+    @property
+    def ordinals(self) -> tuple[int, int]:
+        """The first and last chunk ordinals this hit covers."""
+        return self.ordinal, self.ordinal if self.last_ordinal is None else self.last_ordinal
 
 
 class RetrievalService:
@@ -80,7 +86,8 @@ class RetrievalService:
             UpstreamUnavailable, UpstreamError: the query could not be embedded.
         """
         principal.require(Action.READ)
-        query = query.strip()
+        # PostgreSQL text cannot hold NUL; page texts drop it too (`normalize_page`).
+        query = query.replace("\x00", " ").strip()
         if not query:
             raise InvalidInput("The query is empty")
         if len(query) > MAX_QUERY_LENGTH:
@@ -188,17 +195,26 @@ def merge_adjacent(hits: list[SearchHit]) -> list[SearchHit]:
     """
     merged: list[SearchHit] = []
     for hit in hits:
-        for i, kept in enumerate(merged):
-            if (
-                kept.document.id == hit.document.id
-                and kept.page == hit.page
-                and abs(kept.ordinal - hit.ordinal) == 1
-            ):
-                merged[i] = _join(kept, hit)
-                break
-        else:
+        touching = [i for i, kept in enumerate(merged) if _touches(kept, hit)]
+        if not touching:
             merged.append(hit)
+            continue
+        # The hit may bridge two runs kept so far: fold them all into the best-placed one.
+        joined = _join(merged[touching[0]], hit)
+        for i in touching[1:]:
+            joined = _join(joined, merged[i])
+        merged[touching[0]] = joined
+        for i in reversed(touching[1:]):
+            del merged[i]
     return merged
+
+
+def _touches(a: SearchHit, b: SearchHit) -> bool:
+    """Same page of one document, and chunk ranges that overlap or are consecutive."""
+    if a.document.id != b.document.id or a.page != b.page:
+        return False
+    (a_first, a_last), (b_first, b_last) = a.ordinals, b.ordinals
+    return b_first <= a_last + 1 and a_first <= b_last + 1
 
 
 def _join(best: SearchHit, other: SearchHit) -> SearchHit:
@@ -214,6 +230,7 @@ def _join(best: SearchHit, other: SearchHit) -> SearchHit:
         vector_rank=_best_rank(best.vector_rank, other.vector_rank),
         keyword_rank=_best_rank(best.keyword_rank, other.keyword_rank),
         ordinal=min(best.ordinal, other.ordinal),
+        last_ordinal=max(best.ordinals[1], other.ordinals[1]),
     )
 
 

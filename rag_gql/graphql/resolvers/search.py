@@ -109,7 +109,11 @@ def to_scope(
     return ChunkScope(
         collection_ids=collections,
         document_ids=_ids(f.document_ids),
-        filenames=f.filenames,
+        # Stored names have no control characters (`clean_filename`), and PostgreSQL text
+        # cannot hold NUL: such a name matches nothing.
+        filenames=None
+        if f.filenames is None
+        else [name for name in f.filenames if name.isprintable()],
         page_from=f.page_from,
         page_to=f.page_to,
         created_after=f.created_after,
