@@ -1,5 +1,7 @@
-"""Tenant isolation: user B can neither see nor touch user A's documents, through any
-operation of the schema. A schema walk makes a new operation without a test here fail."""
+"""Tenant isolation: user B can neither see nor touch user A's documents.
+
+Every operation of the schema is attacked in tests/test_attacks.py, whose schema walk
+(`test_every_operation_has_an_attack_probe`) fails for an operation without an attack probe."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from rag_gql.config import Settings
-from rag_gql.graphql.schema import schema
 from tests.support.accounts import LOGIN, PASSWORD, sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init, subscribe
 from tests.support.ollama_standin import StandinState
@@ -37,68 +38,11 @@ subscription($q: String!) {
 }
 """
 
-# Every operation of the schema, and where this file shows it keeps tenants apart.
-COVERED = {
-    ("Query", "me"),
-    ("Query", "document"),
-    ("Query", "documents"),
-    ("Query", "search"),
-    ("Mutation", "uploadDocument"),
-    ("Mutation", "deleteDocument"),
-    ("Subscription", "answer"),
-    # tests/test_api_keys.py::test_a_key_acts_only_in_its_own_workspace
-    ("Query", "apiKeys"),
-    ("Mutation", "createApiKey"),
-    ("Mutation", "revokeApiKey"),
-    # test_change_password_touches_only_the_caller
-    ("Mutation", "changePassword"),
-    # tests/test_workspaces.py: outsiders, removed members and roles below ADMIN
-    ("Query", "workspaces"),
-    ("Query", "members"),
-    ("Query", "collections"),
-    ("Mutation", "createWorkspace"),
-    ("Mutation", "inviteMember"),
-    ("Mutation", "acceptInvitation"),
-    ("Mutation", "removeMember"),
-    ("Mutation", "updateMemberRole"),
-    ("Mutation", "createCollection"),
-    ("Mutation", "deleteCollection"),
-    # tests/test_conversations.py::test_conversations_are_private
-    ("Query", "conversations"),
-    ("Query", "conversation"),
-    ("Mutation", "deleteConversation"),
-    ("Mutation", "ask"),
-}
-# Public operations: they act on no tenant's data (accounts are tested in test_auth.py).
-EXEMPT = {("Mutation", "register"), ("Mutation", "verifyEmail"), ("Mutation", "login")}
-# Also public; sessions and passwords are tested in test_sessions.py.
-EXEMPT |= {
-    ("Mutation", "refreshToken"),
-    ("Mutation", "logout"),
-    ("Mutation", "requestPasswordReset"),
-    ("Mutation", "resetPassword"),
-}
-
 SECRET_PAGES = [
     "Project Nightingale: the zeppelin hangar combination is amber walrus seventeen.",
     "Nightingale budget: forty thousand florins for helium and the walrus mascot.",
 ]
 SECRET_TEXT = SECRET_PAGES[0]
-
-
-def test_every_operation_has_an_isolation_test() -> None:
-    graphql_schema = schema._schema
-    operations: set[tuple[str, str]] = set()
-    for root in (
-        graphql_schema.query_type,
-        graphql_schema.mutation_type,
-        graphql_schema.subscription_type,
-    ):
-        assert root is not None
-        operations |= {(root.name, name) for name in root.fields}
-    untested = operations - COVERED - EXEMPT
-    assert not untested, f"add an isolation test to tests/test_isolation.py for {untested}"
-    assert operations == COVERED | EXEMPT, "stale names in COVERED/EXEMPT"
 
 
 async def answer_events(gql: GraphQLClient, token: str, question: str) -> list[Json]:

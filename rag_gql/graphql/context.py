@@ -49,6 +49,12 @@ class Context:
             Unauthenticated: no credential, or a bad, expired or revoked one.
             NotFound: the workspace is not the caller's (or does not exist).
         """
+        if isinstance(self.request, WebSocket):
+            # A socket outlives removals, revocations and password changes: each operation
+            # on it authenticates again rather than act with access the caller has lost.
+            return await self._authenticate(
+                self._requested_workspace() if workspace_id is None else workspace_id
+            )
         if workspace_id is None or (
             self.principal is not None and self.principal.workspace_id == workspace_id
         ):

@@ -78,7 +78,7 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def on_ws_connect(self, context: Context) -> dict[str, object] | None:
         try:
-            # The connection's principal: every operation on this socket acts as it.
+            # Refuses the socket at once for bad credentials; each operation checks them again.
             await context.require_principal()
         except DomainError as exc:
             raise ConnectionRejectionError({"message": str(exc)}) from exc
