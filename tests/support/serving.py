@@ -29,7 +29,14 @@ async def serve(settings: Settings) -> AsyncIterator[str]:
     """Runs the app for `settings` with uvicorn on a free loopback port; yields its base URL."""
     port = _free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        # uvicorn closes idle keep-alive connections after 5 s; a client that reuses one at
+        # that moment gets a ReadError. Tests pause longer than that (building fixtures).
+        timeout_keep_alive=300,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
