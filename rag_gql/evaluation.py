@@ -1,0 +1,238 @@
+"""Retrieval metrics at page level, for `rag-gql eval`: pure functions, no I/O.
+
+A question names one document and the 1-based pages that answer it; a search hit is relevant
+when its document's filename and its page are among them. A ranking is the hits' pages,
+best first: `[("calc.pdf", 3), ("calc.pdf", 4), ...]` (a page may repeat: several hits can
+come from one page).
+
+Example:
+    >>> ranking = [("a.pdf", 2), ("b.pdf", 1), ("a.pdf", 1)]
+    >>> reciprocal_rank(ranking, {("a.pdf", 1)}, k=10)
+    0.3333333333333333
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+Page = tuple[str, int]
+"""(document filename, 1-based page number)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """A labelled question: the pages of `document` that answer it, and an optional `kind`."""
+
+    text: str
+    document: str
+    pages: tuple[int, ...]
+    kind: str | None = None
+
+    @property
+    def relevant(self) -> frozenset[Page]:
+        """The relevant pages."""
+        return frozenset((self.document, page) for page in self.pages)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one search returned for one question, and how long it took (milliseconds)."""
+
+    question: Question
+    ranking: tuple[Page, ...]
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """One mode's metrics, each a mean over the questions; latencies in milliseconds."""
+
+    mode: str
+    questions: int
+    hit_at_1: float
+    hit_at_5: float
+    recall: float
+    mrr: float
+    ndcg: float
+    p50_ms: float
+    p95_ms: float
+    mrr_by_kind: Mapping[str, float] = field(default_factory=dict)
+
+
+def parse_questions(lines: Iterable[str]) -> list[Question]:
+    """Reads JSONL: `{"question": str, "document": str, "pages": [int, ...], "kind"?: str}`.
+
+    Blank lines are skipped.
+
+    Raises:
+        ValueError: a line is not such an object (the message gives its number).
+    """
+    questions: list[Question] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            text, document, pages = item["question"], item["document"], item["pages"]
+            kind = item.get("kind")
+            if not (isinstance(text, str) and text.strip() and isinstance(document, str)):
+                raise ValueError("`question` and `document` must be non-empty strings")
+            if not pages or not all(type(p) is int and p >= 1 for p in pages):
+                raise ValueError("`pages` must be a non-empty list of 1-based page numbers")
+            if kind is not None and not isinstance(kind, str):
+                raise ValueError("`kind` must be a string")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"line {number}: {exc}") from exc
+        questions.append(Question(text, document, tuple(sorted(set(pages))), kind))
+    return questions
+
+
+def hit_at(ranking: Sequence[Page], relevant: Collection[Page], n: int) -> float:
+    """1.0 when any of the first `n` hits is relevant, else 0.0 (hit@n, a.k.a. success@n)."""
+    return 1.0 if any(page in relevant for page in ranking[:n]) else 0.0
+
+
+def reciprocal_rank(ranking: Sequence[Page], relevant: Collection[Page], *, k: int) -> float:
+    """1 / rank of the first relevant hit among the first `k` (ranks from 1), 0.0 if none.
+
+    Its mean over questions is the MRR (Voorhees, "The TREC-8 Question Answering Track
+    Report", TREC 1999).
+    """
+    for rank, page in enumerate(ranking[:k], start=1):
+        if page in relevant:
+            return 1.0 / rank
+    return 0.0
+
+
+def recall_at(ranking: Sequence[Page], relevant: Collection[Page], k: int) -> float:
+    """|relevant pages among the first `k` hits| / |relevant pages| (0.0 if none are labelled).
+
+    Source: Manning, Raghavan & Schütze, "Introduction to Information Retrieval" (2008), 8.3.
+    """
+    if not relevant:
+        return 0.0
+    return len(set(ranking[:k]) & set(relevant)) / len(relevant)
+
+
+def ndcg_at(ranking: Sequence[Page], relevant: Collection[Page], k: int) -> float:
+    """Normalized discounted cumulative gain of the first `k` hits, binary gains.
+
+    DCG@k = Σᵢ₌₁..ₖ gᵢ / log₂(i + 1), with gᵢ = 1 when hit i is a relevant page not already
+    seen higher up (a page counts once, so the score stays within 0..1), else 0;
+    nDCG@k = DCG@k / IDCG@k, where IDCG@k = Σᵢ₌₁..ₘ 1 / log₂(i + 1), m = min(|relevant|, k),
+    is the DCG of the ideal ranking. 0.0 if no page is labelled.
+
+    Source: Järvelin & Kekäläinen, "Cumulated gain-based evaluation of IR techniques",
+    ACM TOIS 20(4), 2002; the log₂(i + 1) discount is the common form of their log-base
+    discount (Burges et al., "Learning to rank using gradient descent", ICML 2005).
+    """
+    ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(len(relevant), k) + 1))
+    if ideal == 0.0:
+        return 0.0
+    seen: set[Page] = set()
+    dcg = 0.0
+    for i, page in enumerate(ranking[:k], start=1):
+        if page in relevant and page not in seen:
+            seen.add(page)
+            dcg += 1.0 / math.log2(i + 1)
+    return dcg / ideal
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q`-th percentile (0..100), interpolating linearly between closest ranks.
+
+    For sorted x₀..xₙ₋₁: h = (n - 1)·q/100, result = x⌊h⌋ + (h - ⌊h⌋)·(x⌊h⌋₊₁ - x⌊h⌋).
+    Source: Hyndman & Fan, "Sample quantiles in statistical packages", The American
+    Statistician 50(4), 1996, definition 7 (NumPy's default).
+
+    Raises:
+        ValueError: `values` is empty or `q` is outside 0..100.
+    """
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError("q must be within 0..100")
+    ordered = sorted(values)
+    h = (len(ordered) - 1) * q / 100
+    low = math.floor(h)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (h - low) * (ordered[high] - ordered[low])
+
+
+def score(mode: str, outcomes: Sequence[Outcome], *, k: int) -> Scores:
+    """Averages the metrics of `outcomes` (recall, MRR and nDCG at `k`) into one row.
+
+    `mrr_by_kind` has the MRR of each `kind` present, by kind name.
+
+    Raises:
+        ValueError: `outcomes` is empty.
+    """
+    if not outcomes:
+        raise ValueError("no outcomes to score")
+
+    def mean(values: Iterable[float]) -> float:
+        listed = list(values)
+        return sum(listed) / len(listed)
+
+    rr = [reciprocal_rank(o.ranking, o.question.relevant, k=k) for o in outcomes]
+    kinds = sorted({o.question.kind for o in outcomes if o.question.kind is not None})
+    latencies = [o.latency_ms for o in outcomes]
+    return Scores(
+        mode=mode,
+        questions=len(outcomes),
+        hit_at_1=mean(hit_at(o.ranking, o.question.relevant, 1) for o in outcomes),
+        hit_at_5=mean(hit_at(o.ranking, o.question.relevant, 5) for o in outcomes),
+        recall=mean(recall_at(o.ranking, o.question.relevant, k) for o in outcomes),
+        mrr=mean(rr),
+        ndcg=mean(ndcg_at(o.ranking, o.question.relevant, k) for o in outcomes),
+        p50_ms=percentile(latencies, 50),
+        p95_ms=percentile(latencies, 95),
+        mrr_by_kind={
+            kind: mean(r for r, o in zip(rr, outcomes, strict=True) if o.question.kind == kind)
+            for kind in kinds
+        },
+    )
+
+
+def format_table(rows: Sequence[Scores], *, k: int) -> str:
+    """The scores as an aligned text table, one line per mode, ending with a newline."""
+    header = ["mode", "hit@1", "hit@5", f"recall@{k}", "MRR", f"nDCG@{k}", "p50 ms", "p95 ms"]
+    body = [
+        [
+            row.mode,
+            *(f"{v:.3f}" for v in (row.hit_at_1, row.hit_at_5, row.recall, row.mrr, row.ndcg)),
+            f"{row.p50_ms:.1f}",
+            f"{row.p95_ms:.1f}",
+        ]
+        for row in rows
+    ]
+    return _align([header, *body])
+
+
+def format_kind_table(rows: Sequence[Scores]) -> str:
+    """MRR by question kind, one line per mode ("" when no question has a kind)."""
+    kinds = sorted({kind for row in rows for kind in row.mrr_by_kind})
+    if not kinds:
+        return ""
+    header = ["MRR by kind", *kinds]
+    body = [[row.mode, *(_or_dash(row.mrr_by_kind.get(kind)) for kind in kinds)] for row in rows]
+    return _align([header, *body])
+
+
+def _or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _align(table: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in table
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,265 @@
+"""`rag_gql.evaluation` on hand-made rankings, and `rag-gql eval`'s core on a tiny corpus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from rag_gql.cli import eval_principal, main, parse_modes, run_eval
+from rag_gql.config import Settings
+from rag_gql.db import Database
+from rag_gql.errors import InvalidInput
+from rag_gql.evaluation import (
+    Outcome,
+    Question,
+    format_kind_table,
+    format_table,
+    hit_at,
+    ndcg_at,
+    parse_questions,
+    percentile,
+    recall_at,
+    reciprocal_rank,
+    score,
+)
+from rag_gql.services.retrieval import SearchMode
+from tests.support.ollama_standin import StandinState
+from tests.support.pdfs import make_pdf
+
+A1, A2, A3, B1, B2 = ("a.pdf", 1), ("a.pdf", 2), ("a.pdf", 3), ("b.pdf", 1), ("b.pdf", 2)
+
+
+def test_hit_at_looks_at_the_first_n_hits_only() -> None:
+    ranking = [B1, B2, A2]
+    assert hit_at(ranking, {A2}, 1) == 0.0
+    assert hit_at(ranking, {A2}, 2) == 0.0
+    assert hit_at(ranking, {A2}, 3) == 1.0
+    assert hit_at(ranking, {A2}, 5) == 1.0
+    assert hit_at([], {A2}, 5) == 0.0
+
+
+def test_reciprocal_rank_is_one_over_the_first_relevant_rank_within_k() -> None:
+    assert reciprocal_rank([A1, B1], {A1}, k=10) == 1.0
+    assert reciprocal_rank([B1, B2, A3, A1], {A1, A3}, k=10) == pytest.approx(1 / 3)
+    assert reciprocal_rank([B1, B2, A3], {A3}, k=2) == 0.0  # beyond k counts as a miss
+    assert reciprocal_rank([B1, B2], {A1}, k=10) == 0.0
+
+
+def test_recall_counts_distinct_labelled_pages() -> None:
+    assert recall_at([A1, A1, B1], {A1, A2}, 10) == 0.5  # A1 twice is still one page
+    assert recall_at([A2, B1, A1], {A1, A2}, 10) == 1.0
+    assert recall_at([A2, B1, A1], {A1, A2}, 2) == 0.5
+    assert recall_at([B1], set(), 10) == 0.0
+
+
+def test_ndcg_with_binary_gains() -> None:
+    assert ndcg_at([A1, A2, B1], {A1, A2}, 10) == pytest.approx(1.0)  # ideal order
+    # Relevant at ranks 1 and 3 of two: (1 + 1/log2 4) / (1 + 1/log2 3).
+    expected = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    assert ndcg_at([A1, B1, A2], {A1, A2}, 10) == pytest.approx(expected)
+    # One relevant page, found at rank 2: 1/log2 3.
+    assert ndcg_at([B1, A1], {A1}, 10) == pytest.approx(1 / math.log2(3))
+    # A page found twice gains once, so the score never exceeds 1.
+    assert ndcg_at([A1, A1, A1], {A1}, 10) == pytest.approx(1.0)
+    # The ideal ranking is cut at k too: 3 labelled pages, k = 2, both found.
+    assert ndcg_at([A1, A2], {A1, A2, A3}, 2) == pytest.approx(1.0)
+    assert ndcg_at([B1, B2], {A1}, 10) == 0.0
+    assert ndcg_at([A3, A1], {A1}, 1) == 0.0
+
+
+def test_percentile_interpolates_between_closest_ranks() -> None:
+    values = [40.0, 10.0, 30.0, 20.0]
+    assert percentile(values, 50) == pytest.approx(25.0)
+    assert percentile(values, 95) == pytest.approx(38.5)  # h = 2.85: 30 + 0.85 * 10
+    assert percentile(values, 0) == 10.0 and percentile(values, 100) == 40.0
+    assert percentile([7.0], 95) == 7.0
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+
+
+def test_parse_questions_reads_jsonl_with_optional_kind() -> None:
+    lines = [
+        json.dumps({"question": "Q1?", "document": "a.pdf", "pages": [3, 1, 3], "kind": "x"}),
+        "",
+        json.dumps({"question": "Q2?", "document": "b.pdf", "pages": [2]}),
+    ]
+    first, second = parse_questions(lines)
+    assert first == Question("Q1?", "a.pdf", (1, 3), "x")
+    assert first.relevant == {A1, A3}
+    assert second.kind is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "not json",
+        '{"question": "Q?", "document": "a.pdf"}',
+        '{"question": "Q?", "document": "a.pdf", "pages": []}',
+        '{"question": "Q?", "document": "a.pdf", "pages": [0]}',
+        '{"question": "", "document": "a.pdf", "pages": [1]}',
+        '{"question": "Q?", "document": "a.pdf", "pages": [1], "kind": 3}',
+    ],
+)
+def test_parse_questions_names_the_bad_line(line: str) -> None:
+    good = json.dumps({"question": "Q?", "document": "a.pdf", "pages": [1]})
+    with pytest.raises(ValueError, match=r"^line 2: "):
+        parse_questions([good, line])
+
+
+def test_the_shipped_question_set_parses() -> None:
+    path = Path(__file__).parent / "data" / "eval_questions.jsonl"
+    questions = parse_questions(path.read_text(encoding="utf-8").splitlines())
+    corpus = (path.parent / "eval_corpus.txt").read_text().split()
+    assert len(questions) == 117
+    assert {q.document for q in questions} == set(corpus)
+
+
+def test_score_averages_and_splits_mrr_by_kind() -> None:
+    outcomes = [
+        Outcome(Question("q1", "a.pdf", (1,), "id"), (A1, B1), 10.0),  # RR 1
+        Outcome(Question("q2", "a.pdf", (2,), "id"), (B1, A2), 20.0),  # RR 1/2
+        Outcome(Question("q3", "b.pdf", (1, 2), "para"), (A1, B2, A3), 30.0),  # RR 1/2
+        Outcome(Question("q4", "b.pdf", (2,), "para"), (A1, A2), 40.0),  # miss
+    ]
+    row = score("HYBRID", outcomes, k=10)
+    assert row.questions == 4
+    assert row.hit_at_1 == 0.25 and row.hit_at_5 == 0.75
+    assert row.mrr == pytest.approx((1 + 0.5 + 0.5 + 0) / 4)
+    assert row.recall == pytest.approx((1 + 1 + 0.5 + 0) / 4)
+    assert row.p50_ms == pytest.approx(25.0)
+    assert row.mrr_by_kind == {"id": pytest.approx(0.75), "para": pytest.approx(0.25)}
+    table = format_table([row], k=10)
+    assert table.splitlines()[0].split() == [
+        "mode", "hit@1", "hit@5", "recall@10", "MRR", "nDCG@10", "p50", "ms", "p95", "ms"
+    ]  # fmt: skip
+    assert table.splitlines()[1].split()[:5] == ["HYBRID", "0.250", "0.750", "0.625", "0.500"]
+    assert format_kind_table([row]).splitlines()[1].split() == ["HYBRID", "0.750", "0.250"]
+    no_kind = score("VECTOR", [Outcome(Question("q", "a.pdf", (1,)), (A1,), 1.0)], k=10)
+    assert format_kind_table([no_kind]) == ""
+
+
+def test_modes_are_parsed_in_order_without_repeats() -> None:
+    assert parse_modes("hybrid, VECTOR,hybrid") == [SearchMode.HYBRID, SearchMode.VECTOR]
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_modes("VECTOR,SEMANTIC")
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_modes(" , ")
+
+
+def test_eval_command_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "q.jsonl", "--corpus", ".", "--modes", "FUZZY"])
+    assert exited.value.code == 2
+    assert "--modes" in capsys.readouterr().err
+
+
+# --- end to end: ingest a tiny corpus, search, score ------------------------------------------
+
+CORPUS = {
+    "floats.pdf": [
+        "The \\flushfloatsnow command places every pending figure and table on the current "
+        "page without starting a new page early.",
+        "Figures and tables float: LaTeX moves them to the top or bottom of a page, or to a "
+        "page of their own, where they fit best.",
+    ],
+    "lengths.pdf": [
+        "A length such as the text width can be set to a fraction of another length, for "
+        "example half of the line width, with an arithmetic expression.",
+        "Rubber lengths stretch and shrink: glue between paragraphs grows so that the page "
+        "is filled to the bottom.",
+    ],
+    "tables.pdf": [
+        "A table spreads over several pages when it is too long: the header row repeats at "
+        "the top of every page and the footer at the bottom.",
+        "Columns of a table can be given a total width; the X columns share whatever space "
+        "the other columns leave over.",
+    ],
+}
+
+QUESTIONS = [
+    ("What does \\flushfloatsnow do?", "floats.pdf", [1], "identifier"),
+    ("Why do my figures move to the top of another page?", "floats.pdf", [2], "paraphrase"),
+    ("How do I make a length half of the line width?", "lengths.pdf", [1], "paraphrase"),
+    ("Can a long table repeat its header row on every page?", "tables.pdf", [1], "paraphrase"),
+]
+
+
+def _write_corpus(folder: Path) -> list[Question]:
+    folder.mkdir()
+    for name, pages in CORPUS.items():
+        (folder / name).write_bytes(make_pdf(pages))
+    return parse_questions(
+        json.dumps({"question": q, "document": d, "pages": p, "kind": kind})
+        for q, d, p, kind in QUESTIONS
+    )
+
+
+async def test_eval_ingests_searches_and_scores_every_mode(
+    settings: Settings, ollama: StandinState, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus"
+    questions = _write_corpus(corpus)
+    modes = [SearchMode.VECTOR, SearchMode.KEYWORD, SearchMode.HYBRID]
+
+    rows = await run_eval(
+        settings, questions, corpus=corpus, modes=modes, k=5, workspace_name="eval"
+    )
+
+    assert [row.mode for row in rows] == ["VECTOR", "KEYWORD", "HYBRID"]
+    by_mode = {row.mode: row for row in rows}
+    for mode in ("KEYWORD", "HYBRID"):
+        # The command's name is one rare lexeme: full text search puts its page first.
+        assert by_mode[mode].mrr_by_kind["identifier"] == 1.0, mode
+    for row in rows:
+        assert row.questions == len(QUESTIONS)
+        assert 0.0 <= row.ndcg <= 1.0 and 0.0 <= row.recall <= 1.0
+        assert 0.0 < row.p50_ms <= row.p95_ms
+    assert by_mode["HYBRID"].mrr > 0.5
+
+    # A second run reuses the user, workspace and documents: nothing is embedded again.
+    embedded = ollama.embed_inputs
+    again = await run_eval(
+        settings, questions, corpus=corpus, modes=[SearchMode.KEYWORD], k=5, workspace_name="eval"
+    )
+    assert ollama.embed_inputs - embedded == 1  # the start-up dimension probe only
+    assert again[0].mrr == by_mode["KEYWORD"].mrr
+
+
+async def test_eval_principal_is_created_once_per_workspace_name(settings: Settings) -> None:
+    db = Database(settings.database_url or "")
+    try:
+        first = await eval_principal(db, "eval")
+        assert await eval_principal(db, "eval") == first
+        other = await eval_principal(db, "Eval: chunk size 500")
+        assert other.workspace_id != first.workspace_id
+        assert other.email == "eval-chunk-size-500@eval.invalid"
+    finally:
+        await db.dispose()
+
+
+async def test_eval_refuses_missing_documents_and_a_bad_k_before_ingesting(
+    settings: Settings, tmp_path: Path
+) -> None:
+    questions = [Question("Q?", "absent.pdf", (1,))]
+    with pytest.raises(FileNotFoundError, match=r"absent\.pdf"):
+        await run_eval(
+            settings,
+            questions,
+            corpus=tmp_path,
+            modes=[SearchMode.KEYWORD],
+            k=5,
+            workspace_name="e",
+        )
+    with pytest.raises(InvalidInput, match="SEARCH_MAX_K"):
+        await run_eval(
+            settings,
+            questions,
+            corpus=tmp_path,
+            modes=[SearchMode.KEYWORD],
+            k=settings.search_max_k + 1,
+            workspace_name="e",
+        )
