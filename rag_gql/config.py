@@ -82,9 +82,11 @@ class Settings(BaseSettings):
     history_token_budget: int = Field(
         default=1024, ge=0, description="Tokens of conversation history kept in the prompt."
     )
-    # Reciprocal rank fusion (Cormack et al. 2009); tuned with `rag-gql eval`.
-    rrf_k: float = Field(default=60.0, gt=0)
-    hybrid_vector_weight: float = Field(default=1.0, ge=0)
+    # Reciprocal rank fusion (Cormack et al. 2009). Tuned with `rag-gql eval` on
+    # tests/data/eval_questions.jsonl with all-MiniLM-L6-v2: k 30, vector:keyword 5:1 gave
+    # MRR 0.767 against 0.734 for Cormack's k 60 at 1:1 (R2R ships k 50 at 5:1).
+    rrf_k: float = Field(default=30.0, gt=0)
+    hybrid_vector_weight: float = Field(default=5.0, ge=0)
     hybrid_keyword_weight: float = Field(default=1.0, ge=0)
     hybrid_candidates: int = Field(default=50, gt=0, description="Depth of each ranked list.")
 

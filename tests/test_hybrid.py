@@ -162,10 +162,10 @@ def rank_of(hits: Sequence[Json], where: tuple[str, int]) -> int | None:
     return next((i for i, hit in enumerate(hits, start=1) if place(hit) == where), None)
 
 
-def check_hits(hits: Sequence[Json], mode: str, rrf_k: float | None = None) -> None:
+def check_hits(hits: Sequence[Json], mode: str, fusion: Settings | None = None) -> None:
     """What every result list must satisfy: best first, and ranks that say how a hit was found.
 
-    With `rrf_k`, also that HYBRID scores are Σ 1/(rrf_k + rank) (weights 1, no merged hits).
+    With `fusion` settings, also that HYBRID scores are Σ wᵢ/(RRF_K + rankᵢ) (no merged hits).
     """
     scores = [hit["score"] for hit in hits]
     assert scores == sorted(scores, reverse=True), "best first"
@@ -181,8 +181,9 @@ def check_hits(hits: Sequence[Json], mode: str, rrf_k: float | None = None) -> N
             assert v is not None or kw is not None, hit
             if kw is None:  # (with fewer matching chunks than the keyword list's depth)
                 assert "**" not in hit["snippet"], "no lexeme matched, nothing to mark"
-            if rrf_k is not None:
-                fused = sum(1 / (rrf_k + r) for r in (v, kw) if r is not None)
+            if fusion is not None:
+                weighted = ((fusion.hybrid_vector_weight, v), (fusion.hybrid_keyword_weight, kw))
+                fused = sum(w / (fusion.rrf_k + r) for w, r in weighted if r is not None)
                 assert math.isclose(hit["score"], fused, rel_tol=1e-9), hit
     if mode != "HYBRID" and hits:
         # The list's own order (a merged hit keeps the better rank, so ranks may skip).
@@ -211,7 +212,7 @@ async def test_identifiers_stay_findable(
     for n, (question, answer, marks) in enumerate(IDENTIFIER_QUESTIONS):
         by_mode = dict(zip(MODES, results[n * len(MODES) : (n + 1) * len(MODES)], strict=True))
         for mode, hits in by_mode.items():
-            check_hits(hits, mode, settings.rrf_k)
+            check_hits(hits, mode, settings)
         for mode in ("KEYWORD", "HYBRID"):
             top = by_mode[mode][0]
             assert place(top) == answer, (question, mode, by_mode[mode])
@@ -230,7 +231,7 @@ async def test_identifiers_stay_findable(
     # A query of stop words only has no lexeme: KEYWORD finds nothing, HYBRID is VECTOR's list.
     assert keyword_stop == []
     assert len(hybrid_stop) == 5
-    check_hits(hybrid_stop, "HYBRID", settings.rrf_k)
+    check_hits(hybrid_stop, "HYBRID", settings)
     assert all(hit["keywordRank"] is None for hit in hybrid_stop)
     assert [hit["vectorRank"] for hit in hybrid_stop] == [1, 2, 3, 4, 5]
 
@@ -275,7 +276,7 @@ async def test_hybrid_beats_each_single_mode_on_a_labelled_set(
             hits = next(results)
             if mode == "VECTOR":
                 assert len(hits) == pages, "every page has a distance"
-            check_hits(hits, mode, settings.rrf_k)
+            check_hits(hits, mode, settings)
             ranks[mode].append(rank_of(hits, answer))
         mrr[mode] = sum(1 / r for r in ranks[mode] if r) / len(LABELLED)
     context = (mrr, ranks)
