@@ -74,10 +74,14 @@ async def vector_ranked(
     Uses the HNSW index (`vector_cosine_ops`) with `hnsw.ef_search` ≥ `limit`, and pgvector
     0.8's iterative index scan so that filters still return `limit` rows when they exist.
     """
+    # One round trip for both transaction-local settings.
     await session.execute(
-        text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(max(ef_search, limit))}
+        text(
+            "SELECT set_config('hnsw.ef_search', :ef, true), "
+            "set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+        ),
+        {"ef": str(max(ef_search, limit))},
     )
-    await session.execute(text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"))
     distance = Chunk.embedding.cosine_distance(embedding)
     stmt = (
         select(Chunk.id, distance.label("distance"))
