@@ -1,22 +1,27 @@
-"""The Strawberry ASGI view: multipart uploads with a CSRF preflight, WebSocket auth."""
+"""The Strawberry ASGI view: multipart uploads with a CSRF preflight, WebSocket auth, the
+abuse limits, and a GraphiQL page that loads nothing from outside the server."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from importlib import resources
 from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
+from rag_gql.config import Settings
 from rag_gql.errors import DomainError
 from rag_gql.graphql.context import Context
-from rag_gql.graphql.schema import schema
+from rag_gql.graphql.limits import Limits
+from rag_gql.graphql.schema import build_schema
 from rag_gql.resources import Services
 
 # As Apollo Server's CSRF prevention: a browser sends a cross-site multipart POST without a
@@ -26,6 +31,16 @@ CSRF_MESSAGE = (
     "This multipart request has been blocked as a potential Cross-Site Request Forgery "
     "(CSRF). Send a non-empty `Apollo-Require-Preflight` or `X-Apollo-Operation-Name` header."
 )
+STATIC_PATH = "/graphql/static"
+"""Where the app serves `rag_gql/static/graphiql` (the page refers to it relatively)."""
+GRAPHIQL_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self' data:; connect-src 'self'{sockets}; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+"""The GraphiQL page's Content-Security-Policy: its scripts and styles from this server only
+(GraphiQL's CSS inlines its fonts and icons as data: URLs), requests to this server only."""
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class GraphQLView(GraphQL[Context, None]):
@@ -34,12 +49,14 @@ class GraphQLView(GraphQL[Context, None]):
     Multipart uploads (the GraphQL multipart request spec) are on, but only with a preflight
     header. A WebSocket must authenticate in its `connection_init` payload
     (`{"authorization": "Bearer <token or API key>"}` or `{"apiKey": "rgk_..."}`, with an
-    optional `workspaceId`); otherwise it is closed with 4403.
+    optional `workspaceId`); otherwise it is closed with 4403. Every operation passes the
+    limits of `settings` (`rag_gql.graphql.limits`); batched requests (a JSON array) are
+    refused with 400, as Strawberry does without a batching config.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
         super().__init__(
-            schema,
+            build_schema(Limits.from_settings(settings)),
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
             # graphql-ws's own default; Strawberry's is a minute of an idle, unauthenticated socket.
             connection_init_wait_timeout=timedelta(seconds=3),
@@ -62,6 +79,11 @@ class GraphQLView(GraphQL[Context, None]):
             # spooled upload files; closing the request closes them, whatever the outcome.
             await request.close()
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """GraphiQL, its assets served from `STATIC_PATH`, under a strict CSP."""
+        page = resources.files("rag_gql.graphql").joinpath("graphiql.html").read_text("utf-8")
+        return HTMLResponse(page, headers={"Content-Security-Policy": graphiql_csp(request)})
+
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket | None = None
     ) -> Context:
@@ -83,6 +105,16 @@ class GraphQLView(GraphQL[Context, None]):
         except DomainError as exc:
             raise ConnectionRejectionError({"message": str(exc)}) from exc
         return None
+
+
+def graphiql_csp(request: Request) -> str:
+    """`GRAPHIQL_CSP`, with the page's own WebSocket origin for subscriptions (CSP level 3
+    browsers count it under 'self'; older ones need it named)."""
+    host = request.headers.get("host", "")
+    if not _HOST.fullmatch(host):
+        return GRAPHIQL_CSP.format(sockets="")
+    scheme = "wss" if request.url.scheme == "https" else "ws"
+    return GRAPHIQL_CSP.format(sockets=f" {scheme}://{host}")
 
 
 __all__ = ["GraphQLView"]

@@ -63,8 +63,11 @@ class AnswerSubscription:
             scope=to_scope(filter, collection_ids),
             conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
         )
-        async for event in events:
-            yield types.answer_event(event)
+        metrics = info.context.services.metrics
+        with metrics.live_subscription("answer"):
+            async for event in events:
+                metrics.observe_answer_event(event)
+                yield types.answer_event(event)
 
 
 @strawberry.type

@@ -1,0 +1,1 @@
+"""Logs, request ids, metrics and health checks: what operators see of a running server."""

@@ -1,0 +1,81 @@
+"""Readiness: the database answers, its migrations are at head, Ollama answers.
+
+`/readyz` answers 200 when every check passes and 503 otherwise, with a JSON body::
+
+    {"status": "ready" | "unavailable",
+     "checks": {"database": {"ok": true},
+                "migrations": {"ok": true, "current": ["0005"], "head": ["0005"]},
+                "ollama": {"ok": false, "error": "unreachable"}}}
+
+Errors are named, not described: the endpoint is unauthenticated, and the details (hosts,
+driver messages) go to the log instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
+from rag_gql.db import Database
+from rag_gql.db.migrate import alembic_config
+from rag_gql.errors import DomainError
+from rag_gql.providers.ollama import OllamaClient
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT = 3.0
+"""Seconds each check may take before it counts as failed."""
+
+
+def migration_heads() -> frozenset[str]:
+    """The head revisions of the migrations shipped with this code (reads the scripts)."""
+    script = ScriptDirectory.from_config(alembic_config("", embed_dim=0))
+    return frozenset(script.get_heads())
+
+
+async def readiness(
+    db: Database, ollama: OllamaClient, heads: frozenset[str]
+) -> tuple[bool, dict[str, Any]]:
+    """Runs the checks concurrently; returns (all passed, the JSON body above)."""
+    database, ollama_check = await asyncio.gather(
+        _database(db, heads), _ollama(ollama), return_exceptions=False
+    )
+    checks = {**database, "ollama": ollama_check}
+    ready = all(check["ok"] for check in checks.values())
+    return ready, {"status": "ready" if ready else "unavailable", "checks": checks}
+
+
+async def _database(db: Database, heads: frozenset[str]) -> dict[str, dict[str, Any]]:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT), db.transaction() as session:
+            rows = await session.execute(text("SELECT version_num FROM alembic_version"))
+            current = sorted(str(row[0]) for row in rows)
+    except TimeoutError:
+        log.warning("readiness: the database did not answer within %.0f s", CHECK_TIMEOUT)
+        return {"database": {"ok": False, "error": "timeout"}, "migrations": {"ok": False}}
+    except Exception as exc:  # any failure means "not ready"; the log says which
+        log.warning("readiness: the database check failed: %r", exc)
+        return {
+            "database": {"ok": False, "error": type(exc).__name__},
+            "migrations": {"ok": False},
+        }
+    migrations = {"ok": set(current) == heads, "current": current, "head": sorted(heads)}
+    return {"database": {"ok": True}, "migrations": migrations}
+
+
+async def _ollama(ollama: OllamaClient) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            models = await ollama.ping()
+    except TimeoutError:
+        return {"ok": False, "error": "timeout"}
+    except DomainError as exc:
+        log.warning("readiness: Ollama check failed: %s", exc)
+        return {"ok": False, "error": exc.code.lower()}
+    wanted = {ollama.embed_model, ollama.chat_model}
+    have = {name.removesuffix(":latest") for name in models} | set(models)
+    return {"ok": True, "missingModels": sorted(wanted - have)}
