@@ -1,19 +1,27 @@
-"""The Starlette application: `/graphql` (HTTP + WebSocket, GraphiQL), `/healthz`."""
+"""The Starlette application: `/graphql` (HTTP + WebSocket, GraphiQL and its assets under
+`/graphql/static`), `/healthz` (the process is up), `/readyz` (database, migrations, Ollama;
+see `rag_gql.observability.health`), `/metrics` (Prometheus)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from rag_gql.config import Settings
-from rag_gql.graphql.view import GraphQLView
+from rag_gql.graphql.view import STATIC_PATH, GraphQLView
+from rag_gql.observability.health import migration_heads, readiness
+from rag_gql.observability.requests import RequestIdMiddleware
+from rag_gql.queue import queue_depth
 from rag_gql.resources import open_services
+from rag_gql.worker import ingestion_worker
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +35,30 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_services(settings) as services:
+        async with open_services(settings) as services, AsyncExitStack() as stack:
             app.state.services = services
+            if settings.worker_in_process:
+                app.state.queue = await stack.enter_async_context(ingestion_worker(services))
             log.info("rag-gql ready: GraphQL at /graphql")
             yield
 
-    view = GraphQLView()
+    view = GraphQLView(settings)
+    heads = migration_heads()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        services = request.app.state.services
+        ready, body = await readiness(services.db, services.ollama, heads)
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        services = request.app.state.services
+        async with services.db.transaction() as session:
+            services.metrics.ingest_queue_depth.set(await queue_depth(session))
+        data, content_type = services.metrics.render()
+        return Response(data, media_type=content_type)
 
     async def index(request: Request) -> Response:
         return RedirectResponse("/graphql")
@@ -43,7 +66,10 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         Route("/graphql", view, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", view),
+        Mount(STATIC_PATH, StaticFiles(packages=[("rag_gql", "static/graphiql")])),
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
         Route("/", index),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)])

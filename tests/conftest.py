@@ -28,6 +28,14 @@ from tests.support.serving import serve
 from tests.support.smtp import Inbox, SmtpSink
 
 TEST_EMBED_DIM = 256
+LOOSE_GRAPHQL_LIMITS = {
+    "graphql_max_aliases": 100,
+    "graphql_max_tokens": 50_000,
+    "graphql_max_length": 500_000,
+    "graphql_max_cost": 1_000_000,
+}
+"""Tests batch dozens of searches into one request (aliases); tests/test_limits.py serves
+the production defaults."""
 TEMPLATE_DB = "rag_gql_test_template"
 
 
@@ -137,7 +145,13 @@ def settings(
         smtp_host="127.0.0.1",
         smtp_port=smtp_server.port,
         mail_from="rag-gql tests <tests@example.com>",
-    )
+        # Ingestion: text extraction in a worker thread (a process pool per test would cost a
+        # second of start-up; tests/test_ingestion.py covers the pool), quick retries.
+        parse_processes=0,
+        ingest_max_attempts=2,
+        ingest_retry_base_wait=1,
+        worker_heartbeat_interval=1.0,
+    ).model_copy(update=LOOSE_GRAPHQL_LIMITS)
 
 
 @pytest.fixture

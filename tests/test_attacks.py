@@ -77,6 +77,12 @@ API_KEYS = "query($w: ID) { apiKeys(workspaceId: $w) { id name role prefix revok
 UPLOAD = "mutation($c: ID) { uploadDocument(file: null, collectionId: $c) { id } }"
 """Names the operation in the log; uploads go as multipart requests (`World.upload`)."""
 DELETE_DOCUMENT = "mutation($id: ID!) { deleteDocument(id: $id) }"
+REINDEX = "mutation($id: ID!) { reindexDocument(id: $id) { id status } }"
+DOCUMENT_STATUS = "query($id: ID!) { document(id: $id) { status } }"
+DOCUMENT_EVENTS = (
+    "subscription($id: ID) { documentEvents(documentId: $id) "
+    "{ documentId status pagesTotal pagesDone chunksDone chunkCount error } }"
+)
 CREATE_WORKSPACE = "mutation($n: String!) { createWorkspace(name: $n) { id name personal role } }"
 INVITE = (
     "mutation($w: ID!, $e: String!, $r: Role!) "
@@ -950,6 +956,98 @@ async def attack_delete_document(w: World) -> None:
         body = await w.upload(caller, "scratch.pdf", make_pdf([f"Scratch {caller.name}."]))
         doc = body["data"]["uploadDocument"]["id"]
         assert (await w.ok(caller, DELETE_DOCUMENT, {"id": doc})) == {"deleteDocument": True}
+
+
+async def wait_ready(w: World, caller: Caller, document_id: str) -> None:
+    """Polls until the document is READY again (the world's chunk counts come back)."""
+    async with asyncio.timeout(30):
+        while True:
+            data = await w.call(caller, DOCUMENT_STATUS, {"id": document_id})
+            if data["data"]["document"]["status"] == "READY":
+                return
+            await asyncio.sleep(0.05)
+
+
+@probe("Mutation", "reindexDocument", "data")
+async def attack_reindex_document(w: World) -> None:
+    await w.unauthenticated_everywhere(REINDEX, {"id": w.secret_doc}, more=True)
+    for caller in (w.user("viewer", w.team), w.key("VIEWER")):
+        for doc in (w.secret_doc, str(uuid.uuid4()), w.m_doc):
+            await w.refused(caller, REINDEX, {"id": doc}, "FORBIDDEN")
+    outsiders = [w.user("mallory"), w.mallory_key(), w.user("removed"), *w.outsiders_at_t()]
+    await w.refuse_all(outsiders, REINDEX, {"id": w.secret_doc}, "NOT_FOUND")
+    await w.refuse_all(
+        [w.user("editor", w.team), w.key("EDITOR"), w.key("OWNER")],
+        REINDEX,
+        {"id": w.m_doc},
+        "NOT_FOUND",
+    )
+    # The legit reindex: QUEUED at once, READY again with the same chunks.
+    for caller in (w.user("editor", w.team), w.key("EDITOR")):
+        data = await w.ok(caller, REINDEX, {"id": w.secret_doc})
+        assert data["reindexDocument"] == {"id": w.secret_doc, "status": "QUEUED"}
+        await wait_ready(w, caller, w.secret_doc)
+
+
+async def ws_events(
+    w: World, payload: Json, document_id: str | None, *, until_ready: bool, wait: float
+) -> list[Json]:
+    """Subscribes to documentEvents on a socket opened with `payload`; returns the payloads
+    received until one is READY (`until_ready`) or until `wait` seconds pass quietly."""
+    async with w.gql.websocket() as ws:
+        assert (await init(ws, payload))["type"] == "connection_ack"
+        message = {"query": DOCUMENT_EVENTS, "variables": {"id": document_id}}
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": message}))
+        payloads: list[Json] = []
+        while True:
+            try:
+                async with asyncio.timeout(wait):
+                    frame: Json = json.loads(await ws.recv())
+            except TimeoutError:
+                return payloads
+            if frame["type"] == "complete":
+                return payloads
+            if frame["type"] in ("next", "error"):
+                payloads.append(frame["payload"])
+                if frame["type"] == "error":
+                    return payloads
+                event = (frame["payload"].get("data") or {}).get("documentEvents") or {}
+                if until_ready and event.get("status") == "READY":
+                    return payloads
+
+
+@probe("Subscription", "documentEvents", "data")
+async def attack_document_events(w: World) -> None:
+    mallory = {"authorization": f"Bearer {w.accounts['mallory'].token}"}
+    owner_at_t = {"authorization": f"Bearer {w.accounts['owner'].token}", "workspaceId": w.team}
+    await ws_rejected(w, "anonymous (documentEvents)", {})
+    # One of T's documents, by id: NOT_FOUND exactly as for a made-up id.
+    made_up = await ws_events(w, mallory, str(uuid.uuid4()), until_ready=False, wait=5)
+    for name, payload, doc in (
+        ("mallory", mallory, w.secret_doc),
+        ("M-ADMIN-key", {"apiKey": w.m_key}, w.loose_doc),
+        ("owner@T", owner_at_t, w.m_doc),
+    ):
+        got = await ws_events(w, payload, doc, until_ready=False, wait=5)
+        w.assert_no_leak(json.dumps(got), w.t_secrets() + w.m_secrets(), name)
+        assert [p["errors"] for p in got] == [p["errors"] for p in made_up], (name, got)
+        assert got[0]["errors"][0]["extensions"] == {"code": "NOT_FOUND"}, got
+        w.log.append(f"documentEvents(documentId={w.describe(doc)}) as {name}: NOT_FOUND")
+    # Everything of her workspace, while T's document is reindexed: nothing of T reaches her.
+    watcher = asyncio.create_task(ws_events(w, mallory, None, until_ready=False, wait=3))
+    member = asyncio.create_task(
+        ws_events(w, {"apiKey": w.keys["VIEWER"]}, None, until_ready=True, wait=10)
+    )
+    await asyncio.sleep(0.5)  # both are listening
+    await w.ok(w.user("editor", w.team), REINDEX, {"id": w.loose_doc})
+    seen_by_member = await member
+    seen_by_mallory = await watcher
+    assert seen_by_mallory == [], seen_by_mallory
+    statuses = [p["data"]["documentEvents"]["status"] for p in seen_by_member]
+    assert statuses[-1] == "READY" and "PARSING" in statuses, statuses
+    assert {p["data"]["documentEvents"]["documentId"] for p in seen_by_member} == {w.loose_doc}
+    w.log.append(f"documentEvents() as mallory during T's reindex: {len(seen_by_mallory)} events")
+    await wait_ready(w, w.user("editor", w.team), w.loose_doc)
 
 
 # --- workspaces, members, collections ---------------------------------------------------------

@@ -3,7 +3,6 @@ the Relay listing, one document, deletion. What was stored is checked in SQL, fr
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import gc
 import hashlib
@@ -23,7 +22,7 @@ from rag_gql.services.chunking import normalize_page
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
 from tests.support.ollama_standin import StandinState, embed_text
-from tests.support.pdfs import make_encrypted_pdf, make_image_only_pdf, make_pdf
+from tests.support.pdfs import long_page, make_encrypted_pdf, make_image_only_pdf, make_pdf
 from tests.support.serving import serve
 from tests.support.smtp import Inbox
 from tests.support.sql import connect, stored_counts
@@ -38,16 +37,6 @@ DOCUMENTS = (
 )
 
 _open: Any = pymupdf.open
-
-
-def long_page(topic: str, sentences: int) -> str:
-    """About 70 characters a sentence, in paragraphs of five: several chunks' worth."""
-    lines = [
-        f"Sentence {i} about {topic} explains detail number {i} with marker{topic}{i}."
-        for i in range(sentences)
-    ]
-    paragraphs = [" ".join(lines[i : i + 5]) for i in range(0, len(lines), 5)]
-    return "\n\n".join(paragraphs)
 
 
 def page_texts(pdf: bytes) -> list[str]:
@@ -179,8 +168,13 @@ async def test_multipart_needs_a_preflight_header(
     body = response.json()
     assert not body.get("errors"), body
     assert body["data"]["uploadDocument"]["duplicate"] is False
+    await gql.wait_for_document(body["data"]["uploadDocument"]["id"], token=token)
     documents, chunks = await stored_counts(settings)
     assert documents == 1 and chunks >= 1
+
+
+DOCUMENT_ERROR = "query($id: ID!) { document(id: $id) { status error } }"
+REINDEX = "mutation($id: ID!) { reindexDocument(id: $id) { id status } }"
 
 
 async def test_anonymous_upload_is_refused(gql: GraphQLClient, settings: Settings) -> None:
@@ -195,15 +189,14 @@ async def test_bad_files_are_rejected_and_nothing_is_stored(
 ) -> None:
     token = await sign_up(gql, inbox, "ada@example.com")
     good = make_pdf(["Page one has words.", "Page two has more words."])
+    # Refused at upload, before anything is stored or queued.
     cases: Sequence[tuple[str, bytes, tuple[str, ...]]] = [
-        ("notes.txt", b"just some plain text, not a PDF\n", ("notes.txt", "not a PDF")),
-        ("notes.pdf", b"plain text wearing a .pdf name", ("notes.pdf", "not a PDF")),
         ("empty.pdf", b"", ("empty.pdf", "empty")),
         ("garbled.pdf", b"%PDF-1.7\n" + bytes(range(256)) * 8, ("garbled.pdf", "corrupt")),
         ("half.pdf", good[: len(good) // 2], ("half.pdf", "corrupt or truncated")),
         ("cut.pdf", good[: len(good) * 9 // 10], ("cut.pdf", "corrupt or truncated")),
         ("locked.pdf", make_encrypted_pdf(), ("locked.pdf", "encrypted")),
-        ("scan.pdf", make_image_only_pdf(), ("scan.pdf", "no text layer")),
+        ("photo.pdf", b"\x89PNG\r\n\x1a\n" + bytes(200), ("photo.pdf", "not supported")),
     ]
     for filename, content, fragments in cases:
         body = await upload_error(gql, filename, content, token)
@@ -211,6 +204,19 @@ async def test_bad_files_are_rejected_and_nothing_is_stored(
         assert await stored_counts(settings) == (0, 0), filename
     assert ollama.embed_requests == 0, "nothing was embedded"
 
+    # A scan is only found out by extracting its text: FAILED, with the reason, no chunks.
+    scan = await upload_ok(gql, "scan.pdf", make_image_only_pdf(), token)
+    assert scan["status"] == "FAILED"
+    assert scan["chunkCount"] == 0
+    error = await gql.data(
+        "query($id: ID!) { document(id: $id) { error } }", {"id": scan["id"]}, token=token
+    )
+    assert "no text layer" in error["document"]["error"]
+    assert await stored_counts(settings) == (1, 0)
+
+    # The type comes from the content, not the name: text named .pdf is ingested as text.
+    text = await upload_ok(gql, "notes.pdf", b"plain text wearing a .pdf name\n", token)
+    assert text["status"] == "READY"
     # The account still works: a good file goes in.
     doc = await upload_ok(gql, "good.pdf", good, token)
     assert doc["chunkCount"] == 2
@@ -219,7 +225,8 @@ async def test_bad_files_are_rejected_and_nothing_is_stored(
 async def test_ollama_failures_leave_nothing_behind(
     inbox: Inbox, ollama: StandinState, settings: Settings
 ) -> None:
-    # Two texts per /api/embed request, so a several-chunk document needs several requests.
+    # Two texts per /api/embed request, so a several-chunk document needs several requests;
+    # two runs of a job (one retry, 1 s later) before FAILED.
     small_batches = settings.model_copy(update={"embed_batch_size": 2})
     pdf = make_pdf([long_page("glaciers", 20)])  # about 1400 characters: 4+ chunks
     async with serve(small_batches) as url, httpx.AsyncClient(timeout=30) as http:
@@ -227,51 +234,39 @@ async def test_ollama_failures_leave_nothing_behind(
         token = await sign_up(gql, inbox, "ada@example.com")
         ollama.embed_requests = 0  # the server's startup probe embedded once
 
-        # Ollama answers every request with an error.
+        # Ollama answers every request with an error: retried once, then FAILED with its words.
         ollama.fail_status = 503
         ollama.fail_message = "model is loading"
-        body = await upload_error(gql, "glaciers.pdf", pdf, token)
-        message = assert_error(body, "UPSTREAM_ERROR", "Ollama", "model is loading")
-        assert "503" in message
-        assert await stored_counts(settings) == (0, 0)
-        assert ollama.embed_requests == 1, "the first failure stops the upload"
+        doc = await upload_ok(gql, "glaciers.pdf", pdf, token)
+        assert doc["status"] == "FAILED" and doc["chunkCount"] == 0
+        error = (await gql.data(DOCUMENT_ERROR, {"id": doc["id"]}, token=token))["document"]
+        assert "model is loading" in error["error"] and "503" in error["error"], error
+        assert "2 times" in error["error"], error
+        assert ollama.embed_requests == 2, "one request per run, two runs"
+        assert await stored_counts(settings) == (1, 0)
 
-        # The first batch is embedded, the second fails: still nothing is stored.
+        # Ollama is back: reindexing the same document makes it READY.
         ollama.fail_status = None
+        ollama.embed_requests = 0
+        doc = (await gql.data(REINDEX, {"id": doc["id"]}, token=token))["reindexDocument"]
+        assert doc["status"] == "QUEUED"
+        doc = await gql.wait_for_document(doc["id"], token=token)
+        assert doc["status"] == "READY" and doc["chunkCount"] >= 4
+        chunks = doc["chunkCount"]
+        assert ollama.embed_requests == math.ceil(chunks / 2)
+
+        # The first batch is embedded, the second fails once: the retry writes every chunk
+        # exactly once, and no search ever saw a part of the new set.
         ollama.embed_requests = ollama.embed_inputs = 0
-        ollama.delay = 0.3
-        upload = asyncio.create_task(gql.upload("glaciers.pdf", pdf, token=token))
-        while ollama.embed_requests < 2:  # the second request is now in its delay
-            assert not upload.done(), (await upload).text
-            await asyncio.sleep(0.005)
-        ollama.fail_times = 1
+        ollama.fail_after = 1  # requests after the first fail...
+        ollama.fail_times = 1  # ...once
         ollama.fail_status = 500
         ollama.fail_message = "out of memory"
-        response = await upload
-        ollama.delay = 0.0
-        assert ollama.embed_inputs == 2, "exactly one batch was embedded"
-        assert_error(response.json(), "UPSTREAM_ERROR", "out of memory")
-        assert await stored_counts(settings) == (0, 0)
-
-        # Ollama is back: the same bytes are not a duplicate of a half-stored document.
-        doc = await upload_ok(gql, "glaciers.pdf", pdf, token)
-        assert doc["duplicate"] is False
-        assert doc["chunkCount"] >= 4
-        assert ollama.embed_requests == 2 + math.ceil(doc["chunkCount"] / 2)
-        assert await stored_counts(settings) == (1, doc["chunkCount"])
-
-    # Nothing listens at Ollama's address: the server still starts, uploads are refused.
-    # (Same database and secret: the account and its token carry over.)
-    nothing_listens = settings.model_copy(update={"ollama_url": "http://127.0.0.1:9"})
-    async with serve(nothing_listens) as url, httpx.AsyncClient(timeout=30) as http:
-        gql = GraphQLClient(http, url)
-        health = await http.get(f"{url}/healthz")
-        assert health.json() == {"status": "ok"}, "the server starts without Ollama"
-
-        other = make_pdf(["Words on a page."])
-        body = await upload_error(gql, "words.pdf", other, token)
-        assert_error(body, "UPSTREAM_UNAVAILABLE", "Ollama", "unreachable")
-        assert await stored_counts(settings) == (1, doc["chunkCount"])
+        await gql.data(REINDEX, {"id": doc["id"]}, token=token)
+        doc = await gql.wait_for_document(doc["id"], token=token)
+        assert doc["status"] == "READY" and doc["chunkCount"] == chunks
+        assert await stored_counts(settings) == (1, chunks)
+        assert ollama.embed_requests == 2 + math.ceil(chunks / 2)
 
 
 async def test_list_read_and_delete_documents(

@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -220,7 +221,26 @@ class Document(Base):
     chunk_count: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
+    # What `page_count` and `chunk.page` count: PAGE, SECTION or ROWS (`parsing.Unit`).
+    unit: Mapped[str] = mapped_column(String(16), server_default="PAGE")
+    pages_done: Mapped[int] = mapped_column(Integer, server_default="0")
+    chunks_done: Mapped[int] = mapped_column(Integer, server_default="0")
+    embed_model: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
+class DocumentFilePart(Base):
+    """Up to 1 MiB of an uploaded file's bytes; parts `seq` 0, 1, ... in order."""
+
+    __tablename__ = "document_file_part"
+
+    document_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("document.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspace.id", ondelete="CASCADE"))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Chunk(Base):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import strawberry
@@ -12,11 +13,16 @@ from graphql.error import GraphQLError
 from strawberry.tools import merge_types
 from strawberry.types.execution import ExecutionContext
 
-from rag_gql.graphql.extensions import DomainErrors
+from rag_gql.graphql.extensions import DomainErrors, Observe
+from rag_gql.graphql.limits import Limits, QueryLimits
 from rag_gql.graphql.resolvers.api_keys import ApiKeyMutation, ApiKeyQuery
 from rag_gql.graphql.resolvers.auth import AuthMutation, AuthQuery
 from rag_gql.graphql.resolvers.conversations import ConversationMutation, ConversationQuery
-from rag_gql.graphql.resolvers.documents import DocumentMutation, DocumentQuery
+from rag_gql.graphql.resolvers.documents import (
+    DocumentMutation,
+    DocumentQuery,
+    DocumentSubscription,
+)
 from rag_gql.graphql.resolvers.search import AnswerSubscription, AskMutation, SearchQuery
 from rag_gql.graphql.resolvers.workspaces import WorkspaceMutation, WorkspaceQuery
 
@@ -35,7 +41,7 @@ Mutation = merge_types(
         ConversationMutation,
     ),
 )
-Subscription = merge_types("Subscription", (AnswerSubscription,))
+Subscription = merge_types("Subscription", (AnswerSubscription, DocumentSubscription))
 
 
 class Schema(strawberry.Schema):
@@ -47,15 +53,21 @@ class Schema(strawberry.Schema):
         return None
 
 
-def build_schema(**kwargs: Any) -> Schema:
-    """Returns the schema with the error-mapping extension installed."""
+def build_schema(limits: Limits | None = None, **kwargs: Any) -> Schema:
+    """Returns the schema with the error-mapping extension installed, and with `limits`
+    enforced when given (the served app always gives them; see `rag_gql.graphql.limits`).
+    """
+    extensions: list[Any] = [Observe, DomainErrors]
+    if limits is not None:
+        extensions.append(partial(QueryLimits, limits))  # a factory: one per operation
     return Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        extensions=[DomainErrors],
+        extensions=extensions,
         **kwargs,
     )
 
 
 schema = build_schema()
+"""The schema without limits: what `schema.graphql` prints, and for tools and tests."""

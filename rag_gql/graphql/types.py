@@ -8,9 +8,16 @@ from typing import Annotated, Any
 import strawberry
 
 from rag_gql.db import models
-from rag_gql.services import auth, collections, generation, retrieval, workspaces
+from rag_gql.services import auth, collections, generation, parsing, retrieval, workspaces
+from rag_gql.services.document_events import DocumentState
 
 strawberry.enum(models.DocumentStatus, description="Where a document is in ingestion.")
+strawberry.enum(
+    parsing.Unit,
+    name="DocumentUnit",
+    description="What a document's pages are: PAGE (PDF, EPUB, XPS...), SECTION (DOCX, HTML, "
+    "Markdown, text: heading-delimited sections), ROWS (CSV: blocks of rows).",
+)
 strawberry.enum(
     models.Role,
     description="A role in a workspace: OWNER > ADMIN (members, API keys) > EDITOR (upload, "
@@ -64,14 +71,21 @@ class Document:
     sha256: str = strawberry.field(description="SHA-256 of the file's bytes, hex.")
     media_type: str
     size_bytes: float = strawberry.field(description="Size of the file in bytes.")
-    page_count: int
-    chunk_count: int
+    unit: parsing.Unit = strawberry.field(description="What `pageCount` and hits' `page` count.")
+    page_count: int = strawberry.field(description="Pages (sections, row blocks) in the file.")
+    pages_done: int = strawberry.field(description="Pages parsed and embedded so far.")
+    chunk_count: int = strawberry.field(description="Chunks searchable (0 until READY).")
+    chunks_done: int = strawberry.field(description="Chunks embedded so far in this run.")
     status: models.DocumentStatus
-    error: str | None
+    error: str | None = strawberry.field(
+        description="Why ingestion FAILED (or, while QUEUED again, why it will retry)."
+    )
+    embed_model: str | None = strawberry.field(description="Model that embedded the chunks.")
     duplicate: bool = strawberry.field(
         description="True when this upload matched a document already in the workspace."
     )
     created_at: datetime
+    updated_at: datetime
 
     @classmethod
     def from_model(cls, doc: models.Document, *, duplicate: bool = False) -> Document:
@@ -82,12 +96,52 @@ class Document:
             sha256=doc.sha256,
             media_type=doc.media_type,
             size_bytes=doc.size_bytes,
+            unit=parsing.Unit(doc.unit),
             page_count=doc.page_count,
+            pages_done=doc.pages_done,
             chunk_count=doc.chunk_count,
+            chunks_done=doc.chunks_done,
             status=models.DocumentStatus(doc.status),
             error=doc.error,
+            embed_model=doc.embed_model,
             duplicate=duplicate,
             created_at=doc.created_at,
+            updated_at=doc.updated_at,
+        )
+
+
+@strawberry.type(description="A change of a document's status or ingestion progress.")
+class DocumentEvent:
+    document_id: strawberry.ID
+    status: models.DocumentStatus
+    pages_total: int = strawberry.field(description="Pages (sections, row blocks) in the file.")
+    pages_done: int
+    chunks_done: int
+    chunk_count: int = strawberry.field(description="Chunks searchable (set when READY).")
+    error: str | None
+
+    @classmethod
+    def from_state(cls, state: DocumentState) -> DocumentEvent:
+        return cls(
+            document_id=strawberry.ID(str(state.document_id)),
+            status=models.DocumentStatus(state.status),
+            pages_total=state.pages_total,
+            pages_done=state.pages_done,
+            chunks_done=state.chunks_done,
+            chunk_count=state.chunk_count,
+            error=state.error,
+        )
+
+    @classmethod
+    def from_model(cls, doc: models.Document) -> DocumentEvent:
+        return cls(
+            document_id=strawberry.ID(str(doc.id)),
+            status=models.DocumentStatus(doc.status),
+            pages_total=doc.page_count,
+            pages_done=doc.pages_done,
+            chunks_done=doc.chunks_done,
+            chunk_count=doc.chunk_count,
+            error=doc.error,
         )
 
 

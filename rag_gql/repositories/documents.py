@@ -1,16 +1,36 @@
-"""Documents and their chunks. Every query names the workspace: scoping lives in SQL."""
+"""Documents, their stored files and their chunks. Every query names the workspace: scoping
+lives in SQL (and row-level security enforces it as well)."""
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, tuple_
+from sqlalchemy import delete, func, insert, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rag_gql.db.models import Chunk, Document
+from rag_gql.db.models import Chunk, Document, DocumentFilePart
+
+EVENTS_CHANNEL = "rag_gql_document_events"
+"""`LISTEN` channel of document status and progress changes (payload: `DocumentState` JSON)."""
+
+CHUNK_COPY_COLUMNS = (
+    "workspace_id",
+    "document_id",
+    "collection_id",
+    "ordinal",
+    "page",
+    "char_start",
+    "char_end",
+    "text",
+    "embedding",
+)
+"""Order of the fields of each record given to `copy_chunks`."""
+
+_STAGE = "chunk_stage"
 
 
 async def get(
@@ -69,3 +89,123 @@ async def delete_document(
         .returning(Document.id)
     )
     return (await session.execute(stmt)).scalar_one_or_none() is not None
+
+
+async def add_file_part(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID, seq: int, data: bytes
+) -> None:
+    """Stores part `seq` (0-based) of a document's file."""
+    session.add(
+        DocumentFilePart(document_id=document_id, seq=seq, workspace_id=workspace_id, data=data)
+    )
+    await session.flush()
+
+
+async def file_parts(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
+) -> AsyncIterator[bytes]:
+    """Yields the document's file, part by part (one row in memory at a time)."""
+    seqs = (
+        await session.execute(
+            select(DocumentFilePart.seq)
+            .where(
+                DocumentFilePart.workspace_id == workspace_id,
+                DocumentFilePart.document_id == document_id,
+            )
+            .order_by(DocumentFilePart.seq)
+        )
+    ).scalars()
+    for seq in list(seqs):
+        stmt = select(DocumentFilePart.data).where(
+            DocumentFilePart.document_id == document_id, DocumentFilePart.seq == seq
+        )
+        yield (await session.execute(stmt)).scalar_one()
+
+
+async def set_state(
+    session: AsyncSession,
+    *,
+    workspace_id: uuid.UUID,
+    document_id: uuid.UUID,
+    **values: Any,
+) -> bool:
+    """Updates a document's status/progress columns and announces it on `EVENTS_CHANNEL`.
+
+    One statement: the notification goes out when the caller's transaction commits, and
+    never when it rolls back. Returns False when the document is gone (deleted meanwhile).
+    """
+    stmt = (
+        update(Document)
+        .where(Document.workspace_id == workspace_id, Document.id == document_id)
+        .values(**values, updated_at=func.now())
+        .returning(
+            Document.id,
+            Document.workspace_id,
+            Document.status,
+            Document.page_count,
+            Document.pages_done,
+            Document.chunks_done,
+            Document.chunk_count,
+            Document.error,
+        )
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    if row is None:
+        return False
+    payload = {
+        "document_id": str(row.id),
+        "workspace_id": str(row.workspace_id),
+        "status": row.status,
+        "pages_total": row.page_count,
+        "pages_done": row.pages_done,
+        "chunks_done": row.chunks_done,
+        "chunk_count": row.chunk_count,
+        "error": (row.error or "")[:1000] or None,
+    }
+    await session.execute(
+        text("SELECT pg_notify(:channel, :payload)"),
+        {"channel": EVENTS_CHANNEL, "payload": json.dumps(payload)},
+    )
+    return True
+
+
+async def delete_chunks(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
+) -> None:
+    """Deletes a document's chunks (before writing new ones in the same transaction)."""
+    await session.execute(
+        delete(Chunk).where(Chunk.workspace_id == workspace_id, Chunk.document_id == document_id)
+    )
+
+
+async def copy_chunks(session: AsyncSession, records: Sequence[tuple[Any, ...]]) -> None:
+    """Writes chunk rows with `COPY` (binary), in the caller's transaction.
+
+    PostgreSQL refuses `COPY FROM` into a table with row-level security, so the rows are
+    copied into a temporary staging table (created on first use, dropped at commit) and moved
+    with one `INSERT ... SELECT`, which the policies check. Each record holds the
+    `CHUNK_COPY_COLUMNS` in order, the embedding as a sequence of floats.
+    """
+    if not records:
+        return
+    connection = await session.connection()
+    await connection.execute(
+        text(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ("
+            "workspace_id uuid, document_id uuid, collection_id uuid, ordinal integer, "
+            "page integer, char_start integer, char_end integer, text text, embedding real[]"
+            ") ON COMMIT DROP"
+        )
+    )
+    raw = await connection.get_raw_connection()
+    driver: Any = raw.driver_connection
+    await driver.copy_records_to_table(_STAGE, records=records, columns=CHUNK_COPY_COLUMNS)
+    columns = ", ".join(CHUNK_COPY_COLUMNS)
+    await connection.execute(
+        text(
+            f"INSERT INTO chunk ({columns}) SELECT workspace_id, document_id, collection_id, "  # noqa: S608 - constants
+            "ordinal, page, char_start, char_end, text, embedding::vector "
+            f"FROM {_STAGE} ORDER BY ordinal"
+        )
+    )
+    await connection.execute(text(f"TRUNCATE {_STAGE}"))

@@ -1,30 +1,66 @@
-"""Upload → parse (off the event loop) → chunk → embed in batches → one transaction.
+"""Ingestion in two halves: the API stores and queues an upload; a worker indexes it.
 
-All of one document is written in one transaction, after every step that can fail, so a
-failure anywhere leaves nothing behind. The same bytes uploaded twice to one workspace
-(same SHA-256) return the first document with `duplicate=True` and embed nothing.
+`IngestionService.submit` (API process): the upload arrives streamed to a temporary file
+(`receive`: SHA-256 and the size limit checked on the way, never whole in memory), its type
+is told from its content and its page count checked (`parsing.inspect_file`), then ONE
+transaction stores the document (QUEUED), its bytes (in 1 MiB parts) and its job.
+
+`IngestionPipeline.run` (worker): PARSING → text extracted in page batches in a process pool,
+pipelined with EMBEDDING (batched `/api/embed`) and with `COPY` of the chunks, all inside ONE
+transaction that ends by setting READY. Nobody ever sees part of a document; a crash loses
+only that transaction, and the job's rerun starts again from the stored file. Reindexing is
+the same job: the old chunks are deleted in the transaction that writes the new ones, so a
+search sees the old set or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hashlib
+import logging
+import multiprocessing
+import os
+import tempfile
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from rag_gql import queue
 from rag_gql.config import Settings
 from rag_gql.db import Database
-from rag_gql.db.models import Document, DocumentStatus
-from rag_gql.errors import InvalidInput, NotFound
+from rag_gql.db.models import Document, DocumentStatus, Workspace
+from rag_gql.errors import InvalidInput, NotFound, UpstreamError, UpstreamUnavailable
 from rag_gql.providers.ollama import OllamaClient
-from rag_gql.repositories import collections, documents
+from rag_gql.repositories import collections as collection_repo
+from rag_gql.repositories import documents
+from rag_gql.services import parsing
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.chunking import chunk_pages
-from rag_gql.services.parsing import parse_document
+
+log = logging.getLogger(__name__)
 
 MAX_FILENAME_LENGTH = 255
+PART_SIZE = 1024 * 1024
+"""Bytes per stored file part (and per read of an upload)."""
+PROGRESS_INTERVAL = 0.25
+"""Seconds between two progress updates of a document (the first batch always reports)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFile:
+    """An upload spooled to `path`: its size in bytes and SHA-256 (hex)."""
+
+    path: Path
+    size_bytes: int
+    sha256: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,94 +71,404 @@ class IngestResult:
     duplicate: bool
 
 
+@contextlib.asynccontextmanager
+async def receive(
+    read: Callable[[int], Awaitable[bytes]], *, filename: str, max_bytes: int
+) -> AsyncIterator[ReceivedFile]:
+    """Copies an upload to a temporary file, `PART_SIZE` bytes at a time; deletes it on exit.
+
+    `read(n)` returns up to n bytes, `b""` at the end (Starlette's `UploadFile.read`).
+
+    Raises:
+        InvalidInput: the upload is empty or larger than `max_bytes` (the message says the limit).
+    """
+    digest = hashlib.sha256()
+    size = 0
+    handle, name = tempfile.mkstemp(prefix="rag-gql-upload-")
+    path = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            while chunk := await read(PART_SIZE):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise InvalidInput(
+                        f"{filename!r} is larger than the upload limit of {max_bytes} bytes "
+                        f"({max_bytes / 2**20:.0f} MiB, MAX_UPLOAD_BYTES)"
+                    )
+                digest.update(chunk)
+                await asyncio.to_thread(out.write, chunk)
+        if size == 0:
+            raise InvalidInput(f"{filename!r} is empty")
+        yield ReceivedFile(path=path, size_bytes=size, sha256=digest.hexdigest())
+    finally:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+
+
 class IngestionService:
-    """Ingests uploads into the caller's workspace."""
+    """Accepts uploads and reindex requests into the caller's workspace (API side)."""
+
+    def __init__(self, *, settings: Settings, db: Database) -> None:
+        self._settings = settings
+        self._db = db
+
+    async def submit(
+        self,
+        principal: Principal,
+        *,
+        filename: str,
+        upload: ReceivedFile,
+        collection_id: uuid.UUID | None = None,
+    ) -> IngestResult:
+        """Stores the file and queues its ingestion; returns the QUEUED document at once.
+
+        The same bytes already in the workspace (same SHA-256) return that document with
+        `duplicate=True`, and queue nothing.
+
+        Raises:
+            Forbidden: the caller's role cannot write (VIEWER).
+            NotFound: `collection_id` is not a collection of the workspace.
+            InvalidInput: unsupported type, unreadable, encrypted, no pages, over MAX_PAGES.
+        """
+        principal.require(Action.WRITE)
+        filename = clean_filename(filename)
+        workspace_id = principal.workspace_id
+        async with self._db.transaction(workspace_id) as session:
+            if collection_id is not None and not await collection_repo.get(
+                session, workspace_id=workspace_id, collection_id=collection_id
+            ):
+                raise NotFound("Collection not found")
+            existing = await documents.get_by_sha256(
+                session, workspace_id=workspace_id, sha256=upload.sha256
+            )
+        if existing is not None:
+            return IngestResult(existing, duplicate=True)
+        inspection = await asyncio.to_thread(
+            parsing.inspect_file, upload.path, filename, max_pages=self._settings.max_pages
+        )
+        document = Document(
+            id=uuid.uuid4(),
+            workspace_id=workspace_id,
+            collection_id=collection_id,
+            filename=filename,
+            sha256=upload.sha256,
+            media_type=inspection.media_type,
+            unit=inspection.unit.value,
+            size_bytes=upload.size_bytes,
+            page_count=inspection.unit_count,
+            chunk_count=0,
+            status=DocumentStatus.QUEUED.value,
+        )
+        try:
+            async with self._db.transaction(workspace_id) as session:
+                await documents.add(session, document)
+                await _store_file(session, document, upload.path)
+                await queue.defer_ingest(
+                    session, document_id=document.id, workspace_id=workspace_id
+                )
+                await documents.set_state(
+                    session, workspace_id=workspace_id, document_id=document.id
+                )
+        except IntegrityError:
+            # The same bytes were uploaded concurrently and won the race.
+            async with self._db.transaction(workspace_id) as session:
+                existing = await documents.get_by_sha256(
+                    session, workspace_id=workspace_id, sha256=upload.sha256
+                )
+            if existing is None:
+                raise
+            return IngestResult(existing, duplicate=True)
+        async with self._db.transaction(workspace_id) as session:
+            stored = await documents.get(
+                session, workspace_id=workspace_id, document_id=document.id
+            )
+        return IngestResult(stored or document, duplicate=False)
+
+    async def reindex(self, principal: Principal, document_id: uuid.UUID) -> Document:
+        """Queues a document to be parsed and embedded again with the current model.
+
+        Its current chunks stay searchable until the new ones replace them, at once.
+
+        Raises:
+            Forbidden: the caller's role cannot write (VIEWER).
+            NotFound: no such document in the workspace.
+        """
+        principal.require(Action.WRITE)
+        workspace_id = principal.workspace_id
+        async with self._db.transaction(workspace_id) as session:
+            if not await _requeue(session, workspace_id, document_id):
+                raise NotFound("Document not found")
+        async with self._db.transaction(workspace_id) as session:
+            document = await documents.get(
+                session, workspace_id=workspace_id, document_id=document_id
+            )
+        if document is None:
+            raise NotFound("Document not found")
+        return document
+
+    async def reindex_all(self) -> int:
+        """Queues every document of every workspace for reindexing (an operator's command,
+        after changing the embedding model); returns how many were queued."""
+        async with self._db.transaction() as session:
+            workspace_ids = list((await session.execute(select(Workspace.id))).scalars())
+        queued = 0
+        for workspace_id in workspace_ids:
+            async with self._db.transaction(workspace_id) as session:
+                ids = (
+                    await session.execute(
+                        select(Document.id).where(Document.workspace_id == workspace_id)
+                    )
+                ).scalars()
+                for document_id in list(ids):
+                    queued += await _requeue(session, workspace_id, document_id)
+        return queued
+
+
+async def _requeue(session: Any, workspace_id: uuid.UUID, document_id: uuid.UUID) -> bool:
+    found = await documents.set_state(
+        session,
+        workspace_id=workspace_id,
+        document_id=document_id,
+        status=DocumentStatus.QUEUED.value,
+        pages_done=0,
+        chunks_done=0,
+        error=None,
+    )
+    if found:
+        await queue.defer_ingest(session, document_id=document_id, workspace_id=workspace_id)
+    return found
+
+
+async def _store_file(session: Any, document: Document, path: Path) -> None:
+    with path.open("rb") as source:
+        seq = 0
+        while data := await asyncio.to_thread(source.read, PART_SIZE):
+            await documents.add_file_part(
+                session,
+                workspace_id=document.workspace_id,
+                document_id=document.id,
+                seq=seq,
+                data=data,
+            )
+            seq += 1
+
+
+class IngestionPipeline:
+    """Runs ingestion jobs (worker side): parse → chunk → embed → write, for one document.
+
+    Owns a process pool for text extraction (`PARSE_PROCESSES`, started on first use); call
+    `close` when done.
+    """
 
     def __init__(self, *, settings: Settings, db: Database, ollama: OllamaClient) -> None:
         self._settings = settings
         self._db = db
         self._ollama = ollama
+        self._pool: Executor | None = None
 
-    async def ingest(
-        self,
-        principal: Principal,
-        *,
-        filename: str,
-        data: bytes,
-        collection_id: uuid.UUID | None = None,
-    ) -> IngestResult:
-        """Stores the document and its embedded chunks in the caller's workspace.
+    def _executor(self) -> Executor:
+        if self._pool is None:
+            workers = self._settings.parse_processes
+            if workers == 0:
+                # One thread: MuPDF is not thread-safe, so never two extractions at once.
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse")
+            else:
+                # spawn: a forked child would inherit the event loop's threads and sockets.
+                context = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(
+                    max_workers=workers or os.cpu_count() or 1, mp_context=context
+                )
+        return self._pool
+
+    def close(self) -> None:
+        """Stops the extraction processes."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    async def run(self, document_id: uuid.UUID, workspace_id: uuid.UUID, final: bool) -> None:
+        """Indexes one document from its stored file; the procrastinate task's body.
+
+        Records FAILED (with a human reason) for bad files and, on the `final` attempt, for
+        Ollama failures.
 
         Raises:
-            Forbidden: the caller's role cannot write (VIEWER).
-            NotFound: `collection_id` is not a collection of the workspace.
-            InvalidInput: empty, too large, not a PDF, corrupt, encrypted, no text layer.
-            UpstreamUnavailable, UpstreamError: Ollama failed while embedding (nothing stored).
+            UpstreamUnavailable, UpstreamError: Ollama failed and this is not the final
+                attempt (the queue retries with backoff; the document shows QUEUED meanwhile).
         """
-        principal.require(Action.WRITE)
-        filename = clean_filename(filename)
-        if len(data) > self._settings.max_upload_bytes:
-            raise InvalidInput(
-                f"{filename!r} is larger than the {self._settings.max_upload_bytes} byte limit"
+        async with self._db.transaction(workspace_id) as session:
+            document = await documents.get(
+                session, workspace_id=workspace_id, document_id=document_id
             )
-        sha256 = hashlib.sha256(data).hexdigest()
-        async with self._db.transaction(principal.workspace_id) as session:
-            if collection_id is not None and not await collections.get(
-                session, workspace_id=principal.workspace_id, collection_id=collection_id
-            ):
-                raise NotFound("Collection not found")
-            existing = await documents.get_by_sha256(
-                session, workspace_id=principal.workspace_id, sha256=sha256
+            if document is None:
+                log.info("document %s was deleted before ingestion", document_id)
+                return
+            await self._set(
+                document, status=DocumentStatus.PARSING, pages_done=0, chunks_done=0, error=None
             )
-        if existing is not None:
-            return IngestResult(existing, duplicate=True)
-
-        parsed = await asyncio.to_thread(parse_document, data, filename)
-        spans = chunk_pages(
-            parsed.pages, size=self._settings.chunk_size, overlap=self._settings.chunk_overlap
-        )
-        vectors = await self._ollama.embed([span.text for span in spans])
-
-        document = Document(
-            id=uuid.uuid4(),
-            workspace_id=principal.workspace_id,
-            collection_id=collection_id,
-            filename=filename,
-            sha256=sha256,
-            media_type=parsed.media_type,
-            size_bytes=len(data),
-            page_count=parsed.page_count,
-            chunk_count=len(spans),
-            status=DocumentStatus.READY.value,
-        )
-        rows = [
-            {
-                "workspace_id": principal.workspace_id,
-                "document_id": document.id,
-                "collection_id": collection_id,
-                "ordinal": ordinal,
-                "page": span.page,
-                "char_start": span.char_start,
-                "char_end": span.char_end,
-                "text": span.text,
-                "embedding": vector,
-            }
-            for ordinal, (span, vector) in enumerate(zip(spans, vectors, strict=True))
-        ]
         try:
-            async with self._db.transaction(principal.workspace_id) as session:
-                await documents.add(session, document)
-                await documents.add_chunks(session, rows)
-        except IntegrityError:
-            # The same bytes were ingested concurrently and won the race.
-            async with self._db.transaction(principal.workspace_id) as session:
-                existing = await documents.get_by_sha256(
-                    session, workspace_id=principal.workspace_id, sha256=sha256
+            with tempfile.TemporaryDirectory(prefix="rag-gql-ingest-") as folder:
+                path = Path(folder) / "document"
+                if not await self._fetch_file(document, path):
+                    raise InvalidInput(
+                        f"the original file of {document.filename!r} is not stored (uploaded "
+                        "before stored files existed); upload it again"
+                    )
+                await self._index(document, path)
+        except InvalidInput as exc:
+            await self._set(document, status=DocumentStatus.FAILED, error=str(exc))
+        except (UpstreamUnavailable, UpstreamError) as exc:
+            if final:
+                attempts = self._settings.ingest_max_attempts
+                await self._set(
+                    document,
+                    status=DocumentStatus.FAILED,
+                    error=f"embedding failed {attempts} times; the last error: {exc}",
                 )
-            if existing is None:
-                raise
-            return IngestResult(existing, duplicate=True)
-        return IngestResult(document, duplicate=False)
+                return
+            await self._set(document, status=DocumentStatus.QUEUED, error=f"will retry: {exc}")
+            raise
+
+    async def _set(self, document: Document, **values: Any) -> None:
+        status = values.pop("status", None)
+        if status is not None:
+            values["status"] = status.value
+        async with self._db.transaction(document.workspace_id) as session:
+            await documents.set_state(
+                session, workspace_id=document.workspace_id, document_id=document.id, **values
+            )
+
+    async def _fetch_file(self, document: Document, path: Path) -> bool:
+        parts = 0
+        async with self._db.transaction(document.workspace_id) as session:
+            with path.open("wb") as out:
+                async for data in documents.file_parts(
+                    session, workspace_id=document.workspace_id, document_id=document.id
+                ):
+                    await asyncio.to_thread(out.write, data)
+                    parts += 1
+        return parts > 0
+
+    async def _extracted(
+        self, document: Document, path: Path
+    ) -> AsyncIterator[tuple[int, int, list[str]]]:
+        """Yields `(start, stop, texts)` page batches in order, extraction running ahead."""
+        loop = asyncio.get_running_loop()
+        pool = self._executor()
+        total, step = document.page_count, self._settings.ingest_page_batch
+        batches = iter([(start, min(start + step, total)) for start in range(0, total, step)])
+        in_flight: collections.deque[tuple[int, int, asyncio.Future[list[str]]]] = (
+            collections.deque()
+        )
+
+        def extract_next() -> None:
+            batch = next(batches, None)
+            if batch is not None:
+                start, stop = batch
+                future = loop.run_in_executor(
+                    pool, parsing.extract_units, path, document.media_type, start, stop
+                )
+                in_flight.append((start, stop, future))
+
+        # Keep every extraction process busy, one batch ahead.
+        for _ in range(getattr(pool, "_max_workers", 1) + 1):
+            extract_next()
+        try:
+            while in_flight:
+                start, stop, future = in_flight.popleft()
+                texts = await future
+                extract_next()
+                yield start, stop, texts
+        finally:
+            for _start, _stop, pending in in_flight:
+                pending.cancel()
+
+    async def _index(self, document: Document, path: Path) -> None:
+        """Two stages joined by a short queue: extract + chunk + embed a batch while the
+        previous one is written, all writes in the one transaction that ends READY."""
+        settings = self._settings
+        embedded: asyncio.Queue[tuple[int, list[tuple[Any, ...]]] | None] = asyncio.Queue(2)
+
+        async def produce() -> None:
+            ordinal = 0
+            async for start, stop, texts in self._extracted(document, path):
+                spans = chunk_pages(texts, size=settings.chunk_size, overlap=settings.chunk_overlap)
+                records: list[tuple[Any, ...]] = []
+                if spans:
+                    vectors = await self._ollama.embed([span.text for span in spans])
+                    records = [
+                        (
+                            document.workspace_id,
+                            document.id,
+                            document.collection_id,
+                            ordinal + i,
+                            start + span.page,
+                            span.char_start,
+                            span.char_end,
+                            span.text,
+                            vector,
+                        )
+                        for i, (span, vector) in enumerate(zip(spans, vectors, strict=True))
+                    ]
+                    ordinal += len(records)
+                await embedded.put((stop, records))
+            await embedded.put(None)
+
+        producer = asyncio.create_task(produce())
+
+        async def next_batch() -> tuple[int, list[tuple[Any, ...]]] | None:
+            getter = asyncio.ensure_future(embedded.get())
+            await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                producer.result()  # the producer failed: raise its error here
+                return await embedded.get()
+            return getter.result()
+
+        written = 0
+        last_progress = -PROGRESS_INTERVAL
+        try:
+            async with self._db.transaction(document.workspace_id) as session:
+                await documents.delete_chunks(
+                    session, workspace_id=document.workspace_id, document_id=document.id
+                )
+                while (batch := await next_batch()) is not None:
+                    stop, records = batch
+                    await documents.copy_chunks(session, records)
+                    written += len(records)
+                    now = loop_time()
+                    if now - last_progress >= PROGRESS_INTERVAL:
+                        last_progress = now
+                        await self._set(
+                            document,
+                            status=DocumentStatus.EMBEDDING,
+                            pages_done=stop,
+                            chunks_done=written,
+                        )
+                if written == 0:
+                    raise InvalidInput(
+                        parsing.no_text_message(document.filename, document.media_type)
+                    )
+                await documents.set_state(
+                    session,
+                    workspace_id=document.workspace_id,
+                    document_id=document.id,
+                    status=DocumentStatus.READY.value,
+                    pages_done=document.page_count,
+                    chunks_done=written,
+                    chunk_count=written,
+                    embed_model=self._ollama.embed_model,
+                    error=None,
+                )
+        finally:
+            producer.cancel()
+            # Its error, if any, was raised above by `next_batch`.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await producer
+
+
+def loop_time() -> float:
+    """The running event loop's clock, seconds."""
+    return asyncio.get_running_loop().time()
 
 
 def clean_filename(filename: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -66,8 +67,14 @@ class GraphQLClient:
         fields: str = "id filename sha256 pageCount chunkCount status duplicate createdAt",
         workspace: str | None = None,
         collection: str | None = None,
+        wait: bool = True,
     ) -> httpx.Response:
-        """Sends `uploadDocument` as a GraphQL multipart request; returns the raw response."""
+        """Sends `uploadDocument` as a GraphQL multipart request; returns the raw response.
+
+        The document comes back QUEUED and a worker ingests it. With `wait` (the default), this
+        then polls `document(id)` until it is READY or FAILED, and returns a response whose
+        body holds that final state (with the upload's own `duplicate` flag).
+        """
         operations = {
             "query": "mutation($file: Upload!, $c: ID) "
             f"{{ uploadDocument(file: $file, collectionId: $c) {{ {fields} }} }}",
@@ -76,7 +83,7 @@ class GraphQLClient:
         headers = _headers(token, workspace)
         if preflight:
             headers["Apollo-Require-Preflight"] = "true"
-        return await self.http.post(
+        response = await self.http.post(
             f"{self.base_url}/graphql",
             data={
                 "operations": json.dumps(operations),
@@ -85,6 +92,42 @@ class GraphQLClient:
             files={"0": (filename, content, "application/pdf")},
             headers=headers,
         )
+        if not wait or response.status_code != 200:
+            return response
+        body: Json = response.json()
+        document = (body.get("data") or {}).get("uploadDocument")
+        if not document or body.get("errors") or "id" not in document:
+            return response
+        final = await self.wait_for_document(
+            document["id"], fields=fields, token=token, workspace=workspace
+        )
+        final["duplicate"] = document.get("duplicate", final.get("duplicate"))
+        return httpx.Response(200, json={"data": {"uploadDocument": final}})
+
+    async def wait_for_document(
+        self,
+        document_id: str,
+        *,
+        fields: str = "id status error pageCount chunkCount",
+        token: str | None,
+        workspace: str | None = None,
+        timeout: float = 60.0,
+    ) -> Json:
+        """Polls `document(id)` until READY or FAILED; returns it (`fields` plus `status`).
+
+        Raises:
+            TimeoutError: not finished within `timeout` seconds.
+        """
+        query = f"query($id: ID!) {{ document(id: $id) {{ status {fields} }} }}"
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            data = await self.data(query, {"id": document_id}, token=token, workspace=workspace)
+            document: Json = data["document"]
+            if document["status"] in ("READY", "FAILED"):
+                return document
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"document {document_id} still {document['status']}")
+            await asyncio.sleep(0.05)
 
     def websocket(self) -> connect:
         """Opens a `graphql-transport-ws` WebSocket (use with `async with`)."""

@@ -127,6 +127,8 @@ class StandinState:
         fail_message: Error text used with ``fail_status``.
         fail_times: If set together with ``fail_status``, only the next ``fail_times`` embed/chat
             requests fail; then ``fail_status`` and ``fail_times`` are cleared.
+        fail_after: If set together with ``fail_status``, that many embed/chat requests succeed
+            first (the count goes down as they do), then the failures begin.
         die_after_tokens: If set, a chat response sends this many tokens and then drops the
             connection without the final ``done`` line (a non-streaming chat drops it before
             any body byte).
@@ -150,6 +152,7 @@ class StandinState:
     fail_status: int | None = None
     fail_message: str = "stand-in failure"
     fail_times: int | None = None
+    fail_after: int | None = None
     die_after_tokens: int | None = None
     embedder: BatchEmbedder | None = None
     embed_requests: int = 0
@@ -402,6 +405,9 @@ def create_app(state: StandinState) -> Starlette:
     def injected_failure() -> JSONResponse | None:
         status = state.fail_status
         if status is None:
+            return None
+        if state.fail_after:
+            state.fail_after -= 1
             return None
         if state.fail_times is not None:
             state.fail_times -= 1

@@ -43,3 +43,13 @@ def make_encrypted_pdf(text: str = "secret text") -> bytes:
     )
     doc.close()
     return data
+
+
+def long_page(topic: str, sentences: int) -> str:
+    """About 70 characters a sentence, in paragraphs of five: several chunks' worth."""
+    lines = [
+        f"Sentence {i} about {topic} explains detail number {i} with marker{topic}{i}."
+        for i in range(sentences)
+    ]
+    paragraphs = [" ".join(lines[i : i + 5]) for i in range(0, len(lines), 5)]
+    return "\n\n".join(paragraphs)

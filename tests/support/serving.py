@@ -7,6 +7,7 @@ unreachable Ollama or a small embedding batch: `settings.model_copy(update={...}
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,29 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def environment(settings: Settings, **overrides: str) -> dict[str, str]:
+    """The environment of a child process (`python -m rag_gql.cli ...`) configured like
+    `settings` (database, Ollama, SMTP, sizes), plus `overrides` (setting names in capitals)."""
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    assert settings.database_url and settings.smtp_host
+    env.update(
+        DATABASE_URL=settings.database_url,
+        DATA_DIR=str(settings.data_dir),
+        OLLAMA_URL=settings.ollama_url,
+        EMBED_DIM=str(settings.embed_dim),
+        CHUNK_SIZE=str(settings.chunk_size),
+        CHUNK_OVERLAP=str(settings.chunk_overlap),
+        JWT_SECRET=settings.resolved_jwt_secret().decode(),
+        PASSWORD_HASH_PROFILE="CHEAPEST",
+        SMTP_HOST=settings.smtp_host,
+        SMTP_PORT=str(settings.smtp_port),
+        MAIL_FROM=settings.mail_from,
+    )
+    env.update(overrides)
+    return env
 
 
 @asynccontextmanager

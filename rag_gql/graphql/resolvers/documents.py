@@ -1,7 +1,8 @@
-"""Documents: upload, list, read, delete."""
+"""Documents: upload, list, read, delete, reindex, and live ingestion events."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import cast
 
 import strawberry
@@ -11,6 +12,7 @@ from strawberry.file_uploads import Upload
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import parse_id
+from rag_gql.services.ingestion import receive
 
 DEFAULT_PAGE_SIZE = 20
 
@@ -47,22 +49,63 @@ class DocumentQuery:
 @strawberry.type
 class DocumentMutation:
     @strawberry.mutation(
-        description="Uploads a PDF (GraphQL multipart request; send `Apollo-Require-Preflight`)."
+        description="Uploads a document (PDF, EPUB, XPS, MOBI, FB2, CBZ, DOCX, HTML, Markdown, "
+        "text, CSV) as a GraphQL multipart request (send `Apollo-Require-Preflight`). Returns at "
+        "once with status QUEUED; follow it with `documentEvents` or `document`."
     )
     async def upload_document(
         self, info: Info, file: Upload, collection_id: strawberry.ID | None = None
     ) -> types.Document:
         principal = await info.context.require_principal()
+        services = info.context.services
         collection = parse_id(collection_id, "Collection") if collection_id else None
         upload = cast(UploadFile, file)  # Strawberry hands Starlette's UploadFile over
-        data = await upload.read()
-        result = await info.context.services.ingestion.ingest(
-            principal, filename=upload.filename or "upload", data=data, collection_id=collection
-        )
+        filename = upload.filename or "upload"
+        async with receive(
+            upload.read, filename=filename, max_bytes=services.settings.max_upload_bytes
+        ) as received:
+            result = await services.ingestion.submit(
+                principal, filename=filename, upload=received, collection_id=collection
+            )
         return types.Document.from_model(result.document, duplicate=result.duplicate)
+
+    @strawberry.mutation(
+        description="Parses and embeds a document again with the current model; its current "
+        "chunks stay searchable until the new ones replace them all at once."
+    )
+    async def reindex_document(self, info: Info, id: strawberry.ID) -> types.Document:
+        principal = await info.context.require_principal()
+        doc = await info.context.services.ingestion.reindex(principal, parse_id(id, "Document"))
+        return types.Document.from_model(doc)
 
     @strawberry.mutation(description="Deletes one of the workspace's documents and its chunks.")
     async def delete_document(self, info: Info, id: strawberry.ID) -> bool:
         principal = await info.context.require_principal()
         await info.context.services.documents.delete(principal, parse_id(id, "Document"))
         return True
+
+
+@strawberry.type
+class DocumentSubscription:
+    @strawberry.subscription(
+        description="Status and progress of one document (ends when it is READY or FAILED), "
+        "or of all the workspace's documents when no id is given. Starts with the document's "
+        "current state when an id is given."
+    )
+    async def document_events(
+        self, info: Info, document_id: strawberry.ID | None = None
+    ) -> AsyncGenerator[types.DocumentEvent, None]:
+        principal = await info.context.require_principal()
+        services = info.context.services
+        wanted = parse_id(document_id, "Document") if document_id else None
+        async with services.document_events.subscribe(principal, wanted) as events:
+            if wanted is not None:
+                doc = await services.documents.get(principal, wanted)
+                yield types.DocumentEvent.from_model(doc)
+                if doc.status in ("READY", "FAILED"):
+                    return
+            while True:
+                state = await events.get()
+                yield types.DocumentEvent.from_state(state)
+                if wanted is not None and state.terminal:
+                    return

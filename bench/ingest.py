@@ -1,0 +1,246 @@
+"""Ingest throughput against raw PyMuPDF extraction, and peak memory on the largest PDF.
+
+Usage:
+    bash ../shared/corpus/get.sh ./corpus-pdfs      # LaTeX documentation PDFs from Debian
+    python bench/ingest.py ./corpus-pdfs [--pdfs N] [--dim 768]
+
+Prints, in one run, side by side:
+- the floor: raw PyMuPDF text extraction of every page on ONE core (pages/s);
+- the full ingest path of `rag-gql ingest` (store + queue every file, then the worker: parse
+  in a process pool, chunk, batched `/api/embed`, `COPY` into PostgreSQL, one transaction a
+  document), with embeddings from the loopback Ollama stand-in in its own process answering
+  at once (pages/s, chunks/s), and the ratio to the floor (goal >= 1.2x on 2 cores);
+- peak RSS (VmHWM) of the worker process and of its extraction processes while ingesting the
+  smallest and the largest PDF alone, each in a fresh process: the largest must not need
+  more memory than a page batch's worth over the smallest.
+
+Runs an embedded PostgreSQL in a temporary folder (or uses DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pymupdf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rag_gql.config import Settings  # noqa: E402 - after the path set-up above
+from rag_gql.db import migrate  # noqa: E402
+from rag_gql.db.embedded import start_embedded  # noqa: E402
+
+_open: Any = pymupdf.open
+
+
+def raw_extract(paths: list[Path]) -> tuple[int, float]:
+    """The floor: PyMuPDF text extraction of every page, one core. Returns (pages, seconds)."""
+    started = time.perf_counter()
+    pages = 0
+    for path in paths:
+        with _open(path) as doc:
+            for page in doc:
+                page.get_text("text")
+                pages += 1
+    return pages, time.perf_counter() - started
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_standin(dim: int) -> tuple[subprocess.Popen[bytes], str]:
+    """The Ollama stand-in in its own process (so it does not share the worker's GIL)."""
+    port = _free_port()
+    command = [sys.executable, "-m", "tests.support.ollama_standin", "--port", str(port)]
+    command += ["--dim", str(dim), "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=ROOT)  # noqa: S603 - our own interpreter
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/api/tags", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError("the Ollama stand-in did not start")
+        time.sleep(0.1)
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    """Peak resident set size (VmHWM) of a live process, KiB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+async def ingest(settings: Settings, paths: list[Path]) -> dict[str, Any]:
+    """Submits `paths` like `rag-gql ingest` and runs a worker until all are done."""
+    from rag_gql import bulk
+    from rag_gql.cli import operator_principal
+    from rag_gql.resources import open_services
+    from rag_gql.worker import ingestion_worker
+
+    async with open_services(settings) as services, ingestion_worker(services):
+        principal = await operator_principal(services.db, f"bench-{time.time_ns()}")
+        started = time.perf_counter()
+        outcomes = [await bulk.submit_file(services, principal, p, None) for p in paths]
+        submitted = time.perf_counter() - started
+        await bulk.wait_for(services.db, principal.workspace_id, outcomes)
+        elapsed = time.perf_counter() - started
+    failed = [f"{o.path.name}: {o.reason}" for o in outcomes if o.status != "READY"]
+    return {
+        "files": len(paths),
+        "pages": sum(o.pages for o in outcomes if o.status == "READY"),
+        "chunks": sum(o.chunks for o in outcomes if o.status == "READY"),
+        "seconds": elapsed,
+        "submit_seconds": submitted,
+        "failed": failed,
+    }
+
+
+def measure_rss(settings: Settings, path: Path) -> dict[str, Any]:
+    """Ingests one file in this (fresh) process; peak RSS of it and its extraction processes."""
+    peaks: dict[int, int] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        me = os.getpid()
+        while not done.is_set():
+            for pid in (me, *_children(me)):
+                peaks[pid] = max(peaks.get(pid, 0), _vm_hwm_kib(pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    result = asyncio.run(ingest(settings, [path]))
+    done.set()
+    sampler.join()
+    me = os.getpid()
+    children = [kib for pid, kib in peaks.items() if pid != me]
+    return {
+        **result,
+        "worker_kib": peaks.get(me, 0),
+        "extractor_kib": max(children, default=0),
+        "size_bytes": path.stat().st_size,
+    }
+
+
+def rss_in_fresh_process(env: dict[str, str], path: Path) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--rss-of", str(path)]
+    out = subprocess.run(  # noqa: S603 - our own interpreter and script
+        command, env=env, cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", type=Path, nargs="?", help="folder of PDFs")
+    parser.add_argument("--pdfs", type=int, default=0, help="only the first N PDFs (0: all)")
+    parser.add_argument("--dim", type=int, default=768, help="embedding size (default 768)")
+    parser.add_argument("--rss-of", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_of:  # the child of `rss_in_fresh_process`, configured by its environment
+        print(json.dumps(measure_rss(Settings(), args.rss_of)))
+        return
+    if args.corpus is None:
+        parser.error("give the corpus folder")
+    paths = sorted(args.corpus.rglob("*.pdf"))
+    if args.pdfs:
+        paths = paths[: args.pdfs]
+    if not paths:
+        parser.error(f"no PDFs under {args.corpus}")
+
+    folder = Path(tempfile.mkdtemp(prefix="rag-gql-bench-ingest-"))
+    url = os.environ.get("DATABASE_URL")
+    pg = None if url else start_embedded(folder / "pg", delete_on_stop=True)
+    url = url or (pg.url if pg else "")
+    standin, ollama_url = start_standin(args.dim)
+    try:
+        migrate.upgrade(url, embed_dim=args.dim)
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "OLLAMA_URL": ollama_url,
+            "EMBED_DIM": str(args.dim),
+            "DATA_DIR": str(folder / "data"),
+        }
+        settings = Settings(
+            _env_file=None,
+            database_url=url,
+            ollama_url=ollama_url,
+            embed_dim=args.dim,
+            data_dir=folder / "data",
+        )
+        cpus = os.cpu_count() or 1
+        print(f"{len(paths)} PDFs from {args.corpus}; {cpus} CPUs; embeddings {args.dim}-d")
+        floor_pages, floor_seconds = raw_extract(paths)
+        floor_rate = floor_pages / floor_seconds
+        full = asyncio.run(ingest(settings, paths))
+        rate = full["pages"] / full["seconds"]
+        print()
+        print(f"{'':34}{'pages':>7}{'seconds':>9}{'pages/s':>9}{'chunks/s':>10}{'ratio':>7}")
+        print(
+            f"{'raw PyMuPDF extraction, 1 core':34}{floor_pages:>7}{floor_seconds:>9.1f}"
+            f"{floor_rate:>9.1f}{'':>10}{'1.00x':>7}   (the floor)"
+        )
+        print(
+            f"{'rag-gql ingest (full path)':34}{full['pages']:>7}{full['seconds']:>9.1f}"
+            f"{rate:>9.1f}{full['chunks'] / full['seconds']:>10.1f}"
+            f"{rate / floor_rate:>6.2f}x   (goal >= 1.20x)"
+        )
+        print(f"  of which storing and queueing the files: {full['submit_seconds']:.1f} s")
+        for failure in full["failed"]:
+            print(f"  not ingested: {failure}")
+
+        by_size = sorted(paths, key=lambda p: p.stat().st_size)
+        print()
+        header = f"{'peak RSS (VmHWM), alone':34}{'pages':>7}{'MiB':>9}"
+        print(header + f"{'worker MiB':>12}{'extractor':>11}")
+        for label, path in (("smallest", by_size[0]), ("largest", by_size[-1])):
+            rss = rss_in_fresh_process(env, path)
+            print(
+                f"{label + ' ' + path.name[:24]:34}{rss['pages']:>7}"
+                f"{rss['size_bytes'] / 2**20:>9.1f}{rss['worker_kib'] / 1024:>12.1f}"
+                f"{rss['extractor_kib'] / 1024:>11.1f}"
+            )
+    finally:
+        standin.terminate()
+        standin.wait()
+        if pg is not None:
+            pg.stop()
+
+
+if __name__ == "__main__":
+    main()

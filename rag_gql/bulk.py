@@ -1,0 +1,186 @@
+"""Bulk loads: `rag-gql ingest PATH...` (and the eval's corpus) through the same queue.
+
+Files are submitted like uploads (type from content, SHA-256 duplicates skipped), then the
+caller watches them reach READY or FAILED while workers (an in-process one by default) do
+the work; progress is read from the documents' own progress columns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from rag_gql.db import Database
+from rag_gql.db.models import Document
+from rag_gql.errors import DomainError
+from rag_gql.resources import Services
+from rag_gql.services.access import Principal
+from rag_gql.services.ingestion import receive
+
+POLL_INTERVAL = 0.5
+"""Seconds between two looks at the documents' progress."""
+
+
+@dataclass(slots=True)
+class FileOutcome:
+    """What became of one file: `status` is READY, FAILED, DUPLICATE or REJECTED."""
+
+    path: Path
+    status: str
+    pages: int = 0
+    chunks: int = 0
+    reason: str | None = None
+    document_id: uuid.UUID | None = None
+
+
+@dataclass(slots=True)
+class Progress:
+    """Totals while a bulk load runs (what the progress bar shows)."""
+
+    files_total: int
+    files_done: int = 0
+    pages_total: int = 0
+    pages_done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def walk(paths: Iterable[Path]) -> Iterator[Path]:
+    """Every regular file under `paths` (folders recursively, sorted; hidden entries skipped)."""
+    for path in paths:
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        yield Path(root) / name
+        elif path.is_file():
+            yield path
+
+
+async def submit_file(
+    services: Services, principal: Principal, path: Path, collection_id: uuid.UUID | None
+) -> FileOutcome:
+    """Stores and queues one file like an upload; REJECTED with the reason when refused."""
+    try:
+        with path.open("rb") as source:
+
+            async def read(size: int) -> bytes:
+                return await asyncio.to_thread(source.read, size)
+
+            async with receive(
+                read, filename=path.name, max_bytes=services.settings.max_upload_bytes
+            ) as received:
+                result = await services.ingestion.submit(
+                    principal, filename=path.name, upload=received, collection_id=collection_id
+                )
+    except DomainError as exc:
+        return FileOutcome(path, "REJECTED", reason=str(exc))
+    except OSError as exc:
+        return FileOutcome(path, "REJECTED", reason=f"cannot read: {exc.strerror or exc}")
+    doc = result.document
+    if result.duplicate:
+        return FileOutcome(path, "DUPLICATE", doc.page_count, doc.chunk_count, None, doc.id)
+    return FileOutcome(path, doc.status, doc.page_count, 0, None, doc.id)
+
+
+async def wait_for(
+    db: Database,
+    workspace_id: uuid.UUID,
+    outcomes: Sequence[FileOutcome],
+    on_progress: Callable[[Progress], None] | None = None,
+) -> None:
+    """Polls until every queued file's document is READY or FAILED; fills in `outcomes`."""
+    waiting = {o.document_id: o for o in outcomes if o.status not in ("DUPLICATE", "REJECTED")}
+    progress = Progress(files_total=len(outcomes))
+    progress.files_done = len(outcomes) - len(waiting)
+    progress.pages_total = sum(o.pages for o in waiting.values())
+    while True:
+        async with db.transaction(workspace_id) as session:
+            rows = (
+                await session.execute(
+                    select(
+                        Document.id,
+                        Document.status,
+                        Document.pages_done,
+                        Document.chunk_count,
+                        Document.error,
+                    ).where(Document.workspace_id == workspace_id, Document.id.in_(list(waiting)))
+                )
+            ).all()
+        pages_done = 0
+        files_done = len(outcomes) - len(waiting)
+        for row in rows:
+            outcome = waiting[row.id]
+            if row.status in ("READY", "FAILED"):
+                outcome.status, outcome.chunks, outcome.reason = (
+                    row.status,
+                    row.chunk_count,
+                    row.error,
+                )
+                files_done += 1
+                pages_done += outcome.pages
+            else:
+                pages_done += row.pages_done
+        found = {row.id for row in rows}
+        for document_id, outcome in waiting.items():
+            if document_id not in found:  # deleted meanwhile
+                outcome.status, outcome.reason = "FAILED", "deleted while ingesting"
+                files_done += 1
+        progress.files_done, progress.pages_done = files_done, pages_done
+        if on_progress is not None:
+            on_progress(progress)
+        if all(o.status in ("READY", "FAILED") for o in waiting.values()):
+            return
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+def summary_table(outcomes: Sequence[FileOutcome]) -> str:
+    """The closing report: counts by outcome, then one line per file that did not make it."""
+    counts = {
+        "ingested": sum(o.status == "READY" for o in outcomes),
+        "duplicates": sum(o.status == "DUPLICATE" for o in outcomes),
+        "failed": sum(o.status in ("FAILED", "REJECTED") for o in outcomes),
+    }
+    pages = sum(o.pages for o in outcomes if o.status == "READY")
+    chunks = sum(o.chunks for o in outcomes if o.status == "READY")
+    lines = [
+        f"{'outcome':<12}{'files':>8}",
+        f"{'ingested':<12}{counts['ingested']:>8}   ({pages} pages, {chunks} chunks)",
+        f"{'duplicates':<12}{counts['duplicates']:>8}",
+        f"{'failed':<12}{counts['failed']:>8}",
+    ]
+    failed = [o for o in outcomes if o.status in ("FAILED", "REJECTED")]
+    if failed:
+        lines += ["", "failed:"]
+        lines += [f"  {o.path}: {o.reason or 'unknown reason'}" for o in failed]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool) -> Iterator[Callable[[Progress], None]]:
+    """A tqdm bar over pages, with files done and pages/s; a no-op when not `enabled`."""
+    if not enabled:
+        yield lambda _progress: None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="page", dynamic_ncols=True, smoothing=0.1)
+
+    def update(progress: Progress) -> None:
+        bar.total = progress.pages_total
+        bar.n = progress.pages_done
+        bar.set_postfix_str(f"files {progress.files_done}/{progress.files_total}", refresh=False)
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()

@@ -1,0 +1,40 @@
+"""An ingestion worker: the job queue's consumer, in `rag-gql serve` or `rag-gql worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import procrastinate
+
+from rag_gql import queue
+from rag_gql.resources import Services
+from rag_gql.services.ingestion import IngestionPipeline
+
+
+@asynccontextmanager
+async def ingestion_worker(
+    services: Services, *, name: str | None = None
+) -> AsyncIterator[procrastinate.App]:
+    """Runs a worker on `services`' database and Ollama until the block exits.
+
+    On exit the worker stops taking jobs, gives running ones `SHUTDOWN_GRACE` seconds, then
+    stops the text-extraction processes. Yields the procrastinate app.
+    """
+    settings = services.settings
+    assert settings.database_url is not None
+    pipeline = IngestionPipeline(settings=settings, db=services.db, ollama=services.ollama)
+    app = queue.build_queue(settings, settings.database_url, pipeline.run)
+    worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        async with app.open_async():
+            task = asyncio.create_task(queue.run_worker(app, settings, name=worker_name))
+            try:
+                yield app
+            finally:
+                await queue.stop_worker(task)
+    finally:
+        await asyncio.to_thread(pipeline.close)

@@ -1,0 +1,210 @@
+"""Background ingestion through the API: QUEUED at once, live events, every format, limits,
+the process pool, reindexing that swaps a document's chunks at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rag_gql.config import Settings
+from tests.support.accounts import sign_up
+from tests.support.graphql_client import GraphQLClient, Json, init
+from tests.support.ollama_standin import StandinState
+from tests.support.pdfs import long_page, make_pdf
+from tests.support.serving import environment, serve
+from tests.support.smtp import Inbox
+from tests.support.sql import connect
+from tests.support.uploads import assert_error, upload_error
+
+FORMATS = Path(__file__).parent / "data" / "formats"
+EVENTS = (
+    "subscription($id: ID) { documentEvents(documentId: $id) "
+    "{ documentId status pagesTotal pagesDone chunksDone chunkCount error } }"
+)
+SEARCH = (
+    "query($q: String!, $k: Int) { search(query: $q, k: $k, mode: KEYWORD) "
+    "{ text page document { filename unit } } }"
+)
+REINDEX = "mutation($id: ID!) { reindexDocument(id: $id) { id status chunkCount } }"
+
+
+async def events_of(gql: GraphQLClient, token: str, document_id: str | None) -> list[Json]:
+    """Subscribes to documentEvents; returns the events until the server completes."""
+    got: list[Json] = []
+    async with gql.websocket() as ws:
+        assert (await init(ws, {"authorization": f"Bearer {token}"}))["type"] == "connection_ack"
+        payload = {"query": EVENTS, "variables": {"id": document_id}}
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+        async with asyncio.timeout(30):
+            while True:
+                frame = json.loads(await ws.recv())
+                if frame["type"] == "complete":
+                    return got
+                assert frame["type"] == "next", frame
+                assert not frame["payload"].get("errors"), frame
+                got.append(frame["payload"]["data"]["documentEvents"])
+
+
+async def test_upload_returns_queued_and_events_follow_it_to_ready(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState
+) -> None:
+    token = await sign_up(gql, inbox, "ada@example.com")
+    pages = [long_page(f"topic{n}", 12) for n in range(40)]  # three page batches of 16
+    ollama.delay = 0.05  # every embedding request takes a moment: the job is seen running
+    response = await gql.upload("manual.pdf", make_pdf(pages), token=token, wait=False)
+    document = response.json()["data"]["uploadDocument"]
+    assert document["status"] == "QUEUED" and document["chunkCount"] == 0
+    assert document["pageCount"] == 40
+
+    events = await events_of(gql, token, document["id"])
+
+    statuses = [e["status"] for e in events]
+    assert statuses[-1] == "READY", events
+    assert "EMBEDDING" in statuses, statuses
+    progress = [e["pagesDone"] for e in events if e["status"] == "EMBEDDING"]
+    assert progress == sorted(progress) and progress[0] == 16, progress
+    assert all(e["pagesTotal"] == 40 for e in events)
+    last = events[-1]
+    assert last["pagesDone"] == 40 and last["chunkCount"] == last["chunksDone"] > 40
+    # Subscribing to a finished document gives its state and completes.
+    assert await events_of(gql, token, document["id"]) == [last]
+
+
+@pytest.mark.parametrize(
+    ("name", "phrase", "page", "unit"),
+    [
+        ("sample.docx", "velvet compass", 2, "SECTION"),
+        ("sample.epub", "cobalt harbour", 2, "PAGE"),
+        ("sample.csv", "marble falcon", 2, "ROWS"),
+        ("sample.md", "silver thistle", 2, "SECTION"),
+        ("sample.html", "amber glacier", 2, "SECTION"),
+        ("sample.xps", "saffron lantern", 2, "PAGE"),
+    ],
+)
+async def test_each_format_is_searchable_at_its_position(
+    gql: GraphQLClient, inbox: Inbox, name: str, phrase: str, page: int, unit: str
+) -> None:
+    token = await sign_up(gql, inbox, "ada@example.com")
+    response = await gql.upload(name, (FORMATS / name).read_bytes(), token=token)
+    document = response.json()["data"]["uploadDocument"]
+    assert document["status"] == "READY", document
+
+    hits = (await gql.data(SEARCH, {"q": phrase, "k": 3}, token=token))["search"]
+
+    assert hits, f"{phrase!r} not found in {name}"
+    assert phrase in hits[0]["text"].lower() or phrase in hits[0]["text"]
+    assert (hits[0]["page"], hits[0]["document"]["unit"]) == (page, unit)
+
+
+async def test_a_scan_and_a_comic_fail_with_a_reason(gql: GraphQLClient, inbox: Inbox) -> None:
+    token = await sign_up(gql, inbox, "ada@example.com")
+    fields = "id status error chunkCount"
+    for name, reason in (("bad-scan.pdf", "no text layer"), ("sample.cbz", "only images")):
+        response = await gql.upload(name, (FORMATS / name).read_bytes(), token=token, fields=fields)
+        document = response.json()["data"]["uploadDocument"]
+        assert document["status"] == "FAILED", document
+        assert reason in document["error"] and name in document["error"], document
+        assert document["chunkCount"] == 0
+
+
+async def test_limits_are_refused_at_upload_with_the_limit_in_the_message(
+    inbox: Inbox, settings: Settings
+) -> None:
+    limited = settings.model_copy(update={"max_upload_bytes": 4096, "max_pages": 2})
+    async with serve(limited) as url, httpx.AsyncClient(timeout=30) as http:
+        gql = GraphQLClient(http, url)
+        token = await sign_up(gql, inbox, "ada@example.com")
+        body = await upload_error(gql, "big.txt", b"word " * 2000, token)
+        assert_error(body, "BAD_USER_INPUT", "big.txt", "4096 bytes")
+        body = await upload_error(gql, "three.pdf", make_pdf(["a", "b", "c"]), token)
+        assert_error(body, "BAD_USER_INPUT", "three.pdf", "3 pages", "limit is 2")
+        async with connect(limited) as conn:
+            assert await conn.fetchval("SELECT count(*) FROM document") == 0
+            assert await conn.fetchval("SELECT count(*) FROM procrastinate_jobs") == 0
+
+
+async def test_text_extraction_in_a_process_pool(inbox: Inbox, settings: Settings) -> None:
+    pooled = settings.model_copy(update={"parse_processes": 2, "ingest_page_batch": 2})
+    async with serve(pooled) as url, httpx.AsyncClient(timeout=60) as http:
+        gql = GraphQLClient(http, url)
+        token = await sign_up(gql, inbox, "ada@example.com")
+        pages = [f"Page {n} is about the {word} fjord." for n, word in enumerate("abcdefg", 1)]
+        response = await gql.upload("fjords.pdf", make_pdf(pages), token=token)
+        document = response.json()["data"]["uploadDocument"]
+        assert document["status"] == "READY" and document["chunkCount"] == 7
+        hits = (await gql.data(SEARCH, {"q": "the e fjord", "k": 1}, token=token))["search"]
+        assert hits[0]["page"] == 5
+
+
+async def test_reindex_swaps_all_chunks_at_once(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    token = await sign_up(gql, inbox, "ada@example.com")
+    pages = [long_page(f"theme{n}", 12) for n in range(20)]
+    response = await gql.upload("atlas.pdf", make_pdf(pages), token=token)
+    document = response.json()["data"]["uploadDocument"]
+    chunks = document["chunkCount"]
+    async with connect(settings) as conn:
+        old_ids = {r["id"] for r in await conn.fetch("SELECT id FROM chunk")}
+        assert len(old_ids) == chunks
+
+        ollama.delay = 0.05
+        queued = (await gql.data(REINDEX, {"id": document["id"]}, token=token))["reindexDocument"]
+        assert queued == {"id": document["id"], "status": "QUEUED", "chunkCount": chunks}
+        seen_while_running: set[int] = set()
+        while True:
+            status = await conn.fetchval("SELECT status FROM document")
+            ids = {r["id"] for r in await conn.fetch("SELECT id FROM chunk")}
+            if status == "READY":
+                break
+            seen_while_running.add(len(ids))
+            # Readers see the old set, whole, until the new one replaces it.
+            assert ids == old_ids, status
+            await asyncio.sleep(0.02)
+        new_ids = {r["id"] for r in await conn.fetch("SELECT id FROM chunk")}
+        ordinals = [r["ordinal"] for r in await conn.fetch("SELECT ordinal FROM chunk")]
+    assert seen_while_running == {chunks}
+    assert len(new_ids) == chunks and not new_ids & old_ids
+    assert sorted(ordinals) == list(range(chunks))
+
+
+async def test_bulk_ingest_command(settings: Settings, tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.pdf").write_bytes(make_pdf(["Kestrels hover over the dunes."]))
+    (folder / "sub" / "b.md").write_bytes((FORMATS / "sample.md").read_bytes())
+    (folder / "sub" / "copy-of-a.pdf").write_bytes((folder / "a.pdf").read_bytes())
+    (folder / "broken.pdf").write_bytes((FORMATS / "bad-truncated.pdf").read_bytes())
+    (folder / "scan.pdf").write_bytes((FORMATS / "bad-scan.pdf").read_bytes())
+    (folder / ".hidden.txt").write_text("skipped")
+    env = environment(settings, PARSE_PROCESSES="0")
+    command = [sys.executable, "-m", "rag_gql.cli", "ingest", str(folder)]
+    command += ["--workspace", "library", "--collection", "field notes"]
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(120):
+        stdout, stderr = await process.communicate()
+    out = stdout.decode()
+    assert process.returncode == 1, (out, stderr.decode())  # two files failed
+    lines = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:4]}
+    assert lines == {"ingested": "2", "duplicates": "1", "failed": "2"}, out
+    assert "broken.pdf: 'broken.pdf' is not a readable PDF" in out, out
+    assert "scan.pdf: 'scan.pdf' has no text layer" in out, out
+    assert ".hidden" not in out
+    async with connect(settings) as conn:
+        rows = await conn.fetch(
+            "SELECT d.filename, d.status, c.name FROM document d "
+            "JOIN collection c ON c.id = d.collection_id JOIN workspace w ON w.id = d.workspace_id "
+            "WHERE w.name = 'library' ORDER BY d.filename"
+        )
+    assert [(r["filename"], r["status"], r["name"]) for r in rows] == [
+        ("a.pdf", "READY", "field notes"),
+        ("b.md", "READY", "field notes"),
+        ("scan.pdf", "FAILED", "field notes"),
+    ]
