@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 
 from rag_gql.config import Settings
+from rag_gql.resources import open_services
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init
 from tests.support.ollama_standin import StandinState
@@ -123,6 +125,10 @@ async def test_limits_are_refused_at_upload_with_the_limit_in_the_message(
         assert_error(body, "BAD_USER_INPUT", "big.txt", "4096 bytes")
         body = await upload_error(gql, "three.pdf", make_pdf(["a", "b", "c"]), token)
         assert_error(body, "BAD_USER_INPUT", "three.pdf", "3 pages", "limit is 2")
+        # A body declared far larger than the limit is refused before it is read.
+        huge = await gql.upload("huge.txt", b"x" * 200_000, token=token)
+        assert huge.status_code == 413
+        assert_error(huge.json(), "BAD_USER_INPUT", "limit of 4096 bytes")
         async with connect(limited) as conn:
             assert await conn.fetchval("SELECT count(*) FROM document") == 0
             assert await conn.fetchval("SELECT count(*) FROM procrastinate_jobs") == 0
@@ -208,3 +214,33 @@ async def test_bulk_ingest_command(settings: Settings, tmp_path: Path) -> None:
         ("b.md", "READY", "field notes"),
         ("scan.pdf", "FAILED", "field notes"),
     ]
+
+
+async def test_reindex_all_and_documents_without_a_stored_file(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    token = await sign_up(gql, inbox, "ada@example.com")
+    first = (await gql.upload("one.pdf", make_pdf(["Puffins nest on cliffs."]), token=token)).json()
+    second = (await gql.upload("two.pdf", make_pdf(["Gannets dive for fish."]), token=token)).json()
+    ids = [d["data"]["uploadDocument"]["id"] for d in (first, second)]
+    async with connect(settings) as conn:
+        # As if uploaded before files were stored: only its chunks are left to re-embed.
+        await conn.execute("DELETE FROM document_file_part WHERE document_id = $1", ids[1])
+        before = {r["id"] for r in await conn.fetch("SELECT id FROM chunk")}
+    services_settings = settings.model_copy(update={"worker_in_process": False})
+    async with open_services(services_settings, check_upstream=False) as services:
+        assert await services.ingestion.reindex_all() == 2
+    ollama.embed_requests = 0
+    for document_id in ids:
+        document = await gql.wait_for_document(document_id, token=token)
+        assert document["status"] == "READY", document
+    assert ollama.embed_requests == 2
+    async with connect(settings) as conn:
+        after = {r["id"] for r in await conn.fetch("SELECT id FROM chunk")}
+        kept = await conn.fetchval(
+            "SELECT count(*) FROM chunk WHERE document_id = $1", uuid.UUID(ids[1])
+        )
+    assert kept == 1 and len(after) == 2
+    assert len(before & after) == 1, "re-embedded in place, not rewritten"
+    hits = (await gql.data(SEARCH, {"q": "gannets", "k": 1}, token=token))["search"]
+    assert hits[0]["document"]["filename"] == "two.pdf"

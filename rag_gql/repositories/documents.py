@@ -178,6 +178,27 @@ async def delete_chunks(
     )
 
 
+async def chunk_texts(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
+) -> list[tuple[int, str]]:
+    """`(chunk id, text)` of a document's chunks, in order."""
+    stmt = (
+        select(Chunk.id, Chunk.text)
+        .where(Chunk.workspace_id == workspace_id, Chunk.document_id == document_id)
+        .order_by(Chunk.ordinal)
+    )
+    return [(row.id, row.text) for row in await session.execute(stmt)]
+
+
+async def set_embeddings(session: AsyncSession, rows: Sequence[tuple[int, list[float]]]) -> None:
+    """Replaces the embeddings of chunks `(id, vector)` (row-level security scopes them)."""
+    if rows:
+        await session.execute(
+            update(Chunk),
+            [{"id": chunk_id, "embedding": vector} for chunk_id, vector in rows],
+        )
+
+
 async def copy_chunks(session: AsyncSession, records: Sequence[tuple[Any, ...]]) -> None:
     """Writes chunk rows with `COPY` (binary), in the caller's transaction.
 

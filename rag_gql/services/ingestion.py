@@ -308,12 +308,10 @@ class IngestionPipeline:
         try:
             with tempfile.TemporaryDirectory(prefix="rag-gql-ingest-") as folder:
                 path = Path(folder) / "document"
-                if not await self._fetch_file(document, path):
-                    raise InvalidInput(
-                        f"the original file of {document.filename!r} is not stored (uploaded "
-                        "before stored files existed); upload it again"
-                    )
-                await self._index(document, path)
+                if await self._fetch_file(document, path):
+                    await self._index(document, path)
+                else:
+                    await self._reembed(document)
         except InvalidInput as exc:
             await self._set(document, status=DocumentStatus.FAILED, error=str(exc))
         except (UpstreamUnavailable, UpstreamError) as exc:
@@ -464,6 +462,44 @@ class IngestionPipeline:
             # Its error, if any, was raised above by `next_batch`.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await producer
+
+    async def _reembed(self, document: Document) -> None:
+        """Embeds a document's stored chunk texts again, in one transaction (documents
+        uploaded before files were stored: their text is all there is to reindex).
+
+        Raises:
+            InvalidInput: the document has neither a stored file nor chunks.
+        """
+        batch = self._settings.embed_batch_size
+        workspace_id = document.workspace_id
+        async with self._db.transaction(workspace_id) as session:
+            chunks = await documents.chunk_texts(
+                session, workspace_id=workspace_id, document_id=document.id
+            )
+            if not chunks:
+                raise InvalidInput(
+                    f"the original file of {document.filename!r} is not stored and it has no "
+                    "chunks; upload it again"
+                )
+            for start in range(0, len(chunks), batch):
+                part = chunks[start : start + batch]
+                vectors = await self._ollama.embed([text for _id, text in part])
+                await documents.set_embeddings(
+                    session, [(chunk_id, vector) for (chunk_id, _), vector in zip(part, vectors, strict=True)]
+                )
+                await self._set(
+                    document, status=DocumentStatus.EMBEDDING, chunks_done=start + len(part)
+                )
+            await documents.set_state(
+                session,
+                workspace_id=workspace_id,
+                document_id=document.id,
+                status=DocumentStatus.READY.value,
+                pages_done=document.page_count,
+                chunks_done=len(chunks),
+                embed_model=self._ollama.embed_model,
+                error=None,
+            )
 
 
 def loop_time() -> float:
