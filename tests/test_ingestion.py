@@ -244,3 +244,34 @@ async def test_reindex_all_and_documents_without_a_stored_file(
     assert len(before & after) == 1, "re-embedded in place, not rewritten"
     hits = (await gql.data(SEARCH, {"q": "gannets", "k": 1}, token=token))["search"]
     assert hits[0]["document"]["filename"] == "two.pdf"
+
+
+async def test_a_job_cut_short_by_shutdown_is_queued_again(
+    inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    quick = settings.model_copy(update={"shutdown_grace": 0.2, "ingest_page_batch": 2})
+    pages = [long_page(f"dune{n}", 10) for n in range(20)]
+    ollama.delay = 0.1
+    async with serve(quick) as url, httpx.AsyncClient(timeout=30) as http:
+        gql = GraphQLClient(http, url)
+        token = await sign_up(gql, inbox, "ada@example.com")
+        response = await gql.upload("dunes.pdf", make_pdf(pages), token=token, wait=False)
+        document_id = response.json()["data"]["uploadDocument"]["id"]
+        async with connect(settings) as conn:
+            while await conn.fetchval("SELECT pages_done FROM document") < 4:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    # The server stopped mid-job: nothing half-written, the document queued again.
+    async with connect(settings) as conn:
+        row = await conn.fetchrow("SELECT status, error FROM document")
+        assert row is not None
+        assert row["status"] == "QUEUED" and "interrupted" in row["error"], dict(row)
+        assert await conn.fetchval("SELECT count(*) FROM chunk") == 0
+        assert (
+            await conn.fetchval("SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'")
+            == 1
+        )
+    ollama.delay = 0.0
+    async with serve(quick) as url, httpx.AsyncClient(timeout=30) as http:
+        gql = GraphQLClient(http, url)
+        document = await gql.wait_for_document(document_id, token=token)  # the same JWT secret
+        assert document["status"] == "READY" and document["error"] is None

@@ -299,12 +299,12 @@ class IngestionPipeline:
             document = await documents.get(
                 session, workspace_id=workspace_id, document_id=document_id
             )
-            if document is None:
-                log.info("document %s was deleted before ingestion", document_id)
-                return
-            await self._set(
-                document, status=DocumentStatus.PARSING, pages_done=0, chunks_done=0, error=None
-            )
+        if document is None:
+            log.info("document %s was deleted before ingestion", document_id)
+            return
+        await self._set(
+            document, status=DocumentStatus.PARSING, pages_done=0, chunks_done=0, error=None
+        )
         try:
             with tempfile.TemporaryDirectory(prefix="rag-gql-ingest-") as folder:
                 path = Path(folder) / "document"
@@ -325,6 +325,33 @@ class IngestionPipeline:
                 return
             await self._set(document, status=DocumentStatus.QUEUED, error=f"will retry: {exc}")
             raise
+        except asyncio.CancelledError:
+            # The worker is stopping past its grace period (procrastinate marks the job
+            # aborted, and never reruns it): queue the document again for another worker.
+            await asyncio.shield(self._requeue_interrupted(document))
+            raise
+        except Exception:
+            log.exception("ingestion of document %s failed", document.id)
+            await self._set(
+                document,
+                status=DocumentStatus.FAILED,
+                error="an internal error stopped the ingestion (the worker's log has the "
+                "details); reindex the document to try again",
+            )
+            raise
+
+    async def _requeue_interrupted(self, document: Document) -> None:
+        async with self._db.transaction(document.workspace_id) as session:
+            await documents.set_state(
+                session,
+                workspace_id=document.workspace_id,
+                document_id=document.id,
+                status=DocumentStatus.QUEUED.value,
+                error="interrupted by a worker shutdown; queued again",
+            )
+            await queue.defer_ingest(
+                session, document_id=document.id, workspace_id=document.workspace_id
+            )
 
     async def _set(self, document: Document, **values: Any) -> None:
         status = values.pop("status", None)
@@ -485,7 +512,11 @@ class IngestionPipeline:
                 part = chunks[start : start + batch]
                 vectors = await self._ollama.embed([text for _id, text in part])
                 await documents.set_embeddings(
-                    session, [(chunk_id, vector) for (chunk_id, _), vector in zip(part, vectors, strict=True)]
+                    session,
+                    [
+                        (chunk_id, vector)
+                        for (chunk_id, _), vector in zip(part, vectors, strict=True)
+                    ],
                 )
                 await self._set(
                     document, status=DocumentStatus.EMBEDDING, chunks_done=start + len(part)
