@@ -210,11 +210,18 @@ async def test_nearest_neighbour_query_uses_the_hnsw_index(
         async with db.transaction(workspace) as session:
             for setting in no_seqscan_no_sort:
                 await session.execute(text(setting))
+            # Three chunks are above exact_max_rows 0: the HNSW path (see test_search_strategy).
             ranked = await chunks.vector_ranked(
-                session, workspace_id=workspace, embedding=query_vector, limit=5, ef_search=100
+                session,
+                workspace_id=workspace,
+                embedding=query_vector,
+                limit=5,
+                ef_search=100,
+                exact_max_rows=0,
             )
+            assert ranked.strategy is chunks.VectorStrategy.HNSW
             pages = await chunks.load(
-                session, workspace_id=workspace, ids=[ranked[0][0]], query="espresso"
+                session, workspace_id=workspace, ids=[ranked.rows[0][0]], query="espresso"
             )
             assert [row.page for row in pages.values()] == [3], "the espresso page"
             ((statement, parameters),) = statements

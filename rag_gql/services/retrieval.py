@@ -1,6 +1,7 @@
 """Search over the workspace's chunks: vector, keyword, or both fused (hybrid).
 
-- VECTOR: pgvector HNSW on cosine distance; `score` is cosine similarity.
+- VECTOR: cosine distance, exact for small scopes, pgvector HNSW above
+  `EXACT_SEARCH_MAX_ROWS` chunks; `score` is cosine similarity.
 - KEYWORD: PostgreSQL full-text search, any lexeme matches, `ts_rank_cd`; `score` is that rank.
 - HYBRID: both lists fused by reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009:
   score(d) = Σ wᵢ / (k + rankᵢ(d))); `score` is the fused score.
@@ -102,18 +103,18 @@ class RetrievalService:
         # The transaction opens after the Ollama call: nothing holds a connection across it.
         ws = principal.workspace_id
         async with self._db.transaction(ws) as session:
-            by_vector = (
-                await chunks.vector_ranked(
+            by_vector: list[tuple[int, float]] = []
+            if vector is not None:
+                ranking = await chunks.vector_ranked(
                     session,
                     workspace_id=ws,
                     embedding=vector,
                     limit=depth,
                     ef_search=s.hnsw_ef_search,
+                    exact_max_rows=s.exact_search_max_rows,
                     scope=scope,
                 )
-                if vector is not None
-                else []
-            )
+                by_vector = ranking.rows
             by_keyword = (
                 await chunks.keyword_ranked(
                     session, workspace_id=ws, query=query, limit=depth, scope=scope

@@ -1,0 +1,245 @@
+"""Vector search picks its strategy per scope: an exact scan while the scope holds at most
+`EXACT_SEARCH_MAX_ROWS` chunks, the HNSW index above. Both agree on a small set, the count
+follows the filters, and neither reaches another workspace."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rag_gql.config import Settings
+from rag_gql.db import Database
+from rag_gql.repositories import chunks
+from rag_gql.repositories.chunks import ChunkScope, VectorRanking, VectorStrategy
+from tests.support.accounts import sign_up
+from tests.support.graphql_client import GraphQLClient, Json
+from tests.support.ollama_standin import embed_text
+from tests.support.pdfs import make_pdf
+from tests.support.serving import serve
+from tests.support.smtp import Inbox
+from tests.support.sql import connect
+from tests.support.uploads import upload_ok
+from tests.test_search import LIBRARY, QUERIES
+
+SEARCH = (
+    "query($q: String!, $k: Int, $mode: SearchMode!, $filter: SearchFilter) "
+    "{ search(query: $q, k: $k, mode: $mode, filter: $filter) "
+    "{ score page document { id filename } } }"
+)
+HNSW_SCAN = "Index Scan using ix_chunk_embedding_hnsw on chunk"
+LIBRARY_CHUNKS = sum(len(pages) for pages in LIBRARY.values())  # one chunk per short page
+
+
+@asynccontextmanager
+async def app_database(settings: Settings) -> AsyncIterator[Database]:
+    """The app's own `Database` (as `rag_gql_app`, under row-level security)."""
+    db = Database(settings.database_url or "")
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
+async def rank(
+    db: Database,
+    workspace: uuid.UUID,
+    query: str,
+    *,
+    exact_max_rows: int,
+    dim: int,
+    limit: int = LIBRARY_CHUNKS,
+    scope: ChunkScope | None = None,
+    as_workspace: uuid.UUID | None = None,
+) -> tuple[VectorRanking, str]:
+    """`vector_ranked` in a transaction of `as_workspace` (default `workspace`), and the plan
+    of the SELECT it sent, explained in that transaction with sequential scans and sorts
+    disabled, so the plan shows whether the HNSW index *can* serve the ORDER BY."""
+    selects: list[tuple[str, Sequence[Any]]] = []
+
+    def capture(
+        conn: object, cursor: object, statement: str, parameters: Any, *args: object
+    ) -> None:
+        if "<=>" in statement:
+            selects.append((statement, parameters))
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        async with db.transaction(as_workspace or workspace) as session:
+            ranking = await chunks.vector_ranked(
+                session,
+                workspace_id=workspace,
+                embedding=embed_text(query, dim),
+                limit=limit,
+                ef_search=40,
+                exact_max_rows=exact_max_rows,
+                scope=scope,
+            )
+            await session.execute(text("SET LOCAL enable_seqscan = off"))
+            await session.execute(text("SET LOCAL enable_sort = off"))
+            ((statement, parameters),) = selects
+            raw = (await (await session.connection()).get_raw_connection()).driver_connection
+            assert raw is not None
+            plan = "\n".join(r[0] for r in await raw.fetch("EXPLAIN " + statement, *parameters))
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+    return ranking, plan
+
+
+async def workspace_of(settings: Settings, filename: str) -> uuid.UUID:
+    async with connect(settings) as conn:
+        workspace: uuid.UUID = await conn.fetchval(
+            "SELECT workspace_id FROM document WHERE filename = $1", filename
+        )
+    return workspace
+
+
+async def test_exact_and_hnsw_agree_on_a_small_workspace(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings
+) -> None:
+    token = await sign_up(gql, inbox, "ada@example.com")
+    for filename, pages in LIBRARY.items():
+        await upload_ok(gql, filename, make_pdf(pages), token)
+    workspace = await workspace_of(settings, "kitchen.pdf")
+    dim = settings.embed_dim
+    async with app_database(settings) as db:
+        for query, _, _ in QUERIES:
+            exact, exact_plan = await rank(
+                db, workspace, query, exact_max_rows=settings.exact_search_max_rows, dim=dim
+            )
+            hnsw, hnsw_plan = await rank(db, workspace, query, exact_max_rows=0, dim=dim)
+            assert (exact.strategy, exact.in_scope) == (VectorStrategy.EXACT, LIBRARY_CHUNKS)
+            assert (hnsw.strategy, hnsw.in_scope) == (VectorStrategy.HNSW, 1), "counted to 0 + 1"
+            assert [cid for cid, _ in hnsw.rows] == [cid for cid, _ in exact.rows], query
+            assert len(exact.rows) == LIBRARY_CHUNKS
+            for (_, a), (_, b) in zip(exact.rows, hnsw.rows, strict=True):
+                assert a == pytest.approx(b, abs=1e-6)
+            # The exact SELECT orders by an expression no index provides: even with sorts
+            # disabled the plan computes every distance and sorts; the HNSW one uses the index.
+            assert "ix_chunk_embedding_hnsw" not in exact_plan and "Sort" in exact_plan, exact_plan
+            assert HNSW_SCAN in hnsw_plan, hnsw_plan
+
+        # The count is of the scope, not of the workspace: three kitchen chunks stay exact
+        # under a threshold of 3, while the whole workspace (9) is above it.
+        kitchen = await document_ids(settings, "kitchen.pdf")
+        scope = ChunkScope(document_ids=kitchen)
+        narrowed, _ = await rank(db, workspace, "espresso", exact_max_rows=3, dim=dim, scope=scope)
+        assert (narrowed.strategy, narrowed.in_scope, len(narrowed.rows)) == (
+            VectorStrategy.EXACT,
+            3,
+            3,
+        )
+        whole, _ = await rank(db, workspace, "espresso", exact_max_rows=3, dim=dim)
+        assert (whole.strategy, whole.in_scope) == (VectorStrategy.HNSW, 4)
+
+
+async def document_ids(settings: Settings, filename: str) -> list[uuid.UUID]:
+    async with connect(settings) as conn:
+        return [
+            r[0] for r in await conn.fetch("SELECT id FROM document WHERE filename = $1", filename)
+        ]
+
+
+async def search(
+    gql: GraphQLClient,
+    token: str,
+    query: str,
+    mode: str,
+    k: int = 3,
+    filter: Json | None = None,
+) -> list[Json]:
+    variables: Json = {"q": query, "k": k, "mode": mode, "filter": filter}
+    hits: list[Json] = (await gql.data(SEARCH, variables, token=token))["search"]
+    return hits
+
+
+@pytest.fixture
+def decisions(monkeypatch: pytest.MonkeyPatch) -> list[VectorRanking]:
+    """Every `vector_ranked` result of the app served in this process, in order."""
+    recorded: list[VectorRanking] = []
+    original = chunks.vector_ranked
+
+    async def recording(session: AsyncSession, **kwargs: Any) -> VectorRanking:
+        ranking = await original(session, **kwargs)
+        recorded.append(ranking)
+        return ranking
+
+    monkeypatch.setattr(chunks, "vector_ranked", recording)
+    return recorded
+
+
+async def test_a_workspace_above_the_threshold_searches_the_index(
+    inbox: Inbox, settings: Settings, decisions: list[VectorRanking]
+) -> None:
+    lowered = settings.model_copy(update={"exact_search_max_rows": 4})
+    async with serve(lowered) as url, httpx.AsyncClient(timeout=30) as http:
+        gql = GraphQLClient(http, url)
+        token = await sign_up(gql, inbox, "ada@example.com")
+        for filename, pages in LIBRARY.items():
+            await upload_ok(gql, filename, make_pdf(pages), token)
+        for mode in ("VECTOR", "HYBRID"):
+            for query, filename, page in QUERIES:
+                hits = await search(gql, token, query, mode)
+                best = hits[0]
+                assert (best["document"]["filename"], best["page"]) == (filename, page), (
+                    mode,
+                    query,
+                    hits,
+                )
+        count = 2 * len(QUERIES)
+        assert [(d.strategy, d.in_scope) for d in decisions] == [(VectorStrategy.HNSW, 5)] * count
+
+        # A filter leaving 3 chunks (at most 4) takes the exact path inside the same workspace.
+        decisions.clear()
+        (kitchen,) = await document_ids(settings, "kitchen.pdf")
+        only = {"documentIds": [str(kitchen)]}
+        hits = await search(gql, token, "espresso crema", "VECTOR", k=5, filter=only)
+        assert [h["page"] for h in hits][:1] == [3] and len(hits) == 3, hits
+        assert [(d.strategy, d.in_scope) for d in decisions] == [(VectorStrategy.EXACT, 3)]
+
+
+async def test_neither_strategy_reaches_another_workspace(
+    inbox: Inbox, settings: Settings, decisions: list[VectorRanking]
+) -> None:
+    lowered = settings.model_copy(update={"exact_search_max_rows": 4})
+    page = LIBRARY["sailing.pdf"][0]  # bob stores alice's bowline page word for word
+    async with serve(lowered) as url, httpx.AsyncClient(timeout=30) as http:
+        gql = GraphQLClient(http, url)
+        alice = await sign_up(gql, inbox, "alice@example.com")
+        bob = await sign_up(gql, inbox, "bob@example.com")
+        for filename, pages in LIBRARY.items():
+            await upload_ok(gql, filename, make_pdf(pages), alice)
+        await upload_ok(gql, "copy.pdf", make_pdf([page]), bob)
+
+        alice_hits = await search(gql, alice, page, "VECTOR", k=50)
+        bob_hits = await search(gql, bob, page, "VECTOR", k=50)
+    assert {h["document"]["filename"] for h in alice_hits} == set(LIBRARY)
+    assert len(alice_hits) == LIBRARY_CHUNKS
+    assert alice_hits[0]["document"]["filename"] == "sailing.pdf"
+    assert [(h["document"]["filename"], h["page"]) for h in bob_hits] == [("copy.pdf", 1)]
+    assert [(d.strategy, d.in_scope) for d in decisions] == [
+        (VectorStrategy.HNSW, 5),  # alice: 9 chunks, counted to 4 + 1; bob's not among them
+        (VectorStrategy.EXACT, 1),  # bob: his one chunk
+    ]
+
+    # Naming bob's workspace from alice's transaction finds nothing on either path:
+    # row-level security (app.workspace_id = alice's) filters the count and the SELECT.
+    alice_ws = await workspace_of(settings, "kitchen.pdf")
+    bob_ws = await workspace_of(settings, "copy.pdf")
+    async with app_database(settings) as db:
+        for threshold in (0, 100):
+            ranking, _ = await rank(
+                db,
+                bob_ws,
+                page,
+                exact_max_rows=threshold,
+                dim=settings.embed_dim,
+                as_workspace=alice_ws,
+            )
+            assert (ranking.in_scope, ranking.rows) == (0, []), threshold
