@@ -27,6 +27,8 @@ from rag_gql.services.ingestion import receive
 
 POLL_INTERVAL = 0.5
 """Seconds between two looks at the documents' progress."""
+SUBMIT_CONCURRENCY = 4
+"""Files stored and queued at once (type checks run in threads, writes on pooled connections)."""
 
 
 @dataclass(slots=True)
@@ -89,6 +91,28 @@ async def submit_file(
     if result.duplicate:
         return FileOutcome(path, "DUPLICATE", doc.page_count, doc.chunk_count, None, doc.id)
     return FileOutcome(path, doc.status, doc.page_count, 0, None, doc.id)
+
+
+async def submit_all(
+    services: Services,
+    principal: Principal,
+    paths: Sequence[Path],
+    collection_id: uuid.UUID | None,
+    *,
+    concurrency: int = SUBMIT_CONCURRENCY,
+) -> list[FileOutcome]:
+    """`submit_file` for every path, `concurrency` at a time; outcomes in the order of `paths`.
+
+    Files with the same bytes submitted at once still make one document: the other is a
+    DUPLICATE (the database's unique SHA-256 per workspace decides).
+    """
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(path: Path) -> FileOutcome:
+        async with gate:
+            return await submit_file(services, principal, path, collection_id)
+
+    return list(await asyncio.gather(*(one(path) for path in paths)))
 
 
 async def wait_for(

@@ -104,15 +104,16 @@ class Settings(BaseSettings):
     worker_in_process: bool = Field(
         default=True, description="`rag-gql serve` runs an ingestion worker in its own process."
     )
-    worker_concurrency: int = Field(default=2, gt=0, description="Jobs a worker runs at once.")
+    worker_concurrency: int = Field(default=3, gt=0, description="Jobs a worker runs at once.")
     parse_processes: int | None = Field(
         default=None,
         ge=0,
-        description="Processes that extract text: unset means one per CPU; 0 means a thread "
-        "of the worker itself (no extra processes: small machines, tests).",
+        description="Processes that extract text: unset means half the CPUs (at least one; "
+        "embedding, COPY and index upkeep need the rest); 0 means a thread of the worker "
+        "itself (no extra processes: small machines, tests).",
     )
     ingest_page_batch: int = Field(
-        default=16, gt=0, description="Pages extracted, embedded and written per step."
+        default=32, gt=0, description="Pages extracted, embedded and written per step."
     )
     ingest_max_attempts: int = Field(
         default=5, ge=1, description="Runs of a job whose Ollama calls fail before FAILED."

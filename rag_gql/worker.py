@@ -26,7 +26,9 @@ async def ingestion_worker(
     """
     settings = services.settings
     assert settings.database_url is not None
-    pipeline = IngestionPipeline(settings=settings, db=services.db, ollama=services.ollama)
+    pipeline = IngestionPipeline(
+        settings=settings, db=services.db, ollama=services.ollama, metrics=services.metrics
+    )
     app = queue.build_queue(settings, settings.database_url, pipeline.run)
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
     try:

@@ -73,10 +73,11 @@ async def child(
 
 async def document_state(conn: asyncpg.Connection) -> tuple[str, int, int]:
     """(status, pages_done, visible chunks) of the only document."""
-    row = await conn.fetchrow("SELECT status, pages_done FROM document")
+    row = await conn.fetchrow(  # one statement: one snapshot
+        "SELECT status, pages_done, (SELECT count(*) FROM chunk) AS chunks FROM document"
+    )
     assert row is not None
-    chunks: int = await conn.fetchval("SELECT count(*) FROM chunk")
-    return row["status"], row["pages_done"], chunks
+    return row["status"], row["pages_done"], row["chunks"]
 
 
 async def wait_until_midway(conn: asyncpg.Connection, log: Path, since: float) -> None:
@@ -141,10 +142,12 @@ async def test_kill_9_mid_ingest_finishes_exactly_once(
         # 3. Another worker finishes it.
         async with child(env, log, "worker") as worker:
             deadline = time.monotonic() + START_TIMEOUT
-            while (await document_state(conn))[0] != "READY":
-                assert time.monotonic() < deadline, _text(log)
-                _, _, chunks = await document_state(conn)
+            while True:
+                status, _, chunks = await document_state(conn)
+                if status == "READY":
+                    break
                 assert chunks == 0, "chunks are visible before the document is READY"
+                assert time.monotonic() < deadline, _text(log)
                 await asyncio.sleep(0.05)
             worker.send_signal(signal.SIGTERM)
             async with asyncio.timeout(30):

@@ -15,12 +15,15 @@ renders its registry. Names, labels and units:
   token of the answer.
 - `rag_gql_ollama_errors_total{endpoint, kind}`: failed Ollama HTTP calls; `kind` is
   `timeout`, `connection` or `http_<status>`.
-- `rag_gql_ingest_queue_depth`: ingestion jobs waiting or running (set by the ingestion
-  queue: `metrics.ingest_queue_depth.set(n)`, or `set_function` for a callback).
+- `rag_gql_ingest_queue_depth`: ingestion jobs waiting or running (set when scraped).
+- `rag_gql_ingest_stage_seconds_total{stage}`: ingestion time per stage (extract, embed,
+  write); `rag_gql_ingest_jobs_total{outcome}`, `rag_gql_ingested_pages_total`,
+  `rag_gql_ingested_chunks_total`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -84,6 +87,25 @@ class Metrics:
         self.ingest_queue_depth = Gauge(
             "rag_gql_ingest_queue_depth", "Ingestion jobs waiting or running.", registry=r
         )
+        self.ingest_stage_seconds = Counter(
+            "rag_gql_ingest_stage_seconds",
+            "Time ingestion jobs spent per stage: extract (waiting for text from the "
+            "extraction processes), embed (Ollama), write (COPY and index upkeep).",
+            ["stage"],
+            registry=r,
+        )
+        self.ingest_jobs = Counter(
+            "rag_gql_ingest_jobs",
+            "Ingestion runs by outcome (ready, failed, retry, requeued).",
+            ["outcome"],
+            registry=r,
+        )
+        self.ingested_pages = Counter(
+            "rag_gql_ingested_pages", "Pages (sections, row blocks) made searchable.", registry=r
+        )
+        self.ingested_chunks = Counter(
+            "rag_gql_ingested_chunks", "Chunks made searchable.", registry=r
+        )
 
     def observe_operation(self, *, type: str, operation: str, outcome: str, seconds: float) -> None:
         """Counts one GraphQL operation and its duration."""
@@ -111,6 +133,15 @@ class Metrics:
         """Counts a failed Ollama call to `path` (other paths count as `other`)."""
         endpoint = path if path in OLLAMA_ENDPOINTS else "other"
         self.ollama_errors.labels(endpoint=endpoint, kind=kind).inc()
+
+    @contextmanager
+    def ingest_stage(self, stage: str) -> Iterator[None]:
+        """Adds the block's wall time to the ingestion stage `stage`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ingest_stage_seconds.labels(stage=stage).inc(time.perf_counter() - started)
 
     def render(self) -> tuple[bytes, str]:
         """The registry in Prometheus' text format, and its content type."""

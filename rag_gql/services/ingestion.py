@@ -38,6 +38,7 @@ from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import Document, DocumentStatus, Workspace
 from rag_gql.errors import InvalidInput, NotFound, UpstreamError, UpstreamUnavailable
+from rag_gql.observability.metrics import Metrics
 from rag_gql.providers.ollama import OllamaClient
 from rag_gql.repositories import collections as collection_repo
 from rag_gql.repositories import documents
@@ -259,10 +260,13 @@ class IngestionPipeline:
     `close` when done.
     """
 
-    def __init__(self, *, settings: Settings, db: Database, ollama: OllamaClient) -> None:
+    def __init__(
+        self, *, settings: Settings, db: Database, ollama: OllamaClient, metrics: Metrics
+    ) -> None:
         self._settings = settings
         self._db = db
         self._ollama = ollama
+        self._metrics = metrics
         self._pool: Executor | None = None
 
     def _executor(self) -> Executor:
@@ -274,9 +278,8 @@ class IngestionPipeline:
             else:
                 # spawn: a forked child would inherit the event loop's threads and sockets.
                 context = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(
-                    max_workers=workers or os.cpu_count() or 1, mp_context=context
-                )
+                default = max(1, (os.cpu_count() or 2) // 2)
+                self._pool = ProcessPoolExecutor(max_workers=workers or default, mp_context=context)
         return self._pool
 
     def close(self) -> None:
@@ -312,9 +315,12 @@ class IngestionPipeline:
                     await self._index(document, path)
                 else:
                     await self._reembed(document)
+            self._metrics.ingest_jobs.labels(outcome="ready").inc()
         except InvalidInput as exc:
+            self._metrics.ingest_jobs.labels(outcome="failed").inc()
             await self._set(document, status=DocumentStatus.FAILED, error=str(exc))
         except (UpstreamUnavailable, UpstreamError) as exc:
+            self._metrics.ingest_jobs.labels(outcome="failed" if final else "retry").inc()
             if final:
                 attempts = self._settings.ingest_max_attempts
                 await self._set(
@@ -326,11 +332,13 @@ class IngestionPipeline:
             await self._set(document, status=DocumentStatus.QUEUED, error=f"will retry: {exc}")
             raise
         except asyncio.CancelledError:
+            self._metrics.ingest_jobs.labels(outcome="requeued").inc()
             # The worker is stopping past its grace period (procrastinate marks the job
             # aborted, and never reruns it): queue the document again for another worker.
             await asyncio.shield(self._requeue_interrupted(document))
             raise
         except Exception:
+            self._metrics.ingest_jobs.labels(outcome="failed").inc()
             log.exception("ingestion of document %s failed", document.id)
             await self._set(
                 document,
@@ -400,7 +408,8 @@ class IngestionPipeline:
         try:
             while in_flight:
                 start, stop, future = in_flight.popleft()
-                texts = await future
+                with self._metrics.ingest_stage("extract"):
+                    texts = await future
                 extract_next()
                 yield start, stop, texts
         finally:
@@ -419,7 +428,8 @@ class IngestionPipeline:
                 spans = chunk_pages(texts, size=settings.chunk_size, overlap=settings.chunk_overlap)
                 records: list[tuple[Any, ...]] = []
                 if spans:
-                    vectors = await self._ollama.embed([span.text for span in spans])
+                    with self._metrics.ingest_stage("embed"):
+                        vectors = await self._ollama.embed([span.text for span in spans])
                     records = [
                         (
                             document.workspace_id,
@@ -458,7 +468,8 @@ class IngestionPipeline:
                 )
                 while (batch := await next_batch()) is not None:
                     stop, records = batch
-                    await documents.copy_chunks(session, records)
+                    with self._metrics.ingest_stage("write"):
+                        await documents.copy_chunks(session, records)
                     written += len(records)
                     now = loop_time()
                     if now - last_progress >= PROGRESS_INTERVAL:
@@ -484,6 +495,8 @@ class IngestionPipeline:
                     embed_model=self._ollama.embed_model,
                     error=None,
                 )
+            self._metrics.ingested_pages.inc(document.page_count)
+            self._metrics.ingested_chunks.inc(written)
         finally:
             producer.cancel()
             # Its error, if any, was raised above by `next_batch`.
