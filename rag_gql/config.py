@@ -31,7 +31,26 @@ class Settings(BaseSettings):
     ollama_url: str = "http://127.0.0.1:11434"
     ollama_embed_model: str = "nomic-embed-text"
     ollama_chat_model: str = "llama3.2"
-    ollama_timeout: float = Field(default=120.0, gt=0)
+    ollama_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds Ollama may be silent (between two reads)."
+    )
+    ollama_connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to connect.")
+    ollama_embed_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Tries of an embedding request that could not reach Ollama (retried with "
+        "exponential backoff and jitter; chat is not retried).",
+    )
+    ollama_breaker_threshold: int = Field(
+        default=5,
+        ge=1,
+        description="Failed Ollama calls in a row (unreachable, timed out) that open the circuit.",
+    )
+    ollama_breaker_reset: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds an open circuit fails calls at once before one is let through.",
+    )
     embed_dim: int = Field(default=768, gt=0, le=16000)
     embed_batch_size: int = Field(default=64, gt=0)
 
@@ -62,6 +81,17 @@ class Settings(BaseSettings):
         default="10/minute", description="Account endpoints, per email and endpoint."
     )
     invitation_ttl: int = Field(default=7 * 86400, gt=0, description="Seconds.")
+    # Per-user and per-workspace limits of the expensive operations (services/quotas.py), in
+    # `limits` notation; `answer` and `ask` share theirs.
+    rate_limit_search_per_user: str = "60/minute"
+    rate_limit_search_per_workspace: str = "600/minute"
+    rate_limit_answer_per_user: str = "20/minute"
+    rate_limit_answer_per_workspace: str = "200/minute"
+    rate_limit_upload_per_user: str = "60/minute"
+    rate_limit_upload_per_workspace: str = "600/minute"
+    max_answer_streams_per_user: int = Field(
+        default=3, ge=1, description="Answers (`answer`, `ask`) a user may have running at once."
+    )
 
     smtp_host: str | None = None
     smtp_port: int = 587
@@ -89,12 +119,40 @@ class Settings(BaseSettings):
         default=2000, gt=0, description="Estimated fields resolved (lists times their size)."
     )
 
+    # WebSocket limits (rag_gql/graphql/websocket.py).
+    ws_connection_init_timeout: float = Field(
+        default=3.0,
+        gt=0,
+        le=10,
+        description="Seconds a new socket has to send connection_init (then closed with 4408).",
+    )
+    ws_max_operations_per_connection: int = Field(
+        default=10, ge=1, description="Live operations (subscriptions) on one socket."
+    )
+    ws_max_operations_per_user: int = Field(
+        default=20, ge=1, description="Live operations of one user (or API key), all sockets."
+    )
+    ws_send_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a message may wait for a client that does not read; then the "
+        "socket is dropped.",
+    )
+    ws_ping_interval: float = Field(
+        default=20.0, gt=0, description="Seconds between the server's WebSocket pings."
+    )
+    ws_ping_timeout: float = Field(
+        default=20.0, gt=0, description="Seconds for the pong before the socket is closed (1011)."
+    )
+
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console in a terminal, JSON otherwise."
     )
 
     shutdown_grace: float = Field(
-        default=10.0, ge=0, description="Seconds running requests get to finish on SIGTERM."
+        default=10.0,
+        ge=0,
+        description="Seconds running requests and answers get to finish on SIGTERM.",
     )
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     # Ingestion: a procrastinate job queue in PostgreSQL (rag_gql/queue.py).

@@ -20,7 +20,7 @@ from rag_gql.errors import DomainError
 from rag_gql.observability.metrics import Metrics
 from rag_gql.observability.upstream import ObservedTransport
 from rag_gql.providers.mail import Mailer, make_mailer
-from rag_gql.providers.ollama import OllamaClient
+from rag_gql.providers.ollama import EmbeddingSizeMismatch, OllamaClient
 from rag_gql.queue import conninfo
 from rag_gql.services.api_keys import ApiKeyService
 from rag_gql.services.auth import AuthService
@@ -30,6 +30,7 @@ from rag_gql.services.document_events import DocumentEvents
 from rag_gql.services.documents import DocumentService
 from rag_gql.services.generation import GenerationService
 from rag_gql.services.ingestion import IngestionService
+from rag_gql.services.quotas import Quotas, Slots
 from rag_gql.services.ratelimit import RateLimiter
 from rag_gql.services.retrieval import RetrievalService
 from rag_gql.services.workspaces import WorkspaceService
@@ -59,6 +60,9 @@ class Services:
     workspaces: WorkspaceService
     conversations: ConversationService
     collections: CollectionService
+    quotas: Quotas
+    ws_operations: Slots
+    """Live WebSocket operations per caller, all sockets of this process together."""
     metrics: Metrics = field(default_factory=Metrics)
 
 
@@ -78,7 +82,7 @@ async def open_services(
         raise StartupError("No database URL: set DATABASE_URL or use `rag-gql serve`")
     db = Database(settings.database_url)
     events = DocumentEvents(conninfo(settings.database_url))
-    timeout = httpx.Timeout(settings.ollama_timeout, connect=5.0)
+    timeout = httpx.Timeout(settings.ollama_timeout, connect=settings.ollama_connect_timeout)
     auth: AuthService | None = None
     metrics = Metrics()
     transport = ObservedTransport(httpx.AsyncHTTPTransport(), metrics)
@@ -91,6 +95,10 @@ async def open_services(
                 embed_model=settings.ollama_embed_model,
                 chat_model=settings.ollama_chat_model,
                 batch_size=settings.embed_batch_size,
+                embed_dim=settings.embed_dim,
+                embed_attempts=settings.ollama_embed_attempts,
+                breaker_threshold=settings.ollama_breaker_threshold,
+                breaker_reset=settings.ollama_breaker_reset,
             )
             if check_upstream:
                 await _check_database(db, settings)
@@ -116,6 +124,12 @@ async def open_services(
                 conversations=ConversationService(db=db),
                 workspaces=WorkspaceService(settings=settings, db=db, mailer=mailer),
                 collections=CollectionService(db=db),
+                quotas=Quotas.from_settings(settings),
+                ws_operations=Slots(
+                    settings.ws_max_operations_per_user,
+                    what="live operations",
+                    setting="WS_MAX_OPERATIONS_PER_USER",
+                ),
                 metrics=metrics,
             )
         finally:
@@ -142,6 +156,8 @@ async def _check_database(db: Database, settings: Settings) -> None:
 async def _check_ollama(ollama: OllamaClient, settings: Settings) -> None:
     try:
         (probe,) = await ollama.embed(["dimension probe"])
+    except EmbeddingSizeMismatch as exc:
+        probe = [0.0] * exc.got
     except DomainError as exc:
         log.warning(
             "OLLAMA NOT AVAILABLE at %s (%s). The server starts anyway; uploads, search and "

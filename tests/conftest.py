@@ -36,6 +36,13 @@ LOOSE_GRAPHQL_LIMITS = {
 }
 """Tests batch dozens of searches into one request (aliases); tests/test_limits.py serves
 the production defaults."""
+LOOSE_RATE_LIMITS = {
+    f"rate_limit_{operation}_per_{scope}": "100000/minute"
+    for operation in ("search", "answer", "upload")
+    for scope in ("user", "workspace")
+}
+"""Tests search, answer and upload far more often than people do; tests/test_resilience.py
+and tests/test_websocket_limits.py serve lower limits."""
 TEMPLATE_DB = "rag_gql_test_template"
 
 
@@ -151,7 +158,7 @@ def settings(
         ingest_max_attempts=2,
         ingest_retry_base_wait=1,
         worker_heartbeat_interval=1.0,
-    ).model_copy(update=LOOSE_GRAPHQL_LIMITS)
+    ).model_copy(update=LOOSE_GRAPHQL_LIMITS | LOOSE_RATE_LIMITS)
 
 
 @pytest.fixture

@@ -52,6 +52,8 @@ def _server_env(data_dir: Path, ollama: OllamaStandin, smtp_port: int) -> dict[s
         SMTP_HOST="127.0.0.1",
         SMTP_PORT=str(smtp_port),
         MAIL_FROM="rag-gql e2e <e2e@example.com>",
+        # A streaming answer gets this long on SIGTERM before its socket closes.
+        SHUTDOWN_GRACE="3",
     )
     return env
 

@@ -26,7 +26,9 @@ WS_CREDENTIALS = (
 class Context:
     """What resolvers see: the services, the transport, and the caller once authenticated.
 
-    `connection_params` is the WebSocket `connection_init` payload (Strawberry fills it in).
+    `connection_params` is the WebSocket `connection_init` payload (Strawberry fills it in);
+    `caller` whom the socket authenticated as then (`quotas.caller_key`), which its limits
+    count against.
     """
 
     services: Services
@@ -34,6 +36,7 @@ class Context:
     response: Response | WebSocket | None = None
     connection_params: dict[str, Any] | None = None
     principal: Principal | None = field(default=None)
+    caller: str | None = None
     _elsewhere: dict[uuid.UUID, Principal] = field(default_factory=dict, init=False, repr=False)
 
     async def require_principal(self, workspace_id: uuid.UUID | None = None) -> Principal:

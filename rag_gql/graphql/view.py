@@ -22,7 +22,9 @@ from rag_gql.errors import DomainError
 from rag_gql.graphql.context import Context
 from rag_gql.graphql.limits import Limits
 from rag_gql.graphql.schema import build_schema
+from rag_gql.graphql.websocket import TransportWSHandler, bounded
 from rag_gql.resources import Services
+from rag_gql.services.quotas import caller_key
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes a multipart upload may carry besides the file (operations, map, part headers)."""
@@ -52,24 +54,33 @@ class GraphQLView(GraphQL[Context, None]):
     Multipart uploads (the GraphQL multipart request spec) are on, but only with a preflight
     header. A WebSocket must authenticate in its `connection_init` payload
     (`{"authorization": "Bearer <token or API key>"}` or `{"apiKey": "rgk_..."}`, with an
-    optional `workspaceId`); otherwise it is closed with 4403. Every operation passes the
+    optional `workspaceId`); otherwise it is closed with 4403. Its other limits are in
+    `rag_gql.graphql.websocket`. Every operation passes the
     limits of `settings` (`rag_gql.graphql.limits`); batched requests (a JSON array) are
     refused with 400, as Strawberry does without a batching config.
     """
+
+    graphql_transport_ws_handler_class = TransportWSHandler
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(
             build_schema(Limits.from_settings(settings)),
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
-            # graphql-ws's own default; Strawberry's is a minute of an idle, unauthenticated socket.
-            connection_init_wait_timeout=timedelta(seconds=3),
+            # graphql-ws's own default is 3 s; Strawberry's a minute of an idle,
+            # unauthenticated socket.
+            connection_init_wait_timeout=timedelta(seconds=settings.ws_connection_init_timeout),
             multipart_uploads_enabled=True,
+            # TransportWSHandler counts operations itself, and answers with a code.
+            max_subscriptions_per_connection=None,
         )
+        self._ws_send_timeout = settings.ws_send_timeout
         # The largest multipart body worth reading: the file plus the operations and map.
         self._max_multipart_bytes = settings.max_upload_bytes + MULTIPART_OVERHEAD
         self._max_upload_bytes = settings.max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            receive, send = bounded(receive, send, send_timeout=self._ws_send_timeout)
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
@@ -129,9 +140,10 @@ class GraphQLView(GraphQL[Context, None]):
     async def on_ws_connect(self, context: Context) -> dict[str, object] | None:
         try:
             # Refuses the socket at once for bad credentials; each operation checks them again.
-            await context.require_principal()
+            principal = await context.require_principal()
         except DomainError as exc:
             raise ConnectionRejectionError({"message": str(exc)}) from exc
+        context.caller = caller_key(principal)
         return None
 
 

@@ -1,11 +1,17 @@
-"""Readiness: the database answers, its migrations are at head, Ollama answers.
+"""Readiness: the database answers, its migrations are at head, Ollama answers and has the
+models pulled.
 
 `/readyz` answers 200 when every check passes and 503 otherwise, with a JSON body::
 
     {"status": "ready" | "unavailable",
      "checks": {"database": {"ok": true},
                 "migrations": {"ok": true, "current": ["0005"], "head": ["0005"]},
-                "ollama": {"ok": false, "error": "unreachable"}}}
+                "ollama": {"ok": false, "error": "upstream_unavailable"}}}
+
+The Ollama check fails with `error`: `timeout`, `upstream_unavailable` (unreachable),
+`circuit_open` (it failed repeatedly and calls are being refused: see
+`rag_gql.providers.ollama`), `upstream_error` (it answered with an error), or
+`models_missing` (with `missingModels`: `ollama pull` them).
 
 Errors are named, not described: the endpoint is unauthenticated, and the details (hosts,
 driver messages) go to the log instead.
@@ -23,7 +29,7 @@ from sqlalchemy import text
 from rag_gql.db import Database
 from rag_gql.db.migrate import alembic_config
 from rag_gql.errors import DomainError
-from rag_gql.providers.ollama import OllamaClient
+from rag_gql.providers.ollama import CircuitOpen, OllamaClient
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +79,15 @@ async def _ollama(ollama: OllamaClient) -> dict[str, Any]:
             models = await ollama.ping()
     except TimeoutError:
         return {"ok": False, "error": "timeout"}
+    except CircuitOpen:
+        return {"ok": False, "error": "circuit_open"}
     except DomainError as exc:
         log.warning("readiness: Ollama check failed: %s", exc)
         return {"ok": False, "error": exc.code.lower()}
     wanted = {ollama.embed_model, ollama.chat_model}
     have = {name.removesuffix(":latest") for name in models} | set(models)
-    return {"ok": True, "missingModels": sorted(wanted - have)}
+    missing = sorted(wanted - have)
+    if missing:
+        log.warning("readiness: Ollama lacks the models %s (ollama pull them)", missing)
+        return {"ok": False, "error": "models_missing", "missingModels": missing}
+    return {"ok": True, "missingModels": []}

@@ -3,19 +3,52 @@
 Wire format: https://github.com/ollama/ollama/blob/main/docs/api.md — `/api/chat` with
 `stream: true` answers NDJSON, one JSON object per line, the last with `done: true` and the
 token counters. The client is an injected `httpx.AsyncClient` (built once in the app's
-lifespan), so connections are pooled and tests can aim it at a loopback stand-in.
+lifespan, with its connect and read timeouts), so connections are pooled and tests can aim it
+at a loopback stand-in.
+
+Resilience: every call passes one circuit breaker (`purgatory`): after
+`breaker_threshold` calls in a row that could not reach Ollama (refused, timed out, dropped),
+calls fail at once with `CircuitOpen` for `breaker_reset` seconds; then calls are let through
+again, and the first to fail opens the circuit anew, the first to succeed closes it. HTTP
+errors from Ollama (a missing model, a bad request) do not count: Ollama answered. Embedding
+requests, being idempotent, are tried `embed_attempts` times (`stamina`: exponential backoff
+with jitter) when Ollama could not be reached; chat is not retried.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import stamina
+from purgatory import AsyncCircuitBreakerFactory
+from purgatory.domain.model import OpenedState
 
 from rag_gql.errors import UpstreamError, UpstreamUnavailable
+
+CIRCUIT = "ollama"
+PING_TIMEOUT = 2.5
+"""Seconds `ping` (`/readyz`) waits for Ollama, below the readiness check's own 3 s."""
+
+
+class CircuitOpen(UpstreamUnavailable):
+    """Ollama failed too often in a row: calls fail at once until the circuit resets."""
+
+
+class EmbeddingSizeMismatch(UpstreamError):
+    """Ollama returned vectors of `got` dimensions where `expected` (`EMBED_DIM`) are stored."""
+
+    def __init__(self, *, got: int, expected: int) -> None:
+        super().__init__(
+            f"Ollama returned {got}-dimensional embeddings, but EMBED_DIM is {expected}: "
+            "the embedding model was changed"
+        )
+        self.got = got
+        self.expected = expected
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,41 +77,90 @@ class OllamaClient:
         embed_model: model for `/api/embed` (`OLLAMA_EMBED_MODEL`).
         chat_model: model for `/api/chat` (`OLLAMA_CHAT_MODEL`).
         batch_size: texts per `/api/embed` request.
+        embed_dim: the length every embedding must have (`EMBED_DIM`); None checks nothing.
+        embed_attempts: tries of an embedding request that cannot reach Ollama.
+        breaker_threshold: failures in a row that open the circuit.
+        breaker_reset: seconds the circuit stays open.
 
     Every method raises `UpstreamUnavailable` when Ollama cannot be reached, times out or
-    drops the connection, and `UpstreamError` (with Ollama's own message) when it answers
-    with an error.
+    drops the connection (`CircuitOpen`, a subclass, while the circuit is open), and
+    `UpstreamError` (with Ollama's own message) when it answers with an error or garbage.
     """
 
     def __init__(
-        self, http: httpx.AsyncClient, *, embed_model: str, chat_model: str, batch_size: int = 64
+        self,
+        http: httpx.AsyncClient,
+        *,
+        embed_model: str,
+        chat_model: str,
+        batch_size: int = 64,
+        embed_dim: int | None = None,
+        embed_attempts: int = 1,
+        breaker_threshold: int = 5,
+        breaker_reset: float = 30.0,
     ) -> None:
         self._http = http
         self.embed_model = embed_model
         self.chat_model = chat_model
         self.batch_size = batch_size
+        self.embed_dim = embed_dim
+        self._embed_attempts = embed_attempts
+        self._breakers = AsyncCircuitBreakerFactory(
+            default_threshold=breaker_threshold,
+            default_ttl=breaker_reset,
+            # Only unreachability counts against Ollama; anything else (its HTTP errors, a
+            # client that left: GeneratorExit, CancelledError) ends the call as a success.
+            exclude=[(BaseException, lambda exc: not isinstance(exc, UpstreamUnavailable))],
+        )
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embeds `texts` in batches of `batch_size`; returns one vector per text, in order."""
+        """Embeds `texts` in batches of `batch_size`; returns one vector per text, in order.
+
+        Raises:
+            EmbeddingSizeMismatch: a vector's length is not `embed_dim`.
+            UpstreamUnavailable: Ollama could not be reached in `embed_attempts` tries.
+            UpstreamError: Ollama answered with an error or a malformed body.
+        """
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
-            body = await self._post_json(
-                "/api/embed", {"model": self.embed_model, "input": batch, "truncate": True}
-            )
+            body = await self._embed_batch(batch)
             got = body.get("embeddings")
             if not isinstance(got, list) or len(got) != len(batch):
                 raise UpstreamError("Ollama returned a malformed /api/embed response")
+            if self.embed_dim is not None:
+                for vector in got:
+                    if not isinstance(vector, list) or len(vector) != self.embed_dim:
+                        size = len(vector) if isinstance(vector, list) else 0
+                        raise EmbeddingSizeMismatch(got=size, expected=self.embed_dim)
             vectors.extend(got)
         return vectors
+
+    async def _embed_batch(self, batch: list[str]) -> dict[str, Any]:
+        payload = {"model": self.embed_model, "input": batch, "truncate": True}
+        async for attempt in stamina.retry_context(
+            on=_retryable,
+            attempts=self._embed_attempts,
+            timeout=None,
+            wait_initial=0.2,
+            wait_max=2.0,
+            wait_jitter=0.5,
+        ):
+            with attempt:
+                return await self._post_json("/api/embed", payload)
+        raise AssertionError("unreachable: stamina re-raises the last failure")
 
     async def chat_stream(
         self, messages: Sequence[ChatMessage], *, options: dict[str, Any] | None = None
     ) -> AsyncIterator[ChatDelta]:
         """Streams the reply to `messages`, one `ChatDelta` per NDJSON line, as it arrives.
 
-        The last delta has `done=True` and the token counts. A stream that ends without it
-        raises `UpstreamUnavailable`.
+        The last delta has `done=True` and the token counts.
+
+        Raises:
+            UpstreamUnavailable: Ollama could not be reached, went silent for longer than the
+                read timeout (a slow first token included), or ended the stream without `done`.
+            UpstreamError: an HTTP error, an `{"error": ...}` line, or a line that is not JSON.
         """
         payload: dict[str, Any] = {
             "model": self.chat_model,
@@ -87,21 +169,22 @@ class OllamaClient:
         }
         if options:
             payload["options"] = options
-        try:
-            async with self._http.stream("POST", "/api/chat", json=payload) as response:
-                if response.is_error:
-                    await response.aread()
-                    raise UpstreamError(_error_message(response))
-                async for line in response.aiter_lines():
-                    if not line.strip():
-                        continue
-                    delta = _parse_chat_line(line)
-                    yield delta
-                    if delta.done:
-                        return
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(f"Ollama connection failed: {_describe(exc)}") from exc
-        raise UpstreamUnavailable("Ollama ended the answer stream before it was done")
+        async with self._guarded():
+            try:
+                async with self._http.stream("POST", "/api/chat", json=payload) as response:
+                    if response.is_error:
+                        await response.aread()
+                        raise UpstreamError(_error_message(response))
+                    async for line in response.aiter_lines():
+                        if not line.strip():
+                            continue
+                        delta = _parse_chat_line(line)
+                        yield delta
+                        if delta.done:
+                            return
+            except httpx.TransportError as exc:
+                raise UpstreamUnavailable(f"Ollama connection failed: {_describe(exc)}") from exc
+            raise UpstreamUnavailable("Ollama ended the answer stream before it was done")
 
     async def chat(
         self, messages: Sequence[ChatMessage], *, options: dict[str, Any] | None = None
@@ -126,21 +209,47 @@ class OllamaClient:
         )
 
     async def ping(self) -> list[str]:
-        """Returns the names of the models Ollama has (`GET /api/tags`)."""
-        try:
-            response = await self._http.get("/api/tags")
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(f"Ollama is unreachable: {_describe(exc)}") from exc
+        """Returns the names of the models Ollama has (`GET /api/tags`), waiting at most
+        `PING_TIMEOUT` seconds. Passes the circuit breaker: while it is open this raises
+        `CircuitOpen`, and once it may close, a successful ping closes it."""
+        async with self._guarded():
+            try:
+                response = await self._http.get("/api/tags", timeout=PING_TIMEOUT)
+            except httpx.TransportError as exc:
+                raise UpstreamUnavailable(f"Ollama is unreachable: {_describe(exc)}") from exc
         if response.is_error:
             raise UpstreamError(_error_message(response))
-        models = response.json().get("models", [])
+        try:
+            models = response.json().get("models", [])
+        except (ValueError, AttributeError) as exc:
+            raise UpstreamError("Ollama returned a malformed /api/tags response") from exc
         return [str(m.get("name", "")) for m in models if isinstance(m, dict)]
 
-    async def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    @asynccontextmanager
+    async def _guarded(self) -> AsyncIterator[None]:
+        """Runs the block through the circuit breaker (see the module's docstring).
+
+        Raises:
+            CircuitOpen: the circuit is open; the block does not run.
+        """
+        breaker = await self._breakers.get_breaker(CIRCUIT)
         try:
-            response = await self._http.post(path, json=payload)
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(f"Ollama is unreachable: {_describe(exc)}") from exc
+            async with breaker:
+                yield
+        except OpenedState as exc:
+            # purgatory raises the same exception object each time: drop its traceback, or
+            # every refused call would add its frames to it.
+            exc.with_traceback(None)
+            raise CircuitOpen(
+                "Ollama is unavailable (it failed repeatedly; calls are refused for a while)"
+            ) from None
+
+    async def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        async with self._guarded():
+            try:
+                response = await self._http.post(path, json=payload)
+            except httpx.TransportError as exc:
+                raise UpstreamUnavailable(f"Ollama is unreachable: {_describe(exc)}") from exc
         if response.is_error:
             raise UpstreamError(_error_message(response))
         try:
@@ -150,6 +259,11 @@ class OllamaClient:
         if not isinstance(body, dict):
             raise UpstreamError(f"Ollama returned a malformed {path} response")
         return body
+
+
+def _retryable(exc: Exception) -> bool:
+    """Retry what did not reach Ollama, unless the circuit is open (retrying cannot help)."""
+    return isinstance(exc, UpstreamUnavailable) and not isinstance(exc, CircuitOpen)
 
 
 def _parse_chat_line(line: str) -> ChatDelta:

@@ -6,7 +6,9 @@ errors rather than raising them). No transaction is held across an Ollama call o
 
 Every answer belongs to a conversation (a new one unless `conversation_id` is given) and is
 stored with its question, sources, citations, timings and token counts; a client that leaves
-mid-answer leaves the partial answer stored as `interrupted`.
+mid-answer leaves the partial answer stored as `interrupted`, one that Ollama broke off as
+`failed`; a question that fails before its sources leaves nothing (not even the new
+conversation). A user runs at most `MAX_ANSWER_STREAMS_PER_USER` answers at once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -30,6 +33,7 @@ from rag_gql.repositories import conversations
 from rag_gql.repositories.chunks import ChunkScope
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.citations import cited_numbers, estimate_tokens
+from rag_gql.services.quotas import Slots, caller_key
 from rag_gql.services.retrieval import MAX_QUERY_LENGTH, RetrievalService, SearchHit, SearchMode
 
 TITLE_LENGTH = 80
@@ -169,6 +173,12 @@ class GenerationService:
         self._db = db
         self._retrieval = retrieval
         self._ollama = ollama
+        self.streams = Slots(
+            settings.max_answer_streams_per_user,
+            what="answers running",
+            setting="MAX_ANSWER_STREAMS_PER_USER",
+        )
+        """The answers running now, per caller (a graceful shutdown waits for them)."""
 
     async def answer(
         self,
@@ -183,11 +193,32 @@ class GenerationService:
         """Yields `Sources`, then `Token`s as they arrive (never buffered), then `Done`.
 
         Raises (before the first event):
+            RateLimited: the caller already has `MAX_ANSWER_STREAMS_PER_USER` answers running.
             InvalidInput: empty or over-long question, bad `k`.
             NotFound: `conversation_id` is not the caller's conversation.
             UpstreamUnavailable, UpstreamError: the question could not be embedded/rewritten.
         Failures after `Sources` end the stream with a `Failed` event instead.
         """
+        with self.streams.hold(caller_key(principal)):
+            events = self._answer(
+                principal, question, k, mode=mode, scope=scope, conversation_id=conversation_id
+            )
+            # Closed here, not whenever it is collected: its `finally` stores the answer.
+            async with aclosing(events):
+                async for event in events:
+                    yield event
+
+    async def _answer(
+        self,
+        principal: Principal,
+        question: str,
+        k: int,
+        *,
+        mode: SearchMode = SearchMode.HYBRID,
+        scope: ChunkScope | None = None,
+        conversation_id: uuid.UUID | None = None,
+    ) -> AsyncGenerator[AnswerEvent, None]:
+        """`answer`, without its limit on answers at once."""
         started = time.perf_counter()
         principal.require(Action.READ)
         question = question.strip()
@@ -196,8 +227,14 @@ class GenerationService:
         if len(question) > MAX_QUERY_LENGTH:
             raise InvalidInput(f"The question is longer than {MAX_QUERY_LENGTH} characters")
         conv_id, history = await self._open_conversation(principal, conversation_id, question)
-        standalone = await self._standalone(question, history) if history else question
-        hits = await self._retrieval.search(principal, standalone, k, mode=mode, scope=scope)
+        try:
+            standalone = await self._standalone(question, history) if history else question
+            hits = await self._retrieval.search(principal, standalone, k, mode=mode, scope=scope)
+        except BaseException:
+            if conversation_id is None:
+                # Nothing was asked in it: leave no empty conversation behind.
+                await asyncio.shield(self._discard_conversation(principal, conv_id))
+            raise
         s = self._settings
         prompt, hits = build_prompt(
             question,
@@ -299,6 +336,16 @@ class GenerationService:
                 session, workspace_id=ws, conversation_id=found.id
             )
         return found.id, [m for m in history if m.status == "complete" or m.role == "user"]
+
+    async def _discard_conversation(self, principal: Principal, conversation_id: uuid.UUID) -> None:
+        async with self._db.transaction(principal.workspace_id) as session:
+            await conversations.delete_conversation(
+                session,
+                workspace_id=principal.workspace_id,
+                user_id=principal.user_id,
+                api_key_id=principal.api_key_id,
+                conversation_id=conversation_id,
+            )
 
     async def _standalone(self, question: str, history: Sequence[Message]) -> str:
         """Rewrites a follow-up into a stand-alone question with the chat model."""

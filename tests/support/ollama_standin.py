@@ -132,6 +132,16 @@ class StandinState:
         die_after_tokens: If set, a chat response sends this many tokens and then drops the
             connection without the final ``done`` line (a non-streaming chat drops it before
             any body byte).
+        first_token_delay: Seconds a streamed chat waits, after its headers, before its first
+            line (a model loading or a long prompt being evaluated).
+        garbage_after_tokens: If set, a streamed chat sends this many tokens, then a line that
+            is not JSON, and ends.
+        error_after_tokens: If set, a streamed chat sends this many tokens, then
+            ``{"error": fail_message}`` (as Ollama does when generation fails), and ends.
+        unpulled: Models that are not pulled: left out of ``/api/tags``, and answered 404
+            ``model "..." not found, try pulling it first`` by ``/api/embed`` and ``/api/chat``.
+        wrong_dim: If set, ``/api/embed`` returns vectors of this length instead of ``dim``
+            (the embedding model was changed under a running server).
         embedder: If set, ``/api/embed`` returns ``embedder(texts)`` (one call per request, run
             in a worker thread) instead of the hashed bag-of-words vectors; e.g.
             :func:`tests.support.minilm.load_minilm`. A vector whose length is not ``dim``, or
@@ -139,6 +149,8 @@ class StandinState:
         embed_requests: ``/api/embed`` requests received (including failed ones).
         embed_inputs: Texts embedded by successful ``/api/embed`` requests.
         chat_requests: ``/api/chat`` requests received (including failed ones).
+        chat_tokens_sent: Token lines streamed by ``/api/chat``; each is produced once the
+            previous one was written, so a reader that stops reading stops the count.
         last_chat_messages: ``messages`` of the last valid ``/api/chat`` request, as
             ``[{"role": str, "content": str}, ...]``.
     """
@@ -154,10 +166,16 @@ class StandinState:
     fail_times: int | None = None
     fail_after: int | None = None
     die_after_tokens: int | None = None
+    first_token_delay: float = 0.0
+    garbage_after_tokens: int | None = None
+    error_after_tokens: int | None = None
+    unpulled: frozenset[str] = frozenset()
+    wrong_dim: int | None = None
     embedder: BatchEmbedder | None = None
     embed_requests: int = 0
     embed_inputs: int = 0
     chat_requests: int = 0
+    chat_tokens_sent: int = 0
     last_chat_messages: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
     def reset(self) -> None:
@@ -429,6 +447,8 @@ def create_app(state: StandinState) -> Starlette:
         return body
 
     def check_model(requested: str, wanted: str, other: str, capability: str) -> Response | None:
+        if any(_same_model(requested, name) for name in state.unpulled):
+            return _error(404, f'model "{requested}" not found, try pulling it first')
         if _same_model(requested, wanted):
             return None
         if _same_model(requested, other):
@@ -444,14 +464,13 @@ def create_app(state: StandinState) -> Starlette:
 
     async def tags(request: Request) -> Response:
         await pause()
-        return JSONResponse(
-            {
-                "models": [
-                    _model_entry(state.embed_model, "nomic-bert", "137M", "F16", 274_302_450),
-                    _model_entry(state.chat_model, "llama", "3.2B", "Q4_K_M", 2_019_393_189),
-                ]
-            }
-        )
+        models = [
+            _model_entry(state.embed_model, "nomic-bert", "137M", "F16", 274_302_450),
+            _model_entry(state.chat_model, "llama", "3.2B", "Q4_K_M", 2_019_393_189),
+        ]
+        unpulled = state.unpulled
+        pulled = [m for m in models if not any(_same_model(m["name"], n) for n in unpulled)]
+        return JSONResponse({"models": pulled})
 
     async def embed(request: Request) -> Response:
         started = time.perf_counter_ns()
@@ -476,8 +495,8 @@ def create_app(state: StandinState) -> Starlette:
             return _error(400, "input is required")
         else:
             return _error(400, "invalid input type: expected a string or a list of strings")
-        dim = state.dim
-        embedder = state.embedder
+        dim = state.dim if state.wrong_dim is None else state.wrong_dim
+        embedder = state.embedder if state.wrong_dim is None else None
         if embedder is None:
             embeddings = [embed_text(t, dim) for t in texts]
         elif not texts:
@@ -551,6 +570,10 @@ def create_app(state: StandinState) -> Starlette:
         prompt_eval_count = sum(_count_words(m["content"]) for m in messages)
         die_after = state.die_after_tokens
         token_delay = state.token_delay
+        first_token_delay = state.first_token_delay
+        garbage_after = state.garbage_after_tokens
+        error_after = state.error_after_tokens
+        error_message = state.fail_message
 
         def final(first_token_ns: int, content: str) -> dict[str, Any]:
             now = time.perf_counter_ns()
@@ -578,12 +601,21 @@ def create_app(state: StandinState) -> Starlette:
             return JSONResponse(final(time.perf_counter_ns(), "".join(tokens)))
 
         async def lines() -> AsyncIterator[bytes]:
+            if first_token_delay > 0:
+                await asyncio.sleep(first_token_delay)
             first_token_ns = time.perf_counter_ns()
             for i, token in enumerate(tokens):
                 if die_after is not None and i >= die_after:
                     raise _StreamAborted("die_after_tokens reached")
+                if garbage_after is not None and i >= garbage_after:
+                    yield b'{"model": "' + model.encode() + b'", "message": {"rol\n'
+                    return
+                if error_after is not None and i >= error_after:
+                    yield _dumps_line({"error": error_message})
+                    return
                 if i > 0 and token_delay > 0:
                     await asyncio.sleep(token_delay)
+                state.chat_tokens_sent += 1
                 line = {
                     "model": model,
                     "created_at": _now_iso(),

@@ -12,10 +12,9 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import uvicorn
-
 from rag_gql.app import create_app
 from rag_gql.config import Settings
+from rag_gql.server import GracefulServer, server_config
 
 
 def _free_port() -> int:
@@ -51,9 +50,19 @@ def environment(settings: Settings, **overrides: str) -> dict[str, str]:
 @asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[str]:
     """Runs the app for `settings` with uvicorn on a free loopback port; yields its base URL."""
+    async with serve_server(settings) as (url, _server):
+        yield url
+
+
+@asynccontextmanager
+async def serve_server(settings: Settings) -> AsyncIterator[tuple[str, GracefulServer]]:
+    """`serve`, also yielding the server: `server.should_exit = True` shuts it down as
+    SIGTERM does (the block's exit waits for the shutdown to end)."""
     port = _free_port()
-    config = uvicorn.Config(
-        create_app(settings),
+    app = create_app(settings)
+    config = server_config(
+        app,
+        settings,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -62,7 +71,7 @@ async def serve(settings: Settings) -> AsyncIterator[str]:
         # that moment gets a ReadError. Tests pause longer than that (building fixtures).
         timeout_keep_alive=300,
     )
-    server = uvicorn.Server(config)
+    server = GracefulServer(config, app=app, grace=settings.shutdown_grace)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -70,7 +79,7 @@ async def serve(settings: Settings) -> AsyncIterator[str]:
             raise RuntimeError("uvicorn stopped before it started")
         await asyncio.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         await task

@@ -11,6 +11,7 @@ from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import parse_id
 from rag_gql.repositories.chunks import ChunkScope
+from rag_gql.services.quotas import Operation
 from rag_gql.services.retrieval import SearchMode
 
 DEFAULT_K = 5
@@ -29,6 +30,7 @@ class SearchQuery:
         collection_ids: list[strawberry.ID] | None = None,
     ) -> list[types.SearchHit]:
         principal = await info.context.require_principal()
+        await info.context.services.quotas.hit(Operation.SEARCH, principal)
         hits = await info.context.services.retrieval.search(
             principal,
             query,
@@ -55,6 +57,7 @@ class AnswerSubscription:
         conversation_id: strawberry.ID | None = None,
     ) -> AsyncGenerator[types.AnswerEvent, None]:
         principal = await info.context.require_principal()
+        await info.context.services.quotas.hit(Operation.ANSWER, principal)
         events = info.context.services.generation.answer(
             principal,
             question,
@@ -87,6 +90,7 @@ class AskMutation:
         conversation_id: strawberry.ID | None = None,
     ) -> types.AskResult:
         principal = await info.context.require_principal()
+        await info.context.services.quotas.hit(Operation.ANSWER, principal)
         result = await info.context.services.generation.ask(
             principal,
             question,

@@ -1,0 +1,136 @@
+"""`graphql-transport-ws` with limits: how many operations a socket and a user may have live,
+and how long the server waits for a client that does not read.
+
+What a client meets:
+
+- no `connection_init` within `WS_CONNECTION_INIT_TIMEOUT` seconds: closed with 4408;
+  missing or bad credentials in it: closed with 4403 (Strawberry's code for a rejected
+  `connection_init`); `subscribe` before it was acknowledged: closed with 4401.
+- a `subscribe` past `WS_MAX_OPERATIONS_PER_CONNECTION` live operations on the socket, or
+  past `WS_MAX_OPERATIONS_PER_USER` on all the user's sockets: an `error` message for that
+  operation, `[{"message": ..., "extensions": {"code": "RATE_LIMITED", "retryAfter": 1}}]`;
+  the socket and its other operations carry on.
+- keep-alive: uvicorn pings every `WS_PING_INTERVAL` seconds (WebSocket ping frames, which
+  browsers answer by themselves) and closes with 1011 a socket whose pong does not come within
+  `WS_PING_TIMEOUT`; a client's own graphql-transport-ws `ping` gets a `pong`.
+- a client that stops reading: each message waits for room in the socket's send buffer
+  (asyncio's 64 KiB, then the kernel's) and so never piles up in the server; one that waits
+  longer than `WS_SEND_TIMEOUT` seconds gets the socket dropped: its operations are cancelled
+  (an answer is stored as interrupted) and the connection is released. No close frame can
+  reach a client that does not read; the kernel discards the socket once the peer goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from graphql import GraphQLError
+from starlette.types import Message, Receive, Send
+from strawberry.http.exceptions import WebSocketDisconnected
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ErrorMessage,
+    SubscribeMessage,
+)
+
+from rag_gql.errors import DomainError, RateLimited
+from rag_gql.graphql.context import Context
+
+log = logging.getLogger(__name__)
+
+DISCONNECTED: Message = {"type": "websocket.disconnect", "code": 1006}
+
+
+class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """Strawberry's handler, with the operation limits above and quiet client departures."""
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        if not self.connection_acknowledged or message["id"] in self.operations:
+            await super().handle_subscribe(message)  # closes the socket (4401, 4409)
+            return
+        services = self.context.services
+        limit = services.settings.ws_max_operations_per_connection
+        if len(self.operations) >= limit:
+            await self._refuse(
+                message["id"],
+                RateLimited(
+                    f"Too many live operations on this connection (at most {limit}, "
+                    "WS_MAX_OPERATIONS_PER_CONNECTION); try again in 1 second, or complete one",
+                    retry_after=1,
+                ),
+            )
+            return
+        caller = self.context.caller
+        if caller is not None:
+            try:
+                services.ws_operations.acquire(caller)
+            except RateLimited as exc:
+                await self._refuse(message["id"], exc)
+                return
+        await super().handle_subscribe(message)
+        if caller is None:
+            return
+        operation = self.operations.get(message["id"])
+        if operation is None or operation.task is None:
+            services.ws_operations.release(caller)
+        else:
+            operation.task.add_done_callback(lambda _: services.ws_operations.release(caller))
+
+    async def _refuse(self, operation_id: str, error: DomainError) -> None:
+        extensions = {"code": error.code, **error.extensions()}
+        formatted = GraphQLError(str(error), extensions=extensions).formatted
+        message: ErrorMessage = {"id": operation_id, "type": "error", "payload": [formatted]}
+        await self.send_message(message)
+
+    async def handle_task_exception(self, error: Exception) -> None:
+        if isinstance(error, WebSocketDisconnected):
+            # The client left (or was dropped for not reading) while an operation was sending.
+            log.info("WebSocket client gone during an operation")
+            return
+        await super().handle_task_exception(error)
+
+
+def bounded(receive: Receive, send: Send, *, send_timeout: float) -> tuple[Receive, Send]:
+    """Wraps a WebSocket's ASGI `receive` and `send`: a send that waits longer than
+    `send_timeout` seconds for the client to make room drops the connection, i.e. the send
+    fails as if the client had gone (OSError, which Starlette reports as a disconnect) and
+    `receive` answers `websocket.disconnect` from then on, which ends the connection's
+    handler."""
+    dropped = asyncio.Event()
+
+    async def bounded_send(message: Message) -> None:
+        if dropped.is_set():
+            raise OSError("the WebSocket client was dropped")
+        try:
+            async with asyncio.timeout(send_timeout):
+                await send(message)
+        except TimeoutError:
+            dropped.set()
+            log.warning(
+                "dropping a WebSocket client that read nothing for %.0f s (WS_SEND_TIMEOUT)",
+                send_timeout,
+            )
+            raise OSError("the WebSocket client stopped reading") from None
+
+    async def receive_until_dropped() -> Message:
+        if dropped.is_set():
+            return DISCONNECTED
+        received = asyncio.ensure_future(receive())
+        drop = asyncio.ensure_future(dropped.wait())
+        try:
+            await asyncio.wait({received, drop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (received, drop):
+                if not future.done():
+                    future.cancel()
+        if received.done() and not received.cancelled():
+            return received.result()
+        return DISCONNECTED
+
+    return receive_until_dropped, bounded_send
+
+
+__all__ = ["TransportWSHandler", "bounded"]
