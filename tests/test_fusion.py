@@ -10,7 +10,12 @@ import pytest
 
 from rag_gql.db.models import Document
 from rag_gql.services.chunking import ChunkSpan, chunk_pages, normalize_page
-from rag_gql.services.retrieval import SearchHit, merge_adjacent, reciprocal_rank_fusion
+from rag_gql.services.retrieval import (
+    SearchHit,
+    maximal_marginal_relevance,
+    merge_adjacent,
+    reciprocal_rank_fusion,
+)
 
 # --------------------------------------------------------------------------------------------
 # reciprocal_rank_fusion
@@ -212,3 +217,18 @@ def test_a_run_of_three_chunks_becomes_one_hit(order: tuple[int, int, int]) -> N
     assert (merged.char_start, merged.char_end) == (SPANS[2].char_start, SPANS[4].char_end)
     assert merged.text == TEXT[SPANS[2].char_start : SPANS[4].char_end]
     assert merged.score == 1.0
+
+
+def test_maximal_marginal_relevance_trades_relevance_for_novelty() -> None:
+    # Three near-copies (the most relevant) and one different passage (a little less).
+    same = [1.0, 0.0, 0.0]
+    vectors = [same, same, [0.99, 0.14, 0.0], [0.0, 1.0, 0.0]]
+    relevance = [0.90, 0.89, 0.88, 0.80]
+    assert maximal_marginal_relevance(relevance, vectors, n=4, diversity=0.0) == [0, 1, 2, 3]
+    assert maximal_marginal_relevance(relevance, vectors, n=2, diversity=0.5) == [0, 3]
+    # Any scale of scores: only their order and spread matter.
+    scaled = [r * 100 for r in relevance]
+    assert maximal_marginal_relevance(scaled, vectors, n=2, diversity=0.5) == [0, 3]
+    assert maximal_marginal_relevance([], [], n=3, diversity=0.5) == []
+    with pytest.raises(ValueError, match="one relevance score per vector"):
+        maximal_marginal_relevance([1.0], [], n=1, diversity=0.5)

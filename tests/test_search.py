@@ -233,3 +233,24 @@ async def test_nearest_neighbour_query_uses_the_hnsw_index(
         await db.dispose()
     plan = "\n".join(r[0] for r in rows)
     assert "Index Scan using ix_chunk_embedding_hnsw on chunk" in plan, plan
+
+
+async def test_diversity_brings_a_different_passage_up(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings
+) -> None:
+    token = await sign_up(gql, inbox, "ada@example.com")
+    copy = "Kestrels hover over the dunes and kestrels hunt voles in the dunes at dawn."
+    for n in range(3):  # the same passage in three documents
+        await upload_ok(gql, f"copy{n}.pdf", make_pdf([copy]), token)
+    await upload_ok(gql, "other.pdf", make_pdf(["Kestrels nest on cliffs near harbours."]), token)
+    query = (
+        'query($d: Float) { search(query: "kestrels dunes", k: 2, mode: VECTOR, diversity: $d)'
+        " { document { filename } } }"
+    )
+    plain = await gql.data(query, {"d": None}, token=token)
+    assert [h["document"]["filename"] for h in plain["search"]][1].startswith("copy")
+    diverse = await gql.data(query, {"d": 0.7}, token=token)
+    names = [h["document"]["filename"] for h in diverse["search"]]
+    assert names[0].startswith("copy") and names[1] == "other.pdf", names
+    body = await gql.execute(query, {"d": 1.5}, token=token)
+    assert_error(body, "BAD_USER_INPUT", "diversity", "between 0 and 1")

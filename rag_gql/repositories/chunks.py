@@ -176,6 +176,18 @@ class ChunkRow:
     document: Document
 
 
+async def embeddings(
+    session: AsyncSession, *, workspace_id: uuid.UUID, ids: Sequence[int]
+) -> dict[int, list[float]]:
+    """The embeddings of the workspace's chunks `ids`, keyed by id."""
+    if not ids:
+        return {}
+    stmt = select(Chunk.id, Chunk.embedding).where(
+        Chunk.workspace_id == workspace_id, Chunk.id.in_(list(ids))
+    )
+    return {int(r[0]): list(r[1]) for r in (await session.execute(stmt)).all()}
+
+
 async def load(
     session: AsyncSession, *, workspace_id: uuid.UUID, ids: Sequence[int], query: str
 ) -> dict[int, ChunkRow]:

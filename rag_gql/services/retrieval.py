@@ -13,7 +13,10 @@ are not five slices of one paragraph.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
@@ -25,6 +28,10 @@ from rag_gql.repositories.chunks import ChunkRow, ChunkScope
 from rag_gql.services.access import Action, Principal
 
 MAX_QUERY_LENGTH = 4000
+
+
+MMR_POOL = 4
+"""With `diversity`, maximal marginal relevance picks from the best `MMR_POOL` x k candidates."""
 
 
 class SearchMode(enum.Enum):
@@ -78,12 +85,18 @@ class RetrievalService:
         *,
         mode: SearchMode = SearchMode.HYBRID,
         scope: ChunkScope | None = None,
+        diversity: float = 0.0,
     ) -> list[SearchHit]:
         """Returns up to `k` hits for `query`, best first, within `scope`.
 
+        With `diversity` in (0, 1], the hits are re-ranked by maximal marginal relevance
+        (`maximal_marginal_relevance`) among the best `MMR_POOL` x k candidates: 0 keeps the
+        plain ranking, higher values trade relevance for hits unlike those above them.
+
         Raises:
             Forbidden: the caller cannot read.
-            InvalidInput: empty or over-long query, `k` outside 1..SEARCH_MAX_K.
+            InvalidInput: empty or over-long query, `k` outside 1..SEARCH_MAX_K, `diversity`
+                outside 0..1.
             UpstreamUnavailable, UpstreamError: the query could not be embedded.
         """
         principal.require(Action.READ)
@@ -95,8 +108,12 @@ class RetrievalService:
             raise InvalidInput(f"The query is longer than {MAX_QUERY_LENGTH} characters")
         if not 1 <= k <= self._settings.search_max_k:
             raise InvalidInput(f"k must be between 1 and {self._settings.search_max_k}")
+        if not 0.0 <= diversity <= 1.0:
+            raise InvalidInput("diversity must be between 0 and 1")
         s = self._settings
         depth = k if mode is not SearchMode.HYBRID else max(k, s.hybrid_candidates)
+        if diversity > 0:
+            depth = max(depth, k * MMR_POOL)
         vector: list[float] | None = None
         if mode is not SearchMode.KEYWORD:
             (vector,) = await self._ollama.embed([query])
@@ -123,6 +140,19 @@ class RetrievalService:
                 else []
             )
             ranked = _rank(mode, by_vector, by_keyword, s)
+            if diversity > 0 and len(ranked) > 1:
+                pool = ranked[: k * MMR_POOL]
+                stored = await chunks.embeddings(
+                    session, workspace_id=ws, ids=[cid for cid, *_ in pool]
+                )
+                pool = [entry for entry in pool if entry[0] in stored]
+                order = maximal_marginal_relevance(
+                    [score for _, score, *_ in pool],
+                    [stored[cid] for cid, *_ in pool],
+                    n=k * 2,
+                    diversity=diversity,
+                )
+                ranked = [pool[i] for i in order]
             # Load a few extra so merging neighbours still leaves k hits.
             top = ranked[: k * 2]
             rows = await chunks.load(
@@ -134,6 +164,45 @@ class RetrievalService:
             if cid in rows
         ]
         return merge_adjacent(hits)[:k]
+
+
+def maximal_marginal_relevance(
+    relevance: Sequence[float], vectors: Sequence[Sequence[float]], *, n: int, diversity: float
+) -> list[int]:
+    """Indexes of up to `n` candidates in maximal-marginal-relevance order.
+
+    Carbonell and Goldstein (1998), "The use of MMR, diversity-based reranking for reordering
+    documents and producing summaries": each next pick maximises
+    `(1 - diversity) * rel(d) - diversity * max cos(d, s)` over the picks `s` so far, with
+    `rel` the candidates' scores scaled to [0, 1] (any scale: cosine, RRF, ts_rank_cd) and
+    `cos` the cosine similarity of their embeddings. `diversity` 0 keeps the input order.
+
+    Raises:
+        ValueError: `relevance` and `vectors` differ in length.
+    """
+    if len(relevance) != len(vectors):
+        raise ValueError("one relevance score per vector")
+    if not relevance:
+        return []
+    rel = np.asarray(relevance, dtype=np.float64)
+    spread = rel.max() - rel.min()
+    rel = (rel - rel.min()) / spread if spread > 0 else np.ones_like(rel)
+    unit = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(unit, axis=1, keepdims=True)
+    unit = unit / np.where(norms == 0, 1.0, norms)
+    similarity = unit @ unit.T
+    chosen: list[int] = []
+    closest = np.full(len(rel), -np.inf)  # max similarity to the picks so far
+    remaining = np.ones(len(rel), dtype=bool)
+    for _ in range(min(n, len(rel))):
+        penalty = np.where(np.isfinite(closest), closest, 0.0)
+        gain = (1 - diversity) * rel - diversity * penalty
+        gain[~remaining] = -np.inf
+        pick = int(np.argmax(gain))
+        chosen.append(pick)
+        remaining[pick] = False
+        closest = np.maximum(closest, similarity[pick])
+    return chosen
 
 
 def _rank(

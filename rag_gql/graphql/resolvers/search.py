@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator
+from typing import Annotated
 
 import strawberry
 
@@ -28,6 +29,13 @@ class SearchQuery:
         mode: SearchMode = SearchMode.HYBRID,
         filter: types.SearchFilter | None = None,
         collection_ids: list[strawberry.ID] | None = None,
+        diversity: Annotated[
+            float | None,
+            strawberry.argument(
+                description="0 to 1: re-rank by maximal marginal relevance, trading "
+                "relevance for hits unlike the ones above them (0 or null: off)."
+            ),
+        ] = None,
     ) -> list[types.SearchHit]:
         principal = await info.context.require_principal()
         await info.context.services.quotas.hit(Operation.SEARCH, principal)
@@ -37,6 +45,7 @@ class SearchQuery:
             DEFAULT_K if k is None else k,
             mode=mode,
             scope=to_scope(filter, collection_ids),
+            diversity=diversity or 0.0,
         )
         return [types.SearchHit.from_hit(hit) for hit in hits]
 
