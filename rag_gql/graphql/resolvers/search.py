@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator
-from typing import Annotated
 
 import strawberry
 
@@ -20,7 +19,11 @@ DEFAULT_K = 5
 
 @strawberry.type
 class SearchQuery:
-    @strawberry.field(description="The workspace's passages most similar to `query`, best first.")
+    @strawberry.field(
+        description="The workspace's passages most similar to `query`, best first. "
+        "`diversity` (0 to 1) re-ranks them by maximal marginal relevance, trading relevance "
+        "for hits unlike the ones above them (0 or null: off)."
+    )
     async def search(
         self,
         info: Info,
@@ -29,13 +32,7 @@ class SearchQuery:
         mode: SearchMode = SearchMode.HYBRID,
         filter: types.SearchFilter | None = None,
         collection_ids: list[strawberry.ID] | None = None,
-        diversity: Annotated[
-            float | None,
-            strawberry.argument(
-                description="0 to 1: re-rank by maximal marginal relevance, trading "
-                "relevance for hits unlike the ones above them (0 or null: off)."
-            ),
-        ] = None,
+        diversity: float | None = None,
     ) -> list[types.SearchHit]:
         principal = await info.context.require_principal()
         await info.context.services.quotas.hit(Operation.SEARCH, principal)
