@@ -15,8 +15,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 
-import uvicorn
-
 from rag_gql.config import Settings
 from rag_gql.db import Database, migrate
 from rag_gql.db.embedded import start_embedded
@@ -133,12 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve_forever(settings: Settings, *, host: str, port: int, log_level: str) -> int:
     """Starts the database if needed, migrates it, serves until Ctrl-C or SIGTERM."""
     from rag_gql.app import create_app
+    from rag_gql.server import GracefulServer, server_config
 
     with database(settings) as url:
         migrate.upgrade(url, embed_dim=settings.embed_dim)
         app = create_app(settings.model_copy(update={"database_url": url}))
-        config = uvicorn.Config(
+        config = server_config(
             app,
+            settings,
             host=host,
             port=port,
             log_level=log_level.lower(),
@@ -146,9 +146,9 @@ def serve_forever(settings: Settings, *, host: str, port: int, log_level: str) -
             # lines, with the request id and without query strings.
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=int(settings.shutdown_grace),
         )
-        server = uvicorn.Server(config)
+        # Lets running answers finish, then closes sockets with 1012 (rag_gql/server.py).
+        server = GracefulServer(config, app=app, grace=settings.shutdown_grace)
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
         # handler that was there before it; these handlers turn that into an exception so the
         # embedded database is stopped on the way out instead of the process dying.
@@ -218,9 +218,7 @@ def bulk_ingest(
             )
             if run_worker:
                 await stack.enter_async_context(ingestion_worker(services))
-            outcomes = []
-            for path in files:
-                outcomes.append(await bulk.submit_file(services, principal, path, collection_id))
+            outcomes = await bulk.submit_all(services, principal, files, collection_id)
             with bulk.progress_bar(True) as show:
                 await bulk.wait_for(services.db, principal.workspace_id, outcomes, show)
             return outcomes
@@ -395,7 +393,7 @@ async def run_eval(
         principal = await eval_principal(services.db, workspace_name)
         async with ingestion_worker(services):
             started = time.perf_counter()
-            outcomes_in = [await bulk.submit_file(services, principal, p, None) for p in paths]
+            outcomes_in = await bulk.submit_all(services, principal, paths, None)
             await bulk.wait_for(services.db, principal.workspace_id, outcomes_in)
         for outcome in outcomes_in:
             if outcome.status in ("FAILED", "REJECTED"):

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import cast
 
 import strawberry
 from starlette.datastructures import UploadFile
 from strawberry.file_uploads import Upload
 
+from rag_gql.errors import InvalidInput
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import parse_id
 from rag_gql.services.ingestion import receive
+from rag_gql.services.quotas import Operation
 
 DEFAULT_PAGE_SIZE = 20
 
@@ -58,8 +59,15 @@ class DocumentMutation:
     ) -> types.Document:
         principal = await info.context.require_principal()
         services = info.context.services
+        await services.quotas.hit(Operation.UPLOAD, principal)
         collection = parse_id(collection_id, "Collection") if collection_id else None
-        upload = cast(UploadFile, file)  # Strawberry hands Starlette's UploadFile over
+        if not isinstance(file, UploadFile):
+            # A literal or a JSON variable, not a multipart part: Strawberry passes it as is.
+            raise InvalidInput(
+                "file must be a file part of a multipart request "
+                "(the GraphQL multipart request spec), not a value in the query"
+            )
+        upload = file
         filename = upload.filename or "upload"
         async with receive(
             upload.read, filename=filename, max_bytes=services.settings.max_upload_bytes
