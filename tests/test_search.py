@@ -254,3 +254,20 @@ async def test_diversity_brings_a_different_passage_up(
     assert names[0].startswith("copy") and names[1] == "other.pdf", names
     body = await gql.execute(query, {"d": 1.5}, token=token)
     assert_error(body, "BAD_USER_INPUT", "diversity", "between 0 and 1")
+
+
+async def test_snippets_are_highlighted_when_selected_through_a_fragment(
+    gql: GraphQLClient, inbox: Inbox
+) -> None:
+    token = await sign_up(gql, inbox, "ada@example.com")
+    await upload_ok(gql, "birds.pdf", make_pdf(["Kestrels hover over the dunes at dawn."]), token)
+    query = (
+        'query { search(query: "kestrels", k: 1, mode: KEYWORD) { ...Hit } } '
+        "fragment Hit on SearchHit { page snippet }"
+    )
+    hits = (await gql.data(query, token=token))["search"]
+    assert "**Kestrels**" in hits[0]["snippet"], hits
+    plain = await gql.data(
+        '{ search(query: "kestrels", k: 1, mode: KEYWORD) { page } }', token=token
+    )
+    assert plain["search"] == [{"page": 1}]

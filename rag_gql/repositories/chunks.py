@@ -189,15 +189,23 @@ async def embeddings(
 
 
 async def load(
-    session: AsyncSession, *, workspace_id: uuid.UUID, ids: Sequence[int], query: str
+    session: AsyncSession,
+    *,
+    workspace_id: uuid.UUID,
+    ids: Sequence[int],
+    query: str,
+    snippets: bool = True,
 ) -> dict[int, ChunkRow]:
-    """Returns the chunks `ids` of the workspace, keyed by id, with `ts_headline` snippets."""
+    """Returns the chunks `ids` of the workspace, keyed by id, with `ts_headline` snippets
+    (empty strings when not `snippets`: highlighting is most of this query's cost)."""
     if not ids:
         return {}
     tsquery = text(_ANY_LEXEME).bindparams(query=query)
-    snippet = func.ts_headline("english", Chunk.text, tsquery, literal(HEADLINE_OPTIONS)).label(
-        "snippet"
-    )
+    snippet = (
+        func.ts_headline("english", Chunk.text, tsquery, literal(HEADLINE_OPTIONS))
+        if snippets
+        else literal("")
+    ).label("snippet")
     stmt = (
         select(
             Chunk.id,

@@ -86,12 +86,14 @@ class RetrievalService:
         mode: SearchMode = SearchMode.HYBRID,
         scope: ChunkScope | None = None,
         diversity: float = 0.0,
+        snippets: bool = True,
     ) -> list[SearchHit]:
         """Returns up to `k` hits for `query`, best first, within `scope`.
 
         With `diversity` in (0, 1], the hits are re-ranked by maximal marginal relevance
         (`maximal_marginal_relevance`) among the best `MMR_POOL` x k candidates: 0 keeps the
         plain ranking, higher values trade relevance for hits unlike those above them.
+        Without `snippets`, hits carry empty snippets (no `ts_headline`).
 
         Raises:
             Forbidden: the caller cannot read.
@@ -156,7 +158,11 @@ class RetrievalService:
             # Load a few extra so merging neighbours still leaves k hits.
             top = ranked[: k * 2]
             rows = await chunks.load(
-                session, workspace_id=ws, ids=[cid for cid, *_ in top], query=query
+                session,
+                workspace_id=ws,
+                ids=[cid for cid, *_ in top],
+                query=query,
+                snippets=snippets,
             )
         hits = [
             _hit(rows[cid], score, v_rank, k_rank)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 import strawberry
 
@@ -15,6 +16,20 @@ from rag_gql.services.quotas import Operation
 from rag_gql.services.retrieval import SearchMode
 
 DEFAULT_K = 5
+
+
+def selects(selections: Sequence[Any], name: str) -> bool:
+    """Whether field `name` is selected directly under the resolver's field (fragments
+    included): work for an unselected field can be skipped."""
+    for selection in selections:
+        children = getattr(selection, "selections", None) or []
+        for child in children:
+            if getattr(child, "name", None) == name:
+                return True
+            # Fragment spreads and inline fragments carry their own selections.
+            if not hasattr(child, "arguments") and selects([child], name):
+                return True
+    return False
 
 
 @strawberry.type
@@ -43,6 +58,7 @@ class SearchQuery:
             mode=mode,
             scope=to_scope(filter, collection_ids),
             diversity=diversity or 0.0,
+            snippets=selects(info.selected_fields, "snippet"),
         )
         return [types.SearchHit.from_hit(hit) for hit in hits]
 
