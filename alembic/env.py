@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -14,6 +15,7 @@ from rag_gql.db.session import normalize_url
 
 config = context.config
 target_metadata = Base.metadata
+MIGRATION_LOCK = 0x7261675F67716C  # "rag_gql": the advisory lock key of migrations
 
 
 def _url() -> str:
@@ -26,6 +28,10 @@ def _url() -> str:
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata)
     with context.begin_transaction():
+        # Processes that start together (API replicas, workers) migrate one at a time: the
+        # first applies the revisions, the others wait here and then find the database at
+        # head. The lock ends with the transaction, which holds every revision.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 

@@ -14,6 +14,7 @@ from strawberry.tools import merge_types
 from strawberry.types.execution import ExecutionContext
 
 from rag_gql.graphql.extensions import DomainErrors, Observe
+from rag_gql.graphql.inputs import RejectNulCharacters
 from rag_gql.graphql.limits import Limits, QueryLimits
 from rag_gql.graphql.resolvers.api_keys import ApiKeyMutation, ApiKeyQuery
 from rag_gql.graphql.resolvers.auth import AuthMutation, AuthQuery
@@ -60,6 +61,7 @@ def build_schema(limits: Limits | None = None, **kwargs: Any) -> Schema:
     extensions: list[Any] = [Observe, DomainErrors]
     if limits is not None:
         extensions.append(partial(QueryLimits, limits))  # a factory: one per operation
+    extensions.append(RejectNulCharacters)  # after the limits: they validate first
     return Schema(
         query=Query,
         mutation=Mutation,
