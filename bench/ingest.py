@@ -191,10 +191,10 @@ def measure_rss(settings: Settings, path: Path) -> dict[str, Any]:
 
 async def _drop_hnsw(url: str) -> None:
     import asyncpg
-    from sqlalchemy.engine import make_url
 
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(dsn)
+    from rag_gql.queue import conninfo
+
+    conn = await asyncpg.connect(conninfo(url))
     try:
         await conn.execute("DROP INDEX IF EXISTS ix_chunk_embedding_hnsw")
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -21,19 +20,12 @@ from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
 from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import long_page, make_pdf
-from tests.support.serving import environment
+from tests.support.serving import environment, free_port
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 
 PAGES = 30
 START_TIMEOUT = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _text(log: Path) -> str:
@@ -100,7 +92,7 @@ async def test_kill_9_mid_ingest_finishes_exactly_once(
 ) -> None:
     env = _env(settings)
     log = tmp_path / "processes.log"
-    port = _free_port()
+    port = free_port()
     ollama.delay = 0.15  # each embedding request takes a while: the job runs for seconds
     pdf = make_pdf([long_page(f"cliff{n}", 10) for n in range(PAGES)])
 

@@ -224,7 +224,11 @@ class IngestionService:
         return queued
 
 
-async def _requeue(session: Any, workspace_id: uuid.UUID, document_id: uuid.UUID) -> bool:
+async def _requeue(
+    session: Any, workspace_id: uuid.UUID, document_id: uuid.UUID, *, error: str | None = None
+) -> bool:
+    """Sets the document QUEUED (progress reset, `error` as the reason) and queues its job,
+    in the caller's transaction; False when the document is gone."""
     found = await documents.set_state(
         session,
         workspace_id=workspace_id,
@@ -232,7 +236,7 @@ async def _requeue(session: Any, workspace_id: uuid.UUID, document_id: uuid.UUID
         status=DocumentStatus.QUEUED.value,
         pages_done=0,
         chunks_done=0,
-        error=None,
+        error=error,
     )
     if found:
         await queue.defer_ingest(session, document_id=document_id, workspace_id=workspace_id)
@@ -350,15 +354,11 @@ class IngestionPipeline:
 
     async def _requeue_interrupted(self, document: Document) -> None:
         async with self._db.transaction(document.workspace_id) as session:
-            await documents.set_state(
+            await _requeue(
                 session,
-                workspace_id=document.workspace_id,
-                document_id=document.id,
-                status=DocumentStatus.QUEUED.value,
+                document.workspace_id,
+                document.id,
                 error="interrupted by a worker shutdown; queued again",
-            )
-            await queue.defer_ingest(
-                session, document_id=document.id, workspace_id=document.workspace_id
             )
 
     async def _set(self, document: Document, **values: Any) -> None:

@@ -17,7 +17,8 @@ from rag_gql.config import Settings
 from rag_gql.server import GracefulServer, server_config
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -58,7 +59,7 @@ async def serve(settings: Settings) -> AsyncIterator[str]:
 async def serve_server(settings: Settings) -> AsyncIterator[tuple[str, GracefulServer]]:
     """`serve`, also yielding the server: `server.should_exit = True` shuts it down as
     SIGTERM does (the block's exit waits for the shutdown to end)."""
-    port = _free_port()
+    port = free_port()
     app = create_app(settings)
     config = server_config(
         app,
