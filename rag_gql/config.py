@@ -27,6 +27,17 @@ class Settings(BaseSettings):
         description="PostgreSQL URL; unset starts an embedded server under DATA_DIR.",
     )
     data_dir: Path = Path(".rag-gql")
+    db_pool_size: int = Field(
+        default=10, gt=0, description="Database connections each process keeps open."
+    )
+    db_max_overflow: int = Field(
+        default=10, ge=0, description="Connections opened beyond DB_POOL_SIZE under load."
+    )
+    db_pool_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request waits for a free connection before SERVER_BUSY.",
+    )
 
     ollama_url: str = "http://127.0.0.1:11434"
     ollama_embed_model: str = "nomic-embed-text"
@@ -91,6 +102,13 @@ class Settings(BaseSettings):
     rate_limit_upload_per_workspace: str = "600/minute"
     max_answer_streams_per_user: int = Field(
         default=3, ge=1, description="Answers (`answer`, `ask`) a user may have running at once."
+    )
+    max_answers_retrieving: int = Field(
+        default=8,
+        ge=1,
+        description="Answers of this process in their retrieval step at once; more wait in "
+        "line (first come, first served), so a burst queues instead of exhausting the "
+        "database pool. Their streaming is not limited by this.",
     )
 
     smtp_host: str | None = None

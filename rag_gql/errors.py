@@ -9,6 +9,7 @@ Each maps to a GraphQL `extensions.code` (see `rag_gql.graphql.extensions`)::
      ├── NotFound             NOT_FOUND
      ├── Conflict             CONFLICT
      ├── RateLimited          RATE_LIMITED           (extensions.retryAfter: seconds)
+     ├── ServerBusy           SERVER_BUSY            (no database connection free in time)
      ├── UpstreamUnavailable  UPSTREAM_UNAVAILABLE   (Ollama/SMTP unreachable)
      └── UpstreamError        UPSTREAM_ERROR         (Ollama answered with an error)
 
@@ -68,6 +69,21 @@ class UpstreamError(DomainError):
     """A service we depend on answered with an error; the message says which."""
 
     code = "UPSTREAM_ERROR"
+
+
+class ServerBusy(DomainError):
+    """The process is at capacity (no database connection came free in `DB_POOL_TIMEOUT`
+    seconds); nothing was done, the client may retry after `retry_after` seconds."""
+
+    code = "SERVER_BUSY"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+    def extensions(self) -> dict[str, object]:
+        """`retryAfter`: whole seconds."""
+        return {"retryAfter": self.retry_after}
 
 
 class RateLimited(DomainError):

@@ -80,7 +80,12 @@ async def open_services(
     """
     if not settings.database_url:
         raise StartupError("No database URL: set DATABASE_URL or use `rag-gql serve`")
-    db = Database(settings.database_url)
+    db = Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+    )
     events = DocumentEvents(conninfo(settings.database_url))
     timeout = httpx.Timeout(settings.ollama_timeout, connect=settings.ollama_connect_timeout)
     auth: AuthService | None = None

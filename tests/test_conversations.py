@@ -153,6 +153,16 @@ async def test_follow_ups_are_rewritten_and_keep_history(
     assert messages[3]["standaloneQuestion"] == sources["standaloneQuestion"]
     listed = await gql.data("{ conversations { edges { node { id title } } } }", token=token)
     assert [e["node"]["id"] for e in listed["conversations"]["edges"]] == [conversation]
+    # The list gives each conversation's messages too, when asked for (through a fragment).
+    listed = await gql.data(
+        "{ conversations { edges { node { ...M } } } } "
+        "fragment M on Conversation { messages { role content } }",
+        token=token,
+    )
+    (edge,) = listed["conversations"]["edges"]
+    assert edge["node"]["messages"] == [
+        {"role": m["role"], "content": m["content"]} for m in messages
+    ]
 
 
 async def test_a_client_leaving_mid_answer_leaves_it_interrupted(

@@ -11,10 +11,17 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from graphql import parse
 
 from rag_gql.config import Settings
 from rag_gql.errors import DomainError
-from rag_gql.graphql.limits import DEFAULT_LIST_SIZE, Limits, check_shape, estimate_cost
+from rag_gql.graphql.limits import (
+    DEFAULT_LIST_SIZE,
+    CheckedDocuments,
+    Limits,
+    check_shape,
+    estimate_cost,
+)
 from rag_gql.graphql.schema import schema
 from rag_gql.services.documents import DocumentService
 from tests.conftest import LOOSE_GRAPHQL_LIMITS
@@ -278,3 +285,39 @@ async def test_unexpected_errors_are_masked_with_the_request_id(
     logged = [r for r in caplog.records if extensions["errorId"] in r.getMessage()]
     assert logged and logged[0].exc_info is not None
     assert not isinstance(logged[0].exc_info[1], DomainError)
+
+
+async def test_a_query_seen_again_is_not_checked_again_but_its_cost_is(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState
+) -> None:
+    """A query text that passed is reused without parsing or validating it again (the
+    `CheckedDocuments` cache), yet its cost, which depends on its variables, is estimated
+    each time; a text that failed is never kept."""
+    token = await sign_up(gql, inbox, "ada@example.com")
+    search = "search(query: $q, k: $k) { text page document { id filename } }"
+    query = "query($q: String!, $k: Int!) { " + " ".join(f"s{n}: {search}" for n in range(8)) + " }"
+    body = await gql.execute(query, {"q": "margins", "k": 5}, token=token)
+    assert "errors" not in body, body
+    embeds = ollama.embed_requests
+    body = await gql.execute(query, {"q": "margins", "k": 50}, token=token)
+    refused(body, "QUERY_TOO_COSTLY")  # 8 x 251, from the remembered document
+    assert ollama.embed_requests == embeds
+    body = await gql.execute(query, {"q": "margins", "k": 4}, token=token)
+    assert "errors" not in body, body
+
+    bad = "query($q: String!) { search(query: $q, k: 5) { nope } }"
+    for _ in range(2):  # refused the second time as the first: it was not kept
+        body = await gql.execute(bad, {"q": "x"}, token=token)
+        assert body["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED", body
+
+
+def test_checked_documents_keep_the_most_recently_used() -> None:
+    checked = CheckedDocuments(maxsize=2)
+    documents = {q: parse(q) for q in ("{ a }", "{ b }", "{ c }")}
+    checked.add("{ a }", documents["{ a }"])
+    checked.add("{ b }", documents["{ b }"])
+    assert checked.get("{ a }") is documents["{ a }"]  # now the most recent
+    checked.add("{ c }", documents["{ c }"])
+    assert checked.get("{ b }") is None
+    assert checked.get("{ a }") is documents["{ a }"]
+    assert checked.get("{ c }") is documents["{ c }"]

@@ -10,6 +10,7 @@ Ollama unreachable in /readyz (test_observability).
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -19,8 +20,8 @@ import httpx
 import pytest
 
 from rag_gql.config import Settings
-from rag_gql.errors import UpstreamUnavailable
-from rag_gql.providers.ollama import CircuitOpen, EmbeddingSizeMismatch, OllamaClient
+from rag_gql.errors import UpstreamError, UpstreamUnavailable
+from rag_gql.providers.ollama import ChatDelta, CircuitOpen, EmbeddingSizeMismatch, OllamaClient
 from rag_gql.resources import StartupError, open_services
 from tests.support.accounts import sign_up
 from tests.support.answers import answer_frames, events, kinds
@@ -324,3 +325,48 @@ async def test_the_circuit_opens_fails_fast_and_closes_again() -> None:
         assert await client.embed(["hi"]) == [[0.5, 0.5]]  # the try succeeds: closed
         assert await client.embed(["hi"]) == [[0.5, 0.5]]
         assert len(calls) == 6
+
+
+def _chat_line(text: str, *, done: bool = False) -> str:
+    line: Json = {"message": {"role": "assistant", "content": text}, "done": done}
+    if done:
+        line |= {"prompt_eval_count": 7, "eval_count": 3}
+    return json.dumps(line) + "\n"
+
+
+async def _chat_deltas(chunks: list[str]) -> list[ChatDelta]:
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk.encode()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body())
+
+    transport = httpx.MockTransport(handle)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ollama") as http:
+        client = OllamaClient(http, embed_model="e", chat_model="c")
+        return [delta async for delta in client.chat_stream([])]
+
+
+async def test_lines_that_arrive_together_are_one_delta() -> None:
+    """One delta per read: lines already waiting (this process fell behind) go on together,
+    a line split over reads waits for its end, and `done` keeps its counters."""
+    one, two, three = _chat_line("Sour"), _chat_line("dough"), _chat_line(" bread")
+    deltas = await _chat_deltas([one + two, three[:9], three[9:] + _chat_line(".", done=True)])
+    assert [d.text for d in deltas] == ["Sourdough", " bread."]
+    assert [d.done for d in deltas] == [False, True]
+    assert (deltas[-1].prompt_tokens, deltas[-1].completion_tokens) == (7, 3)
+
+    # A bad line ends the stream with an error, after the text that came before it.
+    got: list[str] = []
+    with pytest.raises(UpstreamError, match="malformed"):
+        async with httpx.AsyncClient(
+            transport=httpx.MockTransport(
+                lambda _: httpx.Response(200, content=(one + "{nope\n").encode())
+            ),
+            base_url="http://ollama",
+        ) as http:
+            client = OllamaClient(http, embed_model="e", chat_model="c")
+            async for delta in client.chat_stream([]):
+                got.append(delta.text)
+    assert got == ["Sour"]

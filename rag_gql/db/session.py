@@ -15,12 +15,15 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+from rag_gql.errors import ServerBusy
 
 APP_ROLE = "rag_gql_app"
 """The role the application's queries run as (created by migration 0002)."""
@@ -42,14 +45,31 @@ def normalize_url(url: str) -> str:
 
 
 class Database:
-    """An async engine and its session factory; one per process, built in the app's lifespan."""
+    """An async engine and its session factory; one per process, built in the app's lifespan.
+
+    The pool keeps `pool_size` connections, opens up to `max_overflow` more under load, and
+    a unit of work that waits `pool_timeout` seconds for one raises `ServerBusy`.
+    """
 
     def __init__(
-        self, url: str, *, role: str | None = APP_ROLE, pool_size: int = 10, echo: bool = False
+        self,
+        url: str,
+        *,
+        role: str | None = APP_ROLE,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+        pool_timeout: float = 30.0,
+        echo: bool = False,
     ) -> None:
         self.url = normalize_url(url)
+        self.pool_timeout = pool_timeout
         self.engine: AsyncEngine = create_async_engine(
-            self.url, pool_size=pool_size, pool_pre_ping=True, echo=echo
+            self.url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            pool_pre_ping=True,
+            echo=echo,
         )
         if role is not None:
             # Every pooled connection acts as the application role, which owns no table and
@@ -72,14 +92,24 @@ class Database:
 
         Commits when the block exits normally, rolls back when it raises. Never hold it across
         an Ollama call or a `yield` to a client.
+
+        Raises:
+            ServerBusy: no pooled connection came free in `pool_timeout` seconds.
         """
-        async with self._sessions() as session, session.begin():
-            if workspace_id is not None:
-                await session.execute(
-                    text("SELECT set_config('app.workspace_id', :ws, true)"),
-                    {"ws": str(workspace_id)},
-                )
-            yield session
+        try:
+            async with self._sessions() as session, session.begin():
+                if workspace_id is not None:
+                    await session.execute(
+                        text("SELECT set_config('app.workspace_id', :ws, true)"),
+                        {"ws": str(workspace_id)},
+                    )
+                yield session
+        except PoolTimeout as exc:
+            raise ServerBusy(
+                "The server is at capacity: no database connection came free in "
+                f"{self.pool_timeout:g} s. Retry shortly.",
+                retry_after=1,
+            ) from exc
 
     async def dispose(self) -> None:
         """Closes every pooled connection."""

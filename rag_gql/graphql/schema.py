@@ -15,7 +15,7 @@ from strawberry.types.execution import ExecutionContext
 
 from rag_gql.graphql.extensions import DomainErrors, Observe
 from rag_gql.graphql.inputs import RejectNulCharacters
-from rag_gql.graphql.limits import Limits, QueryLimits
+from rag_gql.graphql.limits import CheckedDocuments, Limits, QueryLimits
 from rag_gql.graphql.resolvers.api_keys import ApiKeyMutation, ApiKeyQuery
 from rag_gql.graphql.resolvers.auth import AuthMutation, AuthQuery
 from rag_gql.graphql.resolvers.conversations import ConversationMutation, ConversationQuery
@@ -60,7 +60,8 @@ def build_schema(limits: Limits | None = None, **kwargs: Any) -> Schema:
     """
     extensions: list[Any] = [Observe, DomainErrors]
     if limits is not None:
-        extensions.append(partial(QueryLimits, limits))  # a factory: one per operation
+        # A factory (one extension per operation) sharing one cache of checked documents.
+        extensions.append(partial(QueryLimits, limits, CheckedDocuments()))
     extensions.append(RejectNulCharacters)  # after the limits: they validate first
     return Schema(
         query=Query,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -153,7 +153,10 @@ class OllamaClient:
     async def chat_stream(
         self, messages: Sequence[ChatMessage], *, options: dict[str, Any] | None = None
     ) -> AsyncIterator[ChatDelta]:
-        """Streams the reply to `messages`, one `ChatDelta` per NDJSON line, as it arrives.
+        """Streams the reply to `messages` as it arrives: one `ChatDelta` per read from the
+        connection, holding the text of every NDJSON line that read completed (one line,
+        unless this process fell behind: then the lines waiting are sent on together, which
+        costs no latency and spares a GraphQL event per token).
 
         The last delta has `done=True` and the token counts.
 
@@ -175,10 +178,7 @@ class OllamaClient:
                     if response.is_error:
                         await response.aread()
                         raise UpstreamError(_error_message(response))
-                    async for line in response.aiter_lines():
-                        if not line.strip():
-                            continue
-                        delta = _parse_chat_line(line)
+                    async for delta in _coalesced(response.aiter_text()):
                         yield delta
                         if delta.done:
                             return
@@ -264,6 +264,35 @@ class OllamaClient:
 def _retryable(exc: Exception) -> bool:
     """Retry what did not reach Ollama, unless the circuit is open (retrying cannot help)."""
     return isinstance(exc, UpstreamUnavailable) and not isinstance(exc, CircuitOpen)
+
+
+async def _coalesced(chunks: AsyncIterator[str]) -> AsyncIterator[ChatDelta]:
+    """NDJSON text chunks → one `ChatDelta` per chunk that completes at least one line:
+    their texts joined, `done` and the counters from a final line. Lines after `done` are
+    ignored. A bad line raises (see `_parse_chat_line`) after the text before it is yielded.
+    """
+    pending = ""
+    async for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split("\n")
+        texts: list[str] = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                delta = _parse_chat_line(line)
+            except UpstreamError:
+                if texts:
+                    yield ChatDelta(text="".join(texts))
+                raise
+            texts.append(delta.text)
+            if delta.done:
+                yield replace(delta, text="".join(texts))
+                return
+        if texts:
+            yield ChatDelta(text="".join(texts))
+    if pending.strip():  # a last line without its newline
+        yield _parse_chat_line(pending)
 
 
 def _parse_chat_line(line: str) -> ChatDelta:

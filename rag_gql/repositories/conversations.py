@@ -89,6 +89,18 @@ async def messages(
     return list((await session.execute(stmt)).scalars())
 
 
+async def messages_of(
+    session: AsyncSession, *, workspace_id: uuid.UUID, conversation_ids: Sequence[uuid.UUID]
+) -> list[Message]:
+    """The messages of several conversations, each one's oldest first."""
+    stmt = (
+        select(Message)
+        .where(Message.workspace_id == workspace_id, Message.conversation_id.in_(conversation_ids))
+        .order_by(Message.conversation_id, Message.created_at, Message.id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
 async def add_messages(session: AsyncSession, rows: Sequence[Message]) -> None:
     """Stores messages and marks their conversation as active now."""
     session.add_all(rows)

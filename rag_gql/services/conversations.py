@@ -20,6 +20,8 @@ class ConversationPage:
     items: list[Conversation]
     cursors: list[str]
     has_next_page: bool
+    messages: dict[uuid.UUID, list[Message]]
+    """Each conversation's messages, oldest first, when asked for (else empty)."""
 
 
 class ConversationService:
@@ -29,9 +31,10 @@ class ConversationService:
         self._db = db
 
     async def list_page(
-        self, principal: Principal, *, first: int, after: str | None
+        self, principal: Principal, *, first: int, after: str | None, messages: bool = False
     ) -> ConversationPage:
-        """Up to `first` (1..100) conversations after `after`. Raises `InvalidInput`."""
+        """Up to `first` (1..100) conversations after `after`, with their messages when
+        `messages` (one more query for the whole page). Raises `InvalidInput`."""
         principal.require(Action.READ)
         if not 1 <= first <= MAX_PAGE_SIZE:
             raise InvalidInput(f"first must be between 1 and {MAX_PAGE_SIZE}")
@@ -45,11 +48,20 @@ class ConversationService:
                 limit=first + 1,
                 before=before,
             )
-        items = rows[:first]
+            items = rows[:first]
+            by_conversation: dict[uuid.UUID, list[Message]] = {c.id: [] for c in items}
+            if messages and items:
+                for message in await conversations.messages_of(
+                    session,
+                    workspace_id=principal.workspace_id,
+                    conversation_ids=list(by_conversation),
+                ):
+                    by_conversation[message.conversation_id].append(message)
         return ConversationPage(
             items=items,
             cursors=[encode_cursor(c.updated_at, c.id) for c in items],
             has_next_page=len(rows) > first,
+            messages=by_conversation,
         )
 
     async def get(

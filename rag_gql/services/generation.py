@@ -8,7 +8,9 @@ Every answer belongs to a conversation (a new one unless `conversation_id` is gi
 stored with its question, sources, citations, timings and token counts; a client that leaves
 mid-answer leaves the partial answer stored as `interrupted`, one that Ollama broke off as
 `failed`; a question that fails before its sources leaves nothing (not even the new
-conversation). A user runs at most `MAX_ANSWER_STREAMS_PER_USER` answers at once.
+conversation). A user runs at most `MAX_ANSWER_STREAMS_PER_USER` answers at once; the
+process runs at most `MAX_ANSWERS_RETRIEVING` of its answers' database steps at once, the
+rest waiting in line, so a burst of questions is served in order rather than refused.
 """
 
 from __future__ import annotations
@@ -179,6 +181,9 @@ class GenerationService:
             setting="MAX_ANSWER_STREAMS_PER_USER",
         )
         """The answers running now, per caller (a graceful shutdown waits for them)."""
+        self._retrieving = asyncio.Semaphore(settings.max_answers_retrieving)
+        """Admission to the database work before an answer streams: a burst of answers waits
+        here in line rather than for the pool, whose wait is bounded (`SERVER_BUSY`)."""
 
     async def answer(
         self,
@@ -226,10 +231,14 @@ class GenerationService:
             raise InvalidInput("The question is empty")
         if len(question) > MAX_QUERY_LENGTH:
             raise InvalidInput(f"The question is longer than {MAX_QUERY_LENGTH} characters")
-        conv_id, history = await self._open_conversation(principal, conversation_id, question)
+        async with self._retrieving:
+            conv_id, history = await self._open_conversation(principal, conversation_id, question)
         try:
             standalone = await self._standalone(question, history) if history else question
-            hits = await self._retrieval.search(principal, standalone, k, mode=mode, scope=scope)
+            async with self._retrieving:
+                hits = await self._retrieval.search(
+                    principal, standalone, k, mode=mode, scope=scope
+                )
         except BaseException:
             if conversation_id is None:
                 # Nothing was asked in it: leave no empty conversation behind.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from typing import Any
 
 import strawberry
 
@@ -15,3 +17,21 @@ def parse_id(value: strawberry.ID, what: str) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError as exc:
         raise NotFound(f"{what} not found") from exc
+
+
+def selects(selections: Sequence[Any], *path: str) -> bool:
+    """Whether the field at `path` (`"snippet"`; `"edges", "node", "messages"`) is selected
+    under the resolver's field, fragments included; pass `info.selected_fields`. Work for a
+    field nobody asked for can be skipped."""
+    for selection in selections:
+        for child in getattr(selection, "selections", None) or []:
+            if not hasattr(child, "arguments"):
+                # A fragment spread or inline fragment: its selections are at this level.
+                found = selects([child], *path)
+            else:
+                found = getattr(child, "name", None) == path[0] and (
+                    len(path) == 1 or selects([child], *path[1:])
+                )
+            if found:
+                return True
+    return False

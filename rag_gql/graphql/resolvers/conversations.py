@@ -6,7 +6,7 @@ import strawberry
 
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
-from rag_gql.graphql.resolvers.common import parse_id
+from rag_gql.graphql.resolvers.common import parse_id, selects
 
 DEFAULT_PAGE_SIZE = 20
 
@@ -19,10 +19,13 @@ class ConversationQuery:
     ) -> types.ConversationConnection:
         principal = await info.context.require_principal()
         page = await info.context.services.conversations.list_page(
-            principal, first=DEFAULT_PAGE_SIZE if first is None else first, after=after
+            principal,
+            first=DEFAULT_PAGE_SIZE if first is None else first,
+            after=after,
+            messages=selects(info.selected_fields, "edges", "node", "messages"),
         )
         edges = [
-            types.ConversationEdge(node=types.conversation(c, []), cursor=cursor)
+            types.ConversationEdge(node=types.conversation(c, page.messages[c.id]), cursor=cursor)
             for c, cursor in zip(page.items, page.cursors, strict=True)
         ]
         return types.ConversationConnection(

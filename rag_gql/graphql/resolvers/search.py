@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator
 
 import strawberry
 
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
-from rag_gql.graphql.resolvers.common import parse_id
+from rag_gql.graphql.resolvers.common import parse_id, selects
 from rag_gql.repositories.chunks import ChunkScope
 from rag_gql.services.quotas import Operation
 from rag_gql.services.retrieval import SearchMode
 
 DEFAULT_K = 5
-
-
-def selects(selections: Sequence[Any], name: str) -> bool:
-    """Whether field `name` is selected directly under the resolver's field (fragments
-    included): work for an unselected field can be skipped."""
-    for selection in selections:
-        children = getattr(selection, "selections", None) or []
-        for child in children:
-            if getattr(child, "name", None) == name:
-                return True
-            # Fragment spreads and inline fragments carry their own selections.
-            if not hasattr(child, "arguments") and selects([child], name):
-                return True
-    return False
 
 
 @strawberry.type
