@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, func, literal, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -126,14 +127,16 @@ async def vector_ranked(
     strategy = VectorStrategy.EXACT if count <= exact_max_rows else VectorStrategy.HNSW
     distance = Chunk.embedding.cosine_distance(embedding)
     if strategy is VectorStrategy.EXACT:
-        # The same expression in the list and the ORDER BY: computed once per row.
+        # The same expression in the list and the ORDER BY: computed once per row. Equal
+        # distances go by id, whatever the plan (the index's order can't take a second key).
         distance = distance + literal_column("0")
-    stmt = (
-        select(Chunk.id, distance.label("distance")).where(*where).order_by(distance).limit(limit)
-    )
+        order: tuple[Any, ...] = (distance, Chunk.id)
+    else:
+        order = (distance,)
+    stmt = select(Chunk.id, distance.label("distance")).where(*where).order_by(*order).limit(limit)
     rows = [(int(r[0]), float(r[1])) for r in (await session.execute(stmt)).all()]
-    # relaxed_order may return neighbours slightly out of order.
-    rows.sort(key=lambda row: row[1])
+    # relaxed_order may return neighbours slightly out of order; ties go by id.
+    rows.sort(key=lambda row: (row[1], row[0]))
     return VectorRanking(rows, strategy, count)
 
 
