@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.db.models import Invitation, Membership, Role, User, Workspace
@@ -29,6 +30,58 @@ async def personal_workspace_id(session: AsyncSession, user_id: uuid.UUID) -> uu
         .limit(1)
     )
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A user as authentication needs them, with their membership of one workspace (both
+    None when they are not a member of it, or have no personal workspace yet)."""
+
+    user_id: uuid.UUID
+    email: str
+    verified: bool
+    token_version: int
+    workspace_id: uuid.UUID | None
+    role: Role | None
+
+
+async def caller(
+    session: AsyncSession, *, user_id: uuid.UUID, workspace_id: uuid.UUID | None
+) -> Caller | None:
+    """The user and their membership of `workspace_id` (None: their personal workspace), in
+    one statement; None when the user does not exist."""
+    if workspace_id is not None:
+        which = Membership.workspace_id == workspace_id
+    else:
+        which = (
+            select(Workspace.id)
+            .where(Workspace.id == Membership.workspace_id, Workspace.personal.is_(True))
+            .exists()
+        )
+    stmt = (
+        select(
+            User.id,
+            User.email,
+            User.verified_at,
+            User.token_version,
+            Membership.workspace_id,
+            Membership.role,
+        )
+        .outerjoin(Membership, and_(Membership.user_id == User.id, which))
+        .where(User.id == user_id)
+        .limit(1)
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    if row is None:
+        return None
+    return Caller(
+        user_id=row[0],
+        email=row[1],
+        verified=row[2] is not None,
+        token_version=row[3],
+        workspace_id=row[4],
+        role=Role(row[5]) if row[5] is not None else None,
+    )
 
 
 async def member_role(

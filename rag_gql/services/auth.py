@@ -274,17 +274,19 @@ class AuthService:
         except (JoseError, ValueError, KeyError, TypeError) as exc:
             raise Unauthenticated("The access token is invalid") from exc
         async with self._db.transaction() as session:
-            user = await users.get(session, user_id)
-            if user is None or user.verified_at is None or user.token_version != version:
+            found = await workspaces.caller(session, user_id=user_id, workspace_id=workspace_id)
+        if found is None or not found.verified or found.token_version != version:
+            raise Unauthenticated("The access token is invalid")
+        if found.workspace_id is None or found.role is None:
+            if workspace_id is None:  # no personal workspace
                 raise Unauthenticated("The access token is invalid")
-            if workspace_id is None:
-                workspace_id = await workspaces.personal_workspace_id(session, user_id)
-                if workspace_id is None:
-                    raise Unauthenticated("The access token is invalid")
-            role = await workspaces.member_role(session, workspace_id=workspace_id, user_id=user_id)
-        if role is None:
             raise NotFound("Workspace not found")
-        return Principal(workspace_id=workspace_id, role=role, user_id=user.id, email=user.email)
+        return Principal(
+            workspace_id=found.workspace_id,
+            role=found.role,
+            user_id=found.user_id,
+            email=found.email,
+        )
 
     async def current_user(self, principal: Principal) -> User:
         """Returns the calling user.
