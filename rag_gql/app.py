@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -23,26 +24,34 @@ from rag_gql.queue import queue_depth
 from rag_gql.resources import open_services
 from rag_gql.worker import ingestion_worker
 
+if TYPE_CHECKING:
+    from rag_gql.observability.otel import Tracing
+
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlette:
     """Returns the ASGI app for `settings`; its lifespan opens and closes the services.
 
     `settings.database_url` must be set: `rag-gql serve` starts the embedded database first
-    and passes its URL in.
+    and passes its URL in. With `tracing` (from `rag_gql.observability.tracing.setup_tracing`;
+    its owner shuts it down), requests, GraphQL operations, SQL statements and Ollama calls
+    are traced.
     """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_services(settings) as services, AsyncExitStack() as stack:
+        async with (
+            open_services(settings, tracing=tracing) as services,
+            AsyncExitStack() as stack,
+        ):
             app.state.services = services
             if settings.worker_in_process:
                 app.state.queue = await stack.enter_async_context(ingestion_worker(services))
             log.info("rag-gql ready: GraphQL at /graphql")
             yield
 
-    view = GraphQLView(settings)
+    view = GraphQLView(settings, extensions=[tracing.graphql_extension()] if tracing else ())
     heads = migration_heads()
 
     async def healthz(request: Request) -> Response:
@@ -72,4 +81,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics),
         Route("/", index),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)])
+    middleware = [Middleware(RequestIdMiddleware)]
+    if tracing is not None:
+        middleware.append(tracing.asgi_middleware())  # inside: the request id is bound
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

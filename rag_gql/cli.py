@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rag_gql.config import Settings
 from rag_gql.db import Database, migrate
@@ -30,6 +31,9 @@ from rag_gql.evaluation import (
 from rag_gql.observability.logs import LogFormat
 from rag_gql.services.access import Principal
 from rag_gql.services.retrieval import SearchMode
+
+if TYPE_CHECKING:
+    from rag_gql.observability.otel import Tracing
 
 log = logging.getLogger("rag_gql")
 
@@ -129,13 +133,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve_forever(settings: Settings, *, host: str, port: int, log_level: str) -> int:
-    """Starts the database if needed, migrates it, serves until Ctrl-C or SIGTERM."""
+    """Starts the database if needed, migrates it, serves until Ctrl-C or SIGTERM.
+
+    Traces when the OpenTelemetry variables ask for it (`rag_gql.observability.tracing`);
+    returns 2 at once when they do and tracing cannot work (the `otel` extra is missing).
+    """
+    from rag_gql.observability.tracing import TracingSetupError, setup_tracing
+
+    try:
+        tracing = setup_tracing()
+    except TracingSetupError as exc:
+        log.error("%s", exc)
+        return 2
+    if tracing is not None:
+        log.info("OpenTelemetry tracing on")
+    try:
+        return _serve(settings, host=host, port=port, log_level=log_level, tracing=tracing)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # the spans still buffered
+
+
+def _serve(
+    settings: Settings, *, host: str, port: int, log_level: str, tracing: Tracing | None
+) -> int:
     from rag_gql.app import create_app
     from rag_gql.server import GracefulServer, server_config
 
     with database(settings) as url:
         migrate.upgrade(url, embed_dim=settings.embed_dim)
-        app = create_app(settings.model_copy(update={"database_url": url}))
+        app = create_app(settings.model_copy(update={"database_url": url}), tracing=tracing)
         config = server_config(
             app,
             settings,

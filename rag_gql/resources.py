@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 from sqlalchemy import text
@@ -34,6 +35,9 @@ from rag_gql.services.quotas import Quotas, Slots
 from rag_gql.services.ratelimit import RateLimiter
 from rag_gql.services.retrieval import RetrievalService
 from rag_gql.services.workspaces import WorkspaceService
+
+if TYPE_CHECKING:
+    from rag_gql.observability.otel import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +72,13 @@ class Services:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, check_upstream: bool = True
+    settings: Settings, *, check_upstream: bool = True, tracing: Tracing | None = None
 ) -> AsyncIterator[Services]:
     """Builds the services for `settings.database_url` and closes them on exit.
 
     With `check_upstream`, checks the database's embedding column and Ollama's embedding
-    size against `EMBED_DIM` (an unreachable Ollama is logged, not fatal).
+    size against `EMBED_DIM` (an unreachable Ollama is logged, not fatal). With `tracing`,
+    the engine's statements and the Ollama client's calls are traced.
 
     Raises:
         StartupError: when EMBED_DIM disagrees with the database or the model.
@@ -90,7 +95,10 @@ async def open_services(
     timeout = httpx.Timeout(settings.ollama_timeout, connect=settings.ollama_connect_timeout)
     auth: AuthService | None = None
     metrics = Metrics()
-    transport = ObservedTransport(httpx.AsyncHTTPTransport(), metrics)
+    transport: httpx.AsyncBaseTransport = ObservedTransport(httpx.AsyncHTTPTransport(), metrics)
+    if tracing is not None:
+        transport = tracing.http_transport(transport)
+        tracing.instrument_engine(db.engine)
     async with httpx.AsyncClient(
         base_url=settings.ollama_url, timeout=timeout, transport=transport
     ) as http:

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import strawberry
 from graphql.error import GraphQLError
+from strawberry.extensions import SchemaExtension
 from strawberry.tools import merge_types
 from strawberry.types.execution import ExecutionContext
 
@@ -54,20 +56,29 @@ class Schema(strawberry.Schema):
         return None
 
 
-def build_schema(limits: Limits | None = None, **kwargs: Any) -> Schema:
+def build_schema(
+    limits: Limits | None = None,
+    *,
+    extensions: Sequence[Callable[[], SchemaExtension]] = (),
+    **kwargs: Any,
+) -> Schema:
     """Returns the schema with the error-mapping extension installed, and with `limits`
     enforced when given (the served app always gives them; see `rag_gql.graphql.limits`).
+
+    `extensions` (classes or factories, one instance per operation) run inside `Observe`,
+    which binds a WebSocket operation's request id, and outside everything else (the
+    tracing of `rag_gql.observability.otel`).
     """
-    extensions: list[Any] = [Observe, DomainErrors]
+    installed: list[Any] = [Observe, *extensions, DomainErrors]
     if limits is not None:
         # A factory (one extension per operation) sharing one cache of checked documents.
-        extensions.append(partial(QueryLimits, limits, CheckedDocuments()))
-    extensions.append(RejectNulCharacters)  # after the limits: they validate first
+        installed.append(partial(QueryLimits, limits, CheckedDocuments()))
+    installed.append(RejectNulCharacters)  # after the limits: they validate first
     return Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        extensions=extensions,
+        extensions=installed,
         **kwargs,
     )
 

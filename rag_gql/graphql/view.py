@@ -4,6 +4,7 @@ abuse limits, and a GraphiQL page that loads nothing from outside the server."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from importlib import resources
 from typing import Any
@@ -15,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.extensions import SchemaExtension
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from rag_gql.config import Settings
@@ -57,14 +59,17 @@ class GraphQLView(GraphQL[Context, None]):
     optional `workspaceId`); otherwise it is closed with 4403. Its other limits are in
     `rag_gql.graphql.websocket`. Every operation passes the
     limits of `settings` (`rag_gql.graphql.limits`); batched requests (a JSON array) are
-    refused with 400, as Strawberry does without a batching config.
+    refused with 400, as Strawberry does without a batching config. `extensions` are added to
+    the schema's own (see `build_schema`).
     """
 
     graphql_transport_ws_handler_class = TransportWSHandler
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, extensions: Sequence[Callable[[], SchemaExtension]] = ()
+    ) -> None:
         super().__init__(
-            build_schema(Limits.from_settings(settings)),
+            build_schema(Limits.from_settings(settings), extensions=extensions),
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
             # graphql-ws's own default is 3 s; Strawberry's a minute of an idle,
             # unauthenticated socket.

@@ -11,10 +11,14 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from rag_gql.app import create_app
 from rag_gql.config import Settings
 from rag_gql.server import GracefulServer, server_config
+
+if TYPE_CHECKING:
+    from rag_gql.observability.otel import Tracing
 
 
 def free_port() -> int:
@@ -49,18 +53,22 @@ def environment(settings: Settings, **overrides: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[str]:
-    """Runs the app for `settings` with uvicorn on a free loopback port; yields its base URL."""
-    async with serve_server(settings) as (url, _server):
+async def serve(settings: Settings, *, tracing: Tracing | None = None) -> AsyncIterator[str]:
+    """Runs the app for `settings` with uvicorn on a free loopback port; yields its base URL.
+
+    With `tracing`, the app traces to it (`create_app`)."""
+    async with serve_server(settings, tracing=tracing) as (url, _server):
         yield url
 
 
 @asynccontextmanager
-async def serve_server(settings: Settings) -> AsyncIterator[tuple[str, GracefulServer]]:
+async def serve_server(
+    settings: Settings, *, tracing: Tracing | None = None
+) -> AsyncIterator[tuple[str, GracefulServer]]:
     """`serve`, also yielding the server: `server.should_exit = True` shuts it down as
     SIGTERM does (the block's exit waits for the shutdown to end)."""
     port = free_port()
-    app = create_app(settings)
+    app = create_app(settings, tracing=tracing)
     config = server_config(
         app,
         settings,

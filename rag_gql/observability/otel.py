@@ -1,0 +1,286 @@
+"""OpenTelemetry tracing of the API server (needs the `otel` extra; imported only by
+`rag_gql.observability.tracing.setup_tracing` when tracing is on).
+
+One trace per HTTP request, and per WebSocket connection:
+
+- the request: a SERVER span per HTTP request or WebSocket connection (OpenTelemetry's ASGI
+  middleware), with `rag_gql.request_id` (the `X-Request-Id` of the logs). Not traced:
+  `/healthz`, `/readyz`, `/metrics` (probes and scrapes, every few seconds), nor the ASGI
+  messages (`receive`/`send` spans would be one per streamed token);
+- each GraphQL operation (`GraphQLTracing`, Strawberry's `OpenTelemetryExtension`): named
+  `<type> <operation name or root field>`, with its `rag_gql.request_id` (a WebSocket
+  operation has one of its own) and `rag_gql.outcome` (`ok` or the first error's code, as
+  in the metrics; `stopped` for a subscription the client completed or left); parsing and
+  validation spans; a span per root field of a query or mutation;
+- each SQL statement (OpenTelemetry's SQLAlchemy instrumentation: the statement with its
+  placeholders, never the values) and each Ollama call (its HTTPX instrumentation; for a
+  streamed chat the span ends when the response starts).
+
+Neither the GraphQL document nor argument values are recorded: they hold passwords, tokens,
+reset codes and the users' questions. Spans that belong to no request are dropped
+(`RequestsOnly`): the in-process ingestion worker's statements and embeddings, the start-up
+checks, the probes' queries. Traces are sampled by `OTEL_TRACES_SAMPLER` (default: all).
+
+No global tracer provider is set and no library is patched: the provider is passed to each
+instrumentation explicitly, so several apps in one process (tests) each trace to their own.
+A caller's W3C `traceparent` is continued, and passed on to Ollama, by OpenTelemetry's
+default propagators (`OTEL_PROPAGATORS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterable, Sequence
+from contextlib import suppress
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, cast
+
+import httpx
+from graphql import GraphQLResolveInfo, OperationType
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, get_default_span_details
+from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
+from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+from opentelemetry.instrumentation.sqlalchemy.version import __version__ as SQLALCHEMY_VERSION
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, Span, SpanKind, StatusCode
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.http import parse_excluded_urls
+from opentelemetry.util.types import Attributes
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.middleware import Middleware
+from starlette.types import Scope
+from strawberry.extensions import LifecycleStep, SchemaExtension
+from strawberry.extensions.tracing.opentelemetry import OpenTelemetryExtension
+
+from rag_gql.graphql.extensions import describe_operation, error_code
+from rag_gql.observability.requests import current_request_id
+
+SERVICE = "rag-gql"
+"""`service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` name it."""
+REQUEST_ID = "rag_gql.request_id"
+OUTCOME = "rag_gql.outcome"
+UNTRACED_PATHS = "/healthz$,/readyz$,/metrics$"
+"""Regular expressions (OpenTelemetry's excluded-URL syntax) of the paths not traced."""
+SQLALCHEMY_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
+"""The instrumentation scope SQLAlchemy's instrumentor gives its spans."""
+
+
+class Tracing:
+    """The process's tracer provider and the instrumentations built on it.
+
+    `create_app` adds `asgi_middleware()` and `graphql_extension()`; `open_services` wraps
+    the Ollama client's transport with `http_transport()` and calls `instrument_engine()`.
+    """
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self.provider = provider
+        # The instrumentations also record metrics; Prometheus has ours (rag_gql.observability
+        # .metrics), so theirs go nowhere, and not to OpenTelemetry's global meter provider.
+        self._meters = NoOpMeterProvider()
+
+    def asgi_middleware(self) -> Middleware:
+        """Starlette middleware: a SERVER span per HTTP request and WebSocket connection.
+
+        Goes inside `RequestIdMiddleware` (after it in Starlette's list), so that the request
+        id is bound when the span starts.
+        """
+        return Middleware(
+            OpenTelemetryMiddleware,
+            excluded_urls=parse_excluded_urls(UNTRACED_PATHS),
+            default_span_details=_span_details,
+            server_request_hook=_tag_request,
+            tracer_provider=self.provider,
+            meter_provider=self._meters,
+            exclude_spans=["receive", "send"],
+        )
+
+    def graphql_extension(self) -> Callable[[], SchemaExtension]:
+        """A factory of `GraphQLTracing` (one per operation) for `build_schema`'s
+        `extensions`."""
+        return partial(GraphQLTracing, tracer_provider=self.provider)
+
+    def http_transport(self, inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+        """`inner`, with a CLIENT span per request (HTTPX's instrumentation, on this client
+        only)."""
+        return AsyncOpenTelemetryTransport(
+            inner, tracer_provider=self.provider, meter_provider=self._meters
+        )
+
+    def instrument_engine(self, engine: AsyncEngine) -> None:
+        """A CLIENT span per statement `engine` executes (until the engine is dropped).
+
+        Uses `EngineTracer`, what `SQLAlchemyInstrumentor().instrument(engine=...)` builds
+        and returns, directly: `instrument()` would also patch `create_engine` and
+        `Engine.connect` process-wide, can run once per process only, and refuses
+        SQLAlchemy 2.1 (its declared range ends at 2.0) unless told to skip that check.
+        """
+        tracer = trace.get_tracer(SQLALCHEMY_SCOPE, SQLALCHEMY_VERSION, self.provider)
+        meter = self._meters.get_meter(SQLALCHEMY_SCOPE, SQLALCHEMY_VERSION)
+        connections = meter.create_up_down_counter("db.client.connections.usage")
+        EngineTracer(tracer, engine.sync_engine, connections)  # type: ignore[no-untyped-call]
+
+    def force_flush(self) -> bool:
+        """Exports the spans ended so far; True unless it timed out (30 s)."""
+        return self.provider.force_flush()
+
+    def shutdown(self) -> None:
+        """Exports what is left and stops the exporters; call once, when serving is over."""
+        self.provider.shutdown()
+
+
+def build_tracing(exporters: Iterable[SpanExporter]) -> Tracing:
+    """A `Tracing` whose spans go to `exporters`, each behind a `BatchSpanProcessor`
+    (`OTEL_BSP_*` tune it), sampled by `RequestsOnly` over `OTEL_TRACES_SAMPLER`."""
+    resource = _resource()
+    # `TracerProvider` reads OTEL_TRACES_SAMPLER when given no sampler; this one is built for
+    # that only, so that the requests-only rule wraps whatever sampler the variables choose.
+    configured = TracerProvider(resource=resource, shutdown_on_exit=False).sampler
+    provider = TracerProvider(
+        resource=resource, sampler=RequestsOnly(configured), shutdown_on_exit=False
+    )
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return Tracing(provider)
+
+
+def make_exporter(name: str) -> SpanExporter:
+    """The exporter called `name` in `OTEL_TRACES_EXPORTER` (`otlp` or `console`), configured
+    by the `OTEL_EXPORTER_OTLP_*` variables.
+
+    Raises:
+        ValueError: another name (`requested_exporters` lets none through).
+    """
+    if name == "otlp":
+        return OTLPSpanExporter()
+    if name == "console":
+        return ConsoleSpanExporter()
+    raise ValueError(f"no span exporter called {name!r}")
+
+
+class RequestsOnly(Sampler):
+    """Samples only traces that start with a request: a span without a parent is dropped
+    unless it is a SERVER span (the ASGI middleware's); every other decision is `inner`'s.
+
+    Without it each SQL statement and Ollama call made outside a request (the in-process
+    ingestion worker, the start-up checks, the probes and scrapes not traced) would be a trace
+    of its own.
+    """
+
+    def __init__(self, inner: Sampler) -> None:
+        self._inner = inner
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if not parent.is_valid and kind is not SpanKind.SERVER:
+            return SamplingResult(Decision.DROP)
+        return self._inner.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"RequestsOnly{{{self._inner.get_description()}}}"
+
+
+class GraphQLTracing(OpenTelemetryExtension):
+    """Strawberry's OpenTelemetry extension, made cheap and secret-free for this API.
+
+    Strawberry's own records the whole document (`query`) and every argument of every traced
+    field (`graphql.param.*`: passwords, tokens, questions), makes a span for every field
+    with a resolver of its own (one per item of a list: measured 10x slower on a list of a
+    thousand), including each event of a subscription (each answer token), and leaves the
+    operation span inactive, so work outside resolver spans has the request as parent.
+    Here: the operation span is current while it runs (SQL and Ollama calls nest in it),
+    records neither document nor arguments, and only the root fields of queries and
+    mutations, where this API does its work, get spans. Parsing and validation spans are
+    Strawberry's.
+    """
+
+    def on_operation(self) -> Generator[None, None, None]:
+        ctx = self.execution_context
+        span = self._tracer.start_span("GraphQL Operation")
+        self._span_holder[LifecycleStep.OPERATION] = span
+        request_id = current_request_id()  # a WebSocket operation's own (Observe binds it)
+        if request_id is not None:
+            span.set_attribute(REQUEST_ID, request_id)
+        outcome = "stopped"  # left before its end: the client completed it, or went away
+        try:
+            with trace.use_span(span):
+                yield
+            errors = ctx.pre_execution_errors or (ctx.result.errors if ctx.result else None)
+            outcome = error_code(errors[0]) if errors else "ok"
+        except Exception:
+            outcome = "INTERNAL_SERVER_ERROR"
+            raise
+        finally:
+            kind, root_field = describe_operation(ctx)
+            if kind != "unknown":
+                span.update_name(f"{kind} {ctx.operation_name or root_field}")
+                span.set_attribute("graphql.operation.type", kind)
+            if ctx.operation_name:
+                span.set_attribute("graphql.operation.name", ctx.operation_name)
+            span.set_attribute(OUTCOME, outcome)
+            if outcome == "INTERNAL_SERVER_ERROR":
+                span.set_status(StatusCode.ERROR, outcome)
+            span.end()
+
+    def resolve(
+        self,
+        _next: Callable[..., Any],
+        root: Any,
+        info: GraphQLResolveInfo[Any],
+        *args: str,
+        **kwargs: Any,
+    ) -> Any:
+        """A span for a root field of a query or mutation; other fields resolve untouched
+        (no span, no extra coroutine)."""
+        if info.path.prev is None and info.operation.operation is not OperationType.SUBSCRIPTION:
+            return super().resolve(_next, root, info, *args, **kwargs)
+        return _next(root, info, *args, **kwargs)
+
+    def filter_resolver_args(
+        self, args: dict[str, Any], info: GraphQLResolveInfo[Any]
+    ) -> dict[str, Any]:
+        """No argument is recorded (nor copied, as Strawberry's `arg_filter` would)."""
+        return {}
+
+
+def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:
+    """`GET /path`, and `WebSocket /path` (ASGI's own says `HTTP /path`)."""
+    if scope["type"] == "websocket":
+        return f"WebSocket {scope['path']}", {}
+    name, attributes = get_default_span_details(cast("dict[str, Any]", scope))
+    return name, attributes
+
+
+def _tag_request(span: Span, scope: Scope) -> None:
+    request_id = current_request_id()
+    if request_id is not None:
+        span.set_attribute(REQUEST_ID, request_id)
+
+
+def _resource() -> Resource:
+    """OpenTelemetry's resource from the environment, with `service.name` defaulting to
+    `rag-gql` (not `unknown_service`) and this package's `service.version`."""
+    resource = Resource.create()
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: SERVICE}))
+    if SERVICE_VERSION not in resource.attributes:
+        with suppress(PackageNotFoundError):  # run from a source tree without installing
+            resource = resource.merge(Resource({SERVICE_VERSION: version("rag-gql")}))
+    return resource
