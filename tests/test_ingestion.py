@@ -26,7 +26,7 @@ from tests.support.uploads import assert_error, upload_error
 FORMATS = Path(__file__).parent / "data" / "formats"
 EVENTS = (
     "subscription($id: ID) { documentEvents(documentId: $id) "
-    "{ documentId status pagesTotal pagesDone chunksDone chunkCount error } }"
+    "{ documentId status pagesTotal pagesDone chunksDone chunkCount error deleted } }"
 )
 SEARCH = (
     "query($q: String!, $k: Int) { search(query: $q, k: $k, mode: KEYWORD) "
@@ -279,3 +279,57 @@ async def test_a_job_cut_short_by_shutdown_is_queued_again(
         gql = GraphQLClient(http, url)
         document = await gql.wait_for_document(document_id, token=token)  # the same JWT secret
         assert document["status"] == "READY" and document["error"] is None
+
+
+async def test_deleting_a_document_ends_its_events(
+    inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    """A document deleted while it waits for a retry: its subscribers get one last event,
+    `deleted: true` with its last status, and a subscription to it alone completes."""
+    settings = settings.model_copy(update={"ingest_retry_base_wait": 60})
+    async with serve(settings) as url, httpx.AsyncClient(timeout=30) as http:
+        gql = GraphQLClient(http, url)
+        token = await sign_up(gql, inbox, "ada@example.com")
+        ollama.fail_status = 503
+        response = await gql.upload(
+            "lantern.pdf", make_pdf(["Trim the lantern wick."]), token=token, wait=False
+        )
+        document_id = response.json()["data"]["uploadDocument"]["id"]
+        query = "query($id: ID!) { document(id: $id) { status error } }"
+        async with asyncio.timeout(30):
+            while True:  # the first attempt fails: QUEUED again, its retry a minute away
+                doc = (await gql.data(query, {"id": document_id}, token=token))["document"]
+                if doc["error"] and doc["error"].startswith("will retry"):
+                    break
+                await asyncio.sleep(0.1)
+
+        one = asyncio.create_task(events_of(gql, token, document_id))
+        everything = asyncio.create_task(first_deletion(gql, token))
+        await asyncio.sleep(1.0)  # both subscribed
+        deleted = await gql.data(
+            "mutation($id: ID!) { deleteDocument(id: $id) }", {"id": document_id}, token=token
+        )
+        assert deleted == {"deleteDocument": True}
+        events = await one
+        assert [(e["status"], e["deleted"]) for e in events] == [
+            ("QUEUED", False),
+            ("QUEUED", True),
+        ], events
+        assert events[-1]["documentId"] == document_id
+        # The workspace's stream saw it too (and goes on).
+        assert (await everything)["documentId"] == document_id
+
+
+async def first_deletion(gql: GraphQLClient, token: str) -> Json:
+    """Subscribes to the workspace's documentEvents; returns the first `deleted` event."""
+    async with gql.websocket() as ws:
+        assert (await init(ws, {"authorization": f"Bearer {token}"}))["type"] == "connection_ack"
+        payload = {"query": EVENTS, "variables": {"id": None}}
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+        async with asyncio.timeout(30):
+            while True:
+                frame = json.loads(await ws.recv())
+                assert frame["type"] == "next", frame
+                event: Json = frame["payload"]["data"]["documentEvents"]
+                if event["deleted"]:
+                    return event

@@ -119,6 +119,11 @@ class DocumentEvent:
     chunks_done: int
     chunk_count: int = strawberry.field(description="Chunks searchable (set when READY).")
     error: str | None
+    deleted: bool = strawberry.field(
+        default=False,
+        description="The document was deleted: this is its last event (with its last "
+        "status), and a subscription to this one document completes after it.",
+    )
 
     @classmethod
     def from_state(cls, state: DocumentState) -> DocumentEvent:
@@ -130,6 +135,7 @@ class DocumentEvent:
             chunks_done=state.chunks_done,
             chunk_count=state.chunk_count,
             error=state.error,
+            deleted=state.deleted,
         )
 
     @classmethod

@@ -82,13 +82,18 @@ async def add_chunks(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> N
 async def delete_document(
     session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
 ) -> bool:
-    """Deletes the workspace's document and (by cascade) its chunks; False when not found."""
+    """Deletes the workspace's document and (by cascade) its chunks, announcing it on
+    `EVENTS_CHANNEL` (its last state, `deleted`); False when not found."""
     stmt = (
         delete(Document)
         .where(Document.workspace_id == workspace_id, Document.id == document_id)
-        .returning(Document.id)
+        .returning(*_STATE_COLUMNS)
     )
-    return (await session.execute(stmt)).scalar_one_or_none() is not None
+    row = (await session.execute(stmt)).one_or_none()
+    if row is None:
+        return False
+    await _announce(session, row, deleted=True)
+    return True
 
 
 async def add_file_part(
@@ -138,20 +143,30 @@ async def set_state(
         update(Document)
         .where(Document.workspace_id == workspace_id, Document.id == document_id)
         .values(**values, updated_at=func.now())
-        .returning(
-            Document.id,
-            Document.workspace_id,
-            Document.status,
-            Document.page_count,
-            Document.pages_done,
-            Document.chunks_done,
-            Document.chunk_count,
-            Document.error,
-        )
+        .returning(*_STATE_COLUMNS)
     )
     row = (await session.execute(stmt)).one_or_none()
     if row is None:
         return False
+    await _announce(session, row)
+    return True
+
+
+_STATE_COLUMNS = (
+    Document.id,
+    Document.workspace_id,
+    Document.status,
+    Document.page_count,
+    Document.pages_done,
+    Document.chunks_done,
+    Document.chunk_count,
+    Document.error,
+)
+"""What a notification on `EVENTS_CHANNEL` carries (`services.document_events`)."""
+
+
+async def _announce(session: AsyncSession, row: Any, *, deleted: bool = False) -> None:
+    """`pg_notify` of a `_STATE_COLUMNS` row: sent when the transaction commits."""
     payload = {
         "document_id": str(row.id),
         "workspace_id": str(row.workspace_id),
@@ -161,12 +176,12 @@ async def set_state(
         "chunks_done": row.chunks_done,
         "chunk_count": row.chunk_count,
         "error": (row.error or "")[:1000] or None,
+        "deleted": deleted,
     }
     await session.execute(
         text("SELECT pg_notify(:channel, :payload)"),
         {"channel": EVENTS_CHANNEL, "payload": json.dumps(payload)},
     )
-    return True
 
 
 async def delete_chunks(

@@ -40,11 +40,13 @@ class DocumentState:
     chunks_done: int
     chunk_count: int
     error: str | None
+    deleted: bool = False
+    """The document was deleted (the state is its last one): nothing more will come."""
 
     @property
     def terminal(self) -> bool:
-        """READY or FAILED: nothing more will happen without a new job."""
-        return self.status in ("READY", "FAILED")
+        """READY, FAILED or deleted: nothing more will happen without a new job."""
+        return self.deleted or self.status in ("READY", "FAILED")
 
     @classmethod
     def from_payload(cls, payload: str) -> DocumentState:
@@ -63,6 +65,7 @@ class DocumentState:
             chunks_done=int(data["chunks_done"]),
             chunk_count=int(data["chunk_count"]),
             error=data.get("error"),
+            deleted=bool(data.get("deleted", False)),
         )
 
 
