@@ -8,7 +8,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -27,18 +26,12 @@ from tests.support.answers import answer_frames, events, kinds, next_frame, star
 from tests.support.graphql_client import GraphQLClient, init
 from tests.support.ollama_standin import OllamaStandin, StandinState, split_tokens
 from tests.support.pdfs import make_pdf
+from tests.support.serving import free_port
 from tests.support.smtp import Inbox, SmtpSink
 
 STARTUP_TIMEOUT = 90.0  # the first start runs initdb
 SHUTDOWN_TIMEOUT = 15.0
 EMAIL = "grace@example.com"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _server_env(data_dir: Path, ollama: OllamaStandin, smtp_port: int) -> dict[str, str]:
@@ -95,7 +88,7 @@ class Served:
 @asynccontextmanager
 async def serve(env: dict[str, str], cwd: Path, name: str) -> AsyncIterator[Served]:
     """Runs `rag-gql serve` until it answers /healthz; makes sure it is gone afterwards."""
-    port = _free_port()
+    port = free_port()
     log = cwd / f"{name}.log"
     command = [sys.executable, "-m", "rag_gql.cli", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port)]

@@ -140,14 +140,17 @@ class DocumentEvent:
 
     @classmethod
     def from_model(cls, doc: models.Document) -> DocumentEvent:
-        return cls(
-            document_id=strawberry.ID(str(doc.id)),
-            status=models.DocumentStatus(doc.status),
-            pages_total=doc.page_count,
-            pages_done=doc.pages_done,
-            chunks_done=doc.chunks_done,
-            chunk_count=doc.chunk_count,
-            error=doc.error,
+        return cls.from_state(
+            DocumentState(
+                document_id=doc.id,
+                workspace_id=doc.workspace_id,
+                status=doc.status,
+                pages_total=doc.page_count,
+                pages_done=doc.pages_done,
+                chunks_done=doc.chunks_done,
+                chunk_count=doc.chunk_count,
+                error=doc.error,
+            )
         )
 
 
