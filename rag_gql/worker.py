@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -13,6 +14,11 @@ import procrastinate
 from rag_gql import queue
 from rag_gql.resources import Services
 from rag_gql.services.ingestion import IngestionPipeline
+
+log = logging.getLogger(__name__)
+
+CONNECTIONS_PER_JOB = 2
+"""Pool connections a running ingestion job holds: its chunks' transaction and its progress."""
 
 
 @asynccontextmanager
@@ -26,6 +32,18 @@ async def ingestion_worker(
     """
     settings = services.settings
     assert settings.database_url is not None
+    needed = CONNECTIONS_PER_JOB * settings.worker_concurrency
+    pool = settings.db_pool_size + settings.db_max_overflow
+    if pool <= needed:
+        log.warning(
+            "DB_POOL_SIZE + DB_MAX_OVERFLOW (%d) leave no connection beside %d ingestion "
+            "jobs at once (WORKER_CONCURRENCY=%d, %d connections each): jobs and requests "
+            "will wait for the pool (SERVER_BUSY). Raise the pool or lower the concurrency.",
+            pool,
+            settings.worker_concurrency,
+            settings.worker_concurrency,
+            CONNECTIONS_PER_JOB,
+        )
     pipeline = IngestionPipeline(
         settings=settings, db=services.db, ollama=services.ollama, metrics=services.metrics
     )

@@ -42,8 +42,11 @@ def settings(settings: Settings) -> Settings:
 
 
 async def test_a_burst_of_answers_waits_in_line_and_every_one_completes(
-    gql: GraphQLClient, inbox: Inbox
+    gql: GraphQLClient, inbox: Inbox, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # 2 connections cannot serve WORKER_CONCURRENCY (3) ingestion jobs at once: said at start.
+    started = " ".join(r.getMessage() for r in caplog.get_records("setup"))
+    assert "(2) leave no connection beside 3 ingestion jobs" in started
     token = await sign_up(gql, inbox, "ada@example.com")
     pdf = make_pdf(["Sourdough bread needs flour, water, salt and a lively starter."])
     await gql.upload("bread.pdf", pdf, token=token)
