@@ -71,25 +71,9 @@ class UpstreamError(DomainError):
     code = "UPSTREAM_ERROR"
 
 
-class ServerBusy(DomainError):
-    """The process is at capacity (no database connection came free in `DB_POOL_TIMEOUT`
-    seconds); nothing was done, the client may retry after `retry_after` seconds."""
-
-    code = "SERVER_BUSY"
-
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, retry_after)
-
-    def extensions(self) -> dict[str, object]:
-        """`retryAfter`: whole seconds."""
-        return {"retryAfter": self.retry_after}
-
-
-class RateLimited(DomainError):
-    """Too many requests; `retry_after` is the whole seconds (at least 1) to wait."""
-
-    code = "RATE_LIMITED"
+class RetryLater(DomainError):
+    """Base of the refusals a client may retry: `retry_after` is the whole seconds (at least
+    1) to wait, given as `extensions.retryAfter`."""
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
@@ -98,3 +82,16 @@ class RateLimited(DomainError):
     def extensions(self) -> dict[str, object]:
         """`retryAfter`, in seconds, as HTTP's `Retry-After` (RFC 9110 10.2.3)."""
         return {"retryAfter": self.retry_after}
+
+
+class ServerBusy(RetryLater):
+    """The process is at capacity (no database connection came free in `DB_POOL_TIMEOUT`
+    seconds); nothing was done."""
+
+    code = "SERVER_BUSY"
+
+
+class RateLimited(RetryLater):
+    """Too many requests from the caller (or its workspace)."""
+
+    code = "RATE_LIMITED"

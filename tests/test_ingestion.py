@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -35,8 +36,15 @@ SEARCH = (
 REINDEX = "mutation($id: ID!) { reindexDocument(id: $id) { id status chunkCount } }"
 
 
-async def events_of(gql: GraphQLClient, token: str, document_id: str | None) -> list[Json]:
-    """Subscribes to documentEvents; returns the events until the server completes."""
+async def events_of(
+    gql: GraphQLClient,
+    token: str,
+    document_id: str | None,
+    *,
+    until: Callable[[Json], bool] | None = None,
+) -> list[Json]:
+    """Subscribes to documentEvents; returns the events until the server completes (or, with
+    `until`, up to the first event it accepts)."""
     got: list[Json] = []
     async with gql.websocket() as ws:
         assert (await init(ws, {"authorization": f"Bearer {token}"}))["type"] == "connection_ack"
@@ -50,6 +58,8 @@ async def events_of(gql: GraphQLClient, token: str, document_id: str | None) -> 
                 assert frame["type"] == "next", frame
                 assert not frame["payload"].get("errors"), frame
                 got.append(frame["payload"]["data"]["documentEvents"])
+                if until is not None and until(got[-1]):
+                    return got
 
 
 async def test_upload_returns_queued_and_events_follow_it_to_ready(
@@ -304,7 +314,9 @@ async def test_deleting_a_document_ends_its_events(
                 await asyncio.sleep(0.1)
 
         one = asyncio.create_task(events_of(gql, token, document_id))
-        everything = asyncio.create_task(first_deletion(gql, token))
+        everything = asyncio.create_task(
+            events_of(gql, token, None, until=lambda event: event["deleted"])
+        )
         await asyncio.sleep(1.0)  # both subscribed
         deleted = await gql.data(
             "mutation($id: ID!) { deleteDocument(id: $id) }", {"id": document_id}, token=token
@@ -317,19 +329,4 @@ async def test_deleting_a_document_ends_its_events(
         ], events
         assert events[-1]["documentId"] == document_id
         # The workspace's stream saw it too (and goes on).
-        assert (await everything)["documentId"] == document_id
-
-
-async def first_deletion(gql: GraphQLClient, token: str) -> Json:
-    """Subscribes to the workspace's documentEvents; returns the first `deleted` event."""
-    async with gql.websocket() as ws:
-        assert (await init(ws, {"authorization": f"Bearer {token}"}))["type"] == "connection_ack"
-        payload = {"query": EVENTS, "variables": {"id": None}}
-        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
-        async with asyncio.timeout(30):
-            while True:
-                frame = json.loads(await ws.recv())
-                assert frame["type"] == "next", frame
-                event: Json = frame["payload"]["data"]["documentEvents"]
-                if event["deleted"]:
-                    return event
+        assert (await everything)[-1]["documentId"] == document_id

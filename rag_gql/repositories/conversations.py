@@ -81,12 +81,7 @@ async def messages(
     session: AsyncSession, *, workspace_id: uuid.UUID, conversation_id: uuid.UUID
 ) -> list[Message]:
     """The conversation's messages, oldest first."""
-    stmt = (
-        select(Message)
-        .where(Message.workspace_id == workspace_id, Message.conversation_id == conversation_id)
-        .order_by(Message.created_at, Message.id)
-    )
-    return list((await session.execute(stmt)).scalars())
+    return await messages_of(session, workspace_id=workspace_id, conversation_ids=[conversation_id])
 
 
 async def messages_of(
