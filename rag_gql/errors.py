@@ -8,8 +8,9 @@ Each maps to a GraphQL `extensions.code` (see `rag_gql.graphql.extensions`)::
      ├── Forbidden            FORBIDDEN
      ├── NotFound             NOT_FOUND
      ├── Conflict             CONFLICT
-     ├── RateLimited          RATE_LIMITED           (extensions.retryAfter: seconds)
-     ├── ServerBusy           SERVER_BUSY            (no database connection free in time)
+     ├── RetryLater                                  (extensions.retryAfter: seconds)
+     │    ├── RateLimited     RATE_LIMITED
+     │    └── ServerBusy      SERVER_BUSY            (no database connection free in time)
      ├── UpstreamUnavailable  UPSTREAM_UNAVAILABLE   (Ollama/SMTP unreachable)
      └── UpstreamError        UPSTREAM_ERROR         (Ollama answered with an error)
 
