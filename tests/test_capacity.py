@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
 import pytest
 
 from rag_gql.config import Settings
@@ -16,7 +15,7 @@ from rag_gql.errors import ServerBusy
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
 from tests.support.pdfs import make_pdf
-from tests.support.serving import serve
+from tests.support.serving import serve_client
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 
@@ -78,8 +77,7 @@ async def test_no_connection_in_time_is_server_busy_and_the_server_recovers(
     inbox: Inbox, settings: Settings
 ) -> None:
     settings = settings.model_copy(update={"db_pool_size": 1, "db_pool_timeout": 1.0})
-    async with serve(settings) as url, httpx.AsyncClient(timeout=30) as http:
-        gql = GraphQLClient(http, url)
+    async with serve_client(settings) as gql:
         token = await sign_up(gql, inbox, "ada@example.com")
         async with connect(settings) as conn, conn.transaction():
             # Every request reads `user`: the first holds the only pooled connection while

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import httpx
 import pymupdf
 
 from rag_gql.config import Settings
@@ -23,7 +22,7 @@ from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
 from tests.support.ollama_standin import StandinState, embed_text
 from tests.support.pdfs import long_page, make_encrypted_pdf, make_image_only_pdf, make_pdf
-from tests.support.serving import serve
+from tests.support.serving import serve_client
 from tests.support.smtp import Inbox
 from tests.support.sql import connect, stored_counts
 from tests.support.uploads import assert_error, upload_error, upload_ok
@@ -229,8 +228,7 @@ async def test_ollama_failures_leave_nothing_behind(
     # two runs of a job (one retry, 1 s later) before FAILED.
     small_batches = settings.model_copy(update={"embed_batch_size": 2})
     pdf = make_pdf([long_page("glaciers", 20)])  # about 1400 characters: 4+ chunks
-    async with serve(small_batches) as url, httpx.AsyncClient(timeout=30) as http:
-        gql = GraphQLClient(http, url)
+    async with serve_client(small_batches) as gql:
         token = await sign_up(gql, inbox, "ada@example.com")
         ollama.embed_requests = 0  # the server's startup probe embedded once
 

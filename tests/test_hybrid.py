@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from sqlalchemy.engine import make_url
 
 from rag_gql.config import Settings
@@ -24,7 +23,7 @@ from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json
 from tests.support.ollama_standin import StandinState, embed_text, tokenize
 from tests.support.pdfs import make_pdf
-from tests.support.serving import serve
+from tests.support.serving import serve_client
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 from tests.support.uploads import upload_ok
@@ -401,8 +400,7 @@ async def test_filtered_vector_search_reads_past_the_first_index_candidates(
         for i, word in enumerate(["invoices", "receipts", "contracts", "stamps"], start=1)
     ]
     query = "oil lamp wick"
-    async with serve(narrow) as url, httpx.AsyncClient(timeout=30) as http:
-        gql = GraphQLClient(http, url)
+    async with serve_client(narrow) as gql:
         token = await sign_up(gql, inbox, "ada@example.com")
         await upload_ok(gql, "near.pdf", make_pdf(near_pages), token)
         far = await upload_ok(gql, "far.pdf", make_pdf(far_pages), token)

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from rag_gql.config import Settings
@@ -19,7 +18,7 @@ from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init
 from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import long_page, make_pdf
-from tests.support.serving import environment, serve
+from tests.support.serving import environment, serve_client
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 from tests.support.uploads import assert_error, upload_error
@@ -128,8 +127,7 @@ async def test_limits_are_refused_at_upload_with_the_limit_in_the_message(
     inbox: Inbox, settings: Settings
 ) -> None:
     limited = settings.model_copy(update={"max_upload_bytes": 4096, "max_pages": 2})
-    async with serve(limited) as url, httpx.AsyncClient(timeout=30) as http:
-        gql = GraphQLClient(http, url)
+    async with serve_client(limited) as gql:
         token = await sign_up(gql, inbox, "ada@example.com")
         body = await upload_error(gql, "big.txt", b"word " * 2000, token)
         assert_error(body, "BAD_USER_INPUT", "big.txt", "4096 bytes")
@@ -146,8 +144,7 @@ async def test_limits_are_refused_at_upload_with_the_limit_in_the_message(
 
 async def test_text_extraction_in_a_process_pool(inbox: Inbox, settings: Settings) -> None:
     pooled = settings.model_copy(update={"parse_processes": 2, "ingest_page_batch": 2})
-    async with serve(pooled) as url, httpx.AsyncClient(timeout=60) as http:
-        gql = GraphQLClient(http, url)
+    async with serve_client(pooled, timeout=60) as gql:
         token = await sign_up(gql, inbox, "ada@example.com")
         pages = [f"Page {n} is about the {word} fjord." for n, word in enumerate("abcdefg", 1)]
         response = await gql.upload("fjords.pdf", make_pdf(pages), token=token)
@@ -266,8 +263,7 @@ async def test_a_job_cut_short_by_shutdown_is_queued_again(
     quick = settings.model_copy(update={"shutdown_grace": 0.2, "ingest_page_batch": 2})
     pages = [long_page(f"dune{n}", 10) for n in range(20)]
     ollama.delay = 0.1
-    async with serve(quick) as url, httpx.AsyncClient(timeout=30) as http:
-        gql = GraphQLClient(http, url)
+    async with serve_client(quick) as gql:
         token = await sign_up(gql, inbox, "ada@example.com")
         response = await gql.upload("dunes.pdf", make_pdf(pages), token=token, wait=False)
         document_id = response.json()["data"]["uploadDocument"]["id"]
@@ -285,8 +281,7 @@ async def test_a_job_cut_short_by_shutdown_is_queued_again(
             == 1
         )
     ollama.delay = 0.0
-    async with serve(quick) as url, httpx.AsyncClient(timeout=30) as http:
-        gql = GraphQLClient(http, url)
+    async with serve_client(quick) as gql:
         document = await gql.wait_for_document(document_id, token=token)  # the same JWT secret
         assert document["status"] == "READY" and document["error"] is None
 
@@ -297,8 +292,7 @@ async def test_deleting_a_document_ends_its_events(
     """A document deleted while it waits for a retry: its subscribers get one last event,
     `deleted: true` with its last status, and a subscription to it alone completes."""
     settings = settings.model_copy(update={"ingest_retry_base_wait": 60})
-    async with serve(settings) as url, httpx.AsyncClient(timeout=30) as http:
-        gql = GraphQLClient(http, url)
+    async with serve_client(settings) as gql:
         token = await sign_up(gql, inbox, "ada@example.com")
         ollama.fail_status = 503
         response = await gql.upload(

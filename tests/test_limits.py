@@ -28,7 +28,7 @@ from tests.conftest import LOOSE_GRAPHQL_LIMITS
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init
 from tests.support.ollama_standin import StandinState
-from tests.support.serving import serve
+from tests.support.serving import serve, serve_client
 from tests.support.smtp import Inbox
 
 REGISTER = 'register(email: "eve{n}@example.com", password: "correct horse battery staple")'
@@ -44,8 +44,8 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 async def gql(settings: Settings) -> AsyncIterator[GraphQLClient]:
     """A client of the app served with `settings` (the production limits)."""
-    async with serve(settings) as url, httpx.AsyncClient(timeout=30) as http:
-        yield GraphQLClient(http, url)
+    async with serve_client(settings) as gql:
+        yield gql
 
 
 def refused(body: Json, code: str) -> str:

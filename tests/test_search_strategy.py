@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +21,7 @@ from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json
 from tests.support.ollama_standin import embed_text
 from tests.support.pdfs import make_pdf
-from tests.support.serving import serve
+from tests.support.serving import serve_client
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 from tests.support.uploads import upload_ok
@@ -178,8 +177,7 @@ async def test_a_workspace_above_the_threshold_searches_the_index(
     inbox: Inbox, settings: Settings, decisions: list[VectorRanking]
 ) -> None:
     lowered = settings.model_copy(update={"exact_search_max_rows": 4})
-    async with serve(lowered) as url, httpx.AsyncClient(timeout=30) as http:
-        gql = GraphQLClient(http, url)
+    async with serve_client(lowered) as gql:
         token = await sign_up(gql, inbox, "ada@example.com")
         for filename, pages in LIBRARY.items():
             await upload_ok(gql, filename, make_pdf(pages), token)
@@ -209,8 +207,7 @@ async def test_neither_strategy_reaches_another_workspace(
 ) -> None:
     lowered = settings.model_copy(update={"exact_search_max_rows": 4})
     page = LIBRARY["sailing.pdf"][0]  # bob stores alice's bowline page word for word
-    async with serve(lowered) as url, httpx.AsyncClient(timeout=30) as http:
-        gql = GraphQLClient(http, url)
+    async with serve_client(lowered) as gql:
         alice = await sign_up(gql, inbox, "alice@example.com")
         bob = await sign_up(gql, inbox, "bob@example.com")
         for filename, pages in LIBRARY.items():

@@ -13,9 +13,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+import httpx
+
 from rag_gql.app import create_app
 from rag_gql.config import Settings
 from rag_gql.server import GracefulServer, server_config
+from tests.support.graphql_client import GraphQLClient
 
 if TYPE_CHECKING:
     from rag_gql.observability.otel import Tracing
@@ -59,6 +62,13 @@ async def serve(settings: Settings, *, tracing: Tracing | None = None) -> AsyncI
     With `tracing`, the app traces to it (`create_app`)."""
     async with serve_server(settings, tracing=tracing) as (url, _server):
         yield url
+
+
+@asynccontextmanager
+async def serve_client(settings: Settings, *, timeout: float = 30) -> AsyncIterator[GraphQLClient]:
+    """`serve`, yielding a GraphQL client of the served app (HTTP `timeout` in seconds)."""
+    async with serve(settings) as url, httpx.AsyncClient(timeout=timeout) as http:
+        yield GraphQLClient(http, url)
 
 
 @asynccontextmanager
