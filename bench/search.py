@@ -13,7 +13,7 @@ together, as ingestion writes them. Then, on an embedded PostgreSQL with the rea
 (alembic), it prints side by side:
 
 - load, GIN and HNSW build times, table / TOAST / index sizes;
-- the app's statements (`chunks.vector_ranked`, captured from SQLAlchemy);
+- the app's statements (`chunks.vector_ranked`, built by `chunks.vector_statements`);
 - GraphQL `search(mode: VECTOR, k: 10)` over HTTP against the real app, the app's SQL run
   with asyncpg (the floor: the same statements in one transaction as `rag_gql_app`, choosing
   exact or HNSW from the same bounded count), their ratio, recall@10 against exact search,
@@ -67,9 +67,9 @@ from rag_gql.app import create_app  # noqa: E402 - after the path set-up above
 from rag_gql.config import Settings  # noqa: E402
 from rag_gql.db import migrate  # noqa: E402
 from rag_gql.db.models import User  # noqa: E402
-from rag_gql.db.session import APP_ROLE  # noqa: E402
+from rag_gql.db.session import APP_ROLE, SET_TENANT  # noqa: E402
 from rag_gql.repositories import chunks  # noqa: E402
-from rag_gql.repositories.chunks import VectorStrategy  # noqa: E402
+from rag_gql.repositories.chunks import Statement, VectorStatements, VectorStrategy  # noqa: E402
 from rag_gql.resources import Services  # noqa: E402
 from rag_gql.services.chunking import chunk_pages  # noqa: E402
 from rag_gql.services.retrieval import SearchMode  # noqa: E402
@@ -402,39 +402,27 @@ async def timed(call: Callable[[], Awaitable[object]]) -> float:
 
 # --- the app's SQL ------------------------------------------------------------------------------
 
-Statement = tuple[str, tuple[Any, ...]]
-
 
 @dataclass(frozen=True, slots=True)
 class AppSql:
-    """The statements `chunks.vector_ranked` sends inside `Database.transaction(workspace)`.
+    """The statements `chunks.vector_ranked` sends inside `Database.transaction(workspace)`,
+    built by the app's own `chunks.vector_statements` with the app's settings: the tenant
+    (`SET_TENANT`), `prepare` (the HNSW settings and `plan_cache_mode`, and the chunks in
+    scope counted up to `threshold` + 1, its last column), then the ranked SELECT of the
+    strategy the count picks."""
 
-    Captured from SQLAlchemy with a probe workspace and vector, replayed with asyncpg for
-    other ones: `tenant` sets `app.workspace_id`; `prepare` sets the HNSW settings and
-    `plan_cache_mode` and counts the chunks in scope up to `threshold` + 1 (its last column);
-    `selects` holds the ranked SELECT of each strategy.
-    """
-
-    tenant: Statement
-    prepare: Statement
-    selects: dict[VectorStrategy, Statement]
+    ef_search: int
     threshold: int
-    probe_workspace: uuid.UUID
-    probe_vector: str
+    k: int
 
-    def bind(self, statement: Statement, workspace: uuid.UUID, vector: str) -> Statement:
-        """`statement` with the probe's workspace and vector (pgvector text) swapped."""
-
-        def swap(value: object) -> object:
-            if value == self.probe_vector:
-                return vector
-            if value == self.probe_workspace:
-                return workspace
-            if value == str(self.probe_workspace):
-                return str(workspace)
-            return value
-
-        return statement[0], tuple(swap(v) for v in statement[1])
+    def statements(self, workspace: uuid.UUID, vector: Sequence[float]) -> VectorStatements:
+        return chunks.vector_statements(
+            workspace_id=workspace,
+            embedding=vector,
+            limit=self.k,
+            ef_search=self.ef_search,
+            exact_max_rows=self.threshold,
+        )
 
     def choose(self, in_scope: int) -> VectorStrategy:
         """The app's rule (`vector_ranked`)."""
@@ -447,51 +435,6 @@ def vector_text(values: Sequence[float] | Vectors) -> str:
     if text is None:
         raise ValueError("no vector")
     return text
-
-
-async def capture_app_sql(
-    url: str, workspace: uuid.UUID, *, dim: int, ef_search: int, threshold: int, k: int
-) -> AppSql:
-    """Runs `vector_ranked` through the app's `Database` in `workspace` (which must hold more
-    than one chunk) with the threshold `threshold`, then forcing each strategy, and records
-    what it sent."""
-    from sqlalchemy import event
-
-    from rag_gql.db import Database
-
-    probe = [1.0 / np.sqrt(dim)] * dim
-    db = Database(url)
-    runs: list[list[Statement]] = []
-
-    def record(
-        conn: object, cursor: object, sql: str, args: Any, context: object, many: bool
-    ) -> None:
-        runs[-1].append((sql, tuple(args or ())))
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
-    strategies: list[VectorStrategy] = []
-    try:
-        for max_rows in (threshold, 10**9, 0):  # as configured, forced exact, forced HNSW
-            runs.append([])
-            async with db.transaction(workspace) as session:
-                ranking = await chunks.vector_ranked(
-                    session,
-                    workspace_id=workspace,
-                    embedding=probe,
-                    limit=k,
-                    ef_search=ef_search,
-                    exact_max_rows=max_rows,
-                )
-            strategies.append(ranking.strategy)
-    finally:
-        await db.dispose()
-    if strategies[1:] != [VectorStrategy.EXACT, VectorStrategy.HNSW] or any(
-        len(run) != 3 for run in runs
-    ):
-        raise SystemExit(f"unexpected statements from vector_ranked: {runs!r}"[:2000])
-    (tenant, prepare, _), (_, _, exact), (_, _, hnsw) = runs
-    selects = {VectorStrategy.EXACT: exact, VectorStrategy.HNSW: hnsw}
-    return AppSql(tenant, prepare, selects, threshold, workspace, vector_text(probe))
 
 
 def plan_summary(plan: Any) -> str:
@@ -543,45 +486,47 @@ async def floor_search(
     conn: Any,
     app: AppSql,
     workspace: uuid.UUID,
-    vector: str,
+    vector: Sequence[float],
     *,
     force: VectorStrategy | None = None,
     ef_search: int | None = None,
 ) -> FloorRun:
     """The app's statements with asyncpg in one transaction: tenant, prepare, the SELECT the
     count picks (or `force`), with `hnsw.ef_search` overridden when `ef_search` is given
-    (one statement more, outside the timed SELECT)."""
+    (one statement more, outside the timed SELECT). The statements are built untimed."""
+    statements = app.statements(workspace, vector)
     started = time.perf_counter()
     async with conn.transaction():
-        await conn.fetch(*flat(app.bind(app.tenant, workspace, vector)))
+        await conn.fetch(SET_TENANT, str(workspace))
         before = time.perf_counter()
-        row = await conn.fetchrow(*flat(app.bind(app.prepare, workspace, vector)))
+        row = await conn.fetchrow(*flat(statements.prepare))
         prepare_ms = (time.perf_counter() - before) * 1000
         strategy = force or app.choose(int(row[-1]))
         if ef_search is not None:
             await conn.fetch(SET_EF_SEARCH, str(ef_search))
         before = time.perf_counter()
-        rows = await conn.fetch(*flat(app.bind(app.selects[strategy], workspace, vector)))
+        rows = await conn.fetch(*flat(statements.select(strategy)))
         select_ms = (time.perf_counter() - before) * 1000
     total_ms = (time.perf_counter() - started) * 1000
     # vector_ranked sorts too: relaxed_order may return neighbours slightly out of order.
-    ids = [int(r[0]) for r in sorted(rows, key=lambda r: float(r[1]))]
+    ids = [int(r[0]) for r in sorted(rows, key=lambda r: (float(r[1]), int(r[0])))]
     return FloorRun(ids, strategy, total_ms, prepare_ms, select_ms)
 
 
 def flat(statement: Statement) -> tuple[Any, ...]:
-    return (statement[0], *statement[1])
+    return (statement.sql, *statement.args)
 
 
 async def floor_plan(
-    conn: Any, app: AppSql, workspace: uuid.UUID, vector: str, strategy: VectorStrategy
+    conn: Any, app: AppSql, workspace: uuid.UUID, vector: Sequence[float], strategy: VectorStrategy
 ) -> str:
     """The plan of `strategy`'s SELECT in `workspace`, after the app's settings (custom plan)."""
+    statements = app.statements(workspace, vector)
     async with conn.transaction():
-        await conn.fetch(*flat(app.bind(app.tenant, workspace, vector)))
-        await conn.fetch(*flat(app.bind(app.prepare, workspace, vector)))
-        sql, args = app.bind(app.selects[strategy], workspace, vector)
-        plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)
+        await conn.fetch(SET_TENANT, str(workspace))
+        await conn.fetch(*flat(statements.prepare))
+        select = statements.select(strategy)
+        plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + select.sql, *select.args)
     return plan_summary(plan)
 
 
@@ -681,9 +626,9 @@ async def run_floor(
 ) -> Runs:
     """Every query through the floor once to warm up, then once timed."""
     search = partial(floor_search, bench.floor, bench.app_sql, workspace)
-    for text in bench.texts:
-        await search(text, force=force, ef_search=ef_search)
-    runs = [await search(text, force=force, ef_search=ef_search) for text in bench.texts]
+    for vector in bench.queries:
+        await search(vector, force=force, ef_search=ef_search)
+    runs = [await search(vector, force=force, ef_search=ef_search) for vector in bench.queries]
     return Runs(
         Stats.of([r.select_ms for r in runs]),
         Stats.of([r.prepare_ms for r in runs]),
@@ -755,19 +700,19 @@ async def measure_served(bench: Bench, workspace: uuid.UUID, token: str) -> Serv
     One untimed pass warms both; in the timed pass they alternate which goes first.
     """
     search = partial(floor_search, bench.floor, bench.app_sql, workspace)
-    for i, text in enumerate(bench.texts):
+    for i, vector in enumerate(bench.queries):
         await graphql_search(bench.http, token, workspace, i, bench.k)
-        await search(text)
+        await search(vector)
     graphql: list[float] = []
     runs: list[FloorRun] = []
     hits: list[list[tuple[str, int]]] = []
-    for i, text in enumerate(bench.texts):
+    for i, vector in enumerate(bench.queries):
         if i % 2:  # alternate which goes first: neither always finds the other's cache
-            runs.append(await search(text))
+            runs.append(await search(vector))
             found, ms = await graphql_search(bench.http, token, workspace, i, bench.k)
         else:
             found, ms = await graphql_search(bench.http, token, workspace, i, bench.k)
-            runs.append(await search(text))
+            runs.append(await search(vector))
         graphql.append(ms)
         hits.append(found)
     places = {
@@ -783,7 +728,7 @@ async def measure_served(bench: Bench, workspace: uuid.UUID, token: str) -> Serv
     )
     strategies = {run.strategy for run in runs}
     plans = [
-        await floor_plan(bench.floor, bench.app_sql, workspace, bench.texts[0], s)
+        await floor_plan(bench.floor, bench.app_sql, workspace, bench.queries[0], s)
         for s in sorted(strategies, key=lambda s: s.value)
     ]
     floor = Runs(
@@ -797,9 +742,9 @@ async def measure_served(bench: Bench, workspace: uuid.UUID, token: str) -> Serv
 
 
 async def _vector_ranked(bench: Bench, workspace: uuid.UUID, query: int) -> list[int]:
-    async with bench.services.db.transaction(workspace) as session:
+    async with bench.services.db.driver_transaction(workspace) as conn:
         ranking = await chunks.vector_ranked(
-            session,
+            conn,
             workspace_id=workspace,
             embedding=bench.queries[query],
             limit=bench.k,
@@ -810,8 +755,8 @@ async def _vector_ranked(bench: Bench, workspace: uuid.UUID, query: int) -> list
 
 
 async def _load(bench: Bench, workspace: uuid.UUID, ids: list[int], query: int) -> None:
-    async with bench.services.db.transaction(workspace) as session:
-        await chunks.load(session, workspace_id=workspace, ids=ids, query=f"q{query}")
+    async with bench.services.db.driver_transaction(workspace) as conn:
+        await chunks.load(conn, workspace_id=workspace, ids=ids, query=f"q{query}")
 
 
 PART_AUTH = "authenticate (1 tx, 1 SELECT)"
@@ -826,7 +771,7 @@ async def breakdown(bench: Bench, workspace: uuid.UUID, token: str) -> dict[str,
     parts: dict[str, list[float]] = {
         PART_AUTH: [],
         PART_EMBED: [],
-        "vector_ranked (SQLAlchemy, 1 tx)": [],
+        "vector_ranked (1 tx)": [],
         "load hits + ts_headline (1 tx)": [],
         PART_SEARCH: [],
     }
@@ -888,7 +833,7 @@ async def sweep(bench: Bench, picks: Sequence[int]) -> Phase:
         ws = bench.tenants.ids[rank]
         runs = [await run_floor(bench, ws, force=s) for s in VectorStrategy]
         plans = [
-            await floor_plan(bench.floor, bench.app_sql, ws, bench.texts[0], s)
+            await floor_plan(bench.floor, bench.app_sql, ws, bench.queries[0], s)
             for s in VectorStrategy
         ]
         by = dict(zip(VectorStrategy, zip(runs, plans, strict=True), strict=True))
@@ -1057,14 +1002,7 @@ async def measure(
         floor = await asyncpg.connect(dsn(pg_url(settings)))
         await floor.execute(f'SET ROLE "{APP_ROLE}"')
         async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
-            app_sql = await capture_app_sql(
-                pg_url(settings),
-                tenants.ids[0],
-                dim=MINILM_DIM,
-                ef_search=settings.hnsw_ef_search,
-                threshold=settings.exact_search_max_rows,
-                k=args.k,
-            )
+            app_sql = AppSql(settings.hnsw_ef_search, settings.exact_search_max_rows, args.k)
             bench = Bench(
                 owner=owner,
                 floor=floor,
@@ -1098,11 +1036,12 @@ async def report(bench: Bench, served_ranks: Sequence[int], *, cluster: bool) ->
     """Measures and prints every figure; the goals last."""
     sizes, ids = bench.tenants.sizes, bench.tenants.ids
     app = bench.app_sql
+    statements = app.statements(ids[0], bench.queries[0])
     print("\nthe app's search transaction (chunks.vector_ranked):")
-    for label, (sql, _) in [
-        ("tenant", app.tenant),
-        ("prepare", app.prepare),
-        *((f"{s.value}", app.selects[s]) for s in VectorStrategy),
+    for label, sql in [
+        ("tenant", SET_TENANT),
+        ("prepare", statements.prepare.sql),
+        *((f"{s.value}", statements.select(s).sql) for s in VectorStrategy),
     ]:
         print(f"  {label + ':':9}" + " ".join(sql.split()))
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
 from typing import Any
-
-from sqlalchemy import event, text
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
@@ -195,40 +192,28 @@ async def test_nearest_neighbour_query_uses_the_hnsw_index(
         assert "Index Scan using ix_chunk_embedding_hnsw on chunk" in plan, plan
         assert len(await conn.fetch(sql, workspace, vector)) == 3
 
-    # The repository's own statement, captured as it runs and explained in its transaction.
+    # The repository's own statement, as `vector_ranked` builds it, explained in its transaction.
     db = Database(settings.database_url or "")
-    statements: list[tuple[str, Sequence[Any]]] = []
-
-    def capture(
-        conn: object, cursor: object, statement: str, parameters: Any, *args: object
-    ) -> None:
-        if "<=>" in statement:
-            statements.append((statement, parameters))
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
     try:
-        async with db.transaction(workspace) as session:
+        async with db.driver_transaction(workspace) as conn:
             for setting in no_seqscan_no_sort:
-                await session.execute(text(setting))
+                await conn.execute(setting)
             # Three chunks are above exact_max_rows 0: the HNSW path (see test_search_strategy).
-            ranked = await chunks.vector_ranked(
-                session,
-                workspace_id=workspace,
-                embedding=query_vector,
-                limit=5,
-                ef_search=100,
-                exact_max_rows=0,
-            )
+            arguments: dict[str, Any] = {
+                "workspace_id": workspace,
+                "embedding": query_vector,
+                "limit": 5,
+                "ef_search": 100,
+                "exact_max_rows": 0,
+            }
+            ranked = await chunks.vector_ranked(conn, **arguments)
             assert ranked.strategy is chunks.VectorStrategy.HNSW
             pages = await chunks.load(
-                session, workspace_id=workspace, ids=[ranked.rows[0][0]], query="espresso"
+                conn, workspace_id=workspace, ids=[ranked.rows[0][0]], query="espresso"
             )
             assert [row.page for row in pages.values()] == [3], "the espresso page"
-            ((statement, parameters),) = statements
-            connection = await (await session.connection()).get_raw_connection()
-            raw = connection.driver_connection
-            assert raw is not None
-            rows = await raw.fetch("EXPLAIN " + statement, *parameters)
+            statement = chunks.vector_statements(**arguments).hnsw
+            rows = await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
     finally:
         await db.dispose()
     plan = "\n".join(r[0] for r in rows)

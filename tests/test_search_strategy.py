@@ -5,13 +5,12 @@ follows the filters, and neither reaches another workspace."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
@@ -58,36 +57,25 @@ async def rank(
     as_workspace: uuid.UUID | None = None,
 ) -> tuple[VectorRanking, str]:
     """`vector_ranked` in a transaction of `as_workspace` (default `workspace`), and the plan
-    of the SELECT it sent, explained in that transaction with sequential scans and sorts
-    disabled, so the plan shows whether the HNSW index *can* serve the ORDER BY."""
-    selects: list[tuple[str, Sequence[Any]]] = []
-
-    def capture(
-        conn: object, cursor: object, statement: str, parameters: Any, *args: object
-    ) -> None:
-        if "<=>" in statement:
-            selects.append((statement, parameters))
-
-    event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
-    try:
-        async with db.transaction(as_workspace or workspace) as session:
-            ranking = await chunks.vector_ranked(
-                session,
-                workspace_id=workspace,
-                embedding=embed_text(query, dim),
-                limit=limit,
-                ef_search=40,
-                exact_max_rows=exact_max_rows,
-                scope=scope,
-            )
-            await session.execute(text("SET LOCAL enable_seqscan = off"))
-            await session.execute(text("SET LOCAL enable_sort = off"))
-            ((statement, parameters),) = selects
-            raw = (await (await session.connection()).get_raw_connection()).driver_connection
-            assert raw is not None
-            plan = "\n".join(r[0] for r in await raw.fetch("EXPLAIN " + statement, *parameters))
-    finally:
-        event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+    of the SELECT it sent (as `vector_statements` builds it), explained in that transaction
+    with sequential scans and sorts disabled, so the plan shows whether the HNSW index *can*
+    serve the ORDER BY."""
+    arguments: dict[str, Any] = {
+        "workspace_id": workspace,
+        "embedding": embed_text(query, dim),
+        "limit": limit,
+        "ef_search": 40,
+        "exact_max_rows": exact_max_rows,
+        "scope": scope,
+    }
+    async with db.driver_transaction(as_workspace or workspace) as conn:
+        ranking = await chunks.vector_ranked(conn, **arguments)
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        await conn.execute("SET LOCAL enable_sort = off")
+        statement = chunks.vector_statements(**arguments).select(ranking.strategy)
+        plan = "\n".join(
+            r[0] for r in await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
+        )
     return ranking, plan
 
 
@@ -164,8 +152,8 @@ def decisions(monkeypatch: pytest.MonkeyPatch) -> list[VectorRanking]:
     recorded: list[VectorRanking] = []
     original = chunks.vector_ranked
 
-    async def recording(session: AsyncSession, **kwargs: Any) -> VectorRanking:
-        ranking = await original(session, **kwargs)
+    async def recording(conn: asyncpg.Connection, **kwargs: Any) -> VectorRanking:
+        ranking = await original(conn, **kwargs)
         recorded.append(ranking)
         return ranking
 

@@ -8,13 +8,16 @@ security policies of the workspaces issue.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event, text
+import asyncpg
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -27,6 +30,12 @@ from rag_gql.errors import ServerBusy
 
 APP_ROLE = "rag_gql_app"
 """The role the application's queries run as (created by migration 0002)."""
+
+SET_TENANT = "SELECT set_config('app.workspace_id', $1, true)"
+"""Scopes the transaction to a workspace for the row-level security policies ($1: its id)."""
+
+PING_AFTER_IDLE_SECONDS = 10.0
+"""A pooled connection idle longer than this is pinged before use (see `Database`)."""
 
 
 def normalize_url(url: str) -> str:
@@ -49,6 +58,12 @@ class Database:
 
     The pool keeps `pool_size` connections, opens up to `max_overflow` more under load, and
     a unit of work that waits `pool_timeout` seconds for one raises `ServerBusy`.
+
+    Stale connections (PostgreSQL restarted, a proxy dropped them) are replaced at checkout:
+    one whose socket has closed is discarded at no cost, and one idle longer than
+    `PING_AFTER_IDLE_SECONDS` is pinged first. SQLAlchemy's `pool_pre_ping` would ping every
+    checkout (BEGIN, `;`, ROLLBACK with asyncpg: three round trips and ~0.8 ms of CPU here,
+    on every request); this is its "custom pessimistic ping" recipe, made idle-aware.
     """
 
     def __init__(
@@ -68,9 +83,9 @@ class Database:
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_timeout=pool_timeout,
-            pool_pre_ping=True,
             echo=echo,
         )
+        _check_at_checkout(self.engine)
         if role is not None:
             # Every pooled connection acts as the application role, which owns no table and
             # cannot bypass row-level security; the URL's user only needs to be its member.
@@ -99,18 +114,71 @@ class Database:
         try:
             async with self._sessions() as session, session.begin():
                 if workspace_id is not None:
-                    await session.execute(
-                        text("SELECT set_config('app.workspace_id', :ws, true)"),
-                        {"ws": str(workspace_id)},
-                    )
+                    connection = await session.connection()
+                    await connection.exec_driver_sql(SET_TENANT, (str(workspace_id),))
                 yield session
         except PoolTimeout as exc:
-            raise ServerBusy(
-                "The server is at capacity: no database connection came free in "
-                f"{self.pool_timeout:g} s. Retry shortly.",
-                retry_after=1,
-            ) from exc
+            raise self._busy() from exc
+
+    @asynccontextmanager
+    async def driver_transaction(
+        self, workspace_id: uuid.UUID
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """Yields a pooled asyncpg connection inside one transaction scoped to `workspace_id`,
+        for the hot paths (search) that skip SQLAlchemy: through an `AsyncSession` each
+        statement cost ~0.4 ms of CPU here against ~0.03 ms, and the session's own
+        begin/commit ~0.5 ms more. Same pool, role, tenant setting and commit/rollback rules as
+        `transaction`; the statements are SQL text with `$n` placeholders.
+
+        Raises:
+            ServerBusy: no pooled connection came free in `pool_timeout` seconds.
+        """
+        try:
+            async with self.engine.connect() as connection:
+                raw = (await connection.get_raw_connection()).driver_connection
+                if not isinstance(raw, asyncpg.Connection):
+                    raise TypeError(f"not an asyncpg connection: {raw!r}")
+                try:
+                    async with raw.transaction():
+                        await raw.execute(SET_TENANT, str(workspace_id))
+                        yield raw
+                finally:
+                    if raw.is_in_transaction():  # cancelled mid-statement: don't pool it
+                        await connection.invalidate()
+        except PoolTimeout as exc:
+            raise self._busy() from exc
+
+    def _busy(self) -> ServerBusy:
+        return ServerBusy(
+            "The server is at capacity: no database connection came free in "
+            f"{self.pool_timeout:g} s. Retry shortly.",
+            retry_after=1,
+        )
 
     async def dispose(self) -> None:
         """Closes every pooled connection."""
         await self.engine.dispose()
+
+
+def _check_at_checkout(engine: AsyncEngine) -> None:
+    """Discards closed pooled connections and pings ones idle over `PING_AFTER_IDLE_SECONDS`
+    when they are checked out; raising `DisconnectionError` makes the pool open a new one.
+
+    Source: SQLAlchemy, "Disconnect Handling - Pessimistic" / "Custom / Legacy Pessimistic
+    Ping" (docs.sqlalchemy.org/en/21/core/pooling.html).
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: object) -> None:
+        if dbapi_connection.driver_connection.is_closed():
+            raise DisconnectionError("the connection was closed")
+        idle_since = record.info.get("idle_since")
+        if idle_since is not None and time.monotonic() - idle_since > PING_AFTER_IDLE_SECONDS:
+            try:
+                dbapi_connection.ping()
+            except Exception as exc:
+                raise DisconnectionError("the connection did not answer a ping") from exc

@@ -121,11 +121,11 @@ class RetrievalService:
             (vector,) = await self._ollama.embed([query])
         # The transaction opens after the Ollama call: nothing holds a connection across it.
         ws = principal.workspace_id
-        async with self._db.transaction(ws) as session:
+        async with self._db.driver_transaction(ws) as conn:
             by_vector: list[tuple[int, float]] = []
             if vector is not None:
                 ranking = await chunks.vector_ranked(
-                    session,
+                    conn,
                     workspace_id=ws,
                     embedding=vector,
                     limit=depth,
@@ -136,7 +136,7 @@ class RetrievalService:
                 by_vector = ranking.rows
             by_keyword = (
                 await chunks.keyword_ranked(
-                    session, workspace_id=ws, query=query, limit=depth, scope=scope
+                    conn, workspace_id=ws, query=query, limit=depth, scope=scope
                 )
                 if mode is not SearchMode.VECTOR
                 else []
@@ -145,7 +145,7 @@ class RetrievalService:
             if diversity > 0 and len(ranked) > 1:
                 pool = ranked[: k * MMR_POOL]
                 stored = await chunks.embeddings(
-                    session, workspace_id=ws, ids=[cid for cid, *_ in pool]
+                    conn, workspace_id=ws, ids=[cid for cid, *_ in pool]
                 )
                 pool = [entry for entry in pool if entry[0] in stored]
                 order = maximal_marginal_relevance(
@@ -158,7 +158,7 @@ class RetrievalService:
             # Load a few extra so merging neighbours still leaves k hits.
             top = ranked[: k * 2]
             rows = await chunks.load(
-                session,
+                conn,
                 workspace_id=ws,
                 ids=[cid for cid, *_ in top],
                 query=query,
