@@ -122,13 +122,13 @@ class Database:
 
     @asynccontextmanager
     async def driver_transaction(
-        self, workspace_id: uuid.UUID
+        self, workspace_id: uuid.UUID | None = None
     ) -> AsyncIterator[asyncpg.Connection]:
-        """Yields a pooled asyncpg connection inside one transaction scoped to `workspace_id`,
-        for the hot paths (search) that skip SQLAlchemy: through an `AsyncSession` each
-        statement cost ~0.4 ms of CPU here against ~0.03 ms, and the session's own
-        begin/commit ~0.5 ms more. Same pool, role, tenant setting and commit/rollback rules as
-        `transaction`; the statements are SQL text with `$n` placeholders.
+        """Yields a pooled asyncpg connection inside one transaction, scoped to `workspace_id`
+        when given, for the hot paths (search, authentication) that skip SQLAlchemy: through
+        an `AsyncSession` each statement cost ~0.4 ms of CPU here against ~0.03 ms, and the
+        session's own begin/commit ~0.5 ms more. Same pool, role, tenant setting and
+        commit/rollback rules as `transaction`; statements are SQL text with `$n` placeholders.
 
         Raises:
             ServerBusy: no pooled connection came free in `pool_timeout` seconds.
@@ -140,7 +140,8 @@ class Database:
                     raise TypeError(f"not an asyncpg connection: {raw!r}")
                 try:
                     async with raw.transaction():
-                        await raw.execute(SET_TENANT, str(workspace_id))
+                        if workspace_id is not None:
+                            await raw.execute(SET_TENANT, str(workspace_id))
                         yield raw
                 finally:
                     if raw.is_in_transaction():  # cancelled mid-statement: don't pool it

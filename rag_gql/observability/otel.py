@@ -12,9 +12,10 @@ One trace per HTTP request, and per WebSocket connection:
   operation has one of its own) and `rag_gql.outcome` (`ok` or the first error's code, as
   in the metrics; `stopped` for a subscription the client completed or left); parsing and
   validation spans; a span per root field of a query or mutation;
-- each SQL statement (OpenTelemetry's SQLAlchemy instrumentation: the statement with its
-  placeholders, never the values) and each Ollama call (its HTTPX instrumentation; for a
-  streamed chat the span ends when the response starts).
+- each SQL statement (OpenTelemetry's SQLAlchemy instrumentation, and asyncpg's query
+  logger for the statements run on the driver (`Database.driver_transaction`): the
+  statement with its placeholders, never the values) and each Ollama call (its HTTPX
+  instrumentation; for a streamed chat the span ends when the response starts).
 
 Neither the GraphQL document nor argument values are recorded: they hold passwords, tokens,
 reset codes and the users' questions. Spans that belong to no request are dropped
@@ -29,6 +30,7 @@ default propagators (`OTEL_PROPAGATORS`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from contextlib import suppress
 from functools import partial
@@ -49,10 +51,11 @@ from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, Span, SpanKind, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.http import parse_excluded_urls
 from opentelemetry.util.types import Attributes
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.middleware import Middleware
 from starlette.types import Scope
@@ -70,6 +73,8 @@ UNTRACED_PATHS = "/healthz$,/readyz$,/metrics$"
 """Regular expressions (OpenTelemetry's excluded-URL syntax) of the paths not traced."""
 SQLALCHEMY_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
 """The instrumentation scope SQLAlchemy's instrumentor gives its spans."""
+DRIVER_SCOPE = "rag_gql.db.driver"
+"""The instrumentation scope of the statements run on asyncpg directly."""
 
 
 class Tracing:
@@ -114,7 +119,8 @@ class Tracing:
         )
 
     def instrument_engine(self, engine: AsyncEngine) -> None:
-        """A CLIENT span per statement `engine` executes (until the engine is dropped).
+        """A CLIENT span per statement `engine` executes (until the engine is dropped), and
+        per statement run on its pooled asyncpg connections directly (`_driver_span`).
 
         Uses `EngineTracer`, what `SQLAlchemyInstrumentor().instrument(engine=...)` builds
         and returns, directly: `instrument()` would also patch `create_engine` and
@@ -125,6 +131,11 @@ class Tracing:
         meter = self._meters.get_meter(SQLALCHEMY_SCOPE, SQLALCHEMY_VERSION)
         connections = meter.create_up_down_counter("db.client.connections.usage")
         EngineTracer(tracer, engine.sync_engine, connections)  # type: ignore[no-untyped-call]
+        driver = trace.get_tracer(DRIVER_SCOPE, tracer_provider=self.provider)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _log_queries(dbapi_connection: Any, _record: object) -> None:
+            dbapi_connection.driver_connection.add_query_logger(partial(_driver_span, driver))
 
     def force_flush(self) -> bool:
         """Exports the spans ended so far; True unless it timed out (30 s)."""
@@ -258,6 +269,24 @@ class GraphQLTracing(OpenTelemetryExtension):
     ) -> dict[str, Any]:
         """No argument is recorded (nor copied, as Strawberry's `arg_filter` would)."""
         return {}
+
+
+def _driver_span(tracer: trace.Tracer, record: Any) -> None:
+    """Records one statement asyncpg ran (its query logger's `LoggedQuery`) as a CLIENT span
+    that ends now and lasted `record.elapsed`, with the statement's text (placeholders, no
+    values). asyncpg calls this with `loop.call_soon` from the statement's own context, so
+    the span's parent is the span that ran the statement."""
+    end = time.time_ns()
+    query = str(record.query)
+    span = tracer.start_span(
+        query.split(None, 1)[0].upper() if query.strip() else "SQL",
+        kind=SpanKind.CLIENT,
+        start_time=end - int(record.elapsed * 1e9),
+        attributes={"db.system": "postgresql", "db.statement": query},
+    )
+    if record.exception is not None:
+        span.set_status(Status(StatusCode.ERROR, type(record.exception).__name__))
+    span.end(end_time=end)
 
 
 def _span_details(scope: Scope) -> tuple[str, dict[str, Any]]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, select
+import asyncpg
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.db.models import Invitation, Membership, Role, User, Workspace
@@ -45,39 +46,35 @@ class Caller:
     role: Role | None
 
 
+_CALLER = """
+SELECT u.id, u.email, u.verified_at IS NOT NULL, u.token_version, m.workspace_id, m.role
+FROM "user" u
+LEFT JOIN membership m ON m.user_id = u.id AND ({which})
+WHERE u.id = $1
+LIMIT 1
+"""
+_CALLER_IN = _CALLER.format(which="m.workspace_id = $2")
+_CALLER_PERSONAL = _CALLER.format(
+    which="EXISTS (SELECT 1 FROM workspace w WHERE w.id = m.workspace_id AND w.personal)"
+)
+
+
 async def caller(
-    session: AsyncSession, *, user_id: uuid.UUID, workspace_id: uuid.UUID | None
+    conn: asyncpg.Connection, *, user_id: uuid.UUID, workspace_id: uuid.UUID | None
 ) -> Caller | None:
     """The user and their membership of `workspace_id` (None: their personal workspace), in
-    one statement; None when the user does not exist."""
+    one statement; None when the user does not exist. Every request authenticates, so this
+    is SQL text on an asyncpg connection (`Database.driver_transaction()`), not the ORM."""
     if workspace_id is not None:
-        which = Membership.workspace_id == workspace_id
+        row = await conn.fetchrow(_CALLER_IN, user_id, workspace_id)
     else:
-        which = (
-            select(Workspace.id)
-            .where(Workspace.id == Membership.workspace_id, Workspace.personal.is_(True))
-            .exists()
-        )
-    stmt = (
-        select(
-            User.id,
-            User.email,
-            User.verified_at,
-            User.token_version,
-            Membership.workspace_id,
-            Membership.role,
-        )
-        .outerjoin(Membership, and_(Membership.user_id == User.id, which))
-        .where(User.id == user_id)
-        .limit(1)
-    )
-    row = (await session.execute(stmt)).one_or_none()
+        row = await conn.fetchrow(_CALLER_PERSONAL, user_id)
     if row is None:
         return None
     return Caller(
         user_id=row[0],
         email=row[1],
-        verified=row[2] is not None,
+        verified=row[2],
         token_version=row[3],
         workspace_id=row[4],
         role=Role(row[5]) if row[5] is not None else None,

@@ -273,8 +273,8 @@ class AuthService:
             raise Unauthenticated("The access token has expired; log in again") from exc
         except (JoseError, ValueError, KeyError, TypeError) as exc:
             raise Unauthenticated("The access token is invalid") from exc
-        async with self._db.transaction() as session:
-            found = await workspaces.caller(session, user_id=user_id, workspace_id=workspace_id)
+        async with self._db.driver_transaction() as conn:
+            found = await workspaces.caller(conn, user_id=user_id, workspace_id=workspace_id)
         if found is None or not found.verified or found.token_version != version:
             raise Unauthenticated("The access token is invalid")
         if found.workspace_id is None or found.role is None:
