@@ -405,14 +405,16 @@ async def timed(call: Callable[[], Awaitable[object]]) -> float:
 
 @dataclass(frozen=True, slots=True)
 class AppSql:
-    """The statements `chunks.vector_ranked` sends inside `Database.transaction(workspace)`,
+    """The statements `chunks.vector_ranked` sends inside `Database.driver_transaction`,
     built by the app's own `chunks.vector_statements` with the app's settings: the tenant
-    (`SET_TENANT`), `prepare` (the HNSW settings and `plan_cache_mode`, and the chunks in
-    scope counted up to `threshold` + 1, its last column), then the ranked SELECT of the
-    strategy the count picks."""
+    (`SET_TENANT`), `prepare` (the HNSW settings and `plan_cache_mode`, the exact-scan
+    threshold and the chunks in scope counted up to it + 1: its last two columns), then the
+    ranked SELECT of the strategy the count picks."""
 
     ef_search: int
-    threshold: int
+    max_rows: int  # EXACT_SEARCH_MAX_ROWS
+    max_share: float  # EXACT_SEARCH_MAX_SHARE
+    share_max_rows: int  # EXACT_SEARCH_SHARE_MAX_ROWS
     k: int
 
     def statements(self, workspace: uuid.UUID, vector: Sequence[float]) -> VectorStatements:
@@ -421,12 +423,19 @@ class AppSql:
             embedding=vector,
             limit=self.k,
             ef_search=self.ef_search,
-            exact_max_rows=self.threshold,
+            exact_max_rows=self.max_rows,
+            exact_max_share=self.max_share,
+            exact_share_max_rows=self.share_max_rows,
         )
 
-    def choose(self, in_scope: int) -> VectorStrategy:
-        """The app's rule (`vector_ranked`)."""
-        return VectorStrategy.EXACT if in_scope <= self.threshold else VectorStrategy.HNSW
+    def threshold(self, table_rows: int) -> int:
+        """The app's exact-scan threshold for a table of `table_rows` (`exact_threshold`)."""
+        return chunks.exact_threshold(
+            table_rows,
+            max_rows=self.max_rows,
+            max_share=self.max_share,
+            share_max_rows=self.share_max_rows,
+        )
 
 
 def vector_text(values: Sequence[float] | Vectors) -> str:
@@ -501,7 +510,7 @@ async def floor_search(
         before = time.perf_counter()
         row = await conn.fetchrow(*flat(statements.prepare))
         prepare_ms = (time.perf_counter() - before) * 1000
-        strategy = force or app.choose(int(row[-1]))
+        strategy = force or statements.choose(int(row[-1]), int(row[-2]))
         if ef_search is not None:
             await conn.fetch(SET_EF_SEARCH, str(ef_search))
         before = time.perf_counter()
@@ -749,7 +758,9 @@ async def _vector_ranked(bench: Bench, workspace: uuid.UUID, query: int) -> list
             embedding=bench.queries[query],
             limit=bench.k,
             ef_search=bench.ef_search,
-            exact_max_rows=bench.threshold,
+            exact_max_rows=bench.app_sql.max_rows,
+            exact_max_share=bench.app_sql.max_share,
+            exact_share_max_rows=bench.app_sql.share_max_rows,
         )
     return [cid for cid, _ in ranking.rows]
 
@@ -854,7 +865,7 @@ def print_phase(title: str, phase: Phase, bench: Bench) -> None:
         size = bench.tenants.sizes[rank]
         got = mean_recall(row.hnsw.results, row.exact.results)
         faster = "exact" if row.exact.select.p95 <= row.hnsw.select.p95 else "HNSW"
-        picks = bench.app_sql.choose(min(size, bench.threshold + 1)).value
+        picks = VectorStatements.choose(size, bench.threshold).value
         print(
             f"  {f'#{rank} {size / n:.2%}':>15}{size:>8,}  {row.exact.select!s:>15}  "
             f"{row.exact_plan:<18}{row.hnsw.select!s:>15}{got:>8.3f}  {row.hnsw_plan:<18}"
@@ -929,6 +940,8 @@ async def run(args: argparse.Namespace) -> None:
             overrides["hnsw_ef_search"] = args.ef_search
         if args.exact_max_rows is not None:
             overrides["exact_search_max_rows"] = args.exact_max_rows
+        if args.exact_max_share is not None:
+            overrides["exact_search_max_share"] = args.exact_max_share
         settings = Settings(
             _env_file=None,
             database_url=pg.url,
@@ -955,6 +968,12 @@ async def measure(
     version = await owner.fetchval("SHOW server_version")
     pgvector = await owner.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
     buffers = await owner.fetchval("SHOW shared_buffers")
+    threshold = chunks.exact_threshold(
+        n,
+        max_rows=settings.exact_search_max_rows,
+        max_share=settings.exact_search_max_share,
+        share_max_rows=settings.exact_search_share_max_rows,
+    )
     print(
         f"rag-gql search bench: {n:,} chunks in {WORKSPACES} workspaces; vectors: MiniLM "
         f"{MINILM_DIM}-d of {len(stored.texts):,} real chunks + noise {args.noise:.0%} of the "
@@ -964,7 +983,11 @@ async def measure(
         f"PostgreSQL {version}, pgvector {pgvector}, shared_buffers {buffers}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
         f"HNSW_EF_SEARCH={settings.hnsw_ef_search}, "
-        f"EXACT_SEARCH_MAX_ROWS={settings.exact_search_max_rows}; search rate limits "
+        f"EXACT_SEARCH_MAX_ROWS={settings.exact_search_max_rows}, "
+        f"EXACT_SEARCH_MAX_SHARE={settings.exact_search_max_share}, "
+        f"EXACT_SEARCH_SHARE_MAX_ROWS={settings.exact_search_share_max_rows} "
+        f"(the exact-scan threshold at {n:,} rows: {threshold:,})"
+        "; search rate limits "
         f"raised to {settings.rate_limit_search_per_user} for the run"
     )
 
@@ -1002,7 +1025,13 @@ async def measure(
         floor = await asyncpg.connect(dsn(pg_url(settings)))
         await floor.execute(f'SET ROLE "{APP_ROLE}"')
         async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
-            app_sql = AppSql(settings.hnsw_ef_search, settings.exact_search_max_rows, args.k)
+            app_sql = AppSql(
+                settings.hnsw_ef_search,
+                settings.exact_search_max_rows,
+                settings.exact_search_max_share,
+                settings.exact_search_share_max_rows,
+                args.k,
+            )
             bench = Bench(
                 owner=owner,
                 floor=floor,
@@ -1014,7 +1043,7 @@ async def measure(
                 texts=[vector_text(q) for q in queries],
                 k=args.k,
                 ef_search=settings.hnsw_ef_search,
-                threshold=settings.exact_search_max_rows,
+                threshold=app_sql.threshold(n),
                 base=args.base,
             )
             try:
@@ -1235,6 +1264,12 @@ def main() -> None:
         type=int,
         default=None,
         help="EXACT_SEARCH_MAX_ROWS (default: the app's)",
+    )
+    parser.add_argument(
+        "--exact-max-share",
+        type=float,
+        default=None,
+        help="EXACT_SEARCH_MAX_SHARE (default: the app's)",
     )
     parser.add_argument(
         "--cluster", action="store_true", help="sweep again after CLUSTER by workspace"

@@ -393,7 +393,9 @@ async def test_filtered_vector_search_reads_past_the_first_index_candidates(
         await conn.execute(f'ALTER DATABASE "{database}" SET enable_seqscan = off')
         await conn.execute(f'ALTER DATABASE "{database}" SET enable_sort = off')
     # exact_search_max_rows 0: the HNSW path for a handful of chunks too.
-    narrow = settings.model_copy(update={"hnsw_ef_search": 1, "exact_search_max_rows": 0})
+    narrow = settings.model_copy(
+        update={"hnsw_ef_search": 1, "exact_search_max_rows": 0, "exact_search_max_share": 0.0}
+    )
     near_pages = [f"Oil lamp wick number {i}: trim the wick, fill the oil lamp." for i in range(12)]
     far_pages = [
         f"Chapter {i} of the ledger mentions an oil lamp once, among {word} and paperwork."

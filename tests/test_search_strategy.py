@@ -55,6 +55,8 @@ async def rank(
     limit: int = LIBRARY_CHUNKS,
     scope: ChunkScope | None = None,
     as_workspace: uuid.UUID | None = None,
+    exact_max_share: float = 0.0,
+    exact_share_max_rows: int = 0,
 ) -> tuple[VectorRanking, str]:
     """`vector_ranked` in a transaction of `as_workspace` (default `workspace`), and the plan
     of the SELECT it sent (as `vector_statements` builds it), explained in that transaction
@@ -66,6 +68,8 @@ async def rank(
         "limit": limit,
         "ef_search": 40,
         "exact_max_rows": exact_max_rows,
+        "exact_max_share": exact_max_share,
+        "exact_share_max_rows": exact_share_max_rows,
         "scope": scope,
     }
     async with db.driver_transaction(as_workspace or workspace) as conn:
@@ -126,6 +130,62 @@ async def test_exact_and_hnsw_agree_on_a_small_workspace(
         assert (whole.strategy, whole.in_scope) == (VectorStrategy.HNSW, 4)
 
 
+def test_the_threshold_grows_with_the_table_up_to_its_cap() -> None:
+    def threshold(rows: float, share: float = 0.02) -> int:
+        return chunks.exact_threshold(rows, max_rows=3000, max_share=share, share_max_rows=20000)
+
+    assert threshold(-1) == threshold(0) == threshold(100_000) == 3000  # 2 % of 100k is less
+    assert threshold(500_000) == 10_000
+    assert threshold(1_000_000) == threshold(50_000_000) == 20_000
+    assert threshold(1_000_000, share=0.0) == 3000
+    assert chunks.exact_threshold(
+        10**6, max_rows=50_000, max_share=0.02, share_max_rows=20_000
+    ) == (50_000)
+
+
+async def test_a_small_share_of_the_table_is_searched_exactly(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings
+) -> None:
+    """Above `exact_max_rows`, a scope holding at most `exact_max_share` of the table's
+    estimated rows (PostgreSQL's statistics) is still scanned exactly, up to the cap."""
+    token = await sign_up(gql, inbox, "ada@example.com")
+    for filename, pages in LIBRARY.items():
+        await upload_ok(gql, filename, make_pdf(pages), token)
+    async with connect(settings) as owner:
+        await owner.execute("ANALYZE chunk")
+        table_rows = await owner.fetchval(
+            "SELECT reltuples FROM pg_class WHERE oid = 'chunk'::regclass"
+        )
+    assert table_rows == LIBRARY_CHUNKS
+    workspace = await workspace_of(settings, "kitchen.pdf")
+    async with app_database(settings) as db:
+        share, _ = await rank(
+            db,
+            workspace,
+            "espresso",
+            exact_max_rows=0,
+            dim=settings.embed_dim,
+            exact_max_share=1.0,
+            exact_share_max_rows=100,
+        )
+        assert (share.strategy, share.threshold, share.in_scope) == (
+            VectorStrategy.EXACT,
+            LIBRARY_CHUNKS,
+            LIBRARY_CHUNKS,
+        )
+        capped, _ = await rank(
+            db,
+            workspace,
+            "espresso",
+            exact_max_rows=0,
+            dim=settings.embed_dim,
+            exact_max_share=1.0,
+            exact_share_max_rows=2,
+        )
+        assert (capped.strategy, capped.threshold, capped.in_scope) == (VectorStrategy.HNSW, 2, 3)
+        assert [cid for cid, _ in capped.rows] == [cid for cid, _ in share.rows]
+
+
 async def document_ids(settings: Settings, filename: str) -> list[uuid.UUID]:
     async with connect(settings) as conn:
         return [
@@ -164,7 +224,9 @@ def decisions(monkeypatch: pytest.MonkeyPatch) -> list[VectorRanking]:
 async def test_a_workspace_above_the_threshold_searches_the_index(
     inbox: Inbox, settings: Settings, decisions: list[VectorRanking]
 ) -> None:
-    lowered = settings.model_copy(update={"exact_search_max_rows": 4})
+    lowered = settings.model_copy(
+        update={"exact_search_max_rows": 4, "exact_search_max_share": 0.0}
+    )
     async with serve_client(lowered) as gql:
         token = await sign_up(gql, inbox, "ada@example.com")
         for filename, pages in LIBRARY.items():
@@ -193,7 +255,9 @@ async def test_a_workspace_above_the_threshold_searches_the_index(
 async def test_neither_strategy_reaches_another_workspace(
     inbox: Inbox, settings: Settings, decisions: list[VectorRanking]
 ) -> None:
-    lowered = settings.model_copy(update={"exact_search_max_rows": 4})
+    lowered = settings.model_copy(
+        update={"exact_search_max_rows": 4, "exact_search_max_share": 0.0}
+    )
     page = LIBRARY["sailing.pdf"][0]  # bob stores alice's bowline page word for word
     async with serve_client(lowered) as gql:
         alice = await sign_up(gql, inbox, "alice@example.com")

@@ -108,32 +108,52 @@ class VectorRanking:
     """The result of `vector_ranked`.
 
     `rows`: (chunk id, cosine distance in [0, 2]), nearest first, at most `limit` of them.
-    `in_scope`: chunks the scope holds, counted up to `exact_max_rows` + 1 (so a value above
-    `exact_max_rows` means "more than that").
+    `threshold`: the most chunks in scope searched exactly (`exact_threshold`).
+    `in_scope`: chunks the scope holds, counted up to `threshold` + 1 (so a value above
+    `threshold` means "more than that").
     """
 
     rows: list[tuple[int, float]]
     strategy: VectorStrategy
     in_scope: int
+    threshold: int = 0
+
+
+def exact_threshold(
+    table_rows: float, *, max_rows: int, max_share: float = 0.0, share_max_rows: int = 0
+) -> int:
+    """The most chunks in scope that vector search scans exactly, for a table of `table_rows`:
+    `max_rows`, or more when `max_share` of the table is more, but not above `share_max_rows`
+    for that reason (whichever of `max_rows` and `share_max_rows` is larger bounds it).
+
+    A filtered HNSW search visits about k / (the scope's share of the table) candidates, so
+    a scope with a small share of a big table costs the index dearly and loses recall, while
+    the exact scan costs the scope's size. `vector_statements` computes the same in SQL
+    from PostgreSQL's estimate of the table's rows (`pg_class.reltuples`).
+    """
+    by_share = min(int(max_share * max(table_rows, 0.0)), share_max_rows)
+    return max(max_rows, by_share)
 
 
 @dataclass(frozen=True, slots=True)
 class VectorStatements:
     """What `vector_ranked` sends after the tenant is set.
 
-    `prepare` sets the transaction-local settings and counts the chunks in scope up to
-    `exact_max_rows` + 1 (its last column); `exact` and `hnsw` are the ranked SELECT of each
-    strategy (columns: chunk id, cosine distance).
+    `prepare` sets the transaction-local settings, computes the exact-scan threshold
+    (`exact_threshold` of the table's estimated rows) and counts the chunks in scope up to it
+    + 1 (its last two columns); `exact` and `hnsw` are the ranked SELECT of each strategy
+    (columns: chunk id, cosine distance).
     """
 
     prepare: Statement
     exact: Statement
     hnsw: Statement
-    exact_max_rows: int
 
-    def choose(self, in_scope: int) -> VectorStrategy:
-        """EXACT when at most `exact_max_rows` chunks are in scope, else HNSW."""
-        return VectorStrategy.EXACT if in_scope <= self.exact_max_rows else VectorStrategy.HNSW
+    @staticmethod
+    def choose(in_scope: int, threshold: int) -> VectorStrategy:
+        """EXACT when at most `threshold` chunks are in scope, else HNSW (the last two
+        columns of `prepare`: threshold, then the bounded count)."""
+        return VectorStrategy.EXACT if in_scope <= threshold else VectorStrategy.HNSW
 
     def select(self, strategy: VectorStrategy) -> Statement:
         """The ranked SELECT of `strategy`."""
@@ -147,19 +167,29 @@ def vector_statements(
     limit: int,
     ef_search: int,
     exact_max_rows: int,
+    exact_max_share: float = 0.0,
+    exact_share_max_rows: int = 0,
     scope: ChunkScope | None = None,
 ) -> VectorStatements:
     """The statements of `vector_ranked` (see there); `embedding` has the column's dimension."""
     scope = scope or ChunkScope()
     count = _Args()
     count.add(str(max(ef_search, limit)))
+    threshold = (
+        f"SELECT greatest({count.add(exact_max_rows)}::bigint, least("  # noqa: S608
+        f"floor({count.add(exact_max_share)}::float8 * greatest(reltuples, 0))::bigint, "
+        f"{count.add(exact_share_max_rows)}::bigint)) AS rows"
+        " FROM pg_class WHERE oid = 'chunk'::regclass"
+    )
     where = scope.where(count, workspace_id)
     prepare = Statement(
-        "SELECT set_config('hnsw.ef_search', $1, true),"  # noqa: S608
+        f"WITH threshold AS ({threshold})"  # noqa: S608
+        " SELECT set_config('hnsw.ef_search', $1, true),"
         " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
         " set_config('plan_cache_mode', 'force_custom_plan', true),"
+        " (SELECT rows FROM threshold),"
         f" (SELECT count(*) FROM (SELECT 1 FROM chunk c WHERE {where}"
-        f" LIMIT {count.add(exact_max_rows + 1)}) AS in_scope)",
+        " LIMIT (SELECT rows + 1 FROM threshold)) AS in_scope)",
         tuple(count.values),
     )
 
@@ -181,7 +211,7 @@ def vector_statements(
         )
         return Statement(sql, tuple(args.values))
 
-    return VectorStatements(prepare, ranked(True), ranked(False), exact_max_rows)
+    return VectorStatements(prepare, ranked(True), ranked(False))
 
 
 async def vector_ranked(
@@ -192,27 +222,30 @@ async def vector_ranked(
     limit: int,
     ef_search: int,
     exact_max_rows: int,
+    exact_max_share: float = 0.0,
+    exact_share_max_rows: int = 0,
     scope: ChunkScope | None = None,
 ) -> VectorRanking:
     """Returns up to `limit` chunks of `scope` in `workspace_id` nearest to `embedding`.
 
-    Two statements (`vector_statements`). The first sets the transaction-local settings and
-    counts the chunks in scope, stopping at `exact_max_rows` + 1. When at most
-    `exact_max_rows` are in scope, the second is an exact scan: it orders by
-    `(embedding <=> q) + 0`, an expression the HNSW index cannot provide, so PostgreSQL
-    computes the distance of every row in scope (found through the workspace or document
-    index) and keeps the best `limit` (recall 1.0; a few thousand rows take a millisecond or
-    two). Above that, it orders by `embedding <=> q`, which the HNSW index
-    (`vector_cosine_ops`) serves with `hnsw.ef_search` = max(`ef_search`, `limit`) and
-    pgvector 0.8's iterative scan (`relaxed_order`), so filters still return `limit` rows
-    when they exist.
+    Two statements (`vector_statements`). The first sets the transaction-local settings,
+    computes the threshold (`exact_threshold`: `exact_max_rows`, or up to
+    `exact_share_max_rows` when `exact_max_share` of the table is more) and counts the chunks
+    in scope, stopping at the threshold + 1. When at most the threshold are in scope, the
+    second is an exact scan: it orders by `(embedding <=> q) + 0`, an expression the HNSW
+    index cannot provide, so PostgreSQL computes the distance of every row in scope (found
+    through the workspace or document index) and keeps the best `limit` (recall 1.0; a few
+    thousand rows take a millisecond or two). Above that, it orders by `embedding <=> q`,
+    which the HNSW index (`vector_cosine_ops`) serves with `hnsw.ef_search` = max(`ef_search`,
+    `limit`) and pgvector 0.8's iterative scan (`relaxed_order`), so filters still return
+    `limit` rows when they exist.
 
     `plan_cache_mode = force_custom_plan`: asyncpg prepares every statement, and after five
     runs PostgreSQL may settle on one generic plan for every workspace (for the SELECT: an
     exact scan of a 30 % workspace took 200 ms); a custom plan is costed for this workspace.
 
-    `exact_max_rows` ≥ 0 (0: always HNSW unless the scope is empty); `limit` ≥ 1. `conn` is
-    in `Database.driver_transaction(workspace_id)`.
+    `exact_max_rows` ≥ 0 (0 and no share: always HNSW unless the scope is empty);
+    `limit` ≥ 1. `conn` is in `Database.driver_transaction(workspace_id)`.
     """
     statements = vector_statements(
         workspace_id=workspace_id,
@@ -220,16 +253,18 @@ async def vector_ranked(
         limit=limit,
         ef_search=ef_search,
         exact_max_rows=exact_max_rows,
+        exact_max_share=exact_max_share,
+        exact_share_max_rows=exact_share_max_rows,
         scope=scope,
     )
     prepared = await conn.fetchrow(statements.prepare.sql, *statements.prepare.args)
-    count = int(prepared[3])
-    strategy = statements.choose(count)
+    threshold, count = int(prepared[3]), int(prepared[4])
+    strategy = statements.choose(count, threshold)
     select = statements.select(strategy)
     rows = [(int(r[0]), float(r[1])) for r in await conn.fetch(select.sql, *select.args)]
     # relaxed_order may return neighbours slightly out of order; ties go by id.
     rows.sort(key=lambda row: (row[1], row[0]))
-    return VectorRanking(rows, strategy, count)
+    return VectorRanking(rows, strategy, count, threshold)
 
 
 def keyword_statement(

@@ -1,7 +1,8 @@
 """Search over the workspace's chunks: vector, keyword, or both fused (hybrid).
 
-- VECTOR: cosine distance, exact for small scopes, pgvector HNSW above
-  `EXACT_SEARCH_MAX_ROWS` chunks; `score` is cosine similarity.
+- VECTOR: cosine distance, exact for small scopes (up to `EXACT_SEARCH_MAX_ROWS` chunks, or
+  a small share of a big table: `EXACT_SEARCH_MAX_SHARE`), pgvector HNSW above; `score` is
+  cosine similarity.
 - KEYWORD: PostgreSQL full-text search, any lexeme matches, `ts_rank_cd`; `score` is that rank.
 - HYBRID: both lists fused by reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009:
   score(d) = Σ wᵢ / (k + rankᵢ(d))); `score` is the fused score.
@@ -131,6 +132,8 @@ class RetrievalService:
                     limit=depth,
                     ef_search=s.hnsw_ef_search,
                     exact_max_rows=s.exact_search_max_rows,
+                    exact_max_share=s.exact_search_max_share,
+                    exact_share_max_rows=s.exact_search_share_max_rows,
                     scope=scope,
                 )
                 by_vector = ranking.rows
