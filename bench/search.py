@@ -69,7 +69,12 @@ from rag_gql.db import migrate  # noqa: E402
 from rag_gql.db.models import User  # noqa: E402
 from rag_gql.db.session import APP_ROLE, SET_TENANT  # noqa: E402
 from rag_gql.repositories import chunks  # noqa: E402
-from rag_gql.repositories.chunks import Statement, VectorStatements, VectorStrategy  # noqa: E402
+from rag_gql.repositories.chunks import (  # noqa: E402
+    ExactScan,
+    Statement,
+    VectorStatements,
+    VectorStrategy,
+)
 from rag_gql.resources import Services  # noqa: E402
 from rag_gql.services.chunking import chunk_pages  # noqa: E402
 from rag_gql.services.retrieval import SearchMode  # noqa: E402
@@ -412,9 +417,7 @@ class AppSql:
     ranked SELECT of the strategy the count picks."""
 
     ef_search: int
-    max_rows: int  # EXACT_SEARCH_MAX_ROWS
-    max_share: float  # EXACT_SEARCH_MAX_SHARE
-    share_max_rows: int  # EXACT_SEARCH_SHARE_MAX_ROWS
+    exact: ExactScan
     k: int
 
     def statements(self, workspace: uuid.UUID, vector: Sequence[float]) -> VectorStatements:
@@ -423,18 +426,7 @@ class AppSql:
             embedding=vector,
             limit=self.k,
             ef_search=self.ef_search,
-            exact_max_rows=self.max_rows,
-            exact_max_share=self.max_share,
-            exact_share_max_rows=self.share_max_rows,
-        )
-
-    def threshold(self, table_rows: int) -> int:
-        """The app's exact-scan threshold for a table of `table_rows` (`exact_threshold`)."""
-        return chunks.exact_threshold(
-            table_rows,
-            max_rows=self.max_rows,
-            max_share=self.max_share,
-            share_max_rows=self.share_max_rows,
+            exact=self.exact,
         )
 
 
@@ -751,17 +743,9 @@ async def measure_served(bench: Bench, workspace: uuid.UUID, token: str) -> Serv
 
 
 async def _vector_ranked(bench: Bench, workspace: uuid.UUID, query: int) -> list[int]:
+    statements = bench.app_sql.statements(workspace, bench.queries[query])
     async with bench.services.db.driver_transaction(workspace) as conn:
-        ranking = await chunks.vector_ranked(
-            conn,
-            workspace_id=workspace,
-            embedding=bench.queries[query],
-            limit=bench.k,
-            ef_search=bench.ef_search,
-            exact_max_rows=bench.app_sql.max_rows,
-            exact_max_share=bench.app_sql.max_share,
-            exact_share_max_rows=bench.app_sql.share_max_rows,
-        )
+        ranking = await chunks.vector_ranked(conn, statements)
     return [cid for cid, _ in ranking.rows]
 
 
@@ -968,12 +952,12 @@ async def measure(
     version = await owner.fetchval("SHOW server_version")
     pgvector = await owner.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
     buffers = await owner.fetchval("SHOW shared_buffers")
-    threshold = chunks.exact_threshold(
-        n,
-        max_rows=settings.exact_search_max_rows,
-        max_share=settings.exact_search_max_share,
-        share_max_rows=settings.exact_search_share_max_rows,
+    exact = ExactScan(
+        settings.exact_search_max_rows,
+        settings.exact_search_max_share,
+        settings.exact_search_share_max_rows,
     )
+    threshold = exact.threshold(n)
     print(
         f"rag-gql search bench: {n:,} chunks in {WORKSPACES} workspaces; vectors: MiniLM "
         f"{MINILM_DIM}-d of {len(stored.texts):,} real chunks + noise {args.noise:.0%} of the "
@@ -1025,13 +1009,7 @@ async def measure(
         floor = await asyncpg.connect(dsn(pg_url(settings)))
         await floor.execute(f'SET ROLE "{APP_ROLE}"')
         async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
-            app_sql = AppSql(
-                settings.hnsw_ef_search,
-                settings.exact_search_max_rows,
-                settings.exact_search_max_share,
-                settings.exact_search_share_max_rows,
-                args.k,
-            )
+            app_sql = AppSql(settings.hnsw_ef_search, exact, args.k)
             bench = Bench(
                 owner=owner,
                 floor=floor,
@@ -1043,7 +1021,7 @@ async def measure(
                 texts=[vector_text(q) for q in queries],
                 k=args.k,
                 ef_search=settings.hnsw_ef_search,
-                threshold=app_sql.threshold(n),
+                threshold=threshold,
                 base=args.base,
             )
             try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Any
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
@@ -198,21 +197,21 @@ async def test_nearest_neighbour_query_uses_the_hnsw_index(
         async with db.driver_transaction(workspace) as conn:
             for setting in no_seqscan_no_sort:
                 await conn.execute(setting)
-            # Three chunks are above exact_max_rows 0: the HNSW path (see test_search_strategy).
-            arguments: dict[str, Any] = {
-                "workspace_id": workspace,
-                "embedding": query_vector,
-                "limit": 5,
-                "ef_search": 100,
-                "exact_max_rows": 0,
-            }
-            ranked = await chunks.vector_ranked(conn, **arguments)
+            # Three chunks are above max_rows 0: the HNSW path (see test_search_strategy).
+            statements = chunks.vector_statements(
+                workspace_id=workspace,
+                embedding=query_vector,
+                limit=5,
+                ef_search=100,
+                exact=chunks.ExactScan(max_rows=0),
+            )
+            ranked = await chunks.vector_ranked(conn, statements)
             assert ranked.strategy is chunks.VectorStrategy.HNSW
             pages = await chunks.load(
                 conn, workspace_id=workspace, ids=[ranked.rows[0][0]], query="espresso"
             )
             assert [row.page for row in pages.values()] == [3], "the espresso page"
-            statement = chunks.vector_statements(**arguments).hnsw
+            statement = statements.hnsw
             rows = await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
     finally:
         await db.dispose()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import asyncpg
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.repositories import chunks
-from rag_gql.repositories.chunks import ChunkScope, VectorRanking, VectorStrategy
+from rag_gql.repositories.chunks import ChunkScope, ExactScan, VectorRanking, VectorStrategy
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json
 from tests.support.ollama_standin import embed_text
@@ -50,33 +49,29 @@ async def rank(
     workspace: uuid.UUID,
     query: str,
     *,
-    exact_max_rows: int,
+    exact: int | ExactScan,
     dim: int,
     limit: int = LIBRARY_CHUNKS,
     scope: ChunkScope | None = None,
     as_workspace: uuid.UUID | None = None,
-    exact_max_share: float = 0.0,
-    exact_share_max_rows: int = 0,
 ) -> tuple[VectorRanking, str]:
     """`vector_ranked` in a transaction of `as_workspace` (default `workspace`), and the plan
-    of the SELECT it sent (as `vector_statements` builds it), explained in that transaction
-    with sequential scans and sorts disabled, so the plan shows whether the HNSW index *can*
-    serve the ORDER BY."""
-    arguments: dict[str, Any] = {
-        "workspace_id": workspace,
-        "embedding": embed_text(query, dim),
-        "limit": limit,
-        "ef_search": 40,
-        "exact_max_rows": exact_max_rows,
-        "exact_max_share": exact_max_share,
-        "exact_share_max_rows": exact_share_max_rows,
-        "scope": scope,
-    }
+    of the SELECT it sent, explained in that transaction with sequential scans and sorts
+    disabled, so the plan shows whether the HNSW index *can* serve the ORDER BY. `exact`: an
+    `ExactScan`, or its `max_rows` alone."""
+    statements = chunks.vector_statements(
+        workspace_id=workspace,
+        embedding=embed_text(query, dim),
+        limit=limit,
+        ef_search=40,
+        exact=exact if isinstance(exact, ExactScan) else ExactScan(exact),
+        scope=scope,
+    )
     async with db.driver_transaction(as_workspace or workspace) as conn:
-        ranking = await chunks.vector_ranked(conn, **arguments)
+        ranking = await chunks.vector_ranked(conn, statements)
         await conn.execute("SET LOCAL enable_seqscan = off")
         await conn.execute("SET LOCAL enable_sort = off")
-        statement = chunks.vector_statements(**arguments).select(ranking.strategy)
+        statement = statements.select(ranking.strategy)
         plan = "\n".join(
             r[0] for r in await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
         )
@@ -102,9 +97,9 @@ async def test_exact_and_hnsw_agree_on_a_small_workspace(
     async with app_database(settings) as db:
         for query, _, _ in QUERIES:
             exact, exact_plan = await rank(
-                db, workspace, query, exact_max_rows=settings.exact_search_max_rows, dim=dim
+                db, workspace, query, exact=settings.exact_search_max_rows, dim=dim
             )
-            hnsw, hnsw_plan = await rank(db, workspace, query, exact_max_rows=0, dim=dim)
+            hnsw, hnsw_plan = await rank(db, workspace, query, exact=0, dim=dim)
             assert (exact.strategy, exact.in_scope) == (VectorStrategy.EXACT, LIBRARY_CHUNKS)
             assert (hnsw.strategy, hnsw.in_scope) == (VectorStrategy.HNSW, 1), "counted to 0 + 1"
             assert [cid for cid, _ in hnsw.rows] == [cid for cid, _ in exact.rows], query
@@ -120,34 +115,32 @@ async def test_exact_and_hnsw_agree_on_a_small_workspace(
         # under a threshold of 3, while the whole workspace (9) is above it.
         kitchen = await document_ids(settings, "kitchen.pdf")
         scope = ChunkScope(document_ids=kitchen)
-        narrowed, _ = await rank(db, workspace, "espresso", exact_max_rows=3, dim=dim, scope=scope)
+        narrowed, _ = await rank(db, workspace, "espresso", exact=3, dim=dim, scope=scope)
         assert (narrowed.strategy, narrowed.in_scope, len(narrowed.rows)) == (
             VectorStrategy.EXACT,
             3,
             3,
         )
-        whole, _ = await rank(db, workspace, "espresso", exact_max_rows=3, dim=dim)
+        whole, _ = await rank(db, workspace, "espresso", exact=3, dim=dim)
         assert (whole.strategy, whole.in_scope) == (VectorStrategy.HNSW, 4)
 
 
 def test_the_threshold_grows_with_the_table_up_to_its_cap() -> None:
-    def threshold(rows: float, share: float = 0.02) -> int:
-        return chunks.exact_threshold(rows, max_rows=3000, max_share=share, share_max_rows=20000)
-
-    assert threshold(-1) == threshold(0) == threshold(100_000) == 3000  # 2 % of 100k is less
-    assert threshold(500_000) == 10_000
-    assert threshold(1_000_000) == threshold(50_000_000) == 20_000
-    assert threshold(1_000_000, share=0.0) == 3000
-    assert chunks.exact_threshold(
-        10**6, max_rows=50_000, max_share=0.02, share_max_rows=20_000
-    ) == (50_000)
+    default = ExactScan(max_rows=3000, max_share=0.02, share_max_rows=20000)
+    assert default.threshold(-1) == default.threshold(0) == 3000, "no statistics yet"
+    assert default.threshold(100_000) == 3000, "2 % of 100k is less than max_rows"
+    assert default.threshold(500_000) == 10_000
+    assert default.threshold(1_000_000) == default.threshold(50_000_000) == 20_000
+    assert ExactScan(max_rows=3000).threshold(1_000_000) == 3000
+    larger = ExactScan(max_rows=50_000, max_share=0.02, share_max_rows=20_000)
+    assert larger.threshold(10**6) == 50_000, "the cap bounds the share, not max_rows"
 
 
 async def test_a_small_share_of_the_table_is_searched_exactly(
     gql: GraphQLClient, inbox: Inbox, settings: Settings
 ) -> None:
-    """Above `exact_max_rows`, a scope holding at most `exact_max_share` of the table's
-    estimated rows (PostgreSQL's statistics) is still scanned exactly, up to the cap."""
+    """Above `max_rows`, a scope holding at most `max_share` of the table's estimated rows
+    (PostgreSQL's statistics) is still scanned exactly, up to the cap."""
     token = await sign_up(gql, inbox, "ada@example.com")
     for filename, pages in LIBRARY.items():
         await upload_ok(gql, filename, make_pdf(pages), token)
@@ -163,10 +156,8 @@ async def test_a_small_share_of_the_table_is_searched_exactly(
             db,
             workspace,
             "espresso",
-            exact_max_rows=0,
+            exact=ExactScan(max_rows=0, max_share=1.0, share_max_rows=100),
             dim=settings.embed_dim,
-            exact_max_share=1.0,
-            exact_share_max_rows=100,
         )
         assert (share.strategy, share.threshold, share.in_scope) == (
             VectorStrategy.EXACT,
@@ -177,10 +168,8 @@ async def test_a_small_share_of_the_table_is_searched_exactly(
             db,
             workspace,
             "espresso",
-            exact_max_rows=0,
+            exact=ExactScan(max_rows=0, max_share=1.0, share_max_rows=2),
             dim=settings.embed_dim,
-            exact_max_share=1.0,
-            exact_share_max_rows=2,
         )
         assert (capped.strategy, capped.threshold, capped.in_scope) == (VectorStrategy.HNSW, 2, 3)
         assert [cid for cid, _ in capped.rows] == [cid for cid, _ in share.rows]
@@ -212,8 +201,10 @@ def decisions(monkeypatch: pytest.MonkeyPatch) -> list[VectorRanking]:
     recorded: list[VectorRanking] = []
     original = chunks.vector_ranked
 
-    async def recording(conn: asyncpg.Connection, **kwargs: Any) -> VectorRanking:
-        ranking = await original(conn, **kwargs)
+    async def recording(
+        conn: asyncpg.Connection, statements: chunks.VectorStatements
+    ) -> VectorRanking:
+        ranking = await original(conn, statements)
         recorded.append(ranking)
         return ranking
 
@@ -287,7 +278,7 @@ async def test_neither_strategy_reaches_another_workspace(
                 db,
                 bob_ws,
                 page,
-                exact_max_rows=threshold,
+                exact=threshold,
                 dim=settings.embed_dim,
                 as_workspace=alice_ws,
             )

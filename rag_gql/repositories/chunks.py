@@ -108,7 +108,7 @@ class VectorRanking:
     """The result of `vector_ranked`.
 
     `rows`: (chunk id, cosine distance in [0, 2]), nearest first, at most `limit` of them.
-    `threshold`: the most chunks in scope searched exactly (`exact_threshold`).
+    `threshold`: the most chunks in scope searched exactly (`ExactScan.threshold`).
     `in_scope`: chunks the scope holds, counted up to `threshold` + 1 (so a value above
     `threshold` means "more than that").
     """
@@ -119,20 +119,28 @@ class VectorRanking:
     threshold: int = 0
 
 
-def exact_threshold(
-    table_rows: float, *, max_rows: int, max_share: float = 0.0, share_max_rows: int = 0
-) -> int:
-    """The most chunks in scope that vector search scans exactly, for a table of `table_rows`:
-    `max_rows`, or more when `max_share` of the table is more, but not above `share_max_rows`
-    for that reason (whichever of `max_rows` and `share_max_rows` is larger bounds it).
+@dataclass(frozen=True, slots=True)
+class ExactScan:
+    """When vector search scans every chunk in scope instead of using the HNSW index.
 
-    A filtered HNSW search visits about k / (the scope's share of the table) candidates, so
-    a scope with a small share of a big table costs the index dearly and loses recall, while
-    the exact scan costs the scope's size. `vector_statements` computes the same in SQL
-    from PostgreSQL's estimate of the table's rows (`pg_class.reltuples`).
+    Up to `max_rows` chunks in scope, or more when `max_share` of the table is more, but not
+    above `share_max_rows` for that reason (whichever of `max_rows` and `share_max_rows` is
+    larger bounds it). A filtered HNSW search visits about k / (the scope's share of the
+    table) candidates, so a scope with a small share of a big table costs the index dearly
+    and loses recall, while the exact scan costs the scope's size. (`EXACT_SEARCH_MAX_ROWS`,
+    `EXACT_SEARCH_MAX_SHARE`, `EXACT_SEARCH_SHARE_MAX_ROWS`.)
     """
-    by_share = min(int(max_share * max(table_rows, 0.0)), share_max_rows)
-    return max(max_rows, by_share)
+
+    max_rows: int
+    max_share: float = 0.0
+    share_max_rows: int = 0
+
+    def threshold(self, table_rows: float) -> int:
+        """The most chunks in scope scanned exactly in a table of `table_rows` (negative:
+        unknown, as `pg_class.reltuples` before the first ANALYZE). `vector_statements`
+        computes the same in SQL from PostgreSQL's estimate."""
+        by_share = min(int(self.max_share * max(table_rows, 0.0)), self.share_max_rows)
+        return max(self.max_rows, by_share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +148,7 @@ class VectorStatements:
     """What `vector_ranked` sends after the tenant is set.
 
     `prepare` sets the transaction-local settings, computes the exact-scan threshold
-    (`exact_threshold` of the table's estimated rows) and counts the chunks in scope up to it
+    (`ExactScan.threshold` of the table's estimated rows) and counts the chunks in scope up to it
     + 1 (its last two columns); `exact` and `hnsw` are the ranked SELECT of each strategy
     (columns: chunk id, cosine distance).
     """
@@ -166,19 +174,36 @@ def vector_statements(
     embedding: Sequence[float],
     limit: int,
     ef_search: int,
-    exact_max_rows: int,
-    exact_max_share: float = 0.0,
-    exact_share_max_rows: int = 0,
+    exact: ExactScan,
     scope: ChunkScope | None = None,
 ) -> VectorStatements:
-    """The statements of `vector_ranked` (see there); `embedding` has the column's dimension."""
+    """What `vector_ranked` sends to find up to `limit` chunks of `scope` in `workspace_id`
+    nearest to `embedding` (which has the column's dimension).
+
+    Two statements. The first (`prepare`) sets the transaction-local settings, computes the
+    threshold (`exact.threshold` of the table's estimated rows) and counts the chunks in
+    scope, stopping at the threshold + 1. When at most the threshold are in scope, the
+    second is the exact scan: it orders by `(embedding <=> q) + 0`, an expression the HNSW
+    index cannot provide, so PostgreSQL computes the distance of every row in scope (found
+    through the workspace or document index) and keeps the best `limit` (recall 1.0; a few
+    thousand rows take a millisecond or two). Above that, it orders by `embedding <=> q`,
+    which the HNSW index (`vector_cosine_ops`) serves with `hnsw.ef_search` = max(`ef_search`,
+    `limit`) and pgvector 0.8's iterative scan (`relaxed_order`), so filters still return
+    `limit` rows when they exist.
+
+    `plan_cache_mode = force_custom_plan`: asyncpg prepares every statement, and after five
+    runs PostgreSQL may settle on one generic plan for every workspace (for the SELECT: an
+    exact scan of a 30 % workspace took 200 ms); a custom plan is costed for this workspace.
+
+    `exact.max_rows` ≥ 0 (0 and no share: always HNSW unless the scope is empty); `limit` ≥ 1.
+    """
     scope = scope or ChunkScope()
     count = _Args()
     count.add(str(max(ef_search, limit)))
     threshold = (
-        f"SELECT greatest({count.add(exact_max_rows)}::bigint, least("  # noqa: S608
-        f"floor({count.add(exact_max_share)}::float8 * greatest(reltuples, 0))::bigint, "
-        f"{count.add(exact_share_max_rows)}::bigint)) AS rows"
+        f"SELECT greatest({count.add(exact.max_rows)}::bigint, least("  # noqa: S608
+        f"floor({count.add(exact.max_share)}::float8 * greatest(reltuples, 0))::bigint, "
+        f"{count.add(exact.share_max_rows)}::bigint)) AS rows"
         " FROM pg_class WHERE oid = 'chunk'::regclass"
     )
     where = scope.where(count, workspace_id)
@@ -214,49 +239,11 @@ def vector_statements(
     return VectorStatements(prepare, ranked(True), ranked(False))
 
 
-async def vector_ranked(
-    conn: asyncpg.Connection,
-    *,
-    workspace_id: uuid.UUID,
-    embedding: Sequence[float],
-    limit: int,
-    ef_search: int,
-    exact_max_rows: int,
-    exact_max_share: float = 0.0,
-    exact_share_max_rows: int = 0,
-    scope: ChunkScope | None = None,
-) -> VectorRanking:
-    """Returns up to `limit` chunks of `scope` in `workspace_id` nearest to `embedding`.
+async def vector_ranked(conn: asyncpg.Connection, statements: VectorStatements) -> VectorRanking:
+    """Runs `statements` (`vector_statements`): the count, then the SELECT it picks.
 
-    Two statements (`vector_statements`). The first sets the transaction-local settings,
-    computes the threshold (`exact_threshold`: `exact_max_rows`, or up to
-    `exact_share_max_rows` when `exact_max_share` of the table is more) and counts the chunks
-    in scope, stopping at the threshold + 1. When at most the threshold are in scope, the
-    second is an exact scan: it orders by `(embedding <=> q) + 0`, an expression the HNSW
-    index cannot provide, so PostgreSQL computes the distance of every row in scope (found
-    through the workspace or document index) and keeps the best `limit` (recall 1.0; a few
-    thousand rows take a millisecond or two). Above that, it orders by `embedding <=> q`,
-    which the HNSW index (`vector_cosine_ops`) serves with `hnsw.ef_search` = max(`ef_search`,
-    `limit`) and pgvector 0.8's iterative scan (`relaxed_order`), so filters still return
-    `limit` rows when they exist.
-
-    `plan_cache_mode = force_custom_plan`: asyncpg prepares every statement, and after five
-    runs PostgreSQL may settle on one generic plan for every workspace (for the SELECT: an
-    exact scan of a 30 % workspace took 200 ms); a custom plan is costed for this workspace.
-
-    `exact_max_rows` ≥ 0 (0 and no share: always HNSW unless the scope is empty);
-    `limit` ≥ 1. `conn` is in `Database.driver_transaction(workspace_id)`.
+    `conn` is in `Database.driver_transaction(workspace_id)` of the statements' workspace.
     """
-    statements = vector_statements(
-        workspace_id=workspace_id,
-        embedding=embedding,
-        limit=limit,
-        ef_search=ef_search,
-        exact_max_rows=exact_max_rows,
-        exact_max_share=exact_max_share,
-        exact_share_max_rows=exact_share_max_rows,
-        scope=scope,
-    )
     prepared = await conn.fetchrow(statements.prepare.sql, *statements.prepare.args)
     threshold, count = int(prepared[3]), int(prepared[4])
     strategy = statements.choose(count, threshold)

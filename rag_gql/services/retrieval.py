@@ -25,7 +25,7 @@ from rag_gql.db.models import Document
 from rag_gql.errors import InvalidInput
 from rag_gql.providers.ollama import OllamaClient
 from rag_gql.repositories import chunks
-from rag_gql.repositories.chunks import ChunkRow, ChunkScope
+from rag_gql.repositories.chunks import ChunkRow, ChunkScope, ExactScan
 from rag_gql.services.access import Action, Principal
 
 MAX_QUERY_LENGTH = 4000
@@ -77,6 +77,11 @@ class RetrievalService:
         self._settings = settings
         self._db = db
         self._ollama = ollama
+        self._exact = ExactScan(
+            settings.exact_search_max_rows,
+            settings.exact_search_max_share,
+            settings.exact_search_share_max_rows,
+        )
 
     async def search(
         self,
@@ -125,17 +130,15 @@ class RetrievalService:
         async with self._db.driver_transaction(ws) as conn:
             by_vector: list[tuple[int, float]] = []
             if vector is not None:
-                ranking = await chunks.vector_ranked(
-                    conn,
+                statements = chunks.vector_statements(
                     workspace_id=ws,
                     embedding=vector,
                     limit=depth,
                     ef_search=s.hnsw_ef_search,
-                    exact_max_rows=s.exact_search_max_rows,
-                    exact_max_share=s.exact_search_max_share,
-                    exact_share_max_rows=s.exact_search_share_max_rows,
+                    exact=self._exact,
                     scope=scope,
                 )
+                ranking = await chunks.vector_ranked(conn, statements)
                 by_vector = ranking.rows
             by_keyword = (
                 await chunks.keyword_ranked(
