@@ -32,19 +32,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import random
 import re
 import secrets
+import signal
 import socket
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -55,7 +57,6 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 import pymupdf
-import uvicorn
 from pgvector import Vector
 from pgvector.asyncpg import register_vector
 from pydantic import SecretStr
@@ -63,8 +64,7 @@ from pydantic import SecretStr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rag_gql.app import create_app  # noqa: E402 - after the path set-up above
-from rag_gql.config import Settings  # noqa: E402
+from rag_gql.config import Settings  # noqa: E402 - after the path set-up above
 from rag_gql.db import migrate  # noqa: E402
 from rag_gql.db.models import User  # noqa: E402
 from rag_gql.db.session import APP_ROLE, SET_TENANT  # noqa: E402
@@ -75,7 +75,7 @@ from rag_gql.repositories.chunks import (  # noqa: E402
     VectorStatements,
     VectorStrategy,
 )
-from rag_gql.resources import Services  # noqa: E402
+from rag_gql.resources import Services, open_services  # noqa: E402
 from rag_gql.services.chunking import chunk_pages  # noqa: E402
 from rag_gql.services.retrieval import SearchMode  # noqa: E402
 from tests.support.limits import raised_limits  # noqa: E402
@@ -883,24 +883,54 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISS"
 
 
-async def serve_app(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], str, Any]:
-    """Starts the real app with uvicorn on a loopback port; (server, task, base URL, app)."""
-    app = create_app(settings)
+@contextlib.asynccontextmanager
+async def serve_process(settings: Settings, overrides: dict[str, Any]) -> AsyncIterator[str]:
+    """Runs `rag-gql serve` for `settings` in its own process on a loopback port (as it is
+    deployed: the bench's HTTP client and the stand-in don't share its interpreter); yields
+    its base URL, stops it (SIGTERM) on exit. `overrides`: settings given to the bench."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    env.update(
+        DATABASE_URL=pg_url(settings),
+        DATA_DIR=str(settings.data_dir),
+        OLLAMA_URL=settings.ollama_url,
+        EMBED_DIM=str(settings.embed_dim),
+        JWT_SECRET=settings.resolved_jwt_secret().decode(),
+        PARSE_PROCESSES="0",
+        PYTHONPATH=str(ROOT),
+        **{name.upper(): str(value) for name, value in overrides.items()},
     )
-    task = asyncio.create_task(server.serve())
-    for _ in range(3000):  # up to 30 s; uvicorn exposes a flag, not an event
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    if not server.started:
-        server.should_exit = True
-        raise SystemExit("the app did not start")
-    return server, task, f"http://127.0.0.1:{port}", app
+    log = settings.data_dir.parent / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "rag_gql.cli", "serve", "--port", str(port)]
+    with log.open("wb") as out:
+        server = await asyncio.create_subprocess_exec(
+            *command, "--log-level", "warning", env=env, cwd=log.parent, stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(timeout=2) as http:
+            for _ in range(600):  # up to a minute
+                if server.returncode is not None:
+                    raise SystemExit(f"the server exited: {log.read_text()[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{url}/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise SystemExit("the server did not start within a minute")
+        yield url
+    finally:
+        if server.returncode is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(server.wait(), 30)
+            except TimeoutError:
+                server.kill()
+                await server.wait()
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -937,7 +967,7 @@ async def run(args: argparse.Namespace) -> None:
         )
         owner = await asyncpg.connect(dsn(pg.url))
         try:
-            await measure(args, settings, owner, stored, queries)
+            await measure(args, settings, overrides, owner, stored, queries)
         finally:
             await owner.close()
     finally:
@@ -946,7 +976,12 @@ async def run(args: argparse.Namespace) -> None:
 
 
 async def measure(
-    args: argparse.Namespace, settings: Settings, owner: Any, stored: Corpus, queries: Vectors
+    args: argparse.Namespace,
+    settings: Settings,
+    overrides: dict[str, Any],
+    owner: Any,
+    stored: Corpus,
+    queries: Vectors,
 ) -> None:
     n = args.n
     version = await owner.fetchval("SHOW server_version")
@@ -1003,9 +1038,10 @@ async def measure(
         f"smallest {sizes[-1]:,}"
     )
 
-    server, task, base_url, app = await serve_app(settings)
-    try:
-        services: Services = app.state.services
+    async with (
+        serve_process(settings, overrides) as base_url,
+        open_services(settings, check_upstream=False) as services,
+    ):
         floor = await asyncpg.connect(dsn(pg_url(settings)))
         await floor.execute(f'SET ROLE "{APP_ROLE}"')
         async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
@@ -1028,9 +1064,6 @@ async def measure(
                 await report(bench, (0, one_percent, small), cluster=args.cluster)
             finally:
                 await floor.close()
-    finally:
-        server.should_exit = True
-        await task
 
 
 def pg_url(settings: Settings) -> str:

@@ -4,6 +4,8 @@ follows the filters, and neither reaches another workspace."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -283,3 +285,22 @@ async def test_neither_strategy_reaches_another_workspace(
                 as_workspace=alice_ws,
             )
             assert (ranking.in_scope, ranking.rows) == (0, []), threshold
+
+
+def test_a_fresh_process_reads_the_documents_a_search_loads() -> None:
+    """`load` builds `Document`s without their constructor; in a process whose first use of
+    the ORM is a search (authentication and search skip the ORM) their attributes must still
+    read. Run in a fresh interpreter: this test process configured its mappers long ago."""
+    script = (
+        "import uuid, datetime\n"
+        "from rag_gql.repositories import chunks\n"
+        "now = datetime.datetime.now(datetime.UTC)\n"
+        "values = {'id': uuid.uuid4(), 'filename': 'a.pdf', 'created_at': now}\n"
+        "row = [values.get(name) for name in chunks._DOCUMENT_COLUMNS]\n"
+        "document = chunks._document(row)\n"
+        "print(document.filename, document.id == values['id'])\n"
+    )
+    done = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (done.returncode, done.stdout) == (0, "a.pdf True\n"), done.stderr

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from sqlalchemy.orm import configure_mappers
 
 from rag_gql.db.models import Document
 
@@ -377,8 +378,11 @@ def _document(values: Sequence[Any]) -> Document:
 
     Filled as SQLAlchemy's own loader fills instances (a new instance, then its `__dict__`):
     the declarative constructor sets each attribute through instrumentation and cost more
-    than the rest of `load`.
+    than the rest of `load`. Unlike the constructor, `new_instance` does not configure the
+    mappers first, so this does (without it, a process whose first request was a search
+    built documents whose attributes could not be read).
     """
+    configure_mappers()  # a no-op once done; a fresh process may reach here first
     document: Document = Document.__mapper__.class_manager.new_instance()
     document.__dict__.update(zip(_DOCUMENT_COLUMNS, values, strict=True))
     return document
