@@ -152,6 +152,7 @@ async def test_an_http_request_is_one_trace(
     statements = found.sql()
     assert statements and all(found.inside(s, operation) for s in statements)
     assert any(_attribute(s, "db.statement", "db.query.text") for s in statements)
+    assert not {s.name for s in statements} & {"BEGIN", "COMMIT", "ROLLBACK"}, "statements only"
     (embed,) = found.ollama("/api/embed")
     assert found.inside(embed, operation)
     assert _attribute(embed, "http.status_code", "http.response.status_code") == "200"

@@ -271,15 +271,22 @@ class GraphQLTracing(OpenTelemetryExtension):
         return {}
 
 
+_TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"})
+
+
 def _driver_span(tracer: trace.Tracer, record: Any) -> None:
     """Records one statement asyncpg ran (its query logger's `LoggedQuery`) as a CLIENT span
     that ends now and lasted `record.elapsed`, with the statement's text (placeholders, no
-    values). asyncpg calls this with `loop.call_soon` from the statement's own context, so
-    the span's parent is the span that ran the statement."""
-    end = time.time_ns()
+    values); not asyncpg's own BEGIN / COMMIT / ROLLBACK. asyncpg calls this with
+    `loop.call_soon` from the statement's own context, so the span's parent is the span that
+    ran the statement."""
     query = str(record.query)
+    verb = query.split(None, 1)[0].rstrip(";").upper() if query.strip() else "SQL"
+    if verb in _TRANSACTION_CONTROL:  # as SQLAlchemy's instrumentation: statements only
+        return
+    end = time.time_ns()
     span = tracer.start_span(
-        query.split(None, 1)[0].upper() if query.strip() else "SQL",
+        verb,
         kind=SpanKind.CLIENT,
         start_time=end - int(record.elapsed * 1e9),
         attributes={"db.system": "postgresql", "db.statement": query},
