@@ -14,11 +14,12 @@ together, as ingestion writes them. Then, on an embedded PostgreSQL with the rea
 
 - load, GIN and HNSW build times, table / TOAST / index sizes;
 - the app's statements (`chunks.vector_ranked`, built by `chunks.vector_statements`);
-- GraphQL `search(mode: VECTOR, k: 10)` over HTTP against the real app, the app's SQL run
-  with asyncpg (the floor: the same statements in one transaction as `rag_gql_app`, choosing
-  exact or HNSW from the same bounded count), their ratio, recall@10 against exact search,
-  the strategy and the plan: for the whole table (as the owner; no tenant sees it, so no
-  GraphQL), the largest workspace, the 1 % one and a small one; and where the app's time goes;
+- GraphQL `search(mode: VECTOR, k: 10)` over HTTP against the real app (`rag-gql serve` in
+  its own process), the app's SQL run with asyncpg (the floor: the same statements in one
+  transaction as `rag_gql_app`, choosing exact or HNSW from the same bounded count), their
+  ratio, recall@10 against exact search, the strategy and the plan: for the whole table (as
+  the owner; no tenant sees it, so no GraphQL), the largest workspace, the 1 % one and a
+  small one; and where the app's time goes;
 - exact scan against HNSW in workspaces of every size (the threshold's evidence);
 - HNSW `ef_search` against recall (the default's evidence); with `--cluster`, the sweep again
   after CLUSTER by workspace; then the issue's goals beside the figures.
