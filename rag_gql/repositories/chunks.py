@@ -117,7 +117,7 @@ class VectorRanking:
     rows: list[tuple[int, float]]
     strategy: VectorStrategy
     in_scope: int
-    threshold: int = 0
+    threshold: int
 
 
 @dataclass(frozen=True, slots=True)
