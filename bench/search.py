@@ -78,7 +78,7 @@ from rag_gql.repositories.chunks import (  # noqa: E402
 )
 from rag_gql.resources import Services, open_services  # noqa: E402
 from rag_gql.services.chunking import chunk_pages  # noqa: E402
-from rag_gql.services.retrieval import SearchMode  # noqa: E402
+from rag_gql.services.retrieval import SearchMode, candidate_depth  # noqa: E402
 from tests.support.limits import raised_limits  # noqa: E402
 from tests.support.minilm import MINILM_DIM, load_minilm  # noqa: E402
 from tests.support.ollama_standin import OllamaStandin, StandinState  # noqa: E402
@@ -415,7 +415,8 @@ class AppSql:
     built by the app's own `chunks.vector_statements` with the app's settings: the tenant
     (`SET_TENANT`), `prepare` (the HNSW settings and `plan_cache_mode`, the exact-scan
     threshold and the chunks in scope counted up to it + 1: its last two columns), then the
-    ranked SELECT of the strategy the count picks."""
+    ranked SELECT of the strategy the count picks, as deep as `RetrievalService.search`
+    goes for k hits in VECTOR mode (`candidate_depth`: 2k)."""
 
     ef_search: int
     exact: ExactScan
@@ -425,7 +426,7 @@ class AppSql:
         return chunks.vector_statements(
             workspace_id=workspace,
             embedding=vector,
-            limit=self.k,
+            limit=candidate_depth(SearchMode.VECTOR, self.k, hybrid_candidates=0),
             ef_search=self.ef_search,
             exact=self.exact,
         )
@@ -512,7 +513,7 @@ async def floor_search(
     total_ms = (time.perf_counter() - started) * 1000
     # vector_ranked sorts too: relaxed_order may return neighbours slightly out of order.
     ids = [int(r[0]) for r in sorted(rows, key=lambda r: (float(r[1]), int(r[0])))]
-    return FloorRun(ids, strategy, total_ms, prepare_ms, select_ms)
+    return FloorRun(ids[: app.k], strategy, total_ms, prepare_ms, select_ms)
 
 
 def flat(statement: Statement) -> tuple[Any, ...]:
@@ -752,7 +753,9 @@ async def _vector_ranked(bench: Bench, workspace: uuid.UUID, query: int) -> list
 
 async def _load(bench: Bench, workspace: uuid.UUID, ids: list[int], query: int) -> None:
     async with bench.services.db.driver_transaction(workspace) as conn:
-        await chunks.load(conn, workspace_id=workspace, ids=ids, query=f"q{query}")
+        await chunks.load(
+            conn, workspace_id=workspace, ids=ids, query=f"q{query}", highlight=ids[: bench.k]
+        )
 
 
 PART_AUTH = "authenticate (1 tx, 1 SELECT)"

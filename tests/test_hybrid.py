@@ -591,6 +591,38 @@ async def test_merged_hits_never_overlap(
     assert not any(problems.values()), problems
 
 
+async def test_merged_hits_still_leave_k_hits_each_highlighted(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    # Each list fetches 2k chunks, so a merge still leaves k hits (in every mode). Only the
+    # first k chunks of the ranking are highlighted with the load; a hit that merging brings
+    # up from further down gets its snippet afterwards.
+    token = await sign_up(gql, inbox, "ada@example.com")
+    doc = await upload_ok(gql, "notes.pdf", make_pdf([long_page(NOUNS[:24])]), token)
+    rows = await page_chunks(settings, doc["id"])
+    assert len(rows) >= 5
+
+    def unique(index: int) -> list[str]:
+        return [
+            noun
+            for noun in NOUNS
+            if [i for i, row in enumerate(rows) if noun in tokenize(row["text"])] == [index]
+        ]
+
+    first, second, far = unique(1), unique(2), only_in(rows, 4)
+    assert len(first) >= 2 and len(second) >= 2, (first, second)
+    # Chunks 1 and 2 match several words and rank 1 and 2 (one merged hit); chunk 4 matches
+    # one word: third in the ranking, second hit of k = 2.
+    query = " ".join([*first, *second, far])
+    (hits,) = await search_many(gql, token, [Search(query, "KEYWORD", k=2)])
+    check_hits(hits, "KEYWORD")
+    assert [(h["charStart"], h["charEnd"]) for h in hits] == [
+        (rows[1]["char_start"], rows[2]["char_end"]),
+        (rows[4]["char_start"], rows[4]["char_end"]),
+    ], hits
+    assert f"**{far}**" in hits[1]["snippet"], hits[1]
+
+
 async def test_filters_never_reach_another_workspace(
     gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
 ) -> None:

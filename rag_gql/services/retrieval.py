@@ -119,9 +119,7 @@ class RetrievalService:
         if not 0.0 <= diversity <= 1.0:
             raise InvalidInput("diversity must be between 0 and 1")
         s = self._settings
-        depth = k if mode is not SearchMode.HYBRID else max(k, s.hybrid_candidates)
-        if diversity > 0:
-            depth = max(depth, k * MMR_POOL)
+        depth = candidate_depth(mode, k, hybrid_candidates=s.hybrid_candidates, diversity=diversity)
         vector: list[float] | None = None
         if mode is not SearchMode.KEYWORD:
             (vector,) = await self._ollama.embed([query])
@@ -161,21 +159,39 @@ class RetrievalService:
                     diversity=diversity,
                 )
                 ranked = [pool[i] for i in order]
-            # Load a few extra so merging neighbours still leaves k hits.
+            # Load twice k for the merge; highlight (the costly part) the first k, and
+            # afterwards any other chunk a returned hit is.
             top = ranked[: k * 2]
+            ids = [cid for cid, *_ in top]
+            highlight = ids[:k] if snippets else []
             rows = await chunks.load(
-                conn,
-                workspace_id=ws,
-                ids=[cid for cid, *_ in top],
-                query=query,
-                snippets=snippets,
+                conn, workspace_id=ws, ids=ids, query=query, highlight=highlight
             )
-        hits = [
-            _hit(rows[cid], score, v_rank, k_rank)
-            for cid, score, v_rank, k_rank in top
-            if cid in rows
-        ]
-        return merge_adjacent(hits)[:k]
+            hits = merge_adjacent(
+                [
+                    _hit(rows[cid], score, v_rank, k_rank)
+                    for cid, score, v_rank, k_rank in top
+                    if cid in rows
+                ]
+            )[:k]
+            late = [hit.chunk_id for hit in hits if rows[hit.chunk_id].snippet is None]
+            if snippets and late:
+                found = await chunks.snippets(conn, workspace_id=ws, ids=late, query=query)
+                hits = [
+                    replace(hit, snippet=found[hit.chunk_id]) if hit.chunk_id in found else hit
+                    for hit in hits
+                ]
+        return hits
+
+
+def candidate_depth(
+    mode: SearchMode, k: int, *, hybrid_candidates: int, diversity: float = 0.0
+) -> int:
+    """How many chunks each ranked list fetches for `k` hits: 2k, so that hits merged with a
+    neighbour (`merge_adjacent`) still leave k; at least `hybrid_candidates` per list for
+    HYBRID (fusion needs depth); at least `MMR_POOL` x k with `diversity`."""
+    depth = k * 2 if mode is not SearchMode.HYBRID else max(k * 2, hybrid_candidates)
+    return max(depth, k * MMR_POOL) if diversity > 0 else depth
 
 
 def maximal_marginal_relevance(
@@ -258,7 +274,7 @@ def _hit(row: ChunkRow, score: float, v_rank: int | None, k_rank: int | None) ->
         chunk_id=row.chunk_id,
         score=score,
         text=row.text,
-        snippet=row.snippet,
+        snippet=row.snippet or "",
         page=row.page,
         char_start=row.char_start,
         char_end=row.char_end,
