@@ -136,6 +136,27 @@ async def test_ollama_down_at_start_fails_fast_then_recovers(
         assert [status for status, _ in await stored_answers(settings)] == ["complete"]
 
 
+async def test_a_hybrid_search_whose_embedding_fails_leaves_no_connection_behind(
+    settings: Settings, inbox: Inbox, ollama: StandinState
+) -> None:
+    # HYBRID ranks by keyword in a transaction of its own while the query is embedded: when
+    # the embedding fails, that transaction ends too. With two pooled connections, two leaked
+    # or still-open ones would leave the next request waiting for SERVER_BUSY.
+    async with (
+        served(settings, db_pool_size=2, db_max_overflow=0, db_pool_timeout=2.0) as url,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        gql = GraphQLClient(http, url)
+        token = await notes(gql, inbox)
+        for knobs in ({"fail_status": 500}, {"fail_status": 500, "delay": 0.3}):
+            for name, value in knobs.items():
+                setattr(ollama, name, value)
+            body = await gql.execute(SEARCH, {"q": QUESTION}, token=token)
+            assert_error(body, "UPSTREAM_ERROR")
+            ollama.reset()
+        assert (await gql.data(SEARCH, {"q": QUESTION}, token=token))["search"]
+
+
 # --- failures in the middle of an answer ----------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import make_pdf
 from tests.support.serving import serve
 from tests.support.smtp import Inbox
+from tests.support.uploads import upload_ok
 
 PAGES = [
     "Sourdough bread needs flour, water, salt and a lively starter.",
@@ -160,6 +161,35 @@ async def test_an_http_request_is_one_trace(
     _assert_only_requests(spans)
     # Neither the document (its literal query) nor argument values (the password) are kept.
     _assert_no_secrets(spans, PASSWORD, token, "lighthouse keeper")
+
+
+async def test_a_hybrid_search_ranks_by_keyword_while_the_query_is_embedded(
+    settings: Settings,
+    inbox: Inbox,
+    ollama: StandinState,
+    traced: tuple[Tracing, InMemorySpanExporter],
+) -> None:
+    tracing, exporter = traced
+    async with serve(settings, tracing=tracing) as url, httpx.AsyncClient(timeout=30) as http:
+        gql = GraphQLClient(http, url)
+        token = await sign_up(gql, inbox, "ada@example.com")
+        await upload_ok(gql, "notes.pdf", make_pdf(PAGES), token)
+        ollama.delay = 0.5  # the embedding takes half a second
+        query = '{ search(query: "lighthouse keeper", k: 2, mode: HYBRID) { page keywordRank } }'
+        response = await http.post(
+            f"{url}/graphql", json={"query": query}, headers={"Authorization": f"Bearer {token}"}
+        )
+        body = response.json()
+        assert body["data"]["search"][0] == {"page": 2, "keywordRank": 1}, body
+    assert tracing.force_flush()
+    spans = exporter.get_finished_spans()
+    found = Trace(spans, _context(_request_span(spans, response.headers["x-request-id"]))[0])
+    (embed,) = found.ollama("/api/embed")
+    (keyword,) = [s for s in found.sql() if "ts_rank_cd" in _attribute(s, "db.statement")]
+    assert embed.start_time and embed.end_time and keyword.start_time and keyword.end_time
+    # The keyword ranking ran while the embedding was under way, not after it.
+    assert embed.start_time - 100_000_000 < keyword.start_time < embed.end_time, "overlap"
+    assert keyword.end_time < embed.end_time
 
 
 async def test_a_websocket_operation_is_a_trace_of_its_own(

@@ -5,7 +5,8 @@
   cosine similarity.
 - KEYWORD: PostgreSQL full-text search, any lexeme matches, `ts_rank_cd`; `score` is that rank.
 - HYBRID: both lists fused by reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009:
-  score(d) = Σ wᵢ / (k + rankᵢ(d))); `score` is the fused score.
+  score(d) = Σ wᵢ / (k + rankᵢ(d))); `score` is the fused score. The keyword list is ranked
+  while the query is embedded.
 
 Adjacent chunks of one document that both made the list are merged into one hit, so results
 are not five slices of one paragraph.
@@ -13,7 +14,9 @@ are not five slices of one paragraph.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -120,11 +123,14 @@ class RetrievalService:
             raise InvalidInput("diversity must be between 0 and 1")
         s = self._settings
         depth = candidate_depth(mode, k, hybrid_candidates=s.hybrid_candidates, diversity=diversity)
-        vector: list[float] | None = None
-        if mode is not SearchMode.KEYWORD:
-            (vector,) = await self._ollama.embed([query])
-        # The transaction opens after the Ollama call: nothing holds a connection across it.
         ws = principal.workspace_id
+        vector: list[float] | None = None
+        by_keyword: list[tuple[int, float]] = []
+        if mode is SearchMode.VECTOR:
+            (vector,) = await self._ollama.embed([query])
+        elif mode is SearchMode.HYBRID:
+            vector, by_keyword = await self._embed_beside_keywords(ws, query, depth, scope)
+        # The transaction opens after the Ollama call: nothing holds a connection across it.
         async with self._db.driver_transaction(ws) as conn:
             by_vector: list[tuple[int, float]] = []
             if vector is not None:
@@ -138,13 +144,10 @@ class RetrievalService:
                 )
                 ranking = await chunks.vector_ranked(conn, statements)
                 by_vector = ranking.rows
-            by_keyword = (
-                await chunks.keyword_ranked(
+            if mode is SearchMode.KEYWORD:
+                by_keyword = await chunks.keyword_ranked(
                     conn, workspace_id=ws, query=query, limit=depth, scope=scope
                 )
-                if mode is not SearchMode.VECTOR
-                else []
-            )
             ranked = _rank(mode, by_vector, by_keyword, s)
             if diversity > 0 and len(ranked) > 1:
                 pool = ranked[: k * MMR_POOL]
@@ -182,6 +185,34 @@ class RetrievalService:
                     for hit in hits
                 ]
         return hits
+
+    async def _embed_beside_keywords(
+        self, workspace_id: uuid.UUID, query: str, depth: int, scope: ChunkScope | None
+    ) -> tuple[list[float], list[tuple[int, float]]]:
+        """Embeds `query` while its keyword ranking runs in a transaction of its own, so a
+        hybrid search waits for the longer of the two instead of their sum. Returns the
+        query vector and the keyword ranking ((chunk id, rank), best first).
+
+        Raises: what `OllamaClient.embed` and `chunks.keyword_ranked` raise; when the
+        embedding fails, the keyword ranking is cancelled first.
+        """
+
+        async def keyword_ranking() -> list[tuple[int, float]]:
+            async with self._db.driver_transaction(workspace_id) as conn:
+                return await chunks.keyword_ranked(
+                    conn, workspace_id=workspace_id, query=query, limit=depth, scope=scope
+                )
+
+        keywords = asyncio.create_task(keyword_ranking())
+        try:
+            (vector,) = await self._ollama.embed([query])
+        except BaseException:
+            keywords.cancel()
+            await asyncio.wait([keywords])
+            if not keywords.cancelled():
+                keywords.exception()  # retrieved: the embedding's failure is the one raised
+            raise
+        return vector, await keywords
 
 
 def candidate_depth(
