@@ -87,3 +87,18 @@ async def test_a_recently_used_connection_is_not_pinged(
     for _ in range(3):
         assert await backend_pid(single) == before
     assert pings == []
+
+
+async def test_a_new_connection_serves_the_driver_path_and_stays_pooled(single: Database) -> None:
+    # The role is set outside any transaction: the first unit of work on a new connection,
+    # through the driver, is a transaction of its own (not a savepoint in one left open by
+    # the role's statement), and the connection goes back to the pool after it.
+    seen = []
+    for _ in range(3):
+        async with single.driver_transaction() as conn:
+            seen.append(tuple(await conn.fetchrow("SELECT pg_backend_pid(), current_user")))
+    async with single.transaction() as s:
+        orm = tuple((await s.execute(text("SELECT pg_backend_pid(), current_user"))).one())
+    pid = seen[0][0]
+    assert seen == [(pid, session.APP_ROLE)] * 3, "one connection, kept"
+    assert orm == (pid, session.APP_ROLE), "the role outlives the ORM's rollback on check-in"

@@ -93,9 +93,12 @@ class Database:
 
             @event.listens_for(self.engine.sync_engine, "connect")
             def _set_role(dbapi_connection: Any, _record: object) -> None:
-                cursor = dbapi_connection.cursor()
-                cursor.execute(statement)
-                cursor.close()
+                # On the driver, outside any transaction (SQLAlchemy's "run_async" recipe for
+                # pool events): through the DBAPI cursor, SQLAlchemy's adapter opened a
+                # transaction for it that stayed open until an ORM unit of work ended it, so
+                # a new connection's first `driver_transaction` ran as a savepoint inside it
+                # and was discarded after (a reconnect per search or authentication).
+                dbapi_connection.run_async(lambda driver: driver.execute(statement))
 
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
