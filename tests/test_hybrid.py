@@ -565,13 +565,22 @@ async def test_adjacent_chunks_merge_into_one_hit(
     ]
 
 
-async def test_merged_hits_never_overlap(
-    gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
-) -> None:
+async def one_long_page(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings
+) -> tuple[str, list[Any]]:
+    """Signs up ada@example.com with one long page (five chunks or more) ingested; returns
+    her token and the chunks (`page_chunks`)."""
     token = await sign_up(gql, inbox, "ada@example.com")
     doc = await upload_ok(gql, "notes.pdf", make_pdf([long_page(NOUNS[:24])]), token)
     rows = await page_chunks(settings, doc["id"])
     assert len(rows) >= 5
+    return token, rows
+
+
+async def test_merged_hits_never_overlap(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    token, rows = await one_long_page(gql, inbox, settings)
     # Three consecutive chunks; the middle one matches two words, its neighbours one each, so
     # it ranks first and each neighbour arrives after it.
     words = [noun for noun in NOUNS if noun in tokenize(rows[2]["text"])][:2]
@@ -597,10 +606,7 @@ async def test_merged_hits_still_leave_k_hits_each_highlighted(
     # Each list fetches 2k chunks, so a merge still leaves k hits (in every mode). Only the
     # first k chunks of the ranking are highlighted with the load; a hit that merging brings
     # up from further down gets its snippet afterwards.
-    token = await sign_up(gql, inbox, "ada@example.com")
-    doc = await upload_ok(gql, "notes.pdf", make_pdf([long_page(NOUNS[:24])]), token)
-    rows = await page_chunks(settings, doc["id"])
-    assert len(rows) >= 5
+    token, rows = await one_long_page(gql, inbox, settings)
 
     def unique(index: int) -> list[str]:
         return [
