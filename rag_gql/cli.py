@@ -416,6 +416,9 @@ async def run_eval(
     missing = [path.name for path in paths if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"not in {corpus}: {', '.join(missing)}")
+    # Every search embeds its question, as a new question does: with the cache, modes after
+    # the first would reuse the vectors and their latencies would not compare.
+    settings = settings.model_copy(update={"query_embedding_cache_size": 0})
     async with open_services(settings) as services:
         principal = await eval_principal(services.db, workspace_name)
         async with ingestion_worker(services):

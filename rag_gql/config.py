@@ -226,6 +226,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Chunks in scope above which EXACT_SEARCH_MAX_SHARE no longer applies.",
     )
+    query_embedding_cache_size: int = Field(
+        default=1024,
+        ge=0,
+        description="Query embeddings kept per process for repeated searches (0: none).",
+    )
+    query_embedding_cache_ttl: float = Field(
+        default=600.0, gt=0, description="Seconds a kept query embedding is reused."
+    )
     num_ctx: int = Field(default=8192, ge=512, description="Chat model context, tokens.")
     answer_max_tokens: int = Field(default=1024, gt=0, description="Tokens kept for the answer.")
     history_token_budget: int = Field(

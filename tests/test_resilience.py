@@ -238,7 +238,8 @@ async def test_a_model_that_is_not_pulled(
     assert await stored_answers(settings) == [("failed", "")]
 
     ollama.unpulled = frozenset({ollama.embed_model})
-    body = await gql.execute(SEARCH, {"q": QUESTION}, token=token)
+    # (Another question: the answer's is kept embedded, `QUERY_EMBEDDING_CACHE_SIZE`.)
+    body = await gql.execute(SEARCH, {"q": "What does rye bread need?"}, token=token)
     assert_error(body, "UPSTREAM_ERROR", "nomic-embed-text", "try pulling it first")
 
     ollama.unpulled = frozenset()

@@ -13,6 +13,7 @@ from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json
 from tests.support.ollama_standin import StandinState, embed_text
 from tests.support.pdfs import make_pdf
+from tests.support.serving import serve_client
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 from tests.support.uploads import assert_error, upload_ok
@@ -111,7 +112,7 @@ async def test_search_ranks_the_right_page_first(
     assert scores == sorted(scores, reverse=True)
     assert len({(h["document"]["id"], h["page"], h["charStart"]) for h in hits}) == total_chunks
 
-    # `k` is respected, and each search embeds its query once.
+    # `k` is respected; the query's vector is the one kept from the search above.
     embeds = ollama.embed_requests
     for k in (1, 2, 5, total_chunks):
         top = await search(gql, token, query, k=k)
@@ -119,7 +120,7 @@ async def test_search_ranks_the_right_page_first(
             (h["document"]["id"], h["page"]) for h in hits[:k]
         ]
     assert len(await search(gql, token, query)) == 5, "k defaults to 5"
-    assert ollama.embed_requests == embeds + 5
+    assert ollama.embed_requests == embeds, "embedded once, by the first search"
 
     # A page's exact text finds that page with a score of 1; the passage text and offsets
     # are the stored chunk's.
@@ -166,6 +167,36 @@ async def test_search_input_errors_and_upstream_failures(
     ollama.fail_status = None
     hits = await search(gql, token, "bread flour", k=3)
     assert [h["document"]["filename"] for h in hits] == ["a.pdf"], "works again"
+
+
+async def test_a_repeated_query_is_embedded_once_per_workspace(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    alice = await sign_up(gql, inbox, "alice@example.com")
+    bob = await sign_up(gql, inbox, "bob@example.com")
+    for token in (alice, bob):
+        for filename, pages in LIBRARY.items():
+            await upload_ok(gql, filename, make_pdf(pages), token)
+    query = "telescope mirror aperture for faint galaxies"
+    hybrid = SEARCH.replace("mode: VECTOR", "mode: HYBRID")
+    before = ollama.embed_requests
+    first = await search(gql, alice, query, k=3)
+    # The same words again, then in another mode with another k: the kept vector.
+    again = await search(gql, alice, query, k=3)
+    fused = (await gql.data(hybrid, {"q": query, "k": 5}, token=alice))["search"]
+    assert ollama.embed_requests == before + 1
+    assert again == first and first[0]["page"] == 2 and fused[0]["page"] == 2
+    # Another workspace does not share it (a faster answer would tell it someone asked).
+    assert (await search(gql, bob, query, k=3))[0]["page"] == 2
+    assert ollama.embed_requests == before + 2
+
+    # Off: every search embeds its query.
+    off = settings.model_copy(update={"query_embedding_cache_size": 0})
+    async with serve_client(off) as plain:
+        before = ollama.embed_requests  # (after the start-up check's own embedding)
+        for _ in range(2):
+            assert (await search(plain, alice, query, k=3))[0]["page"] == 2
+        assert ollama.embed_requests == before + 2
 
 
 async def test_nearest_neighbour_query_uses_the_hnsw_index(

@@ -213,7 +213,8 @@ async def test_a_websocket_operation_is_a_trace_of_its_own(
             got = events(await answer_frames(ws, "What does sourdough bread need?"))
             # Another answer, stopped by the client after its sources and a token.
             ollama.chat_reply, ollama.token_delay = " ".join(["word"] * 30), 0.1
-            started = await start_answer(ws, "What does sourdough bread need?", op_id="stop")
+            # (Another question: the first one's embedding is kept, and reused.)
+            started = await start_answer(ws, "Which salt suits sourdough?", op_id="stop")
             for _ in range(2):
                 assert (await next_frame(ws, started, op_id="stop")).type == "next"
             await ws.send(json.dumps({"id": "stop", "type": "complete"}))

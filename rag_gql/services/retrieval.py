@@ -9,7 +9,8 @@
   while the query is embedded.
 
 Adjacent chunks of one document that both made the list are merged into one hit, so results
-are not five slices of one paragraph.
+are not five slices of one paragraph. A query's embedding is kept a while per workspace
+(`QueryEmbeddingCache`): the same words searched again skip the Ollama call.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from rag_gql.providers.ollama import OllamaClient
 from rag_gql.repositories import chunks
 from rag_gql.repositories.chunks import ChunkRow, ChunkScope, ExactScan
 from rag_gql.services.access import Action, Principal
+from rag_gql.services.query_embeddings import QueryEmbeddingCache
 
 MAX_QUERY_LENGTH = 4000
 
@@ -85,6 +87,9 @@ class RetrievalService:
             settings.exact_search_max_share,
             settings.exact_search_share_max_rows,
         )
+        self._queries = QueryEmbeddingCache(
+            settings.query_embedding_cache_size, settings.query_embedding_cache_ttl
+        )
 
     async def search(
         self,
@@ -124,11 +129,11 @@ class RetrievalService:
         s = self._settings
         depth = candidate_depth(mode, k, hybrid_candidates=s.hybrid_candidates, diversity=diversity)
         ws = principal.workspace_id
-        vector: list[float] | None = None
-        by_keyword: list[tuple[int, float]] = []
-        if mode is SearchMode.VECTOR:
-            (vector,) = await self._ollama.embed([query])
-        elif mode is SearchMode.HYBRID:
+        vector = None if mode is SearchMode.KEYWORD else self._queries.get(ws, query)
+        by_keyword: list[tuple[int, float]] | None = None
+        if mode is SearchMode.VECTOR and vector is None:
+            vector = await self._embed(ws, query)
+        elif mode is SearchMode.HYBRID and vector is None:
             vector, by_keyword = await self._embed_beside_keywords(ws, query, depth, scope)
         # The transaction opens after the Ollama call: nothing holds a connection across it.
         async with self._db.driver_transaction(ws) as conn:
@@ -144,11 +149,11 @@ class RetrievalService:
                 )
                 ranking = await chunks.vector_ranked(conn, statements)
                 by_vector = ranking.rows
-            if mode is SearchMode.KEYWORD:
+            if mode is not SearchMode.VECTOR and by_keyword is None:
                 by_keyword = await chunks.keyword_ranked(
                     conn, workspace_id=ws, query=query, limit=depth, scope=scope
                 )
-            ranked = _rank(mode, by_vector, by_keyword, s)
+            ranked = _rank(mode, by_vector, by_keyword or [], s)
             if diversity > 0 and len(ranked) > 1:
                 pool = ranked[: k * MMR_POOL]
                 stored = await chunks.embeddings(
@@ -186,6 +191,12 @@ class RetrievalService:
                 ]
         return hits
 
+    async def _embed(self, workspace_id: uuid.UUID, query: str) -> list[float]:
+        """The query's embedding from Ollama, kept for the next search of the same words."""
+        (vector,) = await self._ollama.embed([query])
+        self._queries.put(workspace_id, query, vector)
+        return vector
+
     async def _embed_beside_keywords(
         self, workspace_id: uuid.UUID, query: str, depth: int, scope: ChunkScope | None
     ) -> tuple[list[float], list[tuple[int, float]]]:
@@ -194,7 +205,8 @@ class RetrievalService:
         query vector and the keyword ranking ((chunk id, rank), best first).
 
         Raises: what `OllamaClient.embed` and `chunks.keyword_ranked` raise; when the
-        embedding fails, the keyword ranking is cancelled first.
+        embedding fails, the keyword ranking is cancelled first. (A query whose embedding is
+        kept, `QueryEmbeddingCache`, is ranked by keyword in the search's one transaction.)
         """
 
         async def keyword_ranking() -> list[tuple[int, float]]:
@@ -205,7 +217,7 @@ class RetrievalService:
 
         keywords = asyncio.create_task(keyword_ranking())
         try:
-            (vector,) = await self._ollama.embed([query])
+            vector = await self._embed(workspace_id, query)
         except BaseException:
             keywords.cancel()
             await asyncio.wait([keywords])
