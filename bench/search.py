@@ -544,21 +544,31 @@ async def floor_plan(
 # --- the app over HTTP --------------------------------------------------------------------------
 
 SEARCH_QUERY = (
-    "query($q: String!, $k: Int!) { search(query: $q, k: $k, mode: VECTOR) "
+    "query($q: String!, $k: Int!, $mode: SearchMode!) { search(query: $q, k: $k, mode: $mode) "
     "{ score page text snippet document { id filename } } }"
 )
+QUESTION_WORDS = 10
+
+
+def questions_of(passages: Sequence[str]) -> list[str]:
+    """The text searched for each held-out query: "q<n>" (the stand-in's key to its vector),
+    then the first `QUESTION_WORDS` words of the passage it was embedded from, so keyword
+    ranking and `ts_headline` work on words of the corpus, about as many as a question has."""
+    return [f"q{i} " + " ".join(p.split()[:QUESTION_WORDS]) for i, p in enumerate(passages)]
 
 
 def query_embedder(queries: Vectors) -> Callable[[list[str]], list[list[float]]]:
-    """The stand-in's embedder: "q17" → held-out query vector 17; anything else → e₀."""
+    """The stand-in's embedder: a text starting "q17" → held-out query vector 17; any other
+    text → e₀."""
     rows: list[list[float]] = queries.tolist()
     fallback = [1.0] + [0.0] * (queries.shape[1] - 1)
 
     def embed(texts: list[str]) -> list[list[float]]:
         out: list[list[float]] = []
         for text in texts:
-            number = text[1:]
-            out.append(rows[int(number)] if text[:1] == "q" and number.isdigit() else fallback)
+            key = text.split(maxsplit=1)[0] if text.strip() else ""
+            number = key[1:]
+            out.append(rows[int(number)] if key[:1] == "q" and number.isdigit() else fallback)
         return out
 
     return embed
@@ -582,11 +592,17 @@ async def add_reader(conn: Any, workspace: uuid.UUID) -> uuid.UUID:
 
 
 async def graphql_search(
-    http: httpx.AsyncClient, token: str, workspace: uuid.UUID, query: int, k: int
+    http: httpx.AsyncClient,
+    token: str,
+    workspace: uuid.UUID,
+    question: str,
+    k: int,
+    mode: SearchMode = SearchMode.VECTOR,
 ) -> tuple[list[tuple[str, int]], float]:
     """One `search` over HTTP; returns ((document id, page) per hit, ms until the body is in)."""
     headers = {"Authorization": f"Bearer {token}", "X-Workspace-Id": str(workspace)}
-    payload = {"query": SEARCH_QUERY, "variables": {"q": f"q{query}", "k": k}}
+    variables = {"q": question, "k": k, "mode": mode.value}
+    payload = {"query": SEARCH_QUERY, "variables": variables}
     started = time.perf_counter()
     response = await http.post("/graphql", json=payload, headers=headers)
     ms = (time.perf_counter() - started) * 1000
@@ -610,6 +626,7 @@ class Bench:
     http: httpx.AsyncClient
     tenants: Tenants
     queries: list[list[float]]  # as the app receives them from Ollama
+    questions: list[str]  # the text searched for each (`questions_of`)
     texts: list[str]  # the same, as pgvector text
     k: int
     ef_search: int
@@ -702,6 +719,7 @@ class Served:
     graphql: Stats
     floor: Runs
     request: Stats  # all the request's SQL: authentication, then ranking and loading the hits
+    hybrid: Stats  # GraphQL search(mode: HYBRID), the default mode
     agreeing: int  # queries whose GraphQL hits are the floor's rows
     plan: str
 
@@ -713,7 +731,11 @@ async def request_sql(bench: Bench, workspace: uuid.UUID, user: uuid.UUID, query
     async with bench.floor.transaction():
         await workspaces.caller(bench.floor, user_id=user, workspace_id=workspace)
     await floor_search(
-        bench.floor, bench.app_sql, workspace, bench.queries[query], load_query=f"q{query}"
+        bench.floor,
+        bench.app_sql,
+        workspace,
+        bench.queries[query],
+        load_query=bench.questions[query],
     )
     return (time.perf_counter() - started) * 1000
 
@@ -726,26 +748,41 @@ async def measure_served(bench: Bench, workspace: uuid.UUID, user: uuid.UUID, to
     """
     search = partial(floor_search, bench.floor, bench.app_sql, workspace)
     for i, vector in enumerate(bench.queries):
-        await graphql_search(bench.http, token, workspace, i, bench.k)
+        await graphql_search(bench.http, token, workspace, bench.questions[i], bench.k)
+        await graphql_search(
+            bench.http, token, workspace, bench.questions[i], bench.k, SearchMode.HYBRID
+        )
         await search(vector)
         await request_sql(bench, workspace, user, i)
     graphql: list[float] = []
     runs: list[FloorRun] = []
     requests: list[float] = []
+    hybrid: list[float] = []
     hits: list[list[tuple[str, int]]] = []
     for i, vector in enumerate(bench.queries):
         steps: list[Callable[[], Awaitable[Any]]] = [
-            partial(graphql_search, bench.http, token, workspace, i, bench.k),
+            partial(graphql_search, bench.http, token, workspace, bench.questions[i], bench.k),
             partial(search, vector),
             partial(request_sql, bench, workspace, user, i),
+            partial(
+                graphql_search,
+                bench.http,
+                token,
+                workspace,
+                bench.questions[i],
+                bench.k,
+                SearchMode.HYBRID,
+            ),
         ]
         done: dict[int, Any] = {}
-        for step in [*range(i % 3, 3), *range(i % 3)]:  # take turns going first: none always
-            done[step] = await steps[step]()  # finds the others' cache
+        turn = i % len(steps)  # take turns going first: none always finds the others' cache
+        for step in [*range(turn, len(steps)), *range(turn)]:
+            done[step] = await steps[step]()
         found, ms = done[0]
         graphql.append(ms)
         runs.append(done[1])
         requests.append(done[2])
+        hybrid.append(done[3][1])
         hits.append(found)
     places = {
         int(r[0]): (str(r[1]), int(r[2]))
@@ -770,7 +807,14 @@ async def measure_served(bench: Bench, workspace: uuid.UUID, user: uuid.UUID, to
         [r.ids for r in runs],
         strategies,
     )
-    return Served(Stats.of(graphql), floor, Stats.of(requests), agreeing, " | ".join(plans))
+    return Served(
+        Stats.of(graphql),
+        floor,
+        Stats.of(requests),
+        Stats.of(hybrid),
+        agreeing,
+        " | ".join(plans),
+    )
 
 
 async def _vector_ranked(bench: Bench, workspace: uuid.UUID, query: int) -> list[int]:
@@ -783,7 +827,11 @@ async def _vector_ranked(bench: Bench, workspace: uuid.UUID, query: int) -> list
 async def _load(bench: Bench, workspace: uuid.UUID, ids: list[int], query: int) -> None:
     async with bench.services.db.driver_transaction(workspace) as conn:
         await chunks.load(
-            conn, workspace_id=workspace, ids=ids, query=f"q{query}", highlight=ids[: bench.k]
+            conn,
+            workspace_id=workspace,
+            ids=ids,
+            query=bench.questions[query],
+            highlight=ids[: bench.k],
         )
 
 
@@ -805,7 +853,7 @@ async def breakdown(bench: Bench, workspace: uuid.UUID, token: str) -> dict[str,
     }
     names = list(parts)
     for i in range(len(bench.texts)):
-        text = f"q{i}"
+        text = bench.questions[i]
         parts[names[0]].append(await timed(partial(services.auth.authenticate, token, workspace)))
         parts[names[1]].append(await timed(partial(services.ollama.embed, [text])))
         started = time.perf_counter()
@@ -1003,7 +1051,8 @@ async def run(args: argparse.Namespace) -> None:
         )
         owner = await asyncpg.connect(dsn(pg.url))
         try:
-            await measure(args, settings, overrides, owner, stored, queries)
+            questions = questions_of(corpus.texts[args.base : args.base + args.queries])
+            await measure(args, settings, overrides, owner, stored, queries, questions)
         finally:
             await owner.close()
     finally:
@@ -1018,6 +1067,7 @@ async def measure(
     owner: Any,
     stored: Corpus,
     queries: Vectors,
+    questions: list[str],
 ) -> None:
     n = args.n
     version = await owner.fetchval("SHOW server_version")
@@ -1091,6 +1141,7 @@ async def measure(
                 http=http,
                 tenants=tenants,
                 queries=queries.tolist(),
+                questions=questions,
                 texts=[vector_text(q) for q in queries],
                 k=args.k,
                 ef_search=settings.hnsw_ef_search,
@@ -1188,17 +1239,17 @@ def print_served(
         f"\nGraphQL search(mode: VECTOR, k: {bench.k}) over HTTP vs the app's SQL with asyncpg "
         "(ms, p50 / p95; raw SQL = the ranking transaction, 4 statements; all SQL = every "
         "statement of the request: authentication's transaction, then the ranking's with the "
-        "hits' load):"
+        "hits' load; HYBRID = GraphQL search(mode: HYBRID), the default mode, for comparison):"
     )
     print(
         f"  {'':>16} {'rows':>8}  {'strategy':<8}{'GraphQL':>16}{'raw SQL':>16}{'ratio':>7}"
         f"{'w/o embed':>10}{'all SQL':>16}{'ratio':>7}{'count+set':>16}{'SELECT':>16}"
-        f"{'recall@10':>11}  plan"
+        f"{'HYBRID':>16}{'recall@10':>11}  plan"
     )
     whole_recall = mean_recall(whole.hnsw.results, whole.exact.results)
     print(
         f"  {'whole table':>16} {n:>8,}  {'HNSW':<8}{'-':>16}{whole.hnsw.transaction!s:>16}"
-        f"{'-':>7}{'-':>10}{'-':>16}{'-':>7}{'-':>16}{whole.hnsw.select!s:>16}"
+        f"{'-':>7}{'-':>10}{'-':>16}{'-':>7}{'-':>16}{whole.hnsw.select!s:>16}{'-':>16}"
         f"{whole_recall:>11.3f}  "
         f"{whole.hnsw_plan} (owner; exact: {whole.exact.select} ms, {whole.exact_plan})"
     )
@@ -1213,7 +1264,8 @@ def print_served(
             f"  {label:>16} {sizes[rank]:>8,}  {strategy:<8}{result.graphql!s:>16}"
             f"{floor.transaction!s:>16}{ratio:>6.1f}x{without:>9.1f}x{result.request!s:>16}"
             f"{over_all:>6.1f}x{floor.prepare!s:>16}"
-            f"{floor.select!s:>16}{mean_recall(floor.results, truth[rank]):>11.3f}  {result.plan}"
+            f"{floor.select!s:>16}{result.hybrid!s:>16}"
+            f"{mean_recall(floor.results, truth[rank]):>11.3f}  {result.plan}"
         )
     for rank, result in served.items():
         count = len(bench.texts)
