@@ -1244,12 +1244,12 @@ def print_served(
     print(
         f"  {'':>16} {'rows':>8}  {'strategy':<8}{'GraphQL':>16}{'raw SQL':>16}{'ratio':>7}"
         f"{'w/o embed':>10}{'all SQL':>16}{'ratio':>7}{'count+set':>16}{'SELECT':>16}"
-        f"{'HYBRID':>16}{'recall@10':>11}  plan"
+        f"{'HYBRID':>20}{'recall@10':>11}  plan"
     )
     whole_recall = mean_recall(whole.hnsw.results, whole.exact.results)
     print(
         f"  {'whole table':>16} {n:>8,}  {'HNSW':<8}{'-':>16}{whole.hnsw.transaction!s:>16}"
-        f"{'-':>7}{'-':>10}{'-':>16}{'-':>7}{'-':>16}{whole.hnsw.select!s:>16}{'-':>16}"
+        f"{'-':>7}{'-':>10}{'-':>16}{'-':>7}{'-':>16}{whole.hnsw.select!s:>16}{'-':>20}"
         f"{whole_recall:>11.3f}  "
         f"{whole.hnsw_plan} (owner; exact: {whole.exact.select} ms, {whole.exact_plan})"
     )
@@ -1264,7 +1264,7 @@ def print_served(
             f"  {label:>16} {sizes[rank]:>8,}  {strategy:<8}{result.graphql!s:>16}"
             f"{floor.transaction!s:>16}{ratio:>6.1f}x{without:>9.1f}x{result.request!s:>16}"
             f"{over_all:>6.1f}x{floor.prepare!s:>16}"
-            f"{floor.select!s:>16}{result.hybrid!s:>16}"
+            f"{floor.select!s:>16}{result.hybrid!s:>20}"
             f"{mean_recall(floor.results, truth[rank]):>11.3f}  {result.plan}"
         )
     for rank, result in served.items():
