@@ -32,9 +32,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,10 +49,11 @@ from websockets.typing import Subprotocol
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rag_gql.config import Settings  # noqa: E402 - after the path set-up above
-from tests.support.accounts import LOGIN, PASSWORD, sign_up  # noqa: E402
+from tests.support.accounts import LOGIN, PASSWORD, sign_up  # noqa: E402 - after sys.path
 from tests.support.graphql_client import GraphQLClient  # noqa: E402
 from tests.support.limits import as_environment, raised_limits  # noqa: E402
+from tests.support.processes import app_environment, running  # noqa: E402
+from tests.support.serving import free_port  # noqa: E402
 from tests.support.smtp import SmtpSink  # noqa: E402
 
 SEARCH = (
@@ -199,42 +197,6 @@ class Memory:
 # --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def wait_until_up(url: str, process: subprocess.Popen[bytes], seconds: float) -> None:
-    """Polls `url` until it answers 200.
-
-    Raises:
-        RuntimeError: the process exited, or `seconds` passed.
-    """
-    deadline = time.monotonic() + seconds
-    async with httpx.AsyncClient(timeout=2) as http:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{url}: the process exited with {process.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get(url)).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {seconds:.0f} s")
-
-
-def stop(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM, then SIGKILL after `timeout` seconds."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @dataclass
 class Stack:
     """What `stack` started: the server's URL and pid, the stand-in's URL, the SMTP sink."""
@@ -253,52 +215,48 @@ async def stack(args: argparse.Namespace, folder: Path) -> AsyncIterator[Stack]:
         RuntimeError: either did not start.
     """
     ollama_port, server_port = free_port(), free_port()
-    ollama_log = (folder / "ollama.log").open("wb")
-    ollama = subprocess.Popen(  # noqa: S603, ASYNC220 - our own module; returns at once
-        [
-            *(sys.executable, "-m", "tests.support.ollama_standin", "--port", str(ollama_port)),
-            *("--token-delay", str(args.token_delay), "--log-level", "warning"),
-        ],
-        cwd=ROOT,
-        stdout=ollama_log,
-        stderr=subprocess.STDOUT,
-    )
     ollama_url = f"http://127.0.0.1:{ollama_port}"
-    smtp = SmtpSink().start()
-    names = {name.upper() for name in Settings.model_fields}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env.update(
-        DATA_DIR=str(folder / "data"),
-        OLLAMA_URL=ollama_url,
-        JWT_SECRET="load-" + "x" * 40,
-        PASSWORD_HASH_PROFILE=args.hash_profile,
-        SMTP_HOST="127.0.0.1",
-        SMTP_PORT=str(smtp.port),
-        PARSE_PROCESSES="0",
-        LOG_FORMAT="json",
-        PYTHONPATH=str(ROOT),
-        **as_environment(raised_limits()),
-    )
-    server_log = (folder / "server.log").open("wb")
-    command = ["rag_gql.cli", "serve", "--port", str(server_port), "--log-level", "warning"]
-    server = subprocess.Popen(  # noqa: S603, ASYNC220 - our own CLI; returns at once
-        [sys.executable, "-m", *command],
-        cwd=folder,  # no .env of the checkout
-        env=env,
-        stdout=server_log,
-        stderr=subprocess.STDOUT,
-    )
     server_url = f"http://127.0.0.1:{server_port}"
+    standin_args = [
+        *("tests.support.ollama_standin", "--port", str(ollama_port)),
+        *("--token-delay", str(args.token_delay), "--log-level", "warning"),
+    ]
+    smtp = SmtpSink().start()
+    env = app_environment(
+        {
+            "DATA_DIR": str(folder / "data"),
+            "OLLAMA_URL": ollama_url,
+            "JWT_SECRET": "load-" + "x" * 40,
+            "PASSWORD_HASH_PROFILE": args.hash_profile,
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp.port),
+            "PARSE_PROCESSES": "0",
+            "LOG_FORMAT": "json",
+            **as_environment(raised_limits()),
+        }
+    )
+    serve_args = ["rag_gql.cli", "serve", "--port", str(server_port), "--log-level", "warning"]
     try:
-        await wait_until_up(f"{ollama_url}/api/version", ollama, 30)
-        await wait_until_up(f"{server_url}/readyz", server, 120)
-        yield Stack(server_url, server.pid, ollama_url, smtp)
+        async with (
+            running(
+                standin_args,
+                ready_url=f"{ollama_url}/api/version",
+                log=folder / "ollama.log",
+                cwd=ROOT,
+                timeout=30,
+            ),
+            running(
+                serve_args,
+                ready_url=f"{server_url}/readyz",
+                log=folder / "server.log",
+                cwd=folder,  # no .env of the checkout
+                env=env,
+                timeout=120,
+            ) as server,
+        ):
+            yield Stack(server_url, server.pid, ollama_url, smtp)
     finally:
-        await asyncio.to_thread(stop, server)
-        await asyncio.to_thread(stop, ollama)
         smtp.stop()
-        ollama_log.close()
-        server_log.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,8 +40,6 @@ import os
 import random
 import re
 import secrets
-import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -82,6 +80,8 @@ from rag_gql.services.retrieval import SearchMode, candidate_depth  # noqa: E402
 from tests.support.limits import raised_limits  # noqa: E402
 from tests.support.minilm import MINILM_DIM, load_minilm  # noqa: E402
 from tests.support.ollama_standin import OllamaStandin, StandinState  # noqa: E402
+from tests.support.processes import app_environment, running  # noqa: E402
+from tests.support.serving import free_port  # noqa: E402
 
 Vectors = npt.NDArray[np.float32]
 _open: Any = pymupdf.open
@@ -969,49 +969,29 @@ async def serve_process(settings: Settings, overrides: dict[str, Any]) -> AsyncI
     """Runs `rag-gql serve` for `settings` in its own process on a loopback port (as it is
     deployed: the bench's HTTP client and the stand-in don't share its interpreter); yields
     its base URL, stops it (SIGTERM) on exit. `overrides`: settings given to the bench."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    names = {name.upper() for name in Settings.model_fields}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env.update(
-        DATABASE_URL=pg_url(settings),
-        DATA_DIR=str(settings.data_dir),
-        OLLAMA_URL=settings.ollama_url,
-        EMBED_DIM=str(settings.embed_dim),
-        JWT_SECRET=settings.resolved_jwt_secret().decode(),
-        PARSE_PROCESSES="0",
-        PYTHONPATH=str(ROOT),
-        **{name.upper(): str(value) for name, value in overrides.items()},
+    port = free_port()
+    env = app_environment(
+        {
+            "DATABASE_URL": pg_url(settings),
+            "DATA_DIR": str(settings.data_dir),
+            "OLLAMA_URL": settings.ollama_url,
+            "EMBED_DIM": str(settings.embed_dim),
+            "JWT_SECRET": settings.resolved_jwt_secret().decode(),
+            "PARSE_PROCESSES": "0",
+            **{name.upper(): str(value) for name, value in overrides.items()},
+        }
     )
-    log = settings.data_dir.parent / "server.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "rag_gql.cli", "serve", "--port", str(port)]
-    with log.open("wb") as out:
-        server = await asyncio.create_subprocess_exec(
-            *command, "--log-level", "warning", env=env, cwd=log.parent, stdout=out, stderr=out
-        )
+    folder = settings.data_dir.parent
+    folder.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(timeout=2) as http:
-            for _ in range(600):  # up to a minute
-                if server.returncode is not None:
-                    raise SystemExit(f"the server exited: {log.read_text()[-2000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{url}/healthz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
-            else:
-                raise SystemExit("the server did not start within a minute")
+    async with running(
+        ["rag_gql.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        ready_url=f"{url}/healthz",
+        log=folder / "server.log",
+        cwd=folder,
+        env=env,
+    ):
         yield url
-    finally:
-        if server.returncode is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(server.wait(), 30)
-            except TimeoutError:
-                server.kill()
-                await server.wait()
 
 
 async def run(args: argparse.Namespace) -> None:
