@@ -226,6 +226,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Chunks in scope above which EXACT_SEARCH_MAX_SHARE no longer applies.",
     )
+    keyword_common_share: float = Field(
+        default=0.02,
+        gt=0,
+        le=1,
+        description="Share of sampled chunks from which a query word is common: it then "
+        "ranks keyword matches but does not make them (1: every word matches).",
+    )
     query_embedding_cache_size: int = Field(
         default=1024,
         ge=0,

@@ -684,3 +684,48 @@ async def test_a_nul_character_is_not_an_internal_error(
     )
     codes = {error["extensions"]["code"] for error in body.get("errors") or []}
     assert codes <= {"BAD_USER_INPUT"}, body["errors"]
+
+
+async def test_keyword_matches_on_the_question_s_rare_words(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings
+) -> None:
+    # Twelve pages hold "bridge" (a common word here: at least KEYWORD_COMMON_MIN chunks),
+    # one page "zeppelin" (rare). A question with both matches the zeppelin page only,
+    # ranked by both words; with only common words, a page must hold them all.
+    token = await sign_up(gql, inbox, "ada@example.com")
+    pages = [f"The old stone bridge number {n} crosses the river at noon." for n in range(12)]
+    pages += ["A zeppelin floated over the bridge at dawn.", "A zeppelin hangar in the hills."]
+    await upload_ok(gql, "bridges.pdf", make_pdf(pages), token)
+    rare, common = await search_many(
+        gql,
+        token,
+        [Search("bridge zeppelin", "KEYWORD", k=10), Search("stone bridge river", "KEYWORD", k=20)],
+    )
+    check_hits(rare, "KEYWORD")
+    assert [hit["page"] for hit in rare] == [13, 14], "the zeppelin pages, both words first"
+    assert "**bridge**" in rare[0]["snippet"] and "**zeppelin**" in rare[0]["snippet"]
+    assert sorted(hit["page"] for hit in common) == list(range(1, 13)), "all three words"
+
+    # KEYWORD_COMMON_SHARE 1: no word is common, any word matches.
+    async with serve_client(settings.model_copy(update={"keyword_common_share": 1.0})) as any_word:
+        (everything,) = await search_many(
+            any_word, token, [Search("bridge zeppelin", "KEYWORD", k=20)]
+        )
+    assert sorted(hit["page"] for hit in everything) == list(range(1, 15))
+
+
+async def test_keyword_words_with_quotes_and_backslashes_are_matched_literally(
+    gql: GraphQLClient, inbox: Inbox
+) -> None:
+    token = await sign_up(gql, inbox, "ada@example.com")
+    await upload_ok(gql, "odd.pdf", make_pdf(["O'Brien wrote C:\\temp\\notes and a\\b'c."]), token)
+    for query, found in [
+        ("O'Brien", True),
+        ("C:\\temp\\notes", True),
+        ("a\\b'c", True),
+        ("' | & ! ( ) : *", False),
+        ("\\", False),
+    ]:
+        (hits,) = await search_many(gql, token, [Search(query, "KEYWORD")])
+        check_hits(hits, "KEYWORD")
+        assert bool(hits) is found, (query, hits)

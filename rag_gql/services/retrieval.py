@@ -3,7 +3,8 @@
 - VECTOR: cosine distance, exact for small scopes (up to `EXACT_SEARCH_MAX_ROWS` chunks, or
   a small share of a big table: `EXACT_SEARCH_MAX_SHARE`), pgvector HNSW above; `score` is
   cosine similarity.
-- KEYWORD: PostgreSQL full-text search, any lexeme matches, `ts_rank_cd`; `score` is that rank.
+- KEYWORD: PostgreSQL full-text search, `ts_rank_cd`; a chunk matches on any of the query's
+  words that are rare in the scope (`chunks.keyword_ranked`); `score` is that rank.
 - HYBRID: both lists fused by reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009:
   score(d) = Σ wᵢ / (k + rankᵢ(d))); `score` is the fused score. The keyword list is ranked
   while the query is embedded.
@@ -151,7 +152,12 @@ class RetrievalService:
                 by_vector = ranking.rows
             if mode is not SearchMode.VECTOR and by_keyword is None:
                 by_keyword = await chunks.keyword_ranked(
-                    conn, workspace_id=ws, query=query, limit=depth, scope=scope
+                    conn,
+                    workspace_id=ws,
+                    query=query,
+                    limit=depth,
+                    scope=scope,
+                    common_share=s.keyword_common_share,
                 )
             ranked = _rank(mode, by_vector, by_keyword or [], s)
             if diversity > 0 and len(ranked) > 1:
@@ -212,7 +218,12 @@ class RetrievalService:
         async def keyword_ranking() -> list[tuple[int, float]]:
             async with self._db.driver_transaction(workspace_id) as conn:
                 return await chunks.keyword_ranked(
-                    conn, workspace_id=workspace_id, query=query, limit=depth, scope=scope
+                    conn,
+                    workspace_id=workspace_id,
+                    query=query,
+                    limit=depth,
+                    scope=scope,
+                    common_share=self._settings.keyword_common_share,
                 )
 
         keywords = asyncio.create_task(keyword_ranking())
