@@ -278,6 +278,13 @@ def keyword_statement(
     text = args.add(query)
     tsquery = _ANY_LEXEME.format(text)
     where = (scope or ChunkScope()).where(args, workspace_id)
+    if common_share >= 1:  # no word is common: any word matches
+        sql = (
+            f"SELECT c.id, ts_rank_cd(c.tsv, {tsquery}, 1) AS rank FROM chunk c"  # noqa: S608
+            f" WHERE {where} AND c.tsv @@ {tsquery}"
+            f" ORDER BY rank DESC, c.id LIMIT {args.add(limit)}"
+        )
+        return Statement(sql, tuple(args.values))
     sql = (
         f"WITH words AS (SELECT DISTINCT w FROM"  # noqa: S608
         f" unnest(tsvector_to_array(to_tsvector('english', {text}))) AS w),"
