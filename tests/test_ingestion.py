@@ -280,7 +280,10 @@ async def test_a_job_cut_short_by_shutdown_is_queued_again(
         assert row["status"] == "QUEUED" and "interrupted" in row["error"], dict(row)
         assert await conn.fetchval("SELECT count(*) FROM chunk") == 0
         assert (
-            await conn.fetchval("SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'")
+            await conn.fetchval(
+                "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo' AND task_name = $1",
+                INGEST_TASK,
+            )
             == 1
         )
     ollama.delay = 0.0
