@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import asyncpg
 import numpy as np
 
 from rag_gql.config import Settings
@@ -151,14 +152,7 @@ class RetrievalService:
                 ranking = await chunks.vector_ranked(conn, statements)
                 by_vector = ranking.rows
             if mode is not SearchMode.VECTOR and by_keyword is None:
-                by_keyword = await chunks.keyword_ranked(
-                    conn,
-                    workspace_id=ws,
-                    query=query,
-                    limit=depth,
-                    scope=scope,
-                    common_share=s.keyword_common_share,
-                )
+                by_keyword = await self._keyword_ranked(conn, ws, query, depth, scope)
             ranked = _rank(mode, by_vector, by_keyword or [], s)
             if diversity > 0 and len(ranked) > 1:
                 pool = ranked[: k * MMR_POOL]
@@ -203,6 +197,24 @@ class RetrievalService:
         self._queries.put(workspace_id, query, vector)
         return vector
 
+    async def _keyword_ranked(
+        self,
+        conn: asyncpg.Connection,
+        workspace_id: uuid.UUID,
+        query: str,
+        depth: int,
+        scope: ChunkScope | None,
+    ) -> list[tuple[int, float]]:
+        """`chunks.keyword_ranked` with this service's `KEYWORD_COMMON_SHARE`."""
+        return await chunks.keyword_ranked(
+            conn,
+            workspace_id=workspace_id,
+            query=query,
+            limit=depth,
+            scope=scope,
+            common_share=self._settings.keyword_common_share,
+        )
+
     async def _embed_beside_keywords(
         self, workspace_id: uuid.UUID, query: str, depth: int, scope: ChunkScope | None
     ) -> tuple[list[float], list[tuple[int, float]]]:
@@ -217,14 +229,7 @@ class RetrievalService:
 
         async def keyword_ranking() -> list[tuple[int, float]]:
             async with self._db.driver_transaction(workspace_id) as conn:
-                return await chunks.keyword_ranked(
-                    conn,
-                    workspace_id=workspace_id,
-                    query=query,
-                    limit=depth,
-                    scope=scope,
-                    common_share=self._settings.keyword_common_share,
-                )
+                return await self._keyword_ranked(conn, workspace_id, query, depth, scope)
 
         keywords = asyncio.create_task(keyword_ranking())
         try:
