@@ -279,25 +279,24 @@ def keyword_statement(
     tsquery = _ANY_LEXEME.format(text)
     where = (scope or ChunkScope()).where(args, workspace_id)
     if common_share >= 1:  # no word is common: any word matches
-        sql = (
-            f"SELECT c.id, ts_rank_cd(c.tsv, {tsquery}, 1) AS rank FROM chunk c"  # noqa: S608
-            f" WHERE {where} AND c.tsv @@ {tsquery}"
-            f" ORDER BY rank DESC, c.id LIMIT {args.add(limit)}"
+        common_words, source, matching = "", "chunk c", tsquery
+    else:
+        common_words = (
+            f"WITH words AS (SELECT DISTINCT w FROM"  # noqa: S608
+            f" unnest(tsvector_to_array(to_tsvector('english', {text}))) AS w),"
+            f" sample AS (SELECT tsvector_to_array(c.tsv) AS lexemes FROM chunk c"
+            f" WHERE {where} LIMIT {args.add(KEYWORD_SAMPLE)}),"
+            f" rare AS (SELECT string_agg({_QUOTED_LEXEME}, ' | ') AS q FROM words"
+            f" WHERE (SELECT count(*) FROM sample s WHERE w = ANY(s.lexemes)) < greatest("
+            f"{args.add(KEYWORD_COMMON_MIN)}, {args.add(common_share)}::float8"
+            f" * (SELECT count(*) FROM sample))),"
+            f" matching AS (SELECT coalesce((SELECT q FROM rare)::tsquery,"
+            f" plainto_tsquery('english', {text})) AS q) "
         )
-        return Statement(sql, tuple(args.values))
+        source, matching = "chunk c, matching m", "m.q"
     sql = (
-        f"WITH words AS (SELECT DISTINCT w FROM"  # noqa: S608
-        f" unnest(tsvector_to_array(to_tsvector('english', {text}))) AS w),"
-        f" sample AS (SELECT tsvector_to_array(c.tsv) AS lexemes FROM chunk c WHERE {where}"
-        f" LIMIT {args.add(KEYWORD_SAMPLE)}),"
-        f" rare AS (SELECT string_agg({_QUOTED_LEXEME}, ' | ') AS q FROM words"
-        f" WHERE (SELECT count(*) FROM sample s WHERE w = ANY(s.lexemes)) < greatest("
-        f"{args.add(KEYWORD_COMMON_MIN)}, {args.add(common_share)}::float8"
-        f" * (SELECT count(*) FROM sample))),"
-        f" matching AS (SELECT coalesce((SELECT q FROM rare)::tsquery,"
-        f" plainto_tsquery('english', {text})) AS q)"
-        f" SELECT c.id, ts_rank_cd(c.tsv, {tsquery}, 1) AS rank FROM chunk c, matching m"
-        f" WHERE {where} AND c.tsv @@ m.q"
+        f"{common_words}SELECT c.id, ts_rank_cd(c.tsv, {tsquery}, 1) AS rank"  # noqa: S608
+        f" FROM {source} WHERE {where} AND c.tsv @@ {matching}"
         f" ORDER BY rank DESC, c.id LIMIT {args.add(limit)}"
     )
     return Statement(sql, tuple(args.values))
