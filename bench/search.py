@@ -747,37 +747,32 @@ async def measure_served(bench: Bench, workspace: uuid.UUID, user: uuid.UUID, to
     One untimed pass warms them; in the timed pass they take turns going first.
     """
     search = partial(floor_search, bench.floor, bench.app_sql, workspace)
-    for i, vector in enumerate(bench.queries):
-        await graphql_search(bench.http, token, workspace, bench.questions[i], bench.k)
-        await graphql_search(
-            bench.http, token, workspace, bench.questions[i], bench.k, SearchMode.HYBRID
-        )
-        await search(vector)
-        await request_sql(bench, workspace, user, i)
+
+    def steps(i: int) -> list[Callable[[], Awaitable[Any]]]:
+        """Query `i`'s four measurements: GraphQL VECTOR, the floor, all the SQL, HYBRID."""
+        question = bench.questions[i]
+        over_http = partial(graphql_search, bench.http, token, workspace, question, bench.k)
+        return [
+            over_http,
+            partial(search, bench.queries[i]),
+            partial(request_sql, bench, workspace, user, i),
+            partial(over_http, SearchMode.HYBRID),
+        ]
+
+    for i in range(len(bench.queries)):
+        for step in steps(i):
+            await step()
     graphql: list[float] = []
     runs: list[FloorRun] = []
     requests: list[float] = []
     hybrid: list[float] = []
     hits: list[list[tuple[str, int]]] = []
-    for i, vector in enumerate(bench.queries):
-        steps: list[Callable[[], Awaitable[Any]]] = [
-            partial(graphql_search, bench.http, token, workspace, bench.questions[i], bench.k),
-            partial(search, vector),
-            partial(request_sql, bench, workspace, user, i),
-            partial(
-                graphql_search,
-                bench.http,
-                token,
-                workspace,
-                bench.questions[i],
-                bench.k,
-                SearchMode.HYBRID,
-            ),
-        ]
+    for i in range(len(bench.queries)):
+        todo = steps(i)
         done: dict[int, Any] = {}
-        turn = i % len(steps)  # take turns going first: none always finds the others' cache
-        for step in [*range(turn, len(steps)), *range(turn)]:
-            done[step] = await steps[step]()
+        turn = i % len(todo)  # take turns going first: none always finds the others' cache
+        for step in [*range(turn, len(todo)), *range(turn)]:
+            done[step] = await todo[step]()
         found, ms = done[0]
         graphql.append(ms)
         runs.append(done[1])
