@@ -16,12 +16,14 @@ from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.migrate import alembic_config
 from rag_gql.db.session import APP_ROLE
+from rag_gql.repositories import chunks
 from tests.conftest import TEST_EMBED_DIM, with_database
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
 from tests.support.pdfs import make_pdf
 from tests.support.smtp import Inbox
 from tests.support.sql import asyncpg_dsn, connect
+from tests.support.uploads import upload_ok
 
 TENANT_TABLES = ("collection", "document", "chunk")
 
@@ -69,8 +71,12 @@ async def test_app_role_cannot_bypass_rls(settings: Settings, app_db: Database) 
             "WHERE relname = ANY($1::text[])",
             list(TENANT_TABLES),
         )
+    # Forced (binding the tables' owner too), but for `chunk`: the `chunk_fts` view reads it
+    # as the owner, without the policy (migration 0006); the app role is bound either way.
     assert {r["relname"]: (r["relrowsecurity"], r["relforcerowsecurity"]) for r in rows} == {
-        t: (True, True) for t in TENANT_TABLES
+        "collection": (True, True),
+        "document": (True, True),
+        "chunk": (True, False),
     }
 
 
@@ -146,6 +152,71 @@ async def test_vector_search_uses_hnsw_under_rls(
         )
     assert "ix_chunk_embedding_hnsw" in plan, plan
     assert "app.workspace_id" in plan, plan  # the policy is applied inside the index scan
+
+
+async def test_keyword_search_uses_the_gin_index_as_the_app_role(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
+) -> None:
+    """`@@` is not LEAKPROOF: on `chunk` itself the policy keeps it out of the GIN index (every
+    chunk of the workspace read and filtered); the keyword statement reads `chunk_fts`."""
+    token = await sign_up(gql, inbox, "fts@example.com")
+    await upload_ok(gql, "f.pdf", make_pdf(["tsvector plans", "gin index"]), token=token)
+    ws = await workspace_of(settings, "fts@example.com")
+    async with connect(settings) as conn:  # a workspace where the index pays off
+        document = await conn.fetchval("SELECT id FROM document WHERE workspace_id = $1", ws)
+        vector = "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]"
+        await conn.execute(
+            "INSERT INTO chunk (workspace_id, document_id, ordinal, page, char_start, char_end,"
+            " text, embedding) SELECT $1, $2, 10 + n, 3, 0, 20, 'filler passage ' || n, $3::vector"
+            " FROM generate_series(1, 3000) AS n",
+            ws,
+            document,
+            vector,
+        )
+        await conn.execute("ANALYZE chunk")
+    for common_share in (1.0, 0.02):
+        statement = chunks.keyword_statement(
+            workspace_id=ws, query="gin plans", limit=5, common_share=common_share
+        )
+        async with app_db.driver_transaction(ws) as conn:
+            assert await conn.fetchval("SELECT current_user") == APP_ROLE
+            explained = await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
+            found = await conn.fetch(statement.sql, *statement.args)
+        plan = "\n".join(r[0] for r in explained)
+        assert "Bitmap Index Scan on ix_chunk_tsv" in plan, plan
+        assert len(found) == 2
+
+
+async def test_the_keyword_view_holds_only_the_current_workspace_and_is_read_only(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
+) -> None:
+    for email, words in (("va@example.com", "apples"), ("vb@example.com", "bananas")):
+        token = await sign_up(gql, inbox, email)
+        await upload_ok(gql, f"{words}.pdf", make_pdf([f"All about {words}."]), token=token)
+    ws_a = await workspace_of(settings, "va@example.com")
+    ws_b = await workspace_of(settings, "vb@example.com")
+    async with app_db.driver_transaction(ws_a) as conn:
+        seen = await conn.fetch("SELECT DISTINCT workspace_id FROM chunk_fts")
+        # B's words, B's id, B's documents: nothing of B's through A's transaction.
+        other = await conn.fetchval(
+            "SELECT count(*) FROM chunk_fts WHERE workspace_id = $1 "
+            "OR tsv @@ to_tsquery('english', 'bananas')",
+            ws_b,
+        )
+    assert [r[0] for r in seen] == [ws_a]
+    assert other == 0
+    async with app_db.driver_transaction() as conn:  # no workspace set: empty
+        assert await conn.fetchval("SELECT count(*) FROM chunk_fts") == 0
+    for statement in (
+        "UPDATE chunk_fts SET workspace_id = $1",
+        "DELETE FROM chunk_fts WHERE workspace_id <> $1",
+        "INSERT INTO chunk_fts (workspace_id) VALUES ($1)",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            async with app_db.driver_transaction(ws_a) as conn:
+                await conn.execute(statement, ws_b)
+    async with connect(settings) as conn:
+        assert await conn.fetchval("SELECT count(DISTINCT workspace_id) FROM chunk") == 2
 
 
 async def test_upgrade_from_the_skeleton_keeps_documents(postgres_url: str) -> None:
