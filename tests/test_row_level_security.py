@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from alembic import command
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.migrate import alembic_config
-from rag_gql.db.session import APP_ROLE
+from rag_gql.db.session import APP_ROLE, SET_TENANT
 from rag_gql.repositories import chunks
 from tests.conftest import TEST_EMBED_DIM, with_database
 from tests.support.accounts import sign_up
@@ -217,6 +218,86 @@ async def test_the_keyword_view_holds_only_the_current_workspace_and_is_read_onl
                 await conn.execute(statement, ws_b)
     async with connect(settings) as conn:
         assert await conn.fetchval("SELECT count(DISTINCT workspace_id) FROM chunk") == 2
+
+
+async def test_a_non_superuser_owner_migrates_and_serves(postgres_url: str) -> None:
+    """The README's `DATABASE_URL` set-up: a user with CREATEROLE, not a superuser, owns the
+    database and runs the migrations. On PostgreSQL 16+ such a user is made a member of roles
+    it creates with ADMIN but without SET (the state given to it here, `rag_gql_app` existing
+    cluster-wide already), and `SET ROLE rag_gql_app` failed until migration 0007. Keyword
+    search then uses the GIN index as the app role: `chunk_fts` reads `chunk` as this owner."""
+    suffix = uuid.uuid4().hex[:12]
+    name, owner = f"own_{suffix}", f"owner_{suffix}"
+    dsn = asyncpg_dsn(Settings(_env_file=None, database_url=postgres_url))
+    admin = await asyncpg.connect(dsn)
+    if not await admin.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+        await admin.close()
+        pytest.skip("creating a role needs a superuser on the test server")
+    await admin.execute(
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN"
+        f" CREATE ROLE {APP_ROLE} NOLOGIN; END IF; END $$"
+    )
+    await admin.execute(f"CREATE ROLE {owner} LOGIN CREATEROLE PASSWORD 'owner-pw'")
+    if await admin.fetchval("SHOW server_version_num") >= "160000":
+        await admin.execute(
+            f"GRANT {APP_ROLE} TO {owner} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE"
+        )
+    else:
+        await admin.execute(f"GRANT {APP_ROLE} TO {owner} WITH ADMIN OPTION")
+    await admin.execute(f'CREATE DATABASE "{name}" OWNER {owner}')
+    await admin.close()
+    admin_url = with_database(postgres_url, name)
+    async with connect(Settings(_env_file=None, database_url=admin_url)) as conn:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")  # a DBA's step
+    url = make_url(admin_url).set(username=owner, password="owner-pw")
+    owner_url = url.render_as_string(hide_password=False)
+    settings = Settings(_env_file=None, database_url=owner_url)
+    db: Database | None = None
+    try:
+        config = alembic_config(owner_url, embed_dim=TEST_EMBED_DIM)
+        await asyncio.to_thread(command.upgrade, config, "head")
+        ws, doc = uuid.uuid4(), uuid.uuid4()
+        async with connect(settings) as conn:
+            await conn.execute(
+                "INSERT INTO workspace (id, name, personal) VALUES ($1, 'w', true)", ws
+            )
+            async with conn.transaction():
+                await conn.execute(SET_TENANT, str(ws))
+                await conn.execute(
+                    "INSERT INTO document (id, workspace_id, filename, sha256, media_type,"
+                    " size_bytes, page_count, chunk_count, status) VALUES"
+                    " ($1, $2, 'a.pdf', 'ab', 'application/pdf', 1, 1, 1, 'READY')",
+                    doc,
+                    ws,
+                )
+                await conn.execute(
+                    "INSERT INTO chunk (workspace_id, document_id, ordinal, page, char_start,"
+                    " char_end, text, embedding) SELECT $1, $2, n, 1, 0, 9, CASE WHEN n = 7"
+                    " THEN 'gin plans' ELSE 'filler passage ' || n END, $3::vector"
+                    " FROM generate_series(1, 3000) AS n",
+                    ws,
+                    doc,
+                    "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]",
+                )
+            await conn.execute("ANALYZE chunk")
+        db = Database(owner_url)
+        statement = chunks.keyword_statement(
+            workspace_id=ws, query="gin plans", limit=5, common_share=0.02
+        )
+        async with db.driver_transaction(ws) as conn:
+            assert await conn.fetchval("SELECT current_user") == APP_ROLE
+            explained = await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
+            found = await conn.fetch(statement.sql, *statement.args)
+        plan = "\n".join(r[0] for r in explained)
+        assert "Bitmap Index Scan on ix_chunk_tsv" in plan, plan
+        assert len(found) == 1
+    finally:
+        if db is not None:
+            await db.dispose()
+        admin = await asyncpg.connect(dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f"DROP ROLE IF EXISTS {owner}")
+        await admin.close()
 
 
 async def test_upgrade_from_the_skeleton_keeps_documents(postgres_url: str) -> None:
