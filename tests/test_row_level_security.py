@@ -47,6 +47,37 @@ async def workspace_of(settings: Settings, email: str) -> uuid.UUID:
     return ws
 
 
+async def add_filler_chunks(
+    conn: asyncpg.Connection, ws: uuid.UUID, document: uuid.UUID, count: int = 3000
+) -> None:
+    """Adds `count` chunks ('filler passage N', ordinals 10 + N) to `document`, then ANALYZE:
+    a workspace big enough for the planner to prefer the GIN index."""
+    await conn.execute(
+        "INSERT INTO chunk (workspace_id, document_id, ordinal, page, char_start, char_end,"
+        " text, embedding) SELECT $1, $2, 10 + n, 3, 0, 20, 'filler passage ' || n, $3::vector"
+        " FROM generate_series(1, $4::int) AS n",
+        ws,
+        document,
+        "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]",
+        count,
+    )
+    await conn.execute("ANALYZE chunk")
+
+
+async def keyword_plan(
+    db: Database, ws: uuid.UUID, query: str, common_share: float
+) -> tuple[str, int]:
+    """The keyword statement's plan as the app role, and how many chunks it returns."""
+    statement = chunks.keyword_statement(
+        workspace_id=ws, query=query, limit=5, common_share=common_share
+    )
+    async with db.driver_transaction(ws) as conn:
+        assert await conn.fetchval("SELECT current_user") == APP_ROLE
+        explained = await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
+        found = await conn.fetch(statement.sql, *statement.args)
+    return "\n".join(r[0] for r in explained), len(found)
+
+
 async def test_app_role_cannot_bypass_rls(settings: Settings, app_db: Database) -> None:
     async with app_db.transaction() as session:
         role = (await session.execute(text("SELECT current_user"))).scalar_one()
@@ -165,27 +196,11 @@ async def test_keyword_search_uses_the_gin_index_as_the_app_role(
     ws = await workspace_of(settings, "fts@example.com")
     async with connect(settings) as conn:  # a workspace where the index pays off
         document = await conn.fetchval("SELECT id FROM document WHERE workspace_id = $1", ws)
-        vector = "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]"
-        await conn.execute(
-            "INSERT INTO chunk (workspace_id, document_id, ordinal, page, char_start, char_end,"
-            " text, embedding) SELECT $1, $2, 10 + n, 3, 0, 20, 'filler passage ' || n, $3::vector"
-            " FROM generate_series(1, 3000) AS n",
-            ws,
-            document,
-            vector,
-        )
-        await conn.execute("ANALYZE chunk")
+        await add_filler_chunks(conn, ws, document)
     for common_share in (1.0, 0.02):
-        statement = chunks.keyword_statement(
-            workspace_id=ws, query="gin plans", limit=5, common_share=common_share
-        )
-        async with app_db.driver_transaction(ws) as conn:
-            assert await conn.fetchval("SELECT current_user") == APP_ROLE
-            explained = await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
-            found = await conn.fetch(statement.sql, *statement.args)
-        plan = "\n".join(r[0] for r in explained)
+        plan, found = await keyword_plan(app_db, ws, "gin plans", common_share)
         assert "Bitmap Index Scan on ix_chunk_tsv" in plan, plan
-        assert len(found) == 2
+        assert found == 2
 
 
 async def test_the_keyword_view_holds_only_the_current_workspace_and_is_read_only(
@@ -272,25 +287,17 @@ async def test_a_non_superuser_owner_migrates_and_serves(postgres_url: str) -> N
                 )
                 await conn.execute(
                     "INSERT INTO chunk (workspace_id, document_id, ordinal, page, char_start,"
-                    " char_end, text, embedding) SELECT $1, $2, n, 1, 0, 9, CASE WHEN n = 7"
-                    " THEN 'gin plans' ELSE 'filler passage ' || n END, $3::vector"
-                    " FROM generate_series(1, 3000) AS n",
+                    " char_end, text, embedding)"
+                    " VALUES ($1, $2, 0, 1, 0, 9, 'gin plans', $3::vector)",
                     ws,
                     doc,
                     "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]",
                 )
-            await conn.execute("ANALYZE chunk")
+                await add_filler_chunks(conn, ws, doc)
         db = Database(owner_url)
-        statement = chunks.keyword_statement(
-            workspace_id=ws, query="gin plans", limit=5, common_share=0.02
-        )
-        async with db.driver_transaction(ws) as conn:
-            assert await conn.fetchval("SELECT current_user") == APP_ROLE
-            explained = await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
-            found = await conn.fetch(statement.sql, *statement.args)
-        plan = "\n".join(r[0] for r in explained)
+        plan, found = await keyword_plan(db, ws, "gin plans", 0.02)
         assert "Bitmap Index Scan on ix_chunk_tsv" in plan, plan
-        assert len(found) == 1
+        assert found == 1
     finally:
         if db is not None:
             await db.dispose()
