@@ -27,6 +27,8 @@ from tests.support.sql import asyncpg_dsn, connect
 from tests.support.uploads import upload_ok
 
 TENANT_TABLES = ("collection", "document", "chunk")
+A_VECTOR = "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]"
+"""An embedding as pgvector text, for chunks written straight into the table."""
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ async def add_filler_chunks(
         " FROM generate_series(1, $4::int) AS n",
         ws,
         document,
-        "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]",
+        A_VECTOR,
         count,
     )
     await conn.execute("ANALYZE chunk")
@@ -166,7 +168,6 @@ async def test_vector_search_uses_hnsw_under_rls(
     token = await sign_up(gql, inbox, "plan@example.com")
     await gql.upload("p.pdf", make_pdf(["pgvector plans", "hnsw index"]), token=token)
     ws = await workspace_of(settings, "plan@example.com")
-    vector = "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]"
     async with app_db.transaction(ws) as session:
         # The table is tiny; make the planner show what it does when the index pays off.
         await session.execute(text("SET LOCAL enable_seqscan = off"))
@@ -178,7 +179,7 @@ async def test_vector_search_uses_hnsw_under_rls(
                         "EXPLAIN SELECT id FROM chunk "
                         "ORDER BY embedding <=> CAST(:v AS vector) LIMIT 5"
                     ),
-                    {"v": vector},
+                    {"v": A_VECTOR},
                 )
             ).scalars()
         )
@@ -213,7 +214,7 @@ async def test_the_keyword_view_holds_only_the_current_workspace_and_is_read_onl
     ws_b = await workspace_of(settings, "vb@example.com")
     async with app_db.driver_transaction(ws_a) as conn:
         seen = await conn.fetch("SELECT DISTINCT workspace_id FROM chunk_fts")
-        # B's words, B's id, B's documents: nothing of B's through A's transaction.
+        # B's id or B's words: nothing of B's through A's transaction.
         other = await conn.fetchval(
             "SELECT count(*) FROM chunk_fts WHERE workspace_id = $1 "
             "OR tsv @@ to_tsquery('english', 'bananas')",
@@ -291,7 +292,7 @@ async def test_a_non_superuser_owner_migrates_and_serves(postgres_url: str) -> N
                     " VALUES ($1, $2, 0, 1, 0, 9, 'gin plans', $3::vector)",
                     ws,
                     doc,
-                    "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]",
+                    A_VECTOR,
                 )
                 await add_filler_chunks(conn, ws, doc)
         db = Database(owner_url)
