@@ -184,9 +184,40 @@ class Settings(BaseSettings):
     parse_processes: int | None = Field(
         default=None,
         ge=0,
-        description="Processes that extract text: unset means half the CPUs (at least one; "
-        "embedding, COPY and index upkeep need the rest); 0 means a thread of the worker "
-        "itself (no extra processes: small machines, tests).",
+        description="Processes that parse uploads and extract text: unset means half the CPUs "
+        "(at least one; embedding, COPY and index upkeep need the rest); 0 means a thread of "
+        "the worker itself, without PARSE_TIMEOUT or PARSE_MAX_MEMORY, so that a hostile "
+        "upload can stall the process (tests only).",
+    )
+    parse_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds an extraction process may spend on one step of a document "
+        "(counting its units, or one batch of INGEST_PAGE_BATCH units); past it the "
+        "document is FAILED and the process replaced.",
+    )
+    parse_max_memory: int = Field(
+        default=2 * 1024**3,
+        gt=0,
+        description="Bytes of address space (RLIMIT_AS) of each extraction process; a "
+        "document that needs more is FAILED and the process replaced.",
+    )
+    zip_max_entries: int = Field(
+        default=10_000,
+        gt=0,
+        description="Most entries in a ZIP-based upload (DOCX, EPUB, CBZ, XPS), from its "
+        "central directory.",
+    )
+    zip_max_uncompressed_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        gt=0,
+        description="Most bytes a ZIP-based upload declares uncompressed, all members together.",
+    )
+    zip_max_ratio: float = Field(
+        default=100.0,
+        gt=1,
+        description="Most uncompressed bytes per compressed byte of a ZIP member of 1 MiB or "
+        "more (zip bombs).",
     )
     ingest_page_batch: int = Field(
         default=32, gt=0, description="Pages extracted, embedded and written per step."

@@ -188,19 +188,31 @@ async def test_bad_files_are_rejected_and_nothing_is_stored(
 ) -> None:
     token = await sign_up(gql, inbox, "ada@example.com")
     good = make_pdf(["Page one has words.", "Page two has more words."])
-    # Refused at upload, before anything is stored or queued.
+    # Refused at upload, before anything is stored or queued: what is cheap to tell.
     cases: Sequence[tuple[str, bytes, tuple[str, ...]]] = [
         ("empty.pdf", b"", ("empty.pdf", "empty")),
-        ("garbled.pdf", b"%PDF-1.7\n" + bytes(range(256)) * 8, ("garbled.pdf", "corrupt")),
-        ("half.pdf", good[: len(good) // 2], ("half.pdf", "corrupt or truncated")),
-        ("cut.pdf", good[: len(good) * 9 // 10], ("cut.pdf", "corrupt or truncated")),
-        ("locked.pdf", make_encrypted_pdf(), ("locked.pdf", "encrypted")),
         ("photo.pdf", b"\x89PNG\r\n\x1a\n" + bytes(200), ("photo.pdf", "not supported")),
     ]
     for filename, content, fragments in cases:
         body = await upload_error(gql, filename, content, token)
         assert_error(body, "BAD_USER_INPUT", *fragments)
         assert await stored_counts(settings) == (0, 0), filename
+    # What only parsing tells is found out in the worker's extraction processes: FAILED.
+    failed: Sequence[tuple[str, bytes, tuple[str, ...]]] = [
+        ("garbled.pdf", b"%PDF-1.7\n" + bytes(range(256)) * 8, ("garbled.pdf", "corrupt")),
+        ("half.pdf", good[: len(good) // 2], ("half.pdf", "corrupt or truncated")),
+        ("cut.pdf", good[: len(good) * 9 // 10], ("cut.pdf", "corrupt or truncated")),
+        ("locked.pdf", make_encrypted_pdf(), ("locked.pdf", "encrypted")),
+    ]
+    for count, (filename, content, fragments) in enumerate(failed, 1):
+        document = await upload_ok(gql, filename, content, token)
+        assert document["status"] == "FAILED", filename
+        found = await gql.data(
+            "query($id: ID!) { document(id: $id) { error } }", {"id": document["id"]}, token=token
+        )
+        for fragment in fragments:
+            assert fragment in found["document"]["error"], found
+        assert await stored_counts(settings) == (count, 0), filename
     assert ollama.embed_requests == 0, "nothing was embedded"
 
     # A scan is only found out by extracting its text: FAILED, with the reason, no chunks.
@@ -211,7 +223,7 @@ async def test_bad_files_are_rejected_and_nothing_is_stored(
         "query($id: ID!) { document(id: $id) { error } }", {"id": scan["id"]}, token=token
     )
     assert "no text layer" in error["document"]["error"]
-    assert await stored_counts(settings) == (1, 0)
+    assert await stored_counts(settings) == (len(failed) + 1, 0)
 
     # The type comes from the content, not the name: text named .pdf is ingested as text.
     text = await upload_ok(gql, "notes.pdf", b"plain text wearing a .pdf name\n", token)

@@ -72,7 +72,10 @@ class Document:
     media_type: str
     size_bytes: float = strawberry.field(description="Size of the file in bytes.")
     unit: parsing.Unit = strawberry.field(description="What `pageCount` and hits' `page` count.")
-    page_count: int = strawberry.field(description="Pages (sections, row blocks) in the file.")
+    page_count: int = strawberry.field(
+        description="Pages (sections, row blocks) in the file; 0 until the worker has "
+        "counted them (while QUEUED, and FAILED before counting)."
+    )
     pages_done: int = strawberry.field(description="Pages parsed and embedded so far.")
     chunk_count: int = strawberry.field(description="Chunks searchable (0 until READY).")
     chunks_done: int = strawberry.field(description="Chunks embedded so far in this run.")

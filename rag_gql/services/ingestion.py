@@ -2,10 +2,12 @@
 
 `IngestionService.submit` (API process): the upload arrives streamed to a temporary file
 (`receive`: SHA-256 and the size limit checked on the way, never whole in memory), its type
-is told from its content and its page count checked (`parsing.inspect_file`), then ONE
-transaction stores the document (QUEUED), its bytes (in 1 MiB parts) and its job.
+is told from its content in bounded time (`parsing.detect_type`: nothing is parsed in the API
+process), then ONE transaction stores the document (QUEUED), its bytes (in 1 MiB parts) and
+its job.
 
-`IngestionPipeline.run` (worker): PARSING → text extracted in page batches in a process pool,
+`IngestionPipeline.run` (worker): PARSING → units counted (MAX_PAGES) then text extracted in
+page batches in extraction processes under PARSE_TIMEOUT and PARSE_MAX_MEMORY (`extraction`),
 pipelined with EMBEDDING (batched `/api/embed`) and with `COPY` of the chunks, all inside ONE
 transaction that ends by setting READY. Nobody ever sees part of a document; a crash loses
 only that transaction, and the job's rerun starts again from the stored file. Reindexing is
@@ -20,12 +22,10 @@ import collections
 import contextlib
 import hashlib
 import logging
-import multiprocessing
 import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from rag_gql.repositories import documents
 from rag_gql.services import parsing
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.chunking import chunk_pages
+from rag_gql.services.extraction import ExtractionPool
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,9 @@ class IngestionService:
         Raises:
             Forbidden: the caller's role cannot write (VIEWER).
             NotFound: `collection_id` is not a collection of the workspace.
-            InvalidInput: unsupported type, unreadable, encrypted, no pages, over MAX_PAGES.
+            InvalidInput: empty, unsupported type, a damaged or encrypted ZIP, over a ZIP
+                limit. What only parsing tells (unreadable, encrypted PDF, no pages, over
+                MAX_PAGES) ends the document FAILED in the worker instead.
         """
         principal.require(Action.WRITE)
         filename = clean_filename(filename)
@@ -143,8 +146,16 @@ class IngestionService:
             )
         if existing is not None:
             return IngestResult(existing, duplicate=True)
-        inspection = await asyncio.to_thread(
-            parsing.inspect_file, upload.path, filename, max_pages=self._settings.max_pages
+        settings = self._settings
+        media_type = await asyncio.to_thread(
+            parsing.detect_type,
+            upload.path,
+            filename,
+            zip_limits=parsing.ZipLimits(
+                max_entries=settings.zip_max_entries,
+                max_uncompressed_bytes=settings.zip_max_uncompressed_bytes,
+                max_ratio=settings.zip_max_ratio,
+            ),
         )
         document = Document(
             id=uuid.uuid4(),
@@ -152,10 +163,10 @@ class IngestionService:
             collection_id=collection_id,
             filename=filename,
             sha256=upload.sha256,
-            media_type=inspection.media_type,
-            unit=inspection.unit.value,
+            media_type=media_type,
+            unit=parsing.unit_of(media_type).value,
             size_bytes=upload.size_bytes,
-            page_count=inspection.unit_count,
+            page_count=0,  # counted by the worker
             chunk_count=0,
             status=DocumentStatus.QUEUED.value,
         )
@@ -260,8 +271,8 @@ async def _store_file(session: Any, document: Document, path: Path) -> None:
 class IngestionPipeline:
     """Runs ingestion jobs (worker side): parse → chunk → embed → write, for one document.
 
-    Owns a process pool for text extraction (`PARSE_PROCESSES`, started on first use); call
-    `close` when done.
+    Owns the extraction processes (`PARSE_PROCESSES`, started on first use); call `close`
+    when done.
     """
 
     def __init__(
@@ -271,26 +282,16 @@ class IngestionPipeline:
         self._db = db
         self._ollama = ollama
         self._metrics = metrics
-        self._pool: Executor | None = None
-
-    def _executor(self) -> Executor:
-        if self._pool is None:
-            workers = self._settings.parse_processes
-            if workers == 0:
-                # One thread: MuPDF is not thread-safe, so never two extractions at once.
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse")
-            else:
-                # spawn: a forked child would inherit the event loop's threads and sockets.
-                context = multiprocessing.get_context("spawn")
-                default = max(1, (os.cpu_count() or 2) // 2)
-                self._pool = ProcessPoolExecutor(max_workers=workers or default, mp_context=context)
-        return self._pool
+        workers = settings.parse_processes
+        self._extraction = ExtractionPool(
+            processes=max(1, (os.cpu_count() or 2) // 2) if workers is None else workers,
+            timeout=settings.parse_timeout,
+            max_memory=settings.parse_max_memory,
+        )
 
     def close(self) -> None:
         """Stops the extraction processes."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._extraction.close()
 
     async def run(self, document_id: uuid.UUID, workspace_id: uuid.UUID, final: bool) -> None:
         """Indexes one document from its stored file; the procrastinate task's body.
@@ -384,9 +385,18 @@ class IngestionPipeline:
     async def _extracted(
         self, document: Document, path: Path
     ) -> AsyncIterator[tuple[int, int, list[str]]]:
-        """Yields `(start, stop, texts)` page batches in order, extraction running ahead."""
-        loop = asyncio.get_running_loop()
-        pool = self._executor()
+        """Counts the units (`page_count` is stored then), then yields `(start, stop, texts)`
+        page batches in order, extraction running ahead; all in extraction processes."""
+        pool = self._extraction
+        document.page_count = await pool.run(
+            repr(document.filename),
+            parsing.count_units,
+            path,
+            document.filename,
+            document.media_type,
+            max_pages=self._settings.max_pages,
+        )
+        await self._set(document, page_count=document.page_count)
         total, step = document.page_count, self._settings.ingest_page_batch
         batches = iter([(start, min(start + step, total)) for start in range(0, total, step)])
         in_flight: collections.deque[tuple[int, int, asyncio.Future[list[str]]]] = (
@@ -397,13 +407,20 @@ class IngestionPipeline:
             batch = next(batches, None)
             if batch is not None:
                 start, stop = batch
-                future = loop.run_in_executor(
-                    pool, parsing.extract_units, path, document.media_type, start, stop
+                future = asyncio.ensure_future(
+                    pool.run(
+                        f"{document.filename!r}, units {start + 1}-{stop}",
+                        parsing.extract_units,
+                        path,
+                        document.media_type,
+                        start,
+                        stop,
+                    )
                 )
                 in_flight.append((start, stop, future))
 
         # Keep every extraction process busy, one batch ahead.
-        for _ in range(getattr(pool, "_max_workers", 1) + 1):
+        for _ in range(pool.workers + 1):
             extract_next()
         try:
             while in_flight:
@@ -415,6 +432,8 @@ class IngestionPipeline:
         finally:
             for _start, _stop, pending in in_flight:
                 pending.cancel()
+            # Let the cancelled calls stop their processes (and retrieve their errors).
+            await asyncio.gather(*(pending for *_, pending in in_flight), return_exceptions=True)
 
     async def _index(self, document: Document, path: Path) -> None:
         """Two stages joined by a short queue: extract + chunk + embed a batch while the

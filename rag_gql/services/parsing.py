@@ -1,18 +1,23 @@
 """Turns uploaded files into unit texts: pages, sections or blocks of rows. Blocking throughout.
 
-Two steps. `inspect_file` runs at upload: it tells the type from the content, counts the units
-and enforces the limits. `extract_units` runs later in a worker process, a batch of units per
-call, so a big PDF is never held whole. Parsers: PyMuPDF for PDF, XPS, EPUB, MOBI, FB2 and
+Two sides. At upload, in the API process, `detect_type` only does bounded, linear-time work:
+magic bytes, a ZIP's central directory read as metadata (`ZipLimits`), a few KiB of text.
+Everything that parses runs in the worker's extraction processes (`extraction.py`, under a
+time and memory limit): `count_units` counts the units and enforces MAX_PAGES, then
+`extract_units` reads a batch of units per call, so a big PDF is never held whole. No pattern
+here has nested quantifiers. Parsers: PyMuPDF for PDF, XPS, EPUB, MOBI, FB2 and
 CBZ; python-docx for DOCX; BeautifulSoup for HTML; markdown-it-py for Markdown; the `csv`
 module for CSV; charset-normalizer for the encoding of text files.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import enum
 import functools
 import io
+import itertools
 import re
 import sys
 import tempfile
@@ -99,13 +104,29 @@ _IMAGES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".
 _FONT_OBFUSCATION = {"http://www.idpf.org/2008/embedding", "http://ns.adobe.com/pdf/enc#RC"}
 _SNIFF = 8192
 _MAX_META = 1 << 20  # bytes read from a ZIP member while sniffing (zip bombs)
-_HTML_START = re.compile(r"(<\?xml[^>]*>\s*)?(<!--.*?-->\s*)*(<!doctype html|<html[\s>])", re.S)
-_MARKDOWN_HINT = re.compile(r"^(#{1,6}[ \t]+\S|```|~~~)|^\S.*\n(=+|-+)[ \t]*$|\]\([^)\s]+\)", re.M)
+_RATIO_FLOOR = 1 << 20  # members smaller than this are not held to ZIP_MAX_RATIO
+# Patterns applied to uploaded text: single quantifiers over disjoint classes, so each runs in
+# linear time (tests/test_upload_safety.py checks it on adversarial input).
+_HTML_TAG = re.compile(r"<(body|div|p|h[1-6])[\s>]")
+_MARKDOWN_HINT = re.compile(r"^(#{1,6}[ \t]+\S|```|~~~)|\]\([^)\s\]]+\)", re.M)
+_SETEXT_UNDERLINE = re.compile(r"(=+|-+)[ \t]*")
+_ALGORITHM = re.compile(rb'Algorithm="([^"]+)"')
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 _BLOCK_TAGS = [
     *("address", "article", "aside", "blockquote", "dd", "div", "dl", "dt", "figcaption"),
     *("figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li"),
     *("main", "nav", "ol", "p", "pre", "section", "table", "td", "th", "tr", "ul", "caption"),
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class ZipLimits:
+    """Caps on a ZIP-based upload, checked in its central directory before any member is read."""
+
+    max_entries: int = 10_000
+    max_uncompressed_bytes: int = 256 * 1024 * 1024
+    max_ratio: float = 100.0
+    """Most uncompressed bytes per compressed byte of a member (of 1 MiB or more)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,37 +157,68 @@ MUPDF_STORE_PAGES = 256
 """Pages after which an extraction process empties MuPDF's object store."""
 
 
-def inspect_file(path: Path, filename: str, *, max_pages: int) -> Inspection:
-    """Tells the type of an uploaded file from its content and counts its units.
+def detect_type(path: Path, filename: str, *, zip_limits: ZipLimits | None = None) -> str:
+    """Tells the media type of an upload from its content, in bounded, linear time.
 
-    The type comes from magic bytes (and, for ZIP-based formats, the archive's members); text
-    is decoded and sniffed, and the extension of `filename` only chooses between text formats
-    (HTML, Markdown, CSV, plain text). PDFs are not read past their page tree; text formats are
-    parsed whole.
+    Reads magic bytes; for a ZIP, its central directory (checked against `zip_limits`) and at
+    most 1 MiB of a few small members; for text, the first 8 KiB, which alone choose between
+    HTML, Markdown, CSV and plain text (the extension of `filename` decides when the content
+    does not). Nothing is parsed: `count_units` does that, in an extraction process.
 
     Raises:
         InvalidInput: the file is empty, of an unsupported type (the message names the
-            supported ones), corrupt or truncated, encrypted, has no pages, or has more than
-            `max_pages` units (the message gives the limit). `filename` is in every message.
+            supported ones), a damaged or encrypted ZIP, over a ZIP limit (the message names
+            the setting), or a book with DRM. `filename` is in every message.
+    """
+    return _detect(path, filename, zip_limits or ZipLimits())
+
+
+def unit_of(media_type: str) -> Unit:
+    """What the units of a document of `media_type` are."""
+    return _UNITS.get(media_type, Unit.SECTION)
+
+
+def count_units(path: Path, filename: str, media_type: str, *, max_pages: int) -> int:
+    """Counts the units of a file of `media_type` (from `detect_type`) and enforces the limits.
+
+    Parses the file (PDFs are not read past their page tree; other formats whole): run it in
+    an extraction process, never in the API process.
+
+    Raises:
+        InvalidInput: the file is corrupt or truncated, encrypted, not text after all, has no
+            pages, or has more than `max_pages` units (the message gives the limit).
+            `filename` is in every message.
     """
     label = repr(filename)
-    media_type, text = _detect(path, filename)
-    unit = _UNITS.get(media_type, Unit.SECTION)
+    unit = unit_of(media_type)
     if media_type in _MUPDF:
         with _open_mupdf(path, media_type, label) as doc:
             count = _page_count(doc, media_type, label)
     else:
-        count = len(_text_units(path, media_type, label, text))
+        count = len(_cached_text_units(path, media_type, label))
     if count == 0:
         raise InvalidInput(f"{filename!r} has no pages")
     if count > max_pages:
         what = _NOUNS[unit] + (f" ({ROWS_PER_UNIT} rows each)" if unit is Unit.ROWS else "")
         raise InvalidInput(f"{filename!r} has {count} {what}; the limit is {max_pages}")
-    return Inspection(media_type=media_type, unit=unit, unit_count=count)
+    return count
+
+
+def inspect_file(
+    path: Path, filename: str, *, max_pages: int, zip_limits: ZipLimits | None = None
+) -> Inspection:
+    """`detect_type` then `count_units`, in the calling process (tools and tests).
+
+    Raises:
+        InvalidInput: as `detect_type` and `count_units`.
+    """
+    media_type = detect_type(path, filename, zip_limits=zip_limits)
+    count = count_units(path, filename, media_type, max_pages=max_pages)
+    return Inspection(media_type=media_type, unit=unit_of(media_type), unit_count=count)
 
 
 def extract_units(path: Path, media_type: str, start: int, stop: int) -> list[str]:
-    """Returns the texts of units `[start, stop)` (0-based) of a file `inspect_file` accepted.
+    """Returns the texts of units `[start, stop)` (0-based) of a file `count_units` accepted.
 
     Picklable and self-contained, for a `ProcessPoolExecutor`. PyMuPDF formats read just those
     pages (the last document opened stays open in the process for the next batch). Other
@@ -180,8 +232,7 @@ def extract_units(path: Path, media_type: str, start: int, stop: int) -> list[st
     """
     label = f"the {_NAMES[media_type]} file"
     if media_type not in _MUPDF:
-        stat = path.stat()
-        units = _cached_text_units(str(path), media_type, stat.st_mtime_ns, stat.st_size)
+        units = _cached_text_units(path, media_type, label)
         _check_range(start, stop, len(units))
         return list(units[start:stop])
     stat = path.stat()
@@ -193,6 +244,8 @@ def extract_units(path: Path, media_type: str, start: int, stop: int) -> list[st
     for number in range(start, stop):
         try:
             texts.append(doc.load_page(number).get_text("text", sort=False))
+        except MemoryError:  # PARSE_MAX_MEMORY's doing, not a damaged file
+            raise
         except Exception as exc:  # a page that fails to parse means a damaged file
             raise InvalidInput(f"{label} is damaged: page {number + 1} could not be read") from exc
     # MuPDF keeps decoded fonts and objects in its store (up to 256 MiB): empty it every
@@ -245,8 +298,7 @@ def _unsupported(label: str, what: str) -> InvalidInput:
     return InvalidInput(f"{label} is {what}, which is not supported; supported: {SUPPORTED}")
 
 
-def _detect(path: Path, filename: str) -> tuple[str, str | None]:
-    """The media type, and the decoded text for text formats."""
+def _detect(path: Path, filename: str, zip_limits: ZipLimits) -> str:
     label = repr(filename)
     with path.open("rb") as file:
         head = file.read(_SNIFF)
@@ -254,38 +306,94 @@ def _detect(path: Path, filename: str) -> tuple[str, str | None]:
         raise InvalidInput(f"{label} is empty")
     # PDF readers accept the header anywhere in the first KiB (PDF 32000-1, annex H.3).
     if PDF_MAGIC in head[:1024]:
-        return PDF, None
+        return PDF
     if head[60:68] == b"BOOKMOBI":  # Palm database type and creator
         # Record 0 starts with the PalmDOC header, whose bytes 12-13 name the DRM scheme.
         record0 = int.from_bytes(head[78:82], "big")
         if head[record0 + 12 : record0 + 14].strip(b"\0"):
             raise InvalidInput(f"{label} is encrypted (DRM); upload a copy without DRM")
-        return MOBI, None
+        return MOBI
     if head.startswith(b"PK\x03\x04"):
-        return _detect_zip(path, label), None
+        return _detect_zip(path, label, zip_limits)
     for magic, what in _OTHER_MAGIC:
         if head.startswith(magic):
             raise _unsupported(label, what)
-    text = _read_text(path, label)
-    sample = text[:_SNIFF]
+    sample = _decode_sample(head, label, complete=len(head) < _SNIFF)
     start = sample.lstrip().lower()
     if start.startswith("<?xml") and "<fictionbook" in start:
-        return FB2, None
-    if _HTML_START.match(start):
-        return HTML, text
+        return FB2
+    if _starts_html(start):
+        return HTML
     by_name = _TEXT_EXTENSIONS.get(Path(filename).suffix.lower())
     if by_name:
-        return by_name, text
-    if start.startswith("<") and re.search(r"<(body|div|p|h[1-6])[\s>]", start):
-        return HTML, text
+        return by_name
+    if start.startswith("<") and _HTML_TAG.search(start):
+        return HTML
     if _looks_like_csv(sample):
-        return CSV, text
-    return (MARKDOWN if _MARKDOWN_HINT.search(sample) else TEXT), text
+        return CSV
+    return MARKDOWN if _looks_like_markdown(sample) else TEXT
 
 
-def _detect_zip(path: Path, label: str) -> str:
+def _starts_html(start: str) -> bool:
+    """Whether lowercased text opens as an HTML document: an optional XML declaration and
+    comments, then a doctype or an `<html>` tag. A scan with `str.find`, in linear time."""
+    at = 0
+    if start.startswith("<?xml"):
+        at = start.find(">")
+        if at < 0:
+            return False
+        at += 1
+    while True:
+        while at < len(start) and start[at].isspace():
+            at += 1
+        if not start.startswith("<!--", at):
+            break
+        end = start.find("-->", at + 4)
+        if end < 0:
+            return False
+        at = end + 3
+    if start.startswith("<!doctype html", at):
+        return True
+    return start.startswith("<html", at) and (
+        at + 5 < len(start) and (start[at + 5] == ">" or start[at + 5].isspace())
+    )
+
+
+def _looks_like_markdown(sample: str) -> bool:
+    if _MARKDOWN_HINT.search(sample):
+        return True
+    # A setext heading: a line of text underlined with = or -.
+    lines = sample.split("\n")
+    return any(
+        previous[:1].strip() and _SETEXT_UNDERLINE.fullmatch(line)
+        for previous, line in itertools.pairwise(lines)
+    )
+
+
+def _decode_sample(head: bytes, label: str, *, complete: bool) -> str:
+    """The first `_SNIFF` bytes as text (a character cut at the end is dropped)."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(head, final=complete)
+    except UnicodeDecodeError:
+        best = charset_normalizer.from_bytes(head).best()
+        if best is None:
+            raise _unsupported(label, "binary data of an unknown type") from None
+        text = str(best)
+    _refuse_binary(text, label)
+    return text
+
+
+def _refuse_binary(text: str, label: str) -> None:
+    controls = sum(1 for char in text[:_SNIFF] if char < " " and char not in "\t\n\r\f")
+    if "\x00" in text or controls > len(text[:_SNIFF]) // 100:
+        raise _unsupported(label, "binary data of an unknown type")
+
+
+def _detect_zip(path: Path, label: str, limits: ZipLimits) -> str:
+    _check_zip_directory(path, label, limits)
     try:
         with zipfile.ZipFile(path) as archive:
+            _check_zip_members(archive, label, limits)
             names = set(archive.namelist())
             if any(info.flag_bits & 1 for info in archive.infolist()):
                 raise InvalidInput(f"{label} is encrypted; upload it without a password")
@@ -312,6 +420,62 @@ def _detect_zip(path: Path, label: str) -> str:
     raise _unsupported(label, "a ZIP archive but not an EPUB, DOCX, XPS or CBZ document")
 
 
+def _check_zip_directory(path: Path, label: str, limits: ZipLimits) -> None:
+    """Refuses an archive whose end-of-central-directory record declares more than
+    `max_entries` entries, before `zipfile` reads the directory itself."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        file.seek(max(0, size - _EOCD_SEARCH))
+        tail = file.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) < at + 22:
+        raise InvalidInput(f"{label} is a damaged ZIP-based document (corrupt or truncated)")
+    entries = int.from_bytes(tail[at + 10 : at + 12], "little")
+    locator = at - 20
+    if entries == 0xFFFF and locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":
+        # ZIP64: the count is in the ZIP64 end record the locator points to.
+        offset = int.from_bytes(tail[locator + 8 : locator + 16], "little")
+        with path.open("rb") as file:
+            file.seek(offset)
+            record = file.read(56)
+        if record[:4] == b"PK\x06\x06":
+            entries = int.from_bytes(record[32:40], "little")
+    if entries > limits.max_entries:
+        raise _zip_limit(label, f"{entries} entries", f"{limits.max_entries}", "ZIP_MAX_ENTRIES")
+
+
+def _check_zip_members(archive: zipfile.ZipFile, label: str, limits: ZipLimits) -> None:
+    """Refuses an archive by its declared sizes (zip bombs): each member is read no further
+    than its declared size (`zipfile` and MuPDF both stop there)."""
+    infos = archive.infolist()
+    if len(infos) > limits.max_entries:
+        raise _zip_limit(label, f"{len(infos)} entries", f"{limits.max_entries}", "ZIP_MAX_ENTRIES")
+    total = sum(info.file_size for info in infos)
+    if total > limits.max_uncompressed_bytes:
+        raise _zip_limit(
+            label,
+            f"{total} bytes uncompressed",
+            f"{limits.max_uncompressed_bytes} bytes",
+            "ZIP_MAX_UNCOMPRESSED_BYTES",
+        )
+    for info in infos:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size >= _RATIO_FLOOR and ratio > limits.max_ratio:
+            raise _zip_limit(
+                label,
+                f"a member compressed {ratio:.0f} to 1 ({info.filename!r})",
+                f"{limits.max_ratio:g} to 1",
+                "ZIP_MAX_RATIO",
+            )
+
+
+def _zip_limit(label: str, found: str, limit: str, setting: str) -> InvalidInput:
+    return InvalidInput(f"{label} holds {found}; the limit is {limit} ({setting})")
+
+
+_EOCD_SEARCH = 22 + 65535 + 20  # the end record, its longest comment, a ZIP64 locator
+
+
 def _member(archive: zipfile.ZipFile, name: str) -> bytes:
     """The start of a member (empty when it is missing): enough to sniff, never a zip bomb."""
     if name not in archive.NameToInfo:
@@ -324,7 +488,7 @@ def _refuse_epub_drm(archive: zipfile.ZipFile, names: set[str], label: str) -> N
     encryption = "META-INF/encryption.xml"
     algorithms = set()
     if encryption in names:
-        algorithms = set(re.findall(rb'Algorithm="([^"]+)"', _member(archive, encryption)))
+        algorithms = set(_ALGORITHM.findall(_member(archive, encryption)))
     # Adobe DRM has rights.xml; any cipher other than font obfuscation hides the text.
     if "META-INF/rights.xml" in names or {a.decode() for a in algorithms} - _FONT_OBFUSCATION:
         raise InvalidInput(f"{label} is encrypted (DRM); upload a copy without DRM")
@@ -334,6 +498,8 @@ def _open_mupdf(path: Path, media_type: str, label: str) -> Any:
     kind = _NAMES[media_type]
     try:
         doc = _open(str(path), filetype=_MUPDF[media_type])
+    except MemoryError:  # PARSE_MAX_MEMORY's doing, not a damaged file
+        raise
     except Exception as exc:  # PyMuPDF raises several types for damaged files
         raise InvalidInput(f"{label} is not a readable {kind} (corrupt or truncated)") from exc
     # MuPDF rebuilds a PDF cut short without a word, and the pages it lost read as empty.
@@ -355,6 +521,8 @@ def _ends_with_eof(path: Path) -> bool:
 def _page_count(doc: Any, media_type: str, label: str) -> int:
     try:
         count: int = doc.page_count  # lays out the whole book for EPUB, MOBI and FB2
+    except MemoryError:  # PARSE_MAX_MEMORY's doing, not a damaged file
+        raise
     except Exception as exc:  # layout of a damaged book fails
         kind = _NAMES[media_type]
         raise InvalidInput(f"{label} is not a readable {kind} (corrupt or truncated)") from exc
@@ -370,9 +538,7 @@ def _read_text(path: Path, label: str) -> str:
         if best is None:
             raise _unsupported(label, "binary data of an unknown type") from None
         text = str(best)
-    controls = sum(1 for char in text[:_SNIFF] if char < " " and char not in "\t\n\r\f")
-    if "\x00" in text or controls > len(text[:_SNIFF]) // 100:
-        raise _unsupported(label, "binary data of an unknown type")
+    _refuse_binary(text, label)
     return text
 
 
@@ -398,24 +564,33 @@ def _cached_mupdf(path: str, media_type: str, mtime_ns: int, size: int, epoch: i
     return _open_mupdf(Path(path), media_type, f"the {_NAMES[media_type]} file")
 
 
-@functools.lru_cache(maxsize=1)
-def _cached_text_units(path: str, media_type: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+_last_text_units: tuple[tuple[str, str, int, int], tuple[str, ...]] | None = None
+
+
+def _cached_text_units(path: Path, media_type: str, label: str) -> tuple[str, ...]:
+    """The units of a text-like file; the last file's stay in the process, so counting and
+    each batch of one file parse it once (`label` names the file in errors only)."""
+    global _last_text_units
+    stat = path.stat()
     # `mtime_ns` and `size` are in the key so that a changed file is parsed again.
-    return tuple(_text_units(Path(path), media_type, f"the {_NAMES[media_type]} file", None))
+    key = (str(path), media_type, stat.st_mtime_ns, stat.st_size)
+    if _last_text_units is None or _last_text_units[0] != key:
+        _last_text_units = None  # let the old units go before parsing the next file
+        _last_text_units = (key, tuple(_text_units(path, media_type, label)))
+    return _last_text_units[1]
 
 
-def _text_units(path: Path, media_type: str, label: str, text: str | None) -> list[str]:
+def _text_units(path: Path, media_type: str, label: str) -> list[str]:
     if media_type == DOCX:
         return _sections(_docx_blocks(path, label))
-    if text is None:
-        text = _read_text(path, label)
+    text = _read_text(path, label)
     if media_type == CSV:
         return _csv_units(text, label)
     if media_type == HTML:
         return _sections(_html_blocks(text))
     if media_type == MARKDOWN:
         return _sections(_markdown_blocks(text))
-    return _sections((False, block) for block in re.split(r"\n[ \t\r\f\v]*\n", text))
+    return _sections((False, block) for block in _BLANK_LINE.split(text))
 
 
 def _sections(blocks: Iterable[tuple[bool, str]]) -> list[str]:
@@ -458,6 +633,8 @@ def _docx_blocks(path: Path, label: str) -> list[tuple[bool, str]]:
             else:
                 style = item.style.name if item.style is not None else ""
                 blocks.append((bool(style) and style.startswith(("Heading", "Title")), item.text))
+    except MemoryError:  # PARSE_MAX_MEMORY's doing, not a damaged file
+        raise
     except Exception as exc:  # python-docx raises zip, XML and key errors for damaged files
         raise InvalidInput(f"{label} is not a readable DOCX (corrupt or truncated)") from exc
     return blocks
