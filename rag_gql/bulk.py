@@ -133,6 +133,7 @@ async def wait_for(
                     select(
                         Document.id,
                         Document.status,
+                        Document.page_count,
                         Document.pages_done,
                         Document.chunk_count,
                         Document.error,
@@ -143,6 +144,7 @@ async def wait_for(
         files_done = len(outcomes) - len(waiting)
         for row in rows:
             outcome = waiting[row.id]
+            outcome.pages = row.page_count  # counted by the worker, 0 until then
             if row.status in ("READY", "FAILED"):
                 outcome.status, outcome.chunks, outcome.reason = (
                     row.status,
@@ -159,6 +161,7 @@ async def wait_for(
                 outcome.status, outcome.reason = "FAILED", "deleted while ingesting"
                 files_done += 1
         progress.files_done, progress.pages_done = files_done, pages_done
+        progress.pages_total = sum(o.pages for o in waiting.values())
         if on_progress is not None:
             on_progress(progress)
         if all(o.status in ("READY", "FAILED") for o in waiting.values()):
