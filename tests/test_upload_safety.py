@@ -50,10 +50,14 @@ ADVERSARIAL: list[tuple[str, Callable[[int], object]]] = [
     ("services.parsing._ALGORITHM", lambda n: parsing._ALGORITHM.findall(b'Algorithm="' * n)),
     (
         "services.parsing._BLANK_LINE",
-        lambda n: parsing._BLANK_LINE.split("\n" + " \t" * n + "x\n") * n,
+        lambda n: parsing._BLANK_LINE.split(("\n" + " \t" * 8 + "x") * n),
     ),
     ("services.parsing._starts_html", lambda n: parsing._starts_html("<!---->" * n + "x")),
     ("services.parsing._looks_like_markdown", lambda n: parsing._looks_like_markdown("x\n=-" * n)),
+    (
+        "services.parsing._looks_like_csv",  # csv.Sniffer took quadratic time on this
+        lambda n: parsing._looks_like_csv("\n".join([',"a' * n] * 19), complete=True),
+    ),
     (
         "services.chunking._WHITESPACE_RUN",
         lambda n: chunking._WHITESPACE_RUN.sub(" ", " \t" * n + "x"),

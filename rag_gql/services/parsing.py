@@ -318,7 +318,8 @@ def _detect(path: Path, filename: str, zip_limits: ZipLimits) -> str:
     for magic, what in _OTHER_MAGIC:
         if head.startswith(magic):
             raise _unsupported(label, what)
-    sample = _decode_sample(head, label, complete=len(head) < _SNIFF)
+    complete = len(head) < _SNIFF
+    sample = _decode_sample(head, label, complete=complete)
     start = sample.lstrip().lower()
     if start.startswith("<?xml") and "<fictionbook" in start:
         return FB2
@@ -329,7 +330,7 @@ def _detect(path: Path, filename: str, zip_limits: ZipLimits) -> str:
         return by_name
     if start.startswith("<") and _HTML_TAG.search(start):
         return HTML
-    if _looks_like_csv(sample):
+    if _looks_like_csv(sample, complete=complete):
         return CSV
     return MARKDOWN if _looks_like_markdown(sample) else TEXT
 
@@ -542,18 +543,22 @@ def _read_text(path: Path, label: str) -> str:
     return text
 
 
-def _looks_like_csv(sample: str) -> bool:
+def _looks_like_csv(sample: str, *, complete: bool) -> bool:
+    """Whether the first lines split into the same number (2 or more) of fields for one of
+    the usual delimiters. `csv.reader` only: `csv.Sniffer`'s patterns take quadratic time."""
     lines = [line for line in sample.splitlines()[:20] if line.strip()]
-    if len(sample) == _SNIFF:
+    if not complete:
         lines = lines[:-1]  # cut off mid-line
     if len(lines) < 2:
         return False
-    try:
-        dialect = csv.Sniffer().sniff("\n".join(lines), delimiters=",;\t|")
-    except csv.Error:
-        return False
-    widths = {len(row) for row in csv.reader(lines, dialect)}
-    return len(widths) == 1 and widths.pop() >= 2
+    for delimiter in ",;\t|":
+        try:
+            widths = {len(row) for row in csv.reader(lines, delimiter=delimiter)}
+        except csv.Error:
+            continue
+        if len(widths) == 1 and widths.pop() >= 2:
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=1)
