@@ -199,8 +199,9 @@ class Settings(BaseSettings):
     parse_max_memory: int = Field(
         default=2 * 1024**3,
         gt=0,
-        description="Bytes of address space (RLIMIT_AS) of each extraction process; a "
-        "document that needs more is FAILED and the process replaced.",
+        description="Bytes of address space (RLIMIT_AS) of each extraction process, the "
+        "parsers' own ~0.6 GiB included; a document that needs more is FAILED and the "
+        "process replaced.",
     )
     zip_max_entries: int = Field(
         default=10_000,

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import functools
 import multiprocessing
+import os
 import resource
 import signal
 from collections.abc import Callable
@@ -33,6 +34,10 @@ class ExtractionLimit(InvalidInput):
 
 def _start_child(max_memory: int) -> None:
     """Runs first in each extraction process: loads the parsers, then caps the memory."""
+    # PyMuPDF loads numpy, whose BLAS would start (and reserve address space for) a thread
+    # per CPU; parsing never uses it.
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"
     # The parsers' import is in the child's baseline, not in what a document may use.
     import rag_gql.services.parsing  # noqa: F401
 

@@ -446,8 +446,8 @@ def _check_zip_directory(path: Path, label: str, limits: ZipLimits) -> None:
 
 
 def _check_zip_members(archive: zipfile.ZipFile, label: str, limits: ZipLimits) -> None:
-    """Refuses an archive by its declared sizes (zip bombs): each member is read no further
-    than its declared size (`zipfile` and MuPDF both stop there)."""
+    """Refuses an archive by the sizes its central directory declares (zip bombs). A member
+    whose data holds more than it declares is left to the extraction process's memory cap."""
     infos = archive.infolist()
     if len(infos) > limits.max_entries:
         raise _zip_limit(label, f"{len(infos)} entries", f"{limits.max_entries}", "ZIP_MAX_ENTRIES")
