@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -24,6 +25,7 @@ from rag_gql.graphql import view
 from rag_gql.observability import logs
 from rag_gql.services import chunking, citations, parsing
 from rag_gql.services.extraction import ExtractionLimit, ExtractionPool
+from rag_gql.services.ingestion import IngestionPipeline
 from tests.support import hostile
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
@@ -197,6 +199,22 @@ async def test_a_call_out_of_memory_or_crashed_fails_and_the_pool_goes_on(
     assert await processes.run("next", hostile.allocate, 16) == 16 << 20
 
 
+def test_extraction_runs_in_processes_unless_told_otherwise(settings: Settings) -> None:
+    defaults = settings.model_copy(update={"parse_processes": None})
+    assert Settings.model_fields["parse_processes"].default is None
+    pipeline = IngestionPipeline(
+        settings=defaults, db=cast(Any, None), ollama=cast(Any, None), metrics=cast(Any, None)
+    )
+    assert pipeline._extraction.processes >= 1
+    pipeline.close()
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set, bytes (the server runs in the test's process)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
 def _poll(url: str, stop: threading.Event, latencies: list[float]) -> None:
     with httpx.Client(timeout=30) as client:
         while not stop.is_set():
@@ -229,7 +247,9 @@ async def test_hostile_uploads_never_stall_the_server(inbox: Inbox, settings: Se
             assert_error(body, "BAD_USER_INPUT", "bomb.docx", "ZIP_MAX_RATIO")
 
             # Parsed in the extraction process, where a limit fails this document only.
+            peak = _peak_rss()
             slow = await upload_ok(gql, "many.docx", hostile.many_paragraphs_docx(), token)
+            grown = _peak_rss() - peak  # python-docx took +480 MiB parsing it here
             big = await upload_ok(gql, "blank.txt", b"ab\n\n" * (8 << 20), token)
             after = await upload_ok(gql, "after.pdf", make_pdf(["Terns migrate far."]), token)
             found = [
@@ -243,6 +263,7 @@ async def test_hostile_uploads_never_stall_the_server(inbox: Inbox, settings: Se
     assert found[1]["status"] == "FAILED" and "(PARSE_MAX_MEMORY)" in found[1]["error"], found
     assert found[2]["status"] == "READY" and found[2]["pageCount"] == 1, found
     assert len(latencies) > 20 and max(latencies) < 1, max(latencies)
+    assert grown < 50 * 2**20, grown / 2**20
     async with connect(limited) as conn:
         names = await conn.fetch("SELECT filename FROM document ORDER BY filename")
     assert "bomb.docx" not in [row["filename"] for row in names]
