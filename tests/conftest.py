@@ -153,7 +153,8 @@ def settings(
         smtp_port=smtp_server.port,
         mail_from="rag-gql tests <tests@example.com>",
         # Ingestion: text extraction in a worker thread (a process pool per test would cost a
-        # second of start-up; tests/test_ingestion.py covers the pool), quick retries.
+        # second of start-up; tests/test_ingestion.py and
+        # tests/test_upload_safety.py cover the processes and their limits), quick retries.
         parse_processes=0,
         ingest_max_attempts=2,
         ingest_retry_base_wait=1,

@@ -220,10 +220,10 @@ def inspect_file(
 def extract_units(path: Path, media_type: str, start: int, stop: int) -> list[str]:
     """Returns the texts of units `[start, stop)` (0-based) of a file `count_units` accepted.
 
-    Picklable and self-contained, for a `ProcessPoolExecutor`. PyMuPDF formats read just those
-    pages (the last document opened stays open in the process for the next batch). Other
-    formats are parsed whole on each call; the last file's units stay cached in the process,
-    so consecutive batches of one file parse it once.
+    Picklable and self-contained, for an extraction process (`extraction.py`). PyMuPDF
+    formats read just those pages (the last document opened stays open in the process for the
+    next batch). Other formats are parsed whole once: the last file's units stay cached in the
+    process, so counting and consecutive batches of one file parse it once.
     CBZ pages are images and give empty texts.
 
     Raises:
