@@ -8,22 +8,29 @@ HTTP 413 with `Connection: close` and a GraphQL-shaped error::
     {"data": null, "errors": [{"message": "The upload is larger than the limit of ...",
                                "extensions": {"code": "BAD_USER_INPUT"}}]}
 
-- A declared `Content-Length` over the limit is answered at once; the app is not called and
-  not a byte of the body is read.
+- A declared `Content-Length` over the limit is answered at once; the app is not called.
 - Otherwise the 413 goes out when the bytes received pass the limit. The chunk that passes it
   is not handed on, so the app (a multipart spool, a JSON buffer) never holds more than the
   limit, and its next `receive` raises `BodyTooLarge`. Whatever the app sends afterwards is
   dropped.
+
+After the 413 the connection closes, once what the client still sends has been read and
+discarded for at most `LINGER_SECONDS` and at most the limit again: a client that writes its
+whole body before it reads would otherwise find its connection reset and lose the reply.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Bytes a multipart upload may carry besides the file (operations, map, part headers)."""
+LINGER_SECONDS = 2.0
+"""Longest time the rest of a refused body is read (and discarded) before the connection closes."""
 
 
 class BodyTooLarge(Exception):
@@ -46,6 +53,10 @@ class BodyLimitMiddleware:
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _refuse(send, message)
+            # A client waiting for `100 Continue` has sent nothing; reading would invite it to.
+            if _header(scope, b"expect") is None:
+                await _discard(receive, limit)
+            await send({"type": "http.response.body", "body": b""})
             return
 
         received = 0
@@ -79,8 +90,11 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if not refused:
                 raise  # not our receive's: someone else's limit
-            # Otherwise answered; a response the app had started is left unfinished, and the
-            # server closes the connection.
+        if refused and not started:
+            await _discard(receive, limit)
+            await send({"type": "http.response.body", "body": b""})
+        # A response the app had started before the body passed the limit is left
+        # unfinished: the server closes the connection.
 
     def _limit(self, scope: Scope) -> tuple[int, str]:
         content_type = _header(scope, b"content-type") or ""
@@ -96,6 +110,8 @@ class BodyLimitMiddleware:
 
 
 async def _refuse(send: Send, message: str) -> None:
+    """Sends the whole 413, but leaves the response open (`more_body`) to keep the
+    connection while `_discard` reads."""
     error = {"message": message, "extensions": {"code": "BAD_USER_INPUT"}}
     body = json.dumps({"data": None, "errors": [error]}).encode()
     await send(
@@ -110,7 +126,19 @@ async def _refuse(send: Send, message: str) -> None:
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def _discard(receive: Receive, budget: int) -> None:
+    """Reads and drops the request's body until it ends, `budget` bytes have come, or
+    `LINGER_SECONDS` have passed."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LINGER_SECONDS):
+            while budget >= 0:
+                event = await receive()
+                if event["type"] != "http.request" or not event.get("more_body"):
+                    return
+                budget -= len(event.get("body", b""))
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
