@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from rag_gql.body_limits import BodyLimitMiddleware
 from rag_gql.config import Settings
 from rag_gql.graphql.view import STATIC_PATH, GraphQLView
 from rag_gql.observability.health import migration_heads, readiness
@@ -81,7 +82,15 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         Route("/metrics", metrics),
         Route("/", index),
     ]
-    middleware = [Middleware(RequestIdMiddleware)]
+    middleware = [
+        Middleware(RequestIdMiddleware),
+        # Outside everything that reads a body or authenticates (the 413 gets a request id).
+        Middleware(
+            BodyLimitMiddleware,
+            max_body_bytes=settings.graphql_max_body_bytes,
+            max_upload_bytes=settings.max_upload_bytes,
+        ),
+    ]
     if tracing is not None:
         middleware.append(tracing.asgi_middleware())  # inside: the request id is bound
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

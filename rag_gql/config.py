@@ -173,6 +173,12 @@ class Settings(BaseSettings):
         description="Seconds running requests and answers get to finish on SIGTERM.",
     )
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    graphql_max_body_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Bytes of a request body that is not a multipart upload; a larger one is "
+        "refused with 413 as it streams, before authentication.",
+    )
     # Ingestion: a procrastinate job queue in PostgreSQL (rag_gql/queue.py).
     max_pages: int = Field(
         default=5000, gt=0, description="Most pages (or sections, row blocks) an upload may have."

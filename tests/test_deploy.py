@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
+import tomllib
 import uuid
 from asyncio.subprocess import PIPE
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +98,77 @@ def test_dockerfile_is_multi_stage_non_root_with_a_health_check() -> None:
     assert any("/healthz" in line for line in final)
     # Nothing compiled or installed in the final stage: no build tools reach it.
     assert not any("apt-get" in line or "pip install" in line for line in final)
+
+
+def _literal_secrets(value: object, path: str = "") -> Iterator[str]:
+    """Where a password-like key of compose.yaml holds a literal (not a `${...:?}`)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _literal_secrets(item, f"{path}.{key}")
+            named = re.search(r"PASSWORD|SECRET|TOKEN", str(key))
+            if named and isinstance(item, str) and item and not REQUIRED.fullmatch(item):
+                yield f"{path}.{key}"
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            yield from _literal_secrets(item, f"{path}[{n}]")
+    elif isinstance(value, str) and "://" in value:
+        # A URL's password: postgresql://user:password@host
+        for password in re.findall(r"://[^:/@]+:([^@]+)@", value):
+            if not REQUIRED.fullmatch(password):
+                yield path
+
+
+REQUIRED = re.compile(r"\$\{[A-Z_]+:\?[^}]*\}")
+"""A variable compose refuses to start without."""
+
+
+def test_compose_publishes_nothing_secret_and_holds_no_password(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    # Mailpit shows every verification, reset and invitation code: this machine only.
+    assert services["mailpit"]["ports"] == ["127.0.0.1:8025:8025"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert name == "app" or str(port).startswith("127.0.0.1:"), (name, port)
+    assert list(_literal_secrets(compose)) == []
+    text = (ROOT / "compose.yaml").read_text()
+    assert ":-rag}" not in text and "POSTGRES_PASSWORD: rag" not in text
+    # The app connects as `rag`, which the init script makes an owner, not a superuser.
+    url = services["app"]["environment"]["DATABASE_URL"]
+    assert url.startswith("postgresql://rag:")
+    assert services["postgres"]["environment"]["POSTGRES_USER"] != "rag"  # the superuser
+    init = [v for v in services["postgres"]["volumes"] if "docker-entrypoint-initdb.d" in v]
+    assert init == ["./deploy/postgres-init.sh:/docker-entrypoint-initdb.d/10-rag-user.sh:ro"]
+    script = (ROOT / "deploy" / "postgres-init.sh").read_text()
+    assert "CREATE ROLE rag LOGIN CREATEROLE NOSUPERUSER" in script
+    assert "OWNER TO rag" in script
+
+
+def _requirement_floor(name: str) -> tuple[int, ...]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        match = re.fullmatch(rf"{re.escape(name)}(\[[^]]*\])?>=([0-9.]+)(,.*)?", requirement)
+        if match:
+            return tuple(int(part) for part in match.group(2).split("."))
+    raise AssertionError(f"{name} has no floor in pyproject.toml")
+
+
+def test_dependency_floors_exclude_known_advisories() -> None:
+    assert _requirement_floor("strawberry-graphql") >= (0, 327, 2)
+    assert _requirement_floor("starlette") >= (0, 49, 1)
+    assert _requirement_floor("joserfc") >= (1, 8)
+
+
+def test_the_image_and_ci_install_the_pinned_versions() -> None:
+    pins = {
+        line.split("==")[0].lower(): line.split("==")[1]
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert all(version for version in pins.values())
+    for name in ("strawberry-graphql", "starlette", "joserfc", "uvicorn", "sqlalchemy"):
+        assert name in pins, name
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY pyproject.toml README.md constraints.txt" in dockerfile
+    assert "pip install -c constraints.txt -e '.[otel]'" in dockerfile
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -c constraints.txt -e '.[dev]'" in ci

@@ -11,7 +11,7 @@ from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -27,9 +27,6 @@ from rag_gql.graphql.schema import build_schema
 from rag_gql.graphql.websocket import TransportWSHandler, bounded
 from rag_gql.resources import Services
 from rag_gql.services.quotas import caller_key
-
-MULTIPART_OVERHEAD = 64 * 1024
-"""Bytes a multipart upload may carry besides the file (operations, map, part headers)."""
 
 # As Apollo Server's CSRF prevention: a browser sends a cross-site multipart POST without a
 # preflight, but never with a custom header, so demanding one blocks CSRF uploads.
@@ -54,11 +51,11 @@ class GraphQLView(GraphQL[Context, None]):
     """`/graphql`: queries and mutations over HTTP, subscriptions over `graphql-transport-ws`.
 
     Multipart uploads (the GraphQL multipart request spec) are on, but only with a preflight
-    header. A WebSocket must authenticate in its `connection_init` payload
-    (`{"authorization": "Bearer <token or API key>"}` or `{"apiKey": "rgk_..."}`, with an
-    optional `workspaceId`); otherwise it is closed with 4403. Its other limits are in
-    `rag_gql.graphql.websocket`. Every operation passes the
-    limits of `settings` (`rag_gql.graphql.limits`); batched requests (a JSON array) are
+    header; bodies come bounded by `rag_gql.body_limits`. A WebSocket must authenticate in its
+    `connection_init` payload (`{"authorization": "Bearer <token or API key>"}` or
+    `{"apiKey": "rgk_..."}`, with an optional `workspaceId`); otherwise it is closed with 4403.
+    Its other limits are in `rag_gql.graphql.websocket`. Every operation passes the limits of
+    `settings` (`rag_gql.graphql.limits`); batched requests (a JSON array) are
     refused with 400, as Strawberry does without a batching config. `extensions` are added to
     the schema's own (see `build_schema`).
     """
@@ -79,9 +76,6 @@ class GraphQLView(GraphQL[Context, None]):
             max_subscriptions_per_connection=None,
         )
         self._ws_send_timeout = settings.ws_send_timeout
-        # The largest multipart body worth reading: the file plus the operations and map.
-        self._max_multipart_bytes = settings.max_upload_bytes + MULTIPART_OVERHEAD
-        self._max_upload_bytes = settings.max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -91,10 +85,6 @@ class GraphQLView(GraphQL[Context, None]):
             return
         request = Request(scope=scope, receive=receive)
         try:
-            too_large = self._refuse_oversized_upload(request)
-            if too_large is not None:
-                await too_large(scope, receive, send)
-                return
             try:
                 response = await self.run(request)
             except HTTPException as exc:
@@ -104,24 +94,6 @@ class GraphQLView(GraphQL[Context, None]):
             # Strawberry parses multipart bodies with `request.form()` and never closes the
             # spooled upload files; closing the request closes them, whatever the outcome.
             await request.close()
-
-    def _refuse_oversized_upload(self, request: Request) -> Response | None:
-        """A 413 with a GraphQL error (BAD_USER_INPUT, the limit in the message) for a
-        multipart request whose declared length exceeds the upload limit: it is refused
-        before a byte of it is read. Bodies without a length are checked as they stream."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        declared = request.headers.get("content-length", "")
-        if content_type != "multipart/form-data" or not declared.isdigit():
-            return None
-        if int(declared) <= self._max_multipart_bytes:
-            return None
-        limit = self._max_upload_bytes
-        message = (
-            f"The upload is larger than the limit of {limit} bytes "
-            f"({limit / 2**20:.0f} MiB, MAX_UPLOAD_BYTES)"
-        )
-        error = {"message": message, "extensions": {"code": "BAD_USER_INPUT"}}
-        return JSONResponse({"data": None, "errors": [error]}, status_code=413)
 
     async def render_graphql_ide(self, request: Request) -> Response:
         """GraphiQL, its assets served from `STATIC_PATH`, under a strict CSP."""
