@@ -45,6 +45,7 @@ from rag_gql.repositories import documents
 from rag_gql.services import parsing
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.chunking import chunk_pages
+from rag_gql.services.quotas import StorageQuota
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class IngestionService:
     def __init__(self, *, settings: Settings, db: Database) -> None:
         self._settings = settings
         self._db = db
+        self._quota = StorageQuota.from_settings(settings)
 
     async def submit(
         self,
@@ -129,6 +131,8 @@ class IngestionService:
             Forbidden: the caller's role cannot write (VIEWER).
             NotFound: `collection_id` is not a collection of the workspace.
             InvalidInput: unsupported type, unreadable, encrypted, no pages, over MAX_PAGES.
+            QuotaExceeded: the workspace's WORKSPACE_MAX_DOCUMENTS or WORKSPACE_MAX_BYTES
+                would be passed (nothing is stored).
         """
         principal.require(Action.WRITE)
         filename = clean_filename(filename)
@@ -169,6 +173,7 @@ class IngestionService:
                 await documents.set_state(
                     session, workspace_id=workspace_id, document_id=document.id
                 )
+                await self._quota.check(session, document)
         except IntegrityError:
             # The same bytes were uploaded concurrently and won the race.
             async with self._db.transaction(workspace_id) as session:
