@@ -144,37 +144,69 @@ async def test_storage_quota_gives_the_figures_and_deleting_frees_it(
         assert (await gql.upload("c.pdf", pdf(12), token=other, wait=False)).json()["data"]
 
 
+@asynccontextmanager
+async def held_at_the_file_parts(settings: Settings, waiters: int) -> AsyncIterator[None]:
+    """Lets the block start uploads, which all stop at storing their bytes (the table is
+    locked) until `waiters` of them wait there; then lets them all go at once, so that
+    their quota checks race."""
+    async with connect(settings) as conn:
+        locked = conn.transaction()
+        await locked.start()
+        await conn.execute("LOCK TABLE document_file_part IN EXCLUSIVE MODE")
+        yield
+        async with asyncio.timeout(20):
+            while True:
+                waiting = await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted "
+                    "AND relation = 'document_file_part'::regclass"
+                )
+                if waiting >= waiters:
+                    break
+                await asyncio.sleep(0.02)
+        await locked.commit()
+
+
+def bulky(n: int) -> bytes:
+    """A PDF of six full pages, many times the size of `pdf(n)`."""
+    return make_pdf([f"Report {n}, page {p}: " + "dunes and kestrels " * 40 for p in range(6)])
+
+
 async def test_concurrent_uploads_cannot_pass_the_quota_together(
     inbox: Inbox, settings: Settings
 ) -> None:
-    size = max(len(pdf(n)) for n in range(20))
-    by_count = settings.model_copy(update={"workspace_max_documents": 3})
-    async with serve_client(by_count) as gql:
-        token = await sign_up(gql, inbox, "ada@example.com")
-        bodies = await asyncio.gather(
-            *(gql.upload(f"{n}.pdf", pdf(n), token=token, wait=False) for n in range(10))
-        )
-        codes = [
-            "ok" if not b.json().get("errors") else b.json()["errors"][0]["extensions"]["code"]
-            for b in bodies
-        ]
-        assert sorted(codes) == ["QUOTA_EXCEEDED"] * 7 + ["ok"] * 3, codes
-
-    by_bytes = settings.model_copy(update={"workspace_max_bytes": 2 * size + size // 2})
-    async with serve_client(by_bytes) as gql:
-        token = await sign_up(gql, inbox, "bob@example.com")
-        bodies = await asyncio.gather(
-            *(gql.upload(f"{n}.pdf", pdf(n), token=token, wait=False) for n in range(10, 20))
-        )
-        refused = [b.json()["errors"][0]["extensions"] for b in bodies if b.json().get("errors")]
-        assert len(refused) == 8, refused
-        assert {e["quota"] for e in refused} == {"WORKSPACE_MAX_BYTES"}
+    sizes = [len(bulky(n)) for n in range(10, 15)]
+    limit = 2 * max(sizes) + min(sizes) // 2  # two of Bob's files fit, not three
+    assert 4 * max(len(pdf(n)) for n in range(5)) < limit  # Ada's fit but for their number
+    quotas = settings.model_copy(
+        update={"workspace_max_documents": 3, "workspace_max_bytes": limit}
+    )
+    async with serve_client(quotas) as gql:
+        ada = await sign_up(gql, inbox, "ada@example.com")
+        bob = await sign_up(gql, inbox, "bob@example.com")
+        await gql.upload("first.pdf", pdf(99), token=ada, wait=False)
+        # Ada's uploads race for the last two document places, Bob's for the bytes of two.
+        async with held_at_the_file_parts(settings, 10):
+            uploads = [
+                asyncio.ensure_future(gql.upload(f"{n}.pdf", pdf(n), token=ada, wait=False))
+                for n in range(5)
+            ] + [
+                asyncio.ensure_future(gql.upload(f"{n}.pdf", bulky(n), token=bob, wait=False))
+                for n in range(10, 15)
+            ]
+        bodies = [response.json() for response in await asyncio.gather(*uploads)]
+    refused = [b["errors"][0]["extensions"] for b in bodies if b.get("errors")]
+    assert (
+        sorted(e["quota"] for e in refused)
+        == ["WORKSPACE_MAX_BYTES"] * 3 + ["WORKSPACE_MAX_DOCUMENTS"] * 3
+    ), bodies
     async with connect(settings) as conn:
-        per_workspace = await conn.fetch(
-            "SELECT count(*) AS n, sum(size_bytes) AS bytes FROM document GROUP BY workspace_id"
+        rows = await conn.fetch(
+            "SELECT u.email, count(*) AS n, sum(d.size_bytes) AS bytes FROM document d "
+            "JOIN membership m ON m.workspace_id = d.workspace_id "
+            'JOIN "user" u ON u.id = m.user_id GROUP BY u.email ORDER BY u.email'
         )
-    assert sorted(r["n"] for r in per_workspace) == [2, 3]
-    assert all(r["bytes"] <= 2 * size + size // 2 for r in per_workspace if r["n"] == 2)
+    assert [(r["email"], r["n"]) for r in rows] == [("ada@example.com", 3), ("bob@example.com", 2)]
+    assert rows[1]["bytes"] <= limit
 
 
 # --- ingestion fairness --------------------------------------------------------------------
