@@ -241,7 +241,7 @@ async def test_a_workspace_with_many_queued_files_does_not_starve_another(
             await asyncio.sleep(0.1)  # the notification follows the commit
         await conn.remove_listener(EVENTS_CHANNEL, on_event)
     assert bobs in ready, ready
-    assert ready.index(bobs) <= 1, f"Bob's document was READY {ready.index(bobs) + 1}th"
+    assert ready.index(bobs) <= 1, f"Bob's document came {ready.index(bobs) + 1} of {len(ready)}"
 
 
 # --- rate limits ---------------------------------------------------------------------------
@@ -321,7 +321,9 @@ async def test_rate_limits_on_reindex_workspaces_keys_and_invitations(
 async def test_api_keys_of_one_user_share_the_users_allowance(
     inbox: Inbox, settings: Settings
 ) -> None:
-    limits = settings.model_copy(update={"rate_limit_reindex_per_user": "3/minute"})
+    limits = settings.model_copy(
+        update={"rate_limit_reindex_per_user": "3/minute", "rate_limit_search_per_user": "2/minute"}
+    )
     async with serve_client(limits) as gql:
         ada = await sign_up(gql, inbox, "ada@example.com")
         workspace = await personal_workspace(gql, ada)
@@ -339,6 +341,11 @@ async def test_api_keys_of_one_user_share_the_users_allowance(
         # Three reindexes by Ada's two keys: her allowance is spent, by key or by token.
         rate_limited(await as_key(gql, keys[1], REINDEX, variables), "from you (at most 3")
         rate_limited(await gql.execute(REINDEX, variables, token=ada), "from you (at most 3")
+        # The same for the older limits (search, answer, upload).
+        search = 'query { search(query: "kestrel", k: 1) { page } }'
+        assert not (await as_key(gql, keys[0], search, {})).get("errors")
+        assert not (await as_key(gql, keys[1], search, {})).get("errors")
+        rate_limited(await as_key(gql, keys[0], search, {}), "search requests from you")
 
 
 # --- WebSocket connections -----------------------------------------------------------------
