@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -15,7 +16,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from rag_gql import queue
 from rag_gql.config import Settings
+from rag_gql.db import Database
 from rag_gql.repositories.documents import EVENTS_CHANNEL
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init
@@ -242,6 +245,56 @@ async def test_a_workspace_with_many_queued_files_does_not_starve_another(
         await conn.remove_listener(EVENTS_CHANNEL, on_event)
     assert bobs in ready, ready
     assert ready.index(bobs) <= 1, f"Bob's document came {ready.index(bobs) + 1} of {len(ready)}"
+
+
+DOCUMENT_IDS = {f"{w}{n}": uuid.uuid4() for w in "abcd" for n in range(1, 5)}
+
+
+async def fetch_order(settings: Settings) -> list[str]:
+    """The waiting ingestion jobs' documents by name, in the order workers take them."""
+    names = {str(v): k for k, v in DOCUMENT_IDS.items()}
+    async with connect(settings) as conn:
+        rows = await conn.fetch(
+            "SELECT args->>'document_id' AS document FROM procrastinate_jobs "
+            "WHERE status = 'todo' AND task_name = $1 ORDER BY priority DESC, id",
+            queue.INGEST_TASK,
+        )
+    return [names[r["document"]] for r in rows]
+
+
+async def test_jobs_are_taken_round_robin_by_workspace(settings: Settings) -> None:
+    """The order procrastinate takes jobs in (priority, then age): one job of each waiting
+    workspace in turn; a workspace arriving later joins the turn being taken, neither ahead
+    of the jobs already at its level nor behind the longest line."""
+    assert settings.database_url is not None
+    a, b, c, d = (uuid.uuid4() for _ in range(4))
+    db = Database(settings.database_url, pool_size=1, max_overflow=0, pool_timeout=5)
+    try:
+
+        async def defer(workspace: uuid.UUID, name: str) -> None:
+            async with db.transaction(workspace) as session:
+                await queue.defer_ingest(
+                    session, document_id=DOCUMENT_IDS[name], workspace_id=workspace
+                )
+
+        for name in ("a1", "a2", "a3", "a4"):
+            await defer(a, name)
+        for name in ("b1", "b2"):
+            await defer(b, name)
+        await defer(c, "c1")
+        assert await fetch_order(settings) == ["a1", "b1", "c1", "a2", "b2", "a3", "a4"]
+        # The first turn is taken; then D's first job joins the second.
+        async with connect(settings) as conn:
+            for name in ("a1", "b1", "c1"):
+                await conn.execute(
+                    "DELETE FROM procrastinate_jobs WHERE args->>'document_id' = $1",
+                    str(DOCUMENT_IDS[name]),
+                )
+        await defer(d, "d1")
+        await defer(d, "d2")
+        assert await fetch_order(settings) == ["a2", "b2", "d1", "a3", "d2", "a4"]
+    finally:
+        await db.dispose()
 
 
 # --- rate limits ---------------------------------------------------------------------------
