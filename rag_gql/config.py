@@ -168,7 +168,9 @@ class Settings(BaseSettings):
         default=10, ge=1, description="Live operations (subscriptions) on one socket."
     )
     ws_max_operations_per_user: int = Field(
-        default=20, ge=1, description="Live operations of one user (or API key), all sockets."
+        default=20,
+        ge=1,
+        description="Live operations of one user (and their API keys), all sockets.",
     )
     max_websockets_per_user: int = Field(
         default=10,
