@@ -100,6 +100,26 @@ class Settings(BaseSettings):
     rate_limit_answer_per_workspace: str = "200/minute"
     rate_limit_upload_per_user: str = "60/minute"
     rate_limit_upload_per_workspace: str = "600/minute"
+    # Per-user (an API key counts as the user who created it) and per-workspace limits of the
+    # operations that cost work or send mail; `createWorkspace` and `createApiKey` only per user.
+    rate_limit_reindex_per_user: str = Field(
+        default="30/minute", description="`reindexDocument` calls per user."
+    )
+    rate_limit_reindex_per_workspace: str = Field(
+        default="300/minute", description="`reindexDocument` calls per workspace."
+    )
+    rate_limit_create_workspace_per_user: str = Field(
+        default="10/hour", description="`createWorkspace` calls per user."
+    )
+    rate_limit_create_api_key_per_user: str = Field(
+        default="20/hour", description="`createApiKey` calls per user."
+    )
+    rate_limit_invite_per_user: str = Field(
+        default="30/hour", description="`inviteMember` calls (emails sent) per user."
+    )
+    rate_limit_invite_per_workspace: str = Field(
+        default="100/hour", description="`inviteMember` calls (emails sent) per workspace."
+    )
     max_answer_streams_per_user: int = Field(
         default=3, ge=1, description="Answers (`answer`, `ask`) a user may have running at once."
     )
@@ -148,7 +168,21 @@ class Settings(BaseSettings):
         default=10, ge=1, description="Live operations (subscriptions) on one socket."
     )
     ws_max_operations_per_user: int = Field(
-        default=20, ge=1, description="Live operations of one user (or API key), all sockets."
+        default=20,
+        ge=1,
+        description="Live operations of one user (and their API keys), all sockets.",
+    )
+    max_websockets_per_user: int = Field(
+        default=10,
+        ge=1,
+        description="Open WebSocket connections of one user (with their API keys), per process; "
+        "one more is closed at connection_init with 4429.",
+    )
+    max_websockets_per_ip: int = Field(
+        default=50,
+        ge=1,
+        description="Open WebSocket connections from one client IP, per process; one more is "
+        "closed at connection_init with 4429.",
     )
     ws_send_timeout: float = Field(
         default=30.0,
@@ -178,6 +212,15 @@ class Settings(BaseSettings):
         gt=0,
         description="Bytes of a request body that is not a multipart upload; a larger one is "
         "refused with 413 as it streams, before authentication.",
+    )
+    workspace_max_bytes: int = Field(
+        default=10 * 1024**3,
+        gt=0,
+        description="Bytes of original files a workspace may store, all documents together "
+        "(uploads past it: QUOTA_EXCEEDED).",
+    )
+    workspace_max_documents: int = Field(
+        default=100_000, gt=0, description="Documents a workspace may hold (then QUOTA_EXCEEDED)."
     )
     # Ingestion: a procrastinate job queue in PostgreSQL (rag_gql/queue.py).
     max_pages: int = Field(

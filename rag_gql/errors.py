@@ -4,6 +4,7 @@ Each maps to a GraphQL `extensions.code` (see `rag_gql.graphql.extensions`)::
 
     DomainError
      ├── InvalidInput         BAD_USER_INPUT
+     │    └── QuotaExceeded   QUOTA_EXCEEDED         (extensions: quota, used, limit, requested)
      ├── Unauthenticated      UNAUTHENTICATED
      ├── Forbidden            FORBIDDEN
      ├── NotFound             NOT_FOUND
@@ -34,6 +35,29 @@ class InvalidInput(DomainError):
     """The request's input is wrong (bad file, bad argument, wrong code)."""
 
     code = "BAD_USER_INPUT"
+
+
+class QuotaExceeded(InvalidInput):
+    """Storing this would pass one of the workspace's quotas (`quota` names its setting);
+    `used`, `limit` and `requested` are in that quota's unit (bytes or documents)."""
+
+    code = "QUOTA_EXCEEDED"
+
+    def __init__(self, message: str, *, quota: str, used: int, limit: int, requested: int) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.used = used
+        self.limit = limit
+        self.requested = requested
+
+    def extensions(self) -> dict[str, object]:
+        """`quota` (the setting), `used`, `limit` and `requested`."""
+        return {
+            "quota": self.quota,
+            "used": self.used,
+            "limit": self.limit,
+            "requested": self.requested,
+        }
 
 
 class Unauthenticated(DomainError):

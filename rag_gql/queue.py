@@ -52,25 +52,57 @@ def document_lock(document_id: uuid.UUID) -> str:
     return f"document:{document_id}"
 
 
+_FAIR_PRIORITY = text(
+    "SELECT least("
+    "  coalesce((SELECT max(priority) FROM procrastinate_jobs WHERE queue_name = :queue"
+    "    AND task_name = :task AND status = 'todo'"
+    "    AND (scheduled_at IS NULL OR scheduled_at <= now())), 0),"
+    "  (SELECT min(priority) - 1 FROM procrastinate_jobs WHERE queue_name = :queue"
+    "    AND task_name = :task AND status = 'todo' AND args->>'workspace_id' = :workspace)"
+    ")"
+)
+"""The priority of a new ingestion job: as the next job to be taken (the highest priority
+due), or one below its workspace's last waiting job, whichever is lower."""
+
+
 async def defer_ingest(
     session: AsyncSession, *, document_id: uuid.UUID, workspace_id: uuid.UUID
 ) -> bool:
     """Queues the ingestion of a document in the caller's transaction.
+
+    Fair between workspaces (self-clocked fair queueing on procrastinate's `priority`:
+    workers take the highest first, then the oldest): a new job is given the priority of the
+    job that would be taken next, or one below its workspace's last waiting job when that is
+    lower. So each workspace's waiting jobs get consecutive priorities, the first of a
+    workspace with none waiting ranks with the head of the queue, and jobs are taken
+    round-robin by workspace: one that queued thousands delays another's upload by at most
+    one job per workspace with jobs waiting, with any worker count and concurrency.
 
     Returns False when a job for this document is already waiting (its queueing lock), which
     will do the same work.
     """
     args = json.dumps({"document_id": str(document_id), "workspace_id": str(workspace_id)})
     lock = document_lock(document_id)
+    fair = await session.execute(
+        _FAIR_PRIORITY, {"queue": QUEUE, "task": INGEST_TASK, "workspace": str(workspace_id)}
+    )
+    priority = int(fair.scalar_one())
     statement = text(
         "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW("
-        ":queue, :task, 0, :lock, :lock, CAST(:args AS jsonb), NULL"
+        ":queue, :task, :priority, :lock, :lock, CAST(:args AS jsonb), NULL"
         ")::procrastinate_job_to_defer_v1])"
     )
     try:
         async with session.begin_nested():
             await session.execute(
-                statement, {"queue": QUEUE, "task": INGEST_TASK, "lock": lock, "args": args}
+                statement,
+                {
+                    "queue": QUEUE,
+                    "task": INGEST_TASK,
+                    "priority": priority,
+                    "lock": lock,
+                    "args": args,
+                },
             )
     except IntegrityError:  # procrastinate_jobs_queueing_lock_idx: one is already waiting
         return False

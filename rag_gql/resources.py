@@ -67,6 +67,10 @@ class Services:
     quotas: Quotas
     ws_operations: Slots
     """Live WebSocket operations per caller, all sockets of this process together."""
+    websockets_per_user: Slots
+    """Open WebSocket connections per caller (`caller_key`), in this process."""
+    websockets_per_ip: Slots
+    """Open WebSocket connections per client IP, in this process."""
     metrics: Metrics = field(default_factory=Metrics)
 
 
@@ -142,6 +146,16 @@ async def open_services(
                     settings.ws_max_operations_per_user,
                     what="live operations",
                     setting="WS_MAX_OPERATIONS_PER_USER",
+                ),
+                websockets_per_user=Slots(
+                    settings.max_websockets_per_user,
+                    what="WebSocket connections of this user",
+                    setting="MAX_WEBSOCKETS_PER_USER",
+                ),
+                websockets_per_ip=Slots(
+                    settings.max_websockets_per_ip,
+                    what="WebSocket connections from this address",
+                    setting="MAX_WEBSOCKETS_PER_IP",
                 ),
                 metrics=metrics,
             )

@@ -38,11 +38,15 @@ LOOSE_GRAPHQL_LIMITS = {
 the production defaults."""
 LOOSE_RATE_LIMITS = {
     f"rate_limit_{operation}_per_{scope}": "100000/minute"
-    for operation in ("search", "answer", "upload")
+    for operation in ("search", "answer", "upload", "reindex", "invite")
     for scope in ("user", "workspace")
+} | {
+    f"rate_limit_{operation}_per_user": "100000/minute"
+    for operation in ("create_workspace", "create_api_key")
 }
-"""Tests search, answer and upload far more often than people do; tests/test_resilience.py
-and tests/test_websocket_limits.py serve lower limits."""
+"""Tests search, answer, upload, reindex, invite and create workspaces and keys far more often
+than people do; tests/test_resilience.py, tests/test_websocket_limits.py and
+tests/test_fair_use.py serve lower limits."""
 TEMPLATE_DB = "rag_gql_test_template"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from rag_gql.errors import NotFound, Unauthenticated
 from rag_gql.resources import Services
 from rag_gql.services.access import Principal
 from rag_gql.services.api_keys import API_KEY_PREFIX, INVALID
+from rag_gql.services.quotas import Slots
 
 HTTP_CREDENTIALS = "send the header `Authorization: Bearer <token>` or `X-API-Key: <key>`"
 WS_CREDENTIALS = (
@@ -28,7 +30,8 @@ class Context:
 
     `connection_params` is the WebSocket `connection_init` payload (Strawberry fills it in);
     `caller` whom the socket authenticated as then (`quotas.caller_key`), which its limits
-    count against.
+    count against; `held` the connection slots the socket holds until it closes
+    (`rag_gql.graphql.websocket`).
     """
 
     services: Services
@@ -37,6 +40,7 @@ class Context:
     connection_params: dict[str, Any] | None = None
     principal: Principal | None = field(default=None)
     caller: str | None = None
+    held: list[tuple[Slots, Hashable]] = field(default_factory=list)
     _elsewhere: dict[uuid.UUID, Principal] = field(default_factory=dict, init=False, repr=False)
 
     async def require_principal(self, workspace_id: uuid.UUID | None = None) -> Principal:

@@ -24,7 +24,12 @@ from rag_gql.errors import DomainError
 from rag_gql.graphql.context import Context
 from rag_gql.graphql.limits import Limits
 from rag_gql.graphql.schema import build_schema
-from rag_gql.graphql.websocket import TransportWSHandler, bounded
+from rag_gql.graphql.websocket import (
+    TransportWSHandler,
+    bounded,
+    hold_connection,
+    release_connections,
+)
 from rag_gql.resources import Services
 from rag_gql.services.quotas import caller_key
 
@@ -53,8 +58,9 @@ class GraphQLView(GraphQL[Context, None]):
     Multipart uploads (the GraphQL multipart request spec) are on, but only with a preflight
     header; bodies come bounded by `rag_gql.body_limits`. A WebSocket must authenticate in its
     `connection_init` payload (`{"authorization": "Bearer <token or API key>"}` or
-    `{"apiKey": "rgk_..."}`, with an optional `workspaceId`); otherwise it is closed with 4403.
-    Its other limits are in `rag_gql.graphql.websocket`. Every operation passes the limits of
+    `{"apiKey": "rgk_..."}`, with an optional `workspaceId`); otherwise it is closed with 4403;
+    past the sockets allowed per user or per IP, with 4429. Its other limits are in
+    `rag_gql.graphql.websocket`. Every operation passes the limits of
     `settings` (`rag_gql.graphql.limits`); batched requests (a JSON array) are
     refused with 400, as Strawberry does without a batching config. `extensions` are added to
     the schema's own (see `build_schema`).
@@ -115,12 +121,19 @@ class GraphQLView(GraphQL[Context, None]):
         return await super().parse_http_body(request)
 
     async def on_ws_connect(self, context: Context) -> dict[str, object] | None:
+        services = context.services
+        client = context.request.client
+        if client is not None:
+            # Before authenticating: a flood from one address costs no database work.
+            hold_connection(context, services.websockets_per_ip, client.host)
         try:
             # Refuses the socket at once for bad credentials; each operation checks them again.
             principal = await context.require_principal()
         except DomainError as exc:
+            release_connections(context)
             raise ConnectionRejectionError({"message": str(exc)}) from exc
         context.caller = caller_key(principal)
+        hold_connection(context, services.websockets_per_user, context.caller)
         return None
 
 

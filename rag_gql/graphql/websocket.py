@@ -6,6 +6,10 @@ What a client meets:
 - no `connection_init` within `WS_CONNECTION_INIT_TIMEOUT` seconds: closed with 4408;
   missing or bad credentials in it: closed with 4403 (Strawberry's code for a rejected
   `connection_init`); `subscribe` before it was acknowledged: closed with 4401.
+- a `connection_init` while `MAX_WEBSOCKETS_PER_IP` sockets from the client's IP, or
+  `MAX_WEBSOCKETS_PER_USER` of the user's (their API keys included), are acknowledged and
+  open: closed with 4429 and the reason `Too many WebSocket connections of this user (at
+  most 10, MAX_WEBSOCKETS_PER_USER)`. Counted in this process only.
 - a `subscribe` past `WS_MAX_OPERATIONS_PER_CONNECTION` live operations on the socket, or
   past `WS_MAX_OPERATIONS_PER_USER` on all the user's sockets: an `error` message for that
   operation, `[{"message": ..., "extensions": {"code": "RATE_LIMITED", "retryAfter": 1}}]`;
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Hashable
 
 from graphql import GraphQLError
 from starlette.types import Message, Receive, Send
@@ -32,20 +37,70 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
     ErrorMessage,
     SubscribeMessage,
 )
 
 from rag_gql.errors import DomainError, RateLimited
 from rag_gql.graphql.context import Context
+from rag_gql.services.quotas import Slots
 
 log = logging.getLogger(__name__)
 
 DISCONNECTED: Message = {"type": "websocket.disconnect", "code": 1006}
+TOO_MANY_CONNECTIONS = 4429
+"""Close code of a socket past `MAX_WEBSOCKETS_PER_USER` or `MAX_WEBSOCKETS_PER_IP`."""
+
+
+class SocketRefused(Exception):
+    """Raised in `on_ws_connect`: the socket is closed with `code` and `reason` (at most 123
+    bytes, RFC 6455 5.5) instead of being acknowledged."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def hold_connection(context: Context, slots: Slots, key: Hashable) -> None:
+    """Holds one of `slots` for `key` until the socket of `context` closes.
+
+    Raises:
+        SocketRefused: `key` already holds `slots.limit` (code 4429).
+    """
+    try:
+        slots.acquire(key)
+    except RateLimited:
+        reason = f"Too many {slots.what} (at most {slots.limit}, {slots.setting})"
+        raise SocketRefused(TOO_MANY_CONNECTIONS, reason) from None
+    context.held.append((slots, key))
+
+
+def release_connections(context: Context) -> None:
+    """Gives back every slot the socket of `context` holds (once: the list is emptied)."""
+    while context.held:
+        slots, key = context.held.pop()
+        slots.release(key)
 
 
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
-    """Strawberry's handler, with the operation limits above and quiet client departures."""
+    """Strawberry's handler, with the connection and operation limits above and quiet client
+    departures."""
+
+    async def handle(self) -> None:
+        try:
+            await super().handle()
+        finally:
+            release_connections(self.context)
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        try:
+            await super().handle_connection_init(message)
+        except SocketRefused as refused:
+            # Before the close: a client that reconnects at once finds the places free.
+            release_connections(self.context)
+            await self.websocket.close(code=refused.code, reason=refused.reason)
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
         if not self.connection_acknowledged or message["id"] in self.operations:
@@ -133,4 +188,10 @@ def bounded(receive: Receive, send: Send, *, send_timeout: float) -> tuple[Recei
     return receive_until_dropped, bounded_send
 
 
-__all__ = ["TransportWSHandler", "bounded"]
+__all__ = [
+    "SocketRefused",
+    "TransportWSHandler",
+    "bounded",
+    "hold_connection",
+    "release_connections",
+]

@@ -73,6 +73,33 @@ async def add(session: AsyncSession, document: Document) -> None:
     await session.flush()
 
 
+async def lock_usage(session: AsyncSession, *, workspace_id: uuid.UUID) -> None:
+    """Waits for, then holds until the transaction ends, the lock that serialises changes
+    to the workspace's stored documents checked against its quotas.
+
+    A transaction-level advisory lock: it conflicts with nothing else (not the row locks of
+    the documents' foreign keys to their workspace), and needs no privilege.
+    """
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"rag_gql.storage:{workspace_id}"},
+    )
+
+
+async def usage(
+    session: AsyncSession, *, workspace_id: uuid.UUID, excluding: uuid.UUID | None = None
+) -> tuple[int, int]:
+    """Returns the workspace's `(documents, bytes of their original files)`, without the
+    document `excluding`."""
+    stmt = select(func.count(), func.coalesce(func.sum(Document.size_bytes), 0)).where(
+        Document.workspace_id == workspace_id
+    )
+    if excluding is not None:
+        stmt = stmt.where(Document.id != excluding)
+    count, size = (await session.execute(stmt)).one()
+    return int(count), int(size)
+
+
 async def add_chunks(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     """Bulk-inserts chunk rows (dicts keyed by `Chunk` column names) in one statement batch."""
     if rows:

@@ -31,7 +31,8 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller: a user (`user_id`, `email`) or an API key (`api_key_id`), acting in
+    """The caller: a user (`user_id`, `email`) or an API key (`api_key_id`, and
+    `key_creator_id`, the user who created it, whose per-user limits it shares), acting in
     `workspace_id` (the tenant) with `role`."""
 
     workspace_id: uuid.UUID
@@ -39,6 +40,7 @@ class Principal:
     user_id: uuid.UUID | None = None
     email: str | None = None
     api_key_id: uuid.UUID | None = None
+    key_creator_id: uuid.UUID | None = None
 
     def can(self, action: Action) -> bool:
         """True when the role allows `action`."""

@@ -145,4 +145,9 @@ class ApiKeyService:
                 raise NotFound("Workspace not found")
             if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
                 key.last_used_at = now
-        return Principal(workspace_id=key.workspace_id, role=Role(key.role), api_key_id=key.id)
+        return Principal(
+            workspace_id=key.workspace_id,
+            role=Role(key.role),
+            api_key_id=key.id,
+            key_creator_id=key.created_by,
+        )

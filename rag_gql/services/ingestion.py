@@ -46,6 +46,7 @@ from rag_gql.services import parsing
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.chunking import chunk_pages
 from rag_gql.services.extraction import ExtractionPool
+from rag_gql.services.quotas import StorageQuota
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class IngestionService:
     def __init__(self, *, settings: Settings, db: Database) -> None:
         self._settings = settings
         self._db = db
+        self._quota = StorageQuota.from_settings(settings)
 
     async def submit(
         self,
@@ -132,6 +134,8 @@ class IngestionService:
             InvalidInput: empty, unsupported type, a damaged or encrypted ZIP, over a ZIP
                 limit. What only parsing tells (unreadable, encrypted PDF, no pages, over
                 MAX_PAGES) ends the document FAILED in the worker instead.
+            QuotaExceeded: the workspace's WORKSPACE_MAX_DOCUMENTS or WORKSPACE_MAX_BYTES
+                would be passed (nothing is stored).
         """
         principal.require(Action.WRITE)
         filename = clean_filename(filename)
@@ -180,6 +184,7 @@ class IngestionService:
                 await documents.set_state(
                     session, workspace_id=workspace_id, document_id=document.id
                 )
+                await self._quota.check(session, document)
         except IntegrityError:
             # The same bytes were uploaded concurrently and won the race.
             async with self._db.transaction(workspace_id) as session:

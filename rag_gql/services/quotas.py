@@ -1,10 +1,12 @@
-"""Limits on the expensive operations: how often (per user and per workspace) and how many at
-once (per user).
+"""Limits on the expensive operations: how often (per user and per workspace), how many at
+once (per user), and how much a workspace may store.
 
-`Quotas` counts `search`, `answer` (with `ask`) and `upload` requests in moving windows
-(`limits`, in `RATE_LIMIT_STORAGE_URI` as the account limits of `ratelimit.py`: shared by
-every process when that is Redis). `Slots` counts what is running now, in this process only:
-a user's answers being streamed, a user's live WebSocket operations.
+`Quotas` counts `search`, `answer` (with `ask`), `upload`, `reindex`, `createWorkspace`,
+`createApiKey` and `inviteMember` requests in moving windows (`limits`, in
+`RATE_LIMIT_STORAGE_URI` as the account limits of `ratelimit.py`: shared by every process when
+that is Redis). `Slots` counts what is running now, in this process only: a user's answers
+being streamed, a user's live WebSocket operations, the WebSockets of a user and of an IP.
+`StorageQuota` bounds a workspace's stored bytes and documents, counted in the database.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from limits import RateLimitItem, parse
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.config import Settings
-from rag_gql.errors import RateLimited
+from rag_gql.db.models import Document
+from rag_gql.errors import QuotaExceeded, RateLimited
+from rag_gql.repositories import documents
 from rag_gql.services.access import Principal
 
 
@@ -33,12 +38,18 @@ class Operation(StrEnum):
     SEARCH = "search"
     ANSWER = "answer"
     UPLOAD = "upload"
+    REINDEX = "reindex"
+    CREATE_WORKSPACE = "createWorkspace"
+    CREATE_API_KEY = "createApiKey"
+    INVITE = "inviteMember"
 
 
 def caller_key(principal: Principal) -> str:
-    """Whom a limit per user counts: the user, or the API key acting without one."""
-    if principal.user_id is not None:
-        return f"user:{principal.user_id}"
+    """Whom a limit per user counts: the user, also when an API key they created acts (so
+    that minting keys does not multiply their allowance), or a key whose creator is gone."""
+    user_id = principal.user_id or principal.key_creator_id
+    if user_id is not None:
+        return f"user:{user_id}"
     return f"key:{principal.api_key_id}"
 
 
@@ -49,8 +60,11 @@ class Quotas:
         `await quotas.hit(Operation.SEARCH, principal)` before running a search.
     """
 
-    def __init__(self, *, storage_uri: str, rates: Mapping[Operation, tuple[str, str]]) -> None:
-        """`rates` gives each operation's (per user, per workspace) limit, e.g. `60/minute`.
+    def __init__(
+        self, *, storage_uri: str, rates: Mapping[Operation, tuple[str, str | None]]
+    ) -> None:
+        """`rates` gives each operation's (per user, per workspace) limit, e.g. `60/minute`;
+        None: no limit per workspace.
 
         Raises:
             ValueError: a limit or the storage URI is malformed, or the storage is unknown.
@@ -58,8 +72,9 @@ class Quotas:
         uri = storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}"
         try:
             storage = storage_from_string(uri)
-            self._rates: dict[Operation, tuple[RateLimitItem, RateLimitItem]] = {
-                op: (parse(user), parse(workspace)) for op, (user, workspace) in rates.items()
+            self._rates: dict[Operation, tuple[RateLimitItem, RateLimitItem | None]] = {
+                op: (parse(user), None if workspace is None else parse(workspace))
+                for op, (user, workspace) in rates.items()
             }
         except (ConfigurationError, ValueError) as exc:
             raise ValueError(f"rate limits: {exc}") from exc
@@ -67,7 +82,8 @@ class Quotas:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Quotas:
-        """The limits `RATE_LIMIT_{SEARCH,ANSWER,UPLOAD}_PER_{USER,WORKSPACE}` describe."""
+        """The limits `RATE_LIMIT_{SEARCH,ANSWER,UPLOAD,REINDEX,INVITE}_PER_{USER,WORKSPACE}`
+        and `RATE_LIMIT_{CREATE_WORKSPACE,CREATE_API_KEY}_PER_USER` describe."""
         s = settings
         return cls(
             storage_uri=s.rate_limit_storage_uri,
@@ -75,6 +91,13 @@ class Quotas:
                 Operation.SEARCH: (s.rate_limit_search_per_user, s.rate_limit_search_per_workspace),
                 Operation.ANSWER: (s.rate_limit_answer_per_user, s.rate_limit_answer_per_workspace),
                 Operation.UPLOAD: (s.rate_limit_upload_per_user, s.rate_limit_upload_per_workspace),
+                Operation.REINDEX: (
+                    s.rate_limit_reindex_per_user,
+                    s.rate_limit_reindex_per_workspace,
+                ),
+                Operation.CREATE_WORKSPACE: (s.rate_limit_create_workspace_per_user, None),
+                Operation.CREATE_API_KEY: (s.rate_limit_create_api_key_per_user, None),
+                Operation.INVITE: (s.rate_limit_invite_per_user, s.rate_limit_invite_per_workspace),
             },
         )
 
@@ -91,6 +114,8 @@ class Quotas:
             (per_workspace, "workspace", str(principal.workspace_id)),
         ]
         for item, scope, key in checks:
+            if item is None:
+                continue
             if not await self._limiter.hit(item, operation.value, scope, key):
                 stats = await self._limiter.get_window_stats(item, operation.value, scope, key)
                 retry_after = max(1, math.ceil(stats.reset_time - time.time()))
@@ -114,8 +139,8 @@ class Slots:
         """`what` names the things held in the error (e.g. "answers streaming"), `setting`
         the setting that sets `limit`."""
         self.limit = limit
-        self._what = what
-        self._setting = setting
+        self.what = what
+        self.setting = setting
         self._held: Counter[Hashable] = Counter()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -133,7 +158,7 @@ class Slots:
         """
         if self._held[key] >= self.limit:
             raise RateLimited(
-                f"Too many {self._what} at once (at most {self.limit}, {self._setting}); "
+                f"Too many {self.what} at once (at most {self.limit}, {self.setting}); "
                 "try again in 1 second, or when one has ended",
                 retry_after=1,
             )
@@ -160,3 +185,62 @@ class Slots:
     async def wait_idle(self) -> None:
         """Returns once nothing is held (for a graceful shutdown: under a timeout)."""
         await self._idle.wait()
+
+
+class StorageQuota:
+    """At most `max_documents` documents and `max_bytes` bytes of original files (the stored
+    uploads) per workspace; deleting documents frees their share.
+
+    Example:
+        `await quota.check(session, document)` in the transaction that inserts `document`,
+        as its last statement: the check and the commit happen under the workspace's lock,
+        so concurrent uploads cannot pass the quota together.
+    """
+
+    def __init__(self, *, max_bytes: int, max_documents: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_documents = max_documents
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StorageQuota:
+        """The quota `WORKSPACE_MAX_BYTES` and `WORKSPACE_MAX_DOCUMENTS` describe."""
+        return cls(
+            max_bytes=settings.workspace_max_bytes,
+            max_documents=settings.workspace_max_documents,
+        )
+
+    async def check(self, session: AsyncSession, document: Document) -> None:
+        """Locks the workspace's usage until the transaction ends, then counts the other
+        documents of `document`'s workspace (committed ones, and the caller's own).
+
+        Raises:
+            QuotaExceeded: with `document` the workspace would have more documents or more
+                bytes than its quota; the message gives the figures (the transaction must
+                then roll back, which the raise does in `Database.transaction`).
+        """
+        workspace_id = document.workspace_id
+        await documents.lock_usage(session, workspace_id=workspace_id)
+        count, used = await documents.usage(
+            session, workspace_id=workspace_id, excluding=document.id
+        )
+        if count + 1 > self.max_documents:
+            raise QuotaExceeded(
+                f"This workspace holds {count} documents, its quota is {self.max_documents} "
+                f"(WORKSPACE_MAX_DOCUMENTS): {document.filename!r} cannot be added; delete "
+                "documents to make room",
+                quota="WORKSPACE_MAX_DOCUMENTS",
+                used=count,
+                limit=self.max_documents,
+                requested=1,
+            )
+        if used + document.size_bytes > self.max_bytes:
+            raise QuotaExceeded(
+                f"{document.filename!r} ({document.size_bytes} bytes) does not fit in this "
+                f"workspace's storage quota: {used} of {self.max_bytes} bytes used "
+                f"({used / 2**20:.1f} of {self.max_bytes / 2**20:.1f} MiB, "
+                "WORKSPACE_MAX_BYTES); delete documents to make room",
+                quota="WORKSPACE_MAX_BYTES",
+                used=used,
+                limit=self.max_bytes,
+                requested=document.size_bytes,
+            )

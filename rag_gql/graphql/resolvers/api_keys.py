@@ -10,6 +10,7 @@ from rag_gql.db.models import Role
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info, parse_workspace_id
 from rag_gql.graphql.resolvers.common import parse_id
+from rag_gql.services.quotas import Operation
 
 
 @strawberry.type
@@ -41,6 +42,7 @@ class ApiKeyMutation:
         expires_at: datetime | None = None,
     ) -> types.CreateApiKeyPayload:
         principal = await info.context.require_principal(parse_workspace_id(workspace_id))
+        await info.context.services.quotas.hit(Operation.CREATE_API_KEY, principal)
         created = await info.context.services.api_keys.create(
             principal, name=name, role=role, expires_at=expires_at
         )

@@ -83,6 +83,7 @@ class DocumentMutation:
     )
     async def reindex_document(self, info: Info, id: strawberry.ID) -> types.Document:
         principal = await info.context.require_principal()
+        await info.context.services.quotas.hit(Operation.REINDEX, principal)
         doc = await info.context.services.ingestion.reindex(principal, parse_id(id, "Document"))
         return types.Document.from_model(doc)
 

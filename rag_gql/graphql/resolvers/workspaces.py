@@ -8,6 +8,7 @@ from rag_gql.db.models import Role
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import parse_id
+from rag_gql.services.quotas import Operation
 
 
 @strawberry.type
@@ -38,6 +39,7 @@ class WorkspaceMutation:
     @strawberry.mutation(description="Creates a shared workspace owned by the caller.")
     async def create_workspace(self, info: Info, name: str) -> types.Workspace:
         principal = await info.context.require_principal()
+        await info.context.services.quotas.hit(Operation.CREATE_WORKSPACE, principal)
         view = await info.context.services.workspaces.create(principal, name)
         return types.Workspace.from_view(view)
 
@@ -45,10 +47,12 @@ class WorkspaceMutation:
     async def invite_member(
         self, info: Info, workspace_id: strawberry.ID, email: str, role: Role
     ) -> types.Invitation:
-        principal = await info.context.require_principal()
-        view = await info.context.services.workspaces.invite(
-            principal, parse_id(workspace_id, "Workspace"), email, role
-        )
+        # Authenticated in the workspace invited to: its allowance is the one counted, and
+        # only a member can spend it.
+        target = parse_id(workspace_id, "Workspace")
+        principal = await info.context.require_principal(target)
+        await info.context.services.quotas.hit(Operation.INVITE, principal)
+        view = await info.context.services.workspaces.invite(principal, target, email, role)
         return types.Invitation.from_view(view)
 
     @strawberry.mutation(description="Joins a workspace with the token from an invitation email.")
