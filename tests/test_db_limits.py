@@ -22,6 +22,7 @@ from tests.support.pdfs import make_pdf
 from tests.support.serving import serve_client
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
+from tests.support.uploads import assert_error
 
 SECRET = "victim@example.com"
 BOUNDED = {
@@ -156,3 +157,130 @@ async def test_ingestion_outlasts_the_request_timeouts(
             ollama_server.state.delay = 0.0
     document = response.json()["data"]["uploadDocument"]
     assert (document["status"], document["chunkCount"]) == ("READY", 2), document
+
+
+DELETE_DOCUMENT = "mutation($id: ID!) { deleteDocument(id: $id) }"
+DELETE_COLLECTION = "mutation($id: ID!) { deleteCollection(id: $id) }"
+SLOW_EMBED = 1.5
+"""Seconds each embedding request of the stand-in takes in the deletion tests."""
+PAGES = [f"page {n} about slow embeddings" for n in range(8)]
+
+
+async def _embedding_midway(settings: Settings, document_id: str) -> None:
+    """Waits until the document's ingestion has written a batch in its open transaction (its
+    first EMBEDDING progress), so it holds the document's row."""
+    async with connect(settings) as conn:
+        for _ in range(400):
+            status = await conn.fetchval(
+                "SELECT status FROM document WHERE id = $1::uuid", document_id
+            )
+            if status == "EMBEDDING":
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"document {document_id} never reached EMBEDDING")
+
+
+async def _gone(settings: Settings, document_ids: list[str]) -> tuple[int, int]:
+    """Waits until none of the documents is stored (up to 20 s); returns the documents and
+    chunks left of them, and checks every ingestion job ended as a success (the queue deletes
+    those: a failed or aborted one stays)."""
+    async with connect(settings) as conn:
+        for _ in range(400):
+            left = await conn.fetchval(
+                "SELECT count(*) FROM document WHERE id = ANY($1::uuid[])", document_ids
+            )
+            running = await conn.fetchval(
+                "SELECT count(*) FROM procrastinate_jobs"
+                " WHERE task_name = 'ingest_document' AND status IN ('todo', 'doing')"
+            )
+            if left == 0 and running == 0:
+                break
+            await asyncio.sleep(0.05)
+        chunks = await conn.fetchval(
+            "SELECT count(*) FROM chunk WHERE document_id = ANY($1::uuid[])", document_ids
+        )
+        jobs = await conn.fetch(
+            "SELECT status FROM procrastinate_jobs WHERE task_name = 'ingest_document'"
+        )
+    assert [r["status"] for r in jobs] == [], jobs
+    return left, chunks
+
+
+def worker_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The application's and the queue's records at ERROR or above (not the stand-in's own:
+    it logs the embedding request the worker gave up on as a client disconnect)."""
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name.startswith(("rag_gql", "procrastinate"))
+    ]
+
+
+async def test_deleting_a_document_being_ingested_answers_at_once(
+    inbox: Inbox,
+    settings: Settings,
+    ollama_server: OllamaStandin,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The ingestion holds the document's row for its whole transaction (hours for a big
+    book); the delete returns at once, the document is hidden from then on, and the worker
+    stops at its next batch, deletes it and ends its job normally."""
+    settings = settings.model_copy(update={"ingest_page_batch": 1})
+    async with serve_client(settings) as gql:
+        token = await sign_up(gql, inbox, "del@example.com")
+        ollama_server.state.delay = SLOW_EMBED
+        try:
+            response = await gql.upload("slow.pdf", make_pdf(PAGES), token=token, wait=False)
+            document_id = response.json()["data"]["uploadDocument"]["id"]
+            await _embedding_midway(settings, document_id)
+            started = time.monotonic()
+            data = await gql.data(DELETE_DOCUMENT, {"id": document_id}, token=token)
+            assert time.monotonic() - started < 3 * SLOW_EMBED
+            assert data == {"deleteDocument": True}
+            body = await gql.execute(
+                "query($id: ID!) { document(id: $id) { status } }", {"id": document_id}, token=token
+            )
+            assert_error(body, "NOT_FOUND")
+            listed = await gql.data("{ documents(first: 5) { edges { cursor } } }", token=token)
+            assert listed == {"documents": {"edges": []}}
+            again = await gql.execute(DELETE_DOCUMENT, {"id": document_id}, token=token)
+            assert_error(again, "NOT_FOUND")
+            assert await _gone(settings, [document_id]) == (0, 0)
+        finally:
+            ollama_server.state.delay = 0.0
+    assert not worker_errors(caplog), caplog.text
+
+
+async def test_deleting_a_collection_being_ingested_answers_at_once(
+    inbox: Inbox,
+    settings: Settings,
+    ollama_server: OllamaStandin,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings.model_copy(update={"ingest_page_batch": 1})
+    async with serve_client(settings) as gql:
+        token = await sign_up(gql, inbox, "coll@example.com")
+        created = await gql.data('mutation { createCollection(name: "books") { id } }', token=token)
+        collection = created["createCollection"]["id"]
+        ready = await gql.upload(
+            "ready.pdf", make_pdf(["already indexed"]), token=token, collection=collection
+        )
+        ready_id = ready.json()["data"]["uploadDocument"]["id"]
+        ollama_server.state.delay = SLOW_EMBED
+        try:
+            response = await gql.upload(
+                "slow.pdf", make_pdf(PAGES), token=token, collection=collection, wait=False
+            )
+            slow_id = response.json()["data"]["uploadDocument"]["id"]
+            await _embedding_midway(settings, slow_id)
+            started = time.monotonic()
+            data = await gql.data(DELETE_COLLECTION, {"id": collection}, token=token)
+            assert time.monotonic() - started < 3 * SLOW_EMBED
+            assert data == {"deleteCollection": True}
+            assert await gql.data("{ collections { id } }", token=token) == {"collections": []}
+            listed = await gql.data("{ documents(first: 5) { edges { cursor } } }", token=token)
+            assert listed == {"documents": {"edges": []}}
+            assert await _gone(settings, [ready_id, slow_id]) == (0, 0)
+        finally:
+            ollama_server.state.delay = 0.0
+    assert not worker_errors(caplog), caplog.text
