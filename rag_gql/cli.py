@@ -459,6 +459,7 @@ async def eval_principal(db: Database, workspace_name: str) -> Principal:
     from datetime import UTC, datetime
 
     from rag_gql.db.models import Role
+    from rag_gql.db.session import scope
     from rag_gql.repositories import users, workspaces
 
     slug = re.sub(r"[^a-z0-9]+", "-", workspace_name.lower()).strip("-")[:64] or "eval"
@@ -468,6 +469,7 @@ async def eval_principal(db: Database, workspace_name: str) -> Principal:
         if user is None:
             user = await users.add(session, email=email, password_hash="!")  # noqa: S106 - no hash
             user.verified_at = datetime.now(UTC)
+        await scope(session, user_id=user.id)
         workspace_id = await workspaces.personal_workspace_id(session, user.id)
         if workspace_id is None:
             workspace = await workspaces.create_personal_workspace(session, user)

@@ -38,6 +38,24 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a request waits for a free connection before SERVER_BUSY.",
     )
+    db_statement_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds one SQL statement of a request may run before SERVER_BUSY "
+        "(PostgreSQL statement_timeout; 0: no limit). The ingestion worker has none.",
+    )
+    db_lock_timeout: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds a request's statement may wait for a row or table lock before "
+        "SERVER_BUSY (lock_timeout; 0: no limit). The ingestion worker has none.",
+    )
+    db_idle_in_transaction_timeout: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds a request's connection may sit idle inside a transaction before "
+        "PostgreSQL closes it (idle_in_transaction_session_timeout; 0: no limit).",
+    )
 
     ollama_url: str = "http://127.0.0.1:11434"
     ollama_embed_model: str = "nomic-embed-text"

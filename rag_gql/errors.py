@@ -11,7 +11,9 @@ Each maps to a GraphQL `extensions.code` (see `rag_gql.graphql.extensions`)::
      ├── Conflict             CONFLICT
      ├── RetryLater                                  (extensions.retryAfter: seconds)
      │    ├── RateLimited     RATE_LIMITED
-     │    └── ServerBusy      SERVER_BUSY            (no database connection free in time)
+     │    └── ServerBusy      SERVER_BUSY            (no database connection free in time, or
+     │                                                a statement past DB_STATEMENT_TIMEOUT or
+     │                                                DB_LOCK_TIMEOUT)
      ├── UpstreamUnavailable  UPSTREAM_UNAVAILABLE   (Ollama/SMTP unreachable)
      └── UpstreamError        UPSTREAM_ERROR         (Ollama answered with an error)
 
@@ -111,7 +113,8 @@ class RetryLater(DomainError):
 
 class ServerBusy(RetryLater):
     """The process is at capacity (no database connection came free in `DB_POOL_TIMEOUT`
-    seconds); nothing was done."""
+    seconds, or a statement ran past `DB_STATEMENT_TIMEOUT` or waited for a lock past
+    `DB_LOCK_TIMEOUT`); nothing was done."""
 
     code = "SERVER_BUSY"
 

@@ -94,6 +94,9 @@ async def open_services(
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
+        statement_timeout=settings.db_statement_timeout,
+        lock_timeout=settings.db_lock_timeout,
+        idle_in_transaction_timeout=settings.db_idle_in_transaction_timeout,
     )
     events = DocumentEvents(conninfo(settings.database_url))
     timeout = httpx.Timeout(settings.ollama_timeout, connect=settings.ollama_connect_timeout)

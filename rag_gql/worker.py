@@ -44,8 +44,12 @@ async def ingestion_worker(
             settings.worker_concurrency,
             CONNECTIONS_PER_JOB,
         )
+    # Its transactions last as long as a document's embedding: free of the request timeouts.
     pipeline = IngestionPipeline(
-        settings=settings, db=services.db, ollama=services.ollama, metrics=services.metrics
+        settings=settings,
+        db=services.db.without_timeouts(),
+        ollama=services.ollama,
+        metrics=services.metrics,
     )
     app = queue.build_queue(settings, settings.database_url, pipeline.run)
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"

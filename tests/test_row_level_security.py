@@ -365,3 +365,173 @@ async def test_upgrade_from_the_skeleton_keeps_documents(postgres_url: str) -> N
         admin = await asyncpg.connect(dsn)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+AUTH_TABLES = ("membership", "api_key", "invitation", "refresh_token")
+
+
+async def _auth_rows(settings: Settings) -> dict[str, uuid.UUID]:
+    """Users A and B, workspaces WA (A) and WB (B, and A as a VIEWER), one API key and one
+    invitation per workspace (hashes `key-a`, `key-b`, `inv-a`, `inv-b`), one refresh token per
+    user (`rt-a`, `rt-b`); written as the test's own superuser, past the policies."""
+    ids = {name: uuid.uuid4() for name in ("a", "b", "wa", "wb")}
+    async with connect(settings) as conn:
+        for user in ("a", "b"):
+            await conn.execute(
+                'INSERT INTO "user" (id, email, password_hash) VALUES ($1, $2, $3)',
+                ids[user],
+                f"{user}@example.com",
+                "!",
+            )
+            await conn.execute(
+                "INSERT INTO refresh_token (id, user_id, family_id, token_hash, expires_at)"
+                " VALUES ($1, $2, $3, $4, now() + interval '1 day')",
+                uuid.uuid4(),
+                ids[user],
+                uuid.uuid4(),
+                f"rt-{user}",
+            )
+        for ws in ("wa", "wb"):
+            suffix = ws[1]
+            await conn.execute(
+                "INSERT INTO workspace (id, name, personal) VALUES ($1, $2, false)", ids[ws], ws
+            )
+            await conn.execute(
+                "INSERT INTO api_key (id, workspace_id, name, role, prefix, key_hash)"
+                " VALUES ($1, $2, 'k', 'VIEWER', 'p', $3)",
+                uuid.uuid4(),
+                ids[ws],
+                f"key-{suffix}",
+            )
+            await conn.execute(
+                "INSERT INTO invitation (id, workspace_id, email, role, token_hash, expires_at)"
+                " VALUES ($1, $2, 'c@example.com', 'VIEWER', $3, now() + interval '1 day')",
+                uuid.uuid4(),
+                ids[ws],
+                f"inv-{suffix}",
+            )
+        for ws, user, role in (("wa", "a", "OWNER"), ("wb", "b", "OWNER"), ("wb", "a", "VIEWER")):
+            await conn.execute(
+                "INSERT INTO membership (workspace_id, user_id, role) VALUES ($1, $2, $3)",
+                ids[ws],
+                ids[user],
+                role,
+            )
+    return ids
+
+
+async def _seen(db: Database, **scope: uuid.UUID | str) -> dict[str, set[tuple[str, ...]]]:
+    """What each auth table shows the app role in one transaction of `scope`, no WHERE."""
+    queries = {
+        "membership": "SELECT workspace_id::text, user_id::text FROM membership",
+        "api_key": "SELECT key_hash FROM api_key",
+        "invitation": "SELECT token_hash FROM invitation",
+        "refresh_token": "SELECT token_hash FROM refresh_token",
+    }
+    async with db.driver_transaction(**scope) as conn:  # type: ignore[arg-type]
+        assert await conn.fetchval("SELECT current_user") == APP_ROLE
+        return {t: {tuple(r) for r in await conn.fetch(q)} for t, q in queries.items()}
+
+
+async def test_the_auth_tables_show_only_the_scope_s_rows(
+    settings: Settings, app_db: Database
+) -> None:
+    ids = await _auth_rows(settings)
+    a, wa, wb = (str(ids[k]) for k in ("a", "wa", "wb"))
+    async with connect(settings) as conn:
+        flags = await conn.fetch(
+            "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class "
+            "WHERE relname = ANY($1::text[])",
+            list(AUTH_TABLES),
+        )
+    assert {r["relname"]: (r[1], r[2]) for r in flags} == dict.fromkeys(AUTH_TABLES, (True, True))
+
+    nothing: dict[str, set[tuple[str, ...]]] = {table: set() for table in AUTH_TABLES}
+    assert await _seen(app_db) == nothing
+    # The workspace: its members (A's membership of WB shows only within WB), keys, invitations.
+    assert await _seen(app_db, workspace_id=ids["wa"]) == nothing | {
+        "membership": {(wa, a)},
+        "api_key": {("key-a",)},
+        "invitation": {("inv-a",)},
+    }
+    # The user: their memberships everywhere (not B's of WB), their refresh tokens.
+    assert await _seen(app_db, user_id=ids["a"]) == nothing | {
+        "membership": {(wa, a), (wb, a)},
+        "refresh_token": {("rt-a",)},
+    }
+    # A lookup by secret: the one row with that hash, in whichever table holds it.
+    for secret, table in (("key-b", "api_key"), ("inv-b", "invitation"), ("rt-b", "refresh_token")):
+        assert await _seen(app_db, lookup_hash=secret) == nothing | {table: {(secret,)}}
+    assert await _seen(app_db, lookup_hash="") == nothing
+
+
+async def test_the_auth_tables_refuse_writes_outside_the_scope(
+    settings: Settings, app_db: Database
+) -> None:
+    ids = await _auth_rows(settings)
+    refused = [
+        # Into another workspace than the current one.
+        (
+            {"workspace_id": ids["wa"]},
+            "INSERT INTO membership (workspace_id, user_id, role) VALUES ($1, $2, 'OWNER')",
+            (ids["wb"], ids["b"]),
+        ),
+        (
+            {"workspace_id": ids["wa"]},
+            "INSERT INTO api_key (id, workspace_id, name, role, prefix, key_hash)"
+            " VALUES (gen_random_uuid(), $1, 'x', 'OWNER', 'p', $2)",
+            (ids["wb"], "key-x"),
+        ),
+        (
+            {"workspace_id": ids["wa"]},
+            "INSERT INTO invitation (id, workspace_id, email, role, token_hash, expires_at)"
+            " VALUES (gen_random_uuid(), $1, 'x@example.com', 'OWNER', $2, now())",
+            (ids["wb"], "inv-x"),
+        ),
+        # A user may read their memberships, not add one anywhere.
+        (
+            {"user_id": ids["a"]},
+            "INSERT INTO membership (workspace_id, user_id, role) VALUES ($1, $2, 'OWNER')",
+            (ids["wb"], ids["a"]),
+        ),
+        # Another user's refresh token.
+        (
+            {"user_id": ids["a"]},
+            "INSERT INTO refresh_token (id, user_id, family_id, token_hash, expires_at)"
+            " VALUES (gen_random_uuid(), $1, gen_random_uuid(), $2, now())",
+            (ids["b"], "rt-x"),
+        ),
+        # A looked-up token may be locked, not changed, without its user's scope.
+        ({"lookup_hash": "rt-b"}, "UPDATE refresh_token SET revoked_at = now()", ()),
+        ({"lookup_hash": "inv-b"}, "UPDATE invitation SET accepted_at = now()", ()),
+    ]
+    for scope, statement, args in refused:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            async with app_db.driver_transaction(**scope) as conn:  # type: ignore[arg-type]
+                await conn.execute(statement, *args)
+    # Changing or deleting rows outside the scope touches none.
+    untouched = [
+        ({"workspace_id": ids["wa"]}, "DELETE FROM membership WHERE workspace_id = $1", ids["wb"]),
+        ({"workspace_id": ids["wa"]}, "DELETE FROM api_key WHERE workspace_id = $1", ids["wb"]),
+        (
+            {"workspace_id": ids["wa"]},
+            "UPDATE invitation SET role = 'OWNER' WHERE workspace_id = $1",
+            ids["wb"],
+        ),
+        ({"user_id": ids["a"]}, "DELETE FROM membership WHERE workspace_id = $1", ids["wb"]),
+        ({"user_id": ids["a"]}, "DELETE FROM refresh_token WHERE user_id = $1", ids["b"]),
+        (
+            {"lookup_hash": "key-b"},
+            "UPDATE api_key SET revoked_at = now() WHERE workspace_id = $1",
+            ids["wb"],
+        ),
+    ]
+    for scope, statement, arg in untouched:
+        async with app_db.driver_transaction(**scope) as conn:  # type: ignore[arg-type]
+            assert await conn.execute(statement, arg) in ("DELETE 0", "UPDATE 0"), statement
+    async with app_db.driver_transaction(lookup_hash="inv-b") as conn:
+        locked = await conn.fetch("SELECT token_hash FROM invitation FOR UPDATE")
+    assert [r[0] for r in locked] == ["inv-b"]
+    async with connect(settings) as conn:
+        counts = [await conn.fetchval(f"SELECT count(*) FROM {t}") for t in AUTH_TABLES]
+    assert counts == [3, 2, 2, 2]

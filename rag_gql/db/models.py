@@ -226,6 +226,9 @@ class Document(Base):
     pages_done: Mapped[int] = mapped_column(Integer, server_default="0")
     chunks_done: Mapped[int] = mapped_column(Integer, server_default="0")
     embed_model: Mapped[str | None] = mapped_column(String(255))
+    # Set when a delete found the document held by its ingestion: hidden from then on, and
+    # removed by the worker at its next batch (`services.ingestion`).
+    delete_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 

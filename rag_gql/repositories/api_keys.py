@@ -1,5 +1,6 @@
-"""API keys. `api_key` is an auth table without row-level security: a key is found by its
-hash before the workspace is known. Every other query names the workspace."""
+"""API keys. Row-level security shows a transaction its workspace's keys, and the one key
+whose hash it looks up (`get_by_hash`, before the workspace is known). Every other query names
+the workspace as well."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.db.models import ApiKey
+from rag_gql.db.session import scope
 
 
 async def add(session: AsyncSession, key: ApiKey) -> None:
@@ -19,7 +21,9 @@ async def add(session: AsyncSession, key: ApiKey) -> None:
 
 
 async def get_by_hash(session: AsyncSession, key_hash: str) -> ApiKey | None:
-    """Returns the key whose secret hashes to `key_hash` (SHA-256 hex), in any workspace."""
+    """Returns the key whose secret hashes to `key_hash` (SHA-256 hex), in any workspace;
+    the transaction sees that key from then on (`app.lookup_hash`), and no other."""
+    await scope(session, lookup_hash=key_hash)
     stmt = select(ApiKey).where(ApiKey.key_hash == key_hash)
     return (await session.execute(stmt)).scalar_one_or_none()
 

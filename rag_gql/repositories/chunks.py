@@ -402,6 +402,8 @@ def load_statement(
         f"SELECT c.id, c.ordinal, c.text, {snippet}, c.page, c.char_start, c.char_end,"  # noqa: S608
         f" {documents} FROM chunk c JOIN document d ON d.id = c.document_id"
         f" WHERE c.workspace_id = {ws} AND c.id = ANY({wanted})"
+        # A document marked for deletion keeps its chunks until its worker lets go of it.
+        " AND d.delete_requested_at IS NULL"
     )
     return Statement(sql, tuple(args.values))
 

@@ -8,6 +8,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.db.models import Collection, Document
+from rag_gql.repositories import documents
 
 
 async def add(session: AsyncSession, *, workspace_id: uuid.UUID, name: str) -> Collection:
@@ -32,7 +33,7 @@ async def list_all(session: AsyncSession, workspace_id: uuid.UUID) -> list[tuple
     """Returns the workspace's collections by name, each with its number of documents."""
     counts = (
         select(Document.collection_id, func.count().label("n"))
-        .where(Document.workspace_id == workspace_id)
+        .where(Document.workspace_id == workspace_id, Document.delete_requested_at.is_(None))
         .group_by(Document.collection_id)
         .subquery()
     )
@@ -48,10 +49,18 @@ async def list_all(session: AsyncSession, workspace_id: uuid.UUID) -> list[tuple
 async def delete_collection(
     session: AsyncSession, *, workspace_id: uuid.UUID, collection_id: uuid.UUID
 ) -> bool:
-    """Deletes the collection; its documents and their chunks go with it (FK cascades)."""
+    """Deletes the collection; its documents and their chunks go with it, but those an
+    ingestion holds, which are marked for deletion and left to the worker
+    (`documents.delete_document`). False when not found."""
+    marked = await documents.mark_collection_deleted(
+        session, workspace_id=workspace_id, collection_id=collection_id
+    )
     stmt = (
         delete(Collection)
         .where(Collection.workspace_id == workspace_id, Collection.id == collection_id)
         .returning(Collection.id)
     )
-    return (await session.execute(stmt)).scalar_one_or_none() is not None
+    if (await session.execute(stmt)).scalar_one_or_none() is None:
+        return False
+    await documents.delete_unless_held(session, workspace_id=workspace_id, document_ids=marked)
+    return True

@@ -1,5 +1,10 @@
 """Documents, their stored files and their chunks. Every query names the workspace: scoping
-lives in SQL (and row-level security enforces it as well)."""
+lives in SQL (and row-level security enforces it as well).
+
+A document whose ingestion holds its row (`hold`) cannot be deleted without waiting for that
+transaction: `delete_document` then marks it (`delete_requested_at`), which hides it from
+`get`, `list_page` and `set_state` at once, and the worker removes it (`discard`) at its next
+batch."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text, tuple_, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.db.models import Chunk, Document, DocumentFilePart
@@ -31,13 +37,19 @@ CHUNK_COPY_COLUMNS = (
 """Order of the fields of each record given to `copy_chunks`."""
 
 _STAGE = "chunk_stage"
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 async def get(
     session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
 ) -> Document | None:
-    """Returns the workspace's document with this id, or None (also when it is another's)."""
-    stmt = select(Document).where(Document.workspace_id == workspace_id, Document.id == document_id)
+    """Returns the workspace's document with this id, or None (also when it is another's or
+    marked for deletion)."""
+    stmt = select(Document).where(
+        Document.workspace_id == workspace_id,
+        Document.id == document_id,
+        Document.delete_requested_at.is_(None),
+    )
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
@@ -60,7 +72,9 @@ async def list_page(
 
     Keyset pagination on (created_at, id), served by `ix_document_workspace_id_created_at`.
     """
-    stmt = select(Document).where(Document.workspace_id == workspace_id)
+    stmt = select(Document).where(
+        Document.workspace_id == workspace_id, Document.delete_requested_at.is_(None)
+    )
     if before is not None:
         stmt = stmt.where(tuple_(Document.created_at, Document.id) < tuple_(*before))
     stmt = stmt.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit)
@@ -110,17 +124,99 @@ async def delete_document(
     session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
 ) -> bool:
     """Deletes the workspace's document and (by cascade) its chunks, announcing it on
-    `EVENTS_CHANNEL` (its last state, `deleted`); False when not found."""
+    `EVENTS_CHANNEL` (its last state, `deleted`); False when not found (or marked already).
+
+    Never waits for an ingestion: a document its worker holds is marked for deletion instead,
+    and the worker deletes it at its next batch (see the module).
+    """
     stmt = (
-        delete(Document)
-        .where(Document.workspace_id == workspace_id, Document.id == document_id)
+        update(Document)
+        .where(
+            Document.workspace_id == workspace_id,
+            Document.id == document_id,
+            Document.delete_requested_at.is_(None),
+        )
+        .values(delete_requested_at=func.now())
         .returning(*_STATE_COLUMNS)
     )
     row = (await session.execute(stmt)).one_or_none()
     if row is None:
         return False
     await _announce(session, row, deleted=True)
+    await delete_unless_held(session, workspace_id=workspace_id, document_ids=[document_id])
     return True
+
+
+async def mark_collection_deleted(
+    session: AsyncSession, *, workspace_id: uuid.UUID, collection_id: uuid.UUID
+) -> list[uuid.UUID]:
+    """Marks every document of the collection for deletion and takes it out of the collection
+    (so deleting the collection waits for no ingestion), announcing each as `deleted`; returns
+    their ids for `delete_unless_held`."""
+    stmt = (
+        update(Document)
+        .where(Document.workspace_id == workspace_id, Document.collection_id == collection_id)
+        .values(
+            delete_requested_at=func.coalesce(Document.delete_requested_at, func.now()),
+            collection_id=None,
+        )
+        .returning(*_STATE_COLUMNS)
+    )
+    rows = (await session.execute(stmt)).all()
+    for row in rows:
+        await _announce(session, row, deleted=True)
+    return [row.id for row in rows]
+
+
+async def delete_unless_held(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_ids: Sequence[uuid.UUID]
+) -> None:
+    """Deletes those of the documents that no ingestion holds (`hold`), skipping the others
+    (`FOR UPDATE SKIP LOCKED`); a lock still in the way of the cascade (`lock_timeout`, one
+    second) leaves them to the worker too."""
+    if not document_ids:
+        return
+    free = (
+        select(Document.id)
+        .where(Document.workspace_id == workspace_id, Document.id.in_(list(document_ids)))
+        .with_for_update(skip_locked=True)
+    )
+    try:
+        async with session.begin_nested():
+            await session.execute(text("SELECT set_config('lock_timeout', '1000', true)"))
+            await session.execute(delete(Document).where(Document.id.in_(free.scalar_subquery())))
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+
+
+async def hold(session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID) -> bool:
+    """Locks the document against deletion until the transaction ends (`FOR KEY SHARE`, what
+    writing its chunks takes anyway); False when it is gone or marked for deletion, which an
+    ingestion checks at every batch."""
+    stmt = (
+        select(Document.delete_requested_at.is_(None))
+        .where(Document.workspace_id == workspace_id, Document.id == document_id)
+        .with_for_update(read=True, key_share=True)  # FOR KEY SHARE
+    )
+    return bool((await session.execute(stmt)).scalar_one_or_none())
+
+
+async def discard(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
+) -> bool:
+    """Deletes the document if it is marked for deletion (its `deleted` event went out when
+    it was marked); True when it did."""
+    stmt = (
+        delete(Document)
+        .where(
+            Document.workspace_id == workspace_id,
+            Document.id == document_id,
+            Document.delete_requested_at.is_not(None),
+        )
+        .returning(Document.id)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none() is not None
 
 
 async def add_file_part(
@@ -164,11 +260,15 @@ async def set_state(
     """Updates a document's status/progress columns and announces it on `EVENTS_CHANNEL`.
 
     One statement: the notification goes out when the caller's transaction commits, and
-    never when it rolls back. Returns False when the document is gone (deleted meanwhile).
+    never when it rolls back. Returns False when the document is gone or marked for deletion.
     """
     stmt = (
         update(Document)
-        .where(Document.workspace_id == workspace_id, Document.id == document_id)
+        .where(
+            Document.workspace_id == workspace_id,
+            Document.id == document_id,
+            Document.delete_requested_at.is_(None),
+        )
         .values(**values, updated_at=func.now())
         .returning(*_STATE_COLUMNS)
     )

@@ -1,4 +1,7 @@
-"""Refresh tokens, stored as the SHA-256 of the opaque token, in families (one per login)."""
+"""Refresh tokens, stored as the SHA-256 of the opaque token, in families (one per login).
+
+Row-level security shows a transaction the tokens of its user (`app.user_id`) and the one token
+it looks up by hash; writing needs the user's scope."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.db.models import RefreshToken
+from rag_gql.db.session import scope
 
 
 async def add(
@@ -35,7 +39,11 @@ async def add(
 async def get_by_hash(
     session: AsyncSession, token_hash: str, *, for_update: bool = False
 ) -> RefreshToken | None:
-    """Returns the token with this hash; `for_update` locks its row until the transaction ends."""
+    """Returns the token with this hash; `for_update` locks its row until the transaction ends.
+
+    The transaction sees that token from then on (`app.lookup_hash`); changing it or its
+    family needs `scope(session, user_id=token.user_id)`."""
+    await scope(session, lookup_hash=token_hash)
     stmt = select(RefreshToken).where(RefreshToken.token_hash == token_hash)
     if for_update:
         stmt = stmt.with_for_update()

@@ -1,4 +1,8 @@
-"""Workspaces and memberships (the tenant and who belongs to it)."""
+"""Workspaces and memberships (the tenant and who belongs to it), and invitations.
+
+Row-level security shows a transaction the memberships and invitations of its workspace, the
+memberships of its user (`app.user_id`, in any workspace, read only), and the one invitation
+it looks up by hash. A new workspace scopes the transaction to itself, to add its owner."""
 
 from __future__ import annotations
 
@@ -10,13 +14,16 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.db.models import Invitation, Membership, Role, User, Workspace
+from rag_gql.db.session import scope
 
 
 async def create_personal_workspace(session: AsyncSession, user: User) -> Workspace:
-    """Creates the user's personal workspace, with the user as its owner."""
+    """Creates the user's personal workspace, with the user as its owner; the transaction is
+    scoped to it from then on."""
     workspace = Workspace(id=uuid.uuid4(), name=f"{user.email}'s workspace", personal=True)
     session.add(workspace)
     await session.flush()
+    await scope(session, workspace_id=workspace.id)
     session.add(Membership(workspace_id=workspace.id, user_id=user.id, role=Role.OWNER.value))
     await session.flush()
     return workspace
@@ -98,10 +105,12 @@ async def get(session: AsyncSession, workspace_id: uuid.UUID) -> Workspace | Non
 
 
 async def add(session: AsyncSession, *, name: str, owner_id: uuid.UUID) -> Workspace:
-    """Creates a (shared) workspace with `owner_id` as its OWNER."""
+    """Creates a (shared) workspace with `owner_id` as its OWNER; the transaction is scoped
+    to it from then on."""
     workspace = Workspace(id=uuid.uuid4(), name=name, personal=False)
     session.add(workspace)
     await session.flush()
+    await scope(session, workspace_id=workspace.id)
     session.add(Membership(workspace_id=workspace.id, user_id=owner_id, role=Role.OWNER.value))
     await session.flush()
     return workspace
@@ -170,6 +179,9 @@ async def add_invitation(session: AsyncSession, invitation: Invitation) -> None:
 
 
 async def invitation_by_hash(session: AsyncSession, token_hash: str) -> Invitation | None:
-    """Returns the invitation whose token hashes to `token_hash`, locked for update."""
+    """Returns the invitation whose token hashes to `token_hash`, locked for update; the
+    transaction sees it from then on (`app.lookup_hash`). Changing it needs its workspace's
+    scope."""
+    await scope(session, lookup_hash=token_hash)
     stmt = select(Invitation).where(Invitation.token_hash == token_hash).with_for_update()
     return (await session.execute(stmt)).scalar_one_or_none()

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from rag_gql.db import Database
 from rag_gql.db.models import ApiKey, Role
+from rag_gql.db.session import scope
 from rag_gql.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from rag_gql.repositories import api_keys
 from rag_gql.services.access import Action, Principal
@@ -143,6 +144,7 @@ class ApiKeyService:
                 raise Unauthenticated(INVALID)
             if workspace_id is not None and workspace_id != key.workspace_id:
                 raise NotFound("Workspace not found")
+            await scope(session, workspace_id=key.workspace_id)  # the key acts in its workspace
             if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
                 key.last_used_at = now
         return Principal(

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import User
+from rag_gql.db.session import scope
 from rag_gql.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unauthenticated
 from rag_gql.providers.mail import Mailer
 from rag_gql.repositories import refresh_tokens, users, workspaces
@@ -219,6 +220,7 @@ class AuthService:
             )
             if stored is None:
                 raise Unauthenticated(INVALID_REFRESH)
+            await scope(session, user_id=stored.user_id)  # the token's session: its user's
             if stored.used_at is None and stored.revoked_at is None:
                 if stored.expires_at <= now:
                     raise Unauthenticated("The refresh token has expired; log in again")
@@ -240,6 +242,7 @@ class AuthService:
         async with self._db.transaction() as session:
             stored = await refresh_tokens.get_by_hash(session, _token_hash(refresh_token))
             if stored is not None:
+                await scope(session, user_id=stored.user_id)
                 await refresh_tokens.revoke_family(session, stored.family_id, now=datetime.now(UTC))
 
     def issue_token(self, user: User) -> AccessToken:
@@ -273,7 +276,7 @@ class AuthService:
             raise Unauthenticated("The access token has expired; log in again") from exc
         except (JoseError, ValueError, KeyError, TypeError) as exc:
             raise Unauthenticated("The access token is invalid") from exc
-        async with self._db.driver_transaction() as conn:
+        async with self._db.driver_transaction(user_id=user_id) as conn:
             found = await workspaces.caller(conn, user_id=user_id, workspace_id=workspace_id)
         if found is None or not found.verified or found.token_version != version:
             raise Unauthenticated("The access token is invalid")
@@ -399,6 +402,7 @@ class AuthService:
     async def _open_session(
         self, session: AsyncSession, user: User, *, family_id: uuid.UUID
     ) -> Tokens:
+        await scope(session, user_id=user.id)  # authenticated: the session acts for the user
         token = secrets.token_urlsafe(32)
         ttl = self._settings.refresh_token_ttl
         await refresh_tokens.add(
@@ -412,6 +416,7 @@ class AuthService:
 
     async def _end_all_sessions(self, session: AsyncSession, user: User) -> None:
         user.token_version += 1
+        await scope(session, user_id=user.id)
         await refresh_tokens.revoke_all(session, user.id, now=datetime.now(UTC))
 
     async def _new_code(

@@ -37,7 +37,7 @@ from rag_gql import queue
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import Document, DocumentStatus, Workspace
-from rag_gql.errors import InvalidInput, NotFound, UpstreamError, UpstreamUnavailable
+from rag_gql.errors import Conflict, InvalidInput, NotFound, UpstreamError, UpstreamUnavailable
 from rag_gql.observability.metrics import Metrics
 from rag_gql.providers.ollama import OllamaClient
 from rag_gql.repositories import collections as collection_repo
@@ -136,6 +136,7 @@ class IngestionService:
                 MAX_PAGES) ends the document FAILED in the worker instead.
             QuotaExceeded: the workspace's WORKSPACE_MAX_DOCUMENTS or WORKSPACE_MAX_BYTES
                 would be passed (nothing is stored).
+            Conflict: the same bytes are a document being deleted.
         """
         principal.require(Action.WRITE)
         filename = clean_filename(filename)
@@ -148,6 +149,8 @@ class IngestionService:
             existing = await documents.get_by_sha256(
                 session, workspace_id=workspace_id, sha256=upload.sha256
             )
+        if existing is not None and existing.delete_requested_at is not None:
+            raise Conflict(f"{filename!r} is being deleted; upload it again in a minute")
         if existing is not None:
             return IngestResult(existing, duplicate=True)
         settings = self._settings
@@ -313,6 +316,7 @@ class IngestionPipeline:
                 session, workspace_id=workspace_id, document_id=document_id
             )
         if document is None:
+            await self._discard(workspace_id, document_id)  # a rerun after a deletion mark
             log.info("document %s was deleted before ingestion", document_id)
             return
         await self._set(
@@ -326,6 +330,9 @@ class IngestionPipeline:
                 else:
                     await self._reembed(document)
             self._metrics.ingest_jobs.labels(outcome="ready").inc()
+        except _Deleted:
+            await self._discard(workspace_id, document_id)
+            log.info("document %s was deleted during its ingestion", document_id)
         except InvalidInput as exc:
             self._metrics.ingest_jobs.labels(outcome="failed").inc()
             await self._set(document, status=DocumentStatus.FAILED, error=str(exc))
@@ -358,6 +365,10 @@ class IngestionPipeline:
             )
             raise
 
+    async def _discard(self, workspace_id: uuid.UUID, document_id: uuid.UUID) -> None:
+        async with self._db.transaction(workspace_id) as session:
+            await documents.discard(session, workspace_id=workspace_id, document_id=document_id)
+
     async def _requeue_interrupted(self, document: Document) -> None:
         async with self._db.transaction(document.workspace_id) as session:
             await _requeue(
@@ -375,6 +386,14 @@ class IngestionPipeline:
             await documents.set_state(
                 session, workspace_id=document.workspace_id, document_id=document.id, **values
             )
+
+    async def _hold(self, session: Any, document: Document) -> None:
+        """Keeps the document from being deleted under this transaction; raises `_Deleted`
+        when it was deleted (marked) meanwhile, so the transaction rolls back."""
+        if not await documents.hold(
+            session, workspace_id=document.workspace_id, document_id=document.id
+        ):
+            raise _Deleted
 
     async def _fetch_file(self, document: Document, path: Path) -> bool:
         parts = 0
@@ -487,11 +506,13 @@ class IngestionPipeline:
         last_progress = -PROGRESS_INTERVAL
         try:
             async with self._db.transaction(document.workspace_id) as session:
+                await self._hold(session, document)
                 await documents.delete_chunks(
                     session, workspace_id=document.workspace_id, document_id=document.id
                 )
                 while (batch := await next_batch()) is not None:
                     stop, records = batch
+                    await self._hold(session, document)  # deleted meanwhile: stop here
                     with self._metrics.ingest_stage("write"):
                         await documents.copy_chunks(session, records)
                     written += len(records)
@@ -508,7 +529,7 @@ class IngestionPipeline:
                     raise InvalidInput(
                         parsing.no_text_message(document.filename, document.media_type)
                     )
-                await documents.set_state(
+                if not await documents.set_state(
                     session,
                     workspace_id=document.workspace_id,
                     document_id=document.id,
@@ -518,7 +539,8 @@ class IngestionPipeline:
                     chunk_count=written,
                     embed_model=self._ollama.embed_model,
                     error=None,
-                )
+                ):
+                    raise _Deleted
             self._metrics.ingested_pages.inc(document.page_count)
             self._metrics.ingested_chunks.inc(written)
         finally:
@@ -537,6 +559,7 @@ class IngestionPipeline:
         batch = self._settings.embed_batch_size
         workspace_id = document.workspace_id
         async with self._db.transaction(workspace_id) as session:
+            await self._hold(session, document)
             chunks = await documents.chunk_texts(
                 session, workspace_id=workspace_id, document_id=document.id
             )
@@ -548,6 +571,7 @@ class IngestionPipeline:
             for start in range(0, len(chunks), batch):
                 part = chunks[start : start + batch]
                 vectors = await self._ollama.embed([text for _id, text in part])
+                await self._hold(session, document)
                 await documents.set_embeddings(
                     session,
                     [
@@ -558,7 +582,7 @@ class IngestionPipeline:
                 await self._set(
                     document, status=DocumentStatus.EMBEDDING, chunks_done=start + len(part)
                 )
-            await documents.set_state(
+            if not await documents.set_state(
                 session,
                 workspace_id=workspace_id,
                 document_id=document.id,
@@ -567,7 +591,12 @@ class IngestionPipeline:
                 chunks_done=len(chunks),
                 embed_model=self._ollama.embed_model,
                 error=None,
-            )
+            ):
+                raise _Deleted
+
+
+class _Deleted(Exception):
+    """The document was deleted while its ingestion ran: its transaction rolls back."""
 
 
 def loop_time() -> float:

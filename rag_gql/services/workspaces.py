@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import Invitation, Membership, Role, User, Workspace
+from rag_gql.db.session import scope
 from rag_gql.errors import Forbidden, InvalidInput, NotFound
 from rag_gql.providers.mail import Mailer
 from rag_gql.repositories import users, workspaces
@@ -75,7 +76,7 @@ class WorkspaceService:
 
     async def list_for(self, principal: Principal) -> list[WorkspaceView]:
         """The caller's workspaces with their role (an API key sees its own workspace)."""
-        async with self._db.transaction() as session:
+        async with self._db.transaction(user_id=principal.user_id) as session:
             if principal.user_id is None:
                 workspace = await workspaces.get(session, principal.workspace_id)
                 return [WorkspaceView(workspace, principal.role)] if workspace else []
@@ -88,7 +89,7 @@ class WorkspaceService:
         Raises:
             NotFound: not the caller's workspace.
         """
-        async with self._db.transaction() as session:
+        async with self._db.transaction(workspace_id) as session:
             await _role_in(session, principal, workspace_id)
             rows = await workspaces.members(session, workspace_id)
         return [MemberView(user, membership) for membership, user in rows]
@@ -105,7 +106,7 @@ class WorkspaceService:
         """
         email = normalize_email(email)
         token = secrets.token_urlsafe(32)
-        async with self._db.transaction() as session:
+        async with self._db.transaction(workspace_id) as session:
             acting = await _role_in(session, principal, workspace_id)
             _require_manage(acting, role)
             workspace = await workspaces.get(session, workspace_id)
@@ -144,7 +145,7 @@ class WorkspaceService:
         """
         user_id = _user_only(principal)
         missing = NotFound("Invitation not found or expired")
-        async with self._db.transaction() as session:
+        async with self._db.transaction(user_id=user_id) as session:
             invitation = await workspaces.invitation_by_hash(session, _hash(token.strip()))
             user = await users.get(session, user_id)
             if (
@@ -155,6 +156,7 @@ class WorkspaceService:
                 or invitation.email != user.email
             ):
                 raise missing
+            await scope(session, workspace_id=invitation.workspace_id)  # the one it joins
             invitation.accepted_at = datetime.now(UTC)
             current = await workspaces.member_role(
                 session, workspace_id=invitation.workspace_id, user_id=user_id
@@ -178,7 +180,7 @@ class WorkspaceService:
             NotFound: not the caller's workspace, or not a member of it.
             Forbidden: below ADMIN, the member outranks the caller, or the last OWNER.
         """
-        async with self._db.transaction() as session:
+        async with self._db.transaction(workspace_id) as session:
             acting = await _role_in(session, principal, workspace_id)
             target = await workspaces.get_membership(
                 session, workspace_id=workspace_id, user_id=user_id
@@ -200,7 +202,7 @@ class WorkspaceService:
             Forbidden: below ADMIN; the member's current or new role outranks the caller's;
                 it would leave no OWNER.
         """
-        async with self._db.transaction() as session:
+        async with self._db.transaction(workspace_id) as session:
             acting = await _role_in(session, principal, workspace_id)
             target = await workspaces.get_membership(
                 session, workspace_id=workspace_id, user_id=user_id
