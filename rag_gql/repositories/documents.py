@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +39,18 @@ async def get(
     """Returns the workspace's document with this id, or None (also when it is another's)."""
     stmt = select(Document).where(Document.workspace_id == workspace_id, Document.id == document_id)
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get_many(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_ids: Collection[uuid.UUID]
+) -> list[Document]:
+    """Returns the workspace's documents with these ids (in no order); others are left out."""
+    if not document_ids:
+        return []
+    stmt = select(Document).where(
+        Document.workspace_id == workspace_id, Document.id.in_(list(document_ids))
+    )
+    return list((await session.execute(stmt)).scalars())
 
 
 async def get_by_sha256(

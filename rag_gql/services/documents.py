@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -41,6 +42,16 @@ class DocumentService:
         if document is None:
             raise NotFound("Document not found")
         return document
+
+    async def get_many(
+        self, principal: Principal, document_ids: Collection[uuid.UUID]
+    ) -> dict[uuid.UUID, Document]:
+        """The caller's documents with these ids, by id; ids of none of them are left out."""
+        async with self._db.transaction(principal.workspace_id) as session:
+            found = await documents.get_many(
+                session, workspace_id=principal.workspace_id, document_ids=document_ids
+            )
+        return {document.id: document for document in found}
 
     async def list_page(
         self, principal: Principal, *, first: int, after: str | None
