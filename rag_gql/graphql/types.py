@@ -16,7 +16,6 @@ from rag_gql.services import auth, collections, generation, parsing, retrieval, 
 from rag_gql.services.document_events import DocumentState
 
 
-
 def _enum(
     cls: type[enum.Enum], *, description: str, values: dict[str, str], name: str | None = None
 ) -> None:
@@ -116,8 +115,7 @@ class Document:
         description="The collection it belongs to; null when none."
     )
     filename: str = strawberry.field(
-        description="The uploaded file's name, without control characters, at most 255 "
-        "characters."
+        description="The uploaded file's name, without control characters, at most 255 characters."
     )
     sha256: str = strawberry.field(description="SHA-256 of the file's bytes, hex.")
     media_type: str = strawberry.field(
@@ -139,9 +137,7 @@ class Document:
         description="True when this upload matched a document already in the workspace."
     )
     created_at: datetime = strawberry.field(description="When it was uploaded.")
-    updated_at: datetime = strawberry.field(
-        description="When its status or progress last changed."
-    )
+    updated_at: datetime = strawberry.field(description="When its status or progress last changed.")
 
     @classmethod
     def from_model(cls, doc: models.Document, *, duplicate: bool = False) -> Document:
@@ -383,8 +379,8 @@ class AnswerToken:
 
 PROMPT_TOKENS = "Tokens of the prompt, as the model counted them."
 COMPLETION_TOKENS = "Tokens of the answer, as the model counted them."
-TIME_TO_FIRST_TOKEN_MS = "Milliseconds from the question to the answer's first token."
-TOTAL_MS = "Milliseconds from the question to the answer's end."
+LATENCY_MS = "Milliseconds from the question to the answer's first token."
+DURATION_MS = "Milliseconds from the question to the answer's end."
 
 
 @strawberry.type(description="Last event of a complete answer.")
@@ -400,8 +396,8 @@ class AnswerDone:
     )
     prompt_tokens: int = strawberry.field(description=PROMPT_TOKENS)
     completion_tokens: int = strawberry.field(description=COMPLETION_TOKENS)
-    time_to_first_token_ms: float = strawberry.field(description=TIME_TO_FIRST_TOKEN_MS)
-    total_ms: float = strawberry.field(description=TOTAL_MS)
+    time_to_first_token_ms: float = strawberry.field(description=LATENCY_MS)
+    total_ms: float = strawberry.field(description=DURATION_MS)
 
 
 @strawberry.type(description="The answer stopped; `code` is an error code like UPSTREAM_ERROR.")
@@ -422,8 +418,8 @@ AnswerEvent = Annotated[
 class Usage:
     prompt_tokens: int = strawberry.field(description=PROMPT_TOKENS)
     completion_tokens: int = strawberry.field(description=COMPLETION_TOKENS)
-    time_to_first_token_ms: float = strawberry.field(description=TIME_TO_FIRST_TOKEN_MS)
-    total_ms: float = strawberry.field(description=TOTAL_MS)
+    time_to_first_token_ms: float = strawberry.field(description=LATENCY_MS)
+    total_ms: float = strawberry.field(description=DURATION_MS)
 
 
 @strawberry.type(description="A whole answer at once (`ask`), for clients that don't stream.")
@@ -480,11 +476,10 @@ class ConversationMessage:
         description=COMPLETION_TOKENS + " Null for a question or an answer that did not complete."
     )
     time_to_first_token_ms: float | None = strawberry.field(
-        description=TIME_TO_FIRST_TOKEN_MS
-        + " Null for a question or an answer that did not complete."
+        description=LATENCY_MS + " Null for a question or an answer that did not complete."
     )
     total_ms: float | None = strawberry.field(
-        description=TOTAL_MS + " Null for a question or an answer that did not complete."
+        description=DURATION_MS + " Null for a question or an answer that did not complete."
     )
     created_at: datetime = strawberry.field(description="When it was stored.")
 

@@ -79,6 +79,18 @@ async def list_page(
     return list((await session.execute(stmt)).scalars())
 
 
+async def any_newer(
+    session: AsyncSession, *, workspace_id: uuid.UUID, than: tuple[datetime, uuid.UUID]
+) -> bool:
+    """Whether the workspace has a document before the keyset `than` in `list_page`'s order
+    (newer); one probe of `ix_document_workspace_id_created_at`."""
+    newer = select(Document.id).where(
+        Document.workspace_id == workspace_id,
+        tuple_(Document.created_at, Document.id) > tuple_(*than),
+    )
+    return bool((await session.execute(select(newer.exists()))).scalar())
+
+
 async def add(session: AsyncSession, document: Document) -> None:
     """Inserts a document row (flushes, so unique violations surface here)."""
     session.add(document)

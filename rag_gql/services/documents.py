@@ -20,11 +20,13 @@ MAX_PAGE_SIZE = 100
 
 @dataclass(frozen=True, slots=True)
 class DocumentPage:
-    """One page of a listing, newest first; `cursors[i]` is the opaque cursor of `items[i]`."""
+    """One page of a listing, newest first; `cursors[i]` is the opaque cursor of `items[i]`.
+    `has_previous_page`: documents are newer than the `after` cursor (False without one)."""
 
     items: list[Document]
     cursors: list[str]
     has_next_page: bool
+    has_previous_page: bool
 
 
 class DocumentService:
@@ -68,11 +70,15 @@ class DocumentService:
             rows = await documents.list_page(
                 session, workspace_id=principal.workspace_id, limit=first + 1, before=before
             )
+            newer = before is not None and await documents.any_newer(
+                session, workspace_id=principal.workspace_id, than=before
+            )
         items = rows[:first]
         return DocumentPage(
             items=items,
             cursors=[encode_cursor(d.created_at, d.id) for d in items],
             has_next_page=len(rows) > first,
+            has_previous_page=newer,
         )
 
     async def delete(self, principal: Principal, document_id: uuid.UUID) -> None:
