@@ -128,7 +128,8 @@ subscription($q: String!, $c: [ID!]) {
 ASK = """
 mutation($q: String!, $c: [ID!], $conv: ID) {
   ask(question: $q, k: 50, collectionIds: $c, conversationId: $conv) {
-    text conversationId sources { text document { id filename } } citations { documentId }
+    text conversationId sources { text document { id filename } }
+    citations { documentId document { id filename } }
     error { code message }
   }
 }
@@ -140,7 +141,8 @@ CONVERSATIONS = (
 )
 CONVERSATION = (
     "query($id: ID!) { conversation(id: $id) { id title messages { role content "
-    "sources { documentId filename } citations { documentId } } } }"
+    "sources { documentId filename document { id filename } } "
+    "citations { documentId document { id filename } } } } }"
 )
 DELETE_CONVERSATION = "mutation($id: ID!) { deleteConversation(id: $id) }"
 INVITATION_TOKEN = re.compile(r'acceptInvitation\(token: "([^"]+)"\)')
@@ -1577,6 +1579,8 @@ async def attack_conversation(w: World) -> None:
         "citations": [],
     }
     assert {s["documentId"] for s in messages[1]["sources"]} <= {w.secret_doc, w.loose_doc}
+    for cited in messages[1]["sources"] + messages[1]["citations"]:
+        assert cited["document"]["id"] == cited["documentId"], cited
     data = await w.ok(w.user("mallory"), CONVERSATION, {"id": w.conversations["mallory"]})
     w.assert_no_leak(as_text(data), w.t_secrets(), "mallory")
 
