@@ -225,8 +225,9 @@ class PageInfo:
         description="True when items follow this page; fetch them with `after: endCursor`."
     )
     has_previous_page: bool = strawberry.field(
-        description="True when `after` was given and items come before its item (the Relay "
-        "spec's elements prior to `after`, in the list's order now); false without `after`."
+        description="True when `after` was given and items come before the cursor's own item "
+        "in the list's order now (the Relay spec's elements prior to `after`); always false "
+        "without `after`."
     )
     start_cursor: str | None = strawberry.field(
         description="The cursor of the page's first edge; null when the page is empty."

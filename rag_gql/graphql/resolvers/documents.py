@@ -63,7 +63,7 @@ class DocumentMutation:
             Upload,
             strawberry.argument(
                 description="The file: a part of the multipart request, at most "
-                "MAX_UPLOAD_BYTES (100 MiB by default) and MAX_PAGES pages (5000)."
+                "MAX_UPLOAD_BYTES (100 MiB by default) with at most MAX_PAGES pages (5000)."
             ),
         ],
         collection_id: Annotated[
