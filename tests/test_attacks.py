@@ -60,7 +60,8 @@ ME = "{ me { id email } }"
 DOCUMENT = "query($id: ID!) { document(id: $id) { id filename collectionId } }"
 DOCUMENTS = (
     "query($first: Int, $after: String) { documents(first: $first, after: $after) "
-    "{ edges { cursor node { id filename collectionId } } pageInfo { hasNextPage endCursor } } }"
+    "{ edges { cursor node { id filename collectionId } } "
+    "pageInfo { hasNextPage hasPreviousPage startCursor endCursor } } }"
 )
 SEARCH = (
     "query($q: String!, $c: [ID!]) "
@@ -127,18 +128,21 @@ subscription($q: String!, $c: [ID!]) {
 ASK = """
 mutation($q: String!, $c: [ID!], $conv: ID) {
   ask(question: $q, k: 50, collectionIds: $c, conversationId: $conv) {
-    text conversationId sources { text document { id filename } } citations { documentId }
+    text conversationId sources { text document { id filename } }
+    citations { documentId document { id filename } }
     error { code message }
   }
 }
 """
 CONVERSATIONS = (
     "query($first: Int, $after: String) { conversations(first: $first, after: $after) "
-    "{ edges { cursor node { id title } } pageInfo { hasNextPage endCursor } } }"
+    "{ edges { cursor node { id title } } "
+    "pageInfo { hasNextPage hasPreviousPage startCursor endCursor } } }"
 )
 CONVERSATION = (
     "query($id: ID!) { conversation(id: $id) { id title messages { role content "
-    "sources { documentId filename } citations { documentId } } } }"
+    "sources { documentId filename document { id filename } } "
+    "citations { documentId document { id filename } } } } }"
 )
 DELETE_CONVERSATION = "mutation($id: ID!) { deleteConversation(id: $id) }"
 INVITATION_TOKEN = re.compile(r'acceptInvitation\(token: "([^"]+)"\)')
@@ -849,12 +853,23 @@ async def attack_documents(w: World) -> None:
             assert page["pageInfo"]["hasNextPage"] is False
             for cursor in [e["cursor"] for e in page["edges"]]:
                 assert decode_cursor(cursor)[1] == w.m_doc
-            if page["pageInfo"]["endCursor"] is not None:
-                assert decode_cursor(page["pageInfo"]["endCursor"])[1] == w.m_doc
+            for end in ("startCursor", "endCursor"):
+                if page["pageInfo"][end] is not None:
+                    assert decode_cursor(page["pageInfo"][end])[1] == w.m_doc
+            # T's documents never count: M has one, which precedes exactly an empty page.
+            assert page["pageInfo"]["hasPreviousPage"] is (not page["edges"]), (after, page)
         first_page = (await w.ok(caller, DOCUMENTS, {"first": 100}))["documents"]
         assert [e["node"]["id"] for e in first_page["edges"]] == [w.m_doc]
     removed = (await w.ok(w.user("removed"), DOCUMENTS, {"first": 100}))["documents"]
-    assert removed == {"edges": [], "pageInfo": {"hasNextPage": False, "endCursor": None}}
+    assert removed == {
+        "edges": [],
+        "pageInfo": {
+            "hasNextPage": False,
+            "hasPreviousPage": False,
+            "startCursor": None,
+            "endCursor": None,
+        },
+    }
     await w.refuse_all(w.outsiders_at_t(), DOCUMENTS, {"first": 100}, "NOT_FOUND")
     # T's callers handed M's cursor see T's documents only.
     m_cursor = (await w.ok(w.user("mallory"), DOCUMENTS, {"first": 1}))["documents"]["edges"][0][
@@ -1566,6 +1581,8 @@ async def attack_conversation(w: World) -> None:
         "citations": [],
     }
     assert {s["documentId"] for s in messages[1]["sources"]} <= {w.secret_doc, w.loose_doc}
+    for cited in messages[1]["sources"] + messages[1]["citations"]:
+        assert cited["document"]["id"] == cited["documentId"], cited
     data = await w.ok(w.user("mallory"), CONVERSATION, {"id": w.conversations["mallory"]})
     w.assert_no_leak(as_text(data), w.t_secrets(), "mallory")
 

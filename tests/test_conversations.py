@@ -23,7 +23,7 @@ subscription($q: String!, $c: ID) {
     ... on AnswerToken { text }
     ... on AnswerDone {
       messageId grounded promptTokens completionTokens
-      citations { number documentId filename page charStart charEnd }
+      citations { number documentId filename page charStart charEnd document { id filename } }
     }
     ... on AnswerError { code message }
   }
@@ -46,6 +46,24 @@ query($id: ID!) {
     id title
     messages { role content status standaloneQuestion citations { number page } sources { number }
                promptTokens completionTokens totalMs }
+  }
+}
+"""
+CITED = """
+query($id: ID!) {
+  conversation(id: $id) {
+    messages {
+      citations { number documentId document { id filename status } }
+      sources { number documentId document { id filename } }
+    }
+  }
+}
+"""
+CONVERSATION_PAGE = """
+query($after: String) {
+  conversations(first: 1, after: $after) {
+    edges { cursor node { id } }
+    pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
   }
 }
 """
@@ -92,6 +110,7 @@ async def test_answers_cite_and_are_stored(gql: GraphQLClient, inbox: Inbox) -> 
         1,
     )
     assert citation["charEnd"] > citation["charStart"] == 0
+    assert citation["document"] == {"id": doc_id, "filename": "lighthouse.pdf"}
     text = "".join(e["text"] for e in events if e["__typename"] == "AnswerToken")
 
     stored = await gql.data(CONVERSATION, {"id": sources["conversationId"]}, token=token)
@@ -106,6 +125,55 @@ async def test_answers_cite_and_are_stored(gql: GraphQLClient, inbox: Inbox) -> 
     assert reply["citations"] == [{"number": 1, "page": 1}]
     assert [s["number"] for s in reply["sources"]] == [1, 2]
     assert reply["completionTokens"] == done["completionTokens"] and reply["totalMs"] > 0
+
+
+async def test_a_citation_resolves_its_document_until_it_is_deleted(
+    gql: GraphQLClient, inbox: Inbox
+) -> None:
+    token = await sign_up(gql, inbox, "cited@example.com")
+    doc = (await gql.upload("lighthouse.pdf", make_pdf(PAGES), token=token)).json()
+    doc_id = doc["data"]["uploadDocument"]["id"]
+    asked = (await gql.data(ASK, {"q": "When is the lamp lit?", "c": None}, token=token))["ask"]
+    conversation = asked["conversationId"]
+
+    _, reply = (await gql.data(CITED, {"id": conversation}, token=token))["conversation"][
+        "messages"
+    ]
+    cited = {"id": doc_id, "filename": "lighthouse.pdf", "status": "READY"}
+    assert reply["citations"] == [{"number": 1, "documentId": doc_id, "document": cited}]
+    assert [s["document"] for s in reply["sources"]] == [
+        {"id": doc_id, "filename": "lighthouse.pdf"}
+    ] * len(reply["sources"])
+
+    # The stored conversation outlives the document: its citations keep their ids.
+    delete = "mutation($id: ID!) { deleteDocument(id: $id) }"
+    assert (await gql.data(delete, {"id": doc_id}, token=token))["deleteDocument"] is True
+    _, reply = (await gql.data(CITED, {"id": conversation}, token=token))["conversation"][
+        "messages"
+    ]
+    assert reply["citations"] == [{"number": 1, "documentId": doc_id, "document": None}]
+
+
+async def test_conversations_page_info(gql: GraphQLClient, inbox: Inbox) -> None:
+    token = await sign_up(gql, inbox, "pages@example.com")
+    await gql.upload("lighthouse.pdf", make_pdf(PAGES), token=token)
+    questions = ("When is the lamp lit?", "Where are the tide tables?", "Who trims the wick?")
+    asked = [(await gql.data(ASK, {"q": q, "c": None}, token=token))["ask"] for q in questions]
+
+    # One a page, most recent first: before the cursor of the page before, items exist only
+    # from the third page on (the first page's conversation precedes the second's).
+    after: str | None = None
+    for n, conversation in enumerate(reversed(asked)):
+        page = (await gql.data(CONVERSATION_PAGE, {"after": after}, token=token))["conversations"]
+        (edge,) = page["edges"]
+        assert edge["node"]["id"] == conversation["conversationId"]
+        assert page["pageInfo"] == {
+            "hasNextPage": n < 2,
+            "hasPreviousPage": n == 2,
+            "startCursor": edge["cursor"],
+            "endCursor": edge["cursor"],
+        }
+        after = edge["cursor"]
 
 
 async def test_an_answer_that_cites_nothing_is_not_grounded(

@@ -32,7 +32,8 @@ DOCUMENT = f"query($id: ID!) {{ document(id: $id) {{ {FIELDS} }} }}"
 DELETE = "mutation($id: ID!) { deleteDocument(id: $id) }"
 DOCUMENTS = (
     "query($first: Int, $after: String) { documents(first: $first, after: $after) "
-    f"{{ edges {{ cursor node {{ {FIELDS} }} }} pageInfo {{ hasNextPage endCursor }} }} }}"
+    f"{{ edges {{ cursor node {{ {FIELDS} }} }} "
+    "pageInfo { hasNextPage hasPreviousPage startCursor endCursor } } }"
 )
 
 _open: Any = pymupdf.open
@@ -286,7 +287,12 @@ async def test_list_read_and_delete_documents(
     empty = await gql.data(DOCUMENTS, {"first": 10}, token=token)
     assert empty["documents"] == {
         "edges": [],
-        "pageInfo": {"hasNextPage": False, "endCursor": None},
+        "pageInfo": {
+            "hasNextPage": False,
+            "hasPreviousPage": False,
+            "startCursor": None,
+            "endCursor": None,
+        },
     }
     pdfs = [make_pdf([f"Document {i} is about topic{i}.", f"Its page two, {i}."]) for i in range(5)]
     uploaded = [await upload_ok(gql, f"doc{i}.pdf", pdf, token) for i, pdf in enumerate(pdfs)]
@@ -303,7 +309,9 @@ async def test_list_read_and_delete_documents(
         pages += 1
         assert 1 <= len(edges) <= 2
         seen += [edge["node"]["id"] for edge in edges]
+        assert connection["pageInfo"]["startCursor"] == edges[0]["cursor"]
         assert connection["pageInfo"]["endCursor"] == edges[-1]["cursor"]
+        assert connection["pageInfo"]["hasPreviousPage"] is (after is not None)
         if not connection["pageInfo"]["hasNextPage"]:
             break
         after = connection["pageInfo"]["endCursor"]
@@ -321,6 +329,14 @@ async def test_list_read_and_delete_documents(
     for i, cursor in enumerate(cursors):
         rest = await gql.data(DOCUMENTS, {"first": 100, "after": cursor}, token=token)
         assert [e["node"]["id"] for e in rest["documents"]["edges"]] == newest_first[i + 1 :]
+        # Items come before the cursor's own item unless it is the newest.
+        assert rest["documents"]["pageInfo"]["hasPreviousPage"] is (i > 0)
+        assert rest["documents"]["pageInfo"]["hasNextPage"] is False
+    # A cursor newer than every document: nothing precedes the page, which holds them all.
+    future = raw_cursor(f"9999-01-01T00:00:00+00:00|{uuid.uuid4()}")
+    ahead = (await gql.data(DOCUMENTS, {"first": 100, "after": future}, token=token))["documents"]
+    assert [e["node"]["id"] for e in ahead["edges"]] == newest_first
+    assert ahead["pageInfo"]["hasPreviousPage"] is False
     default = await gql.data("{ documents { edges { node { id } } } }", token=token)
     assert len(default["documents"]["edges"]) == 5, "the default page holds them all"
 

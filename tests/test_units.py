@@ -1,20 +1,28 @@
-"""Pure functions: chunking, URL normalization, settings, bearer parsing, prompts, cursors."""
+"""Pure functions: chunking, URL normalization, settings, bearer parsing, prompts, cursors;
+the context's document loader."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
+from starlette.requests import Request
 
 from rag_gql.config import Settings
 from rag_gql.db import normalize_url
+from rag_gql.db.models import Document, Role
 from rag_gql.errors import InvalidInput
-from rag_gql.graphql.context import bearer_token
+from rag_gql.graphql.context import Context, bearer_token
+from rag_gql.resources import Services
+from rag_gql.services.access import Principal
 from rag_gql.services.chunking import chunk_pages, normalize_page
 from rag_gql.services.documents import decode_cursor, encode_cursor
 from rag_gql.services.parsing import parse_document
@@ -137,3 +145,28 @@ def test_parse_document_reads_pages() -> None:
 def test_parse_document_refuses_bad_files(data: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         parse_document(data, "x.pdf")
+
+
+async def test_documents_loaded_together_share_one_query() -> None:
+    """`Context.load_document`: loads started together are one `get_many`, duplicates once;
+    nothing is cached, so a later load asks again (a WebSocket's context outlives operations)."""
+    calls: list[set[uuid.UUID]] = []
+    found = {uuid.uuid4(): Document(filename="a.pdf"), uuid.uuid4(): Document(filename="b.pdf")}
+
+    class Documents:
+        async def get_many(
+            self, principal: Principal, ids: set[uuid.UUID]
+        ) -> dict[uuid.UUID, Document]:
+            calls.append(ids)
+            return {i: found[i] for i in ids if i in found}
+
+    services = cast(Services, SimpleNamespace(documents=Documents()))
+    context = Context(services=services, request=Request({"type": "http", "headers": []}))
+    context.principal = Principal(workspace_id=uuid.uuid4(), role=Role.VIEWER)
+    a, b = found
+    missing = uuid.uuid4()
+    loaded = await asyncio.gather(*(context.load_document(i) for i in (a, b, a, missing)))
+    assert [d.filename if d else None for d in loaded] == ["a.pdf", "b.pdf", "a.pdf", None]
+    assert calls == [{a, b, missing}]
+    await context.load_document(a)
+    assert calls[1:] == [{a}]

@@ -11,7 +11,9 @@ import strawberry
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
+from strawberry.dataloader import DataLoader
 
+from rag_gql.db.models import Document
 from rag_gql.errors import NotFound, Unauthenticated
 from rag_gql.resources import Services
 from rag_gql.services.access import Principal
@@ -42,6 +44,9 @@ class Context:
     caller: str | None = None
     held: list[tuple[Slots, Hashable]] = field(default_factory=list)
     _elsewhere: dict[uuid.UUID, Principal] = field(default_factory=dict, init=False, repr=False)
+    _documents: DataLoader[uuid.UUID, Document | None] | None = field(
+        default=None, init=False, repr=False
+    )
 
     async def require_principal(self, workspace_id: uuid.UUID | None = None) -> Principal:
         """Returns the caller acting in `workspace_id`, authenticating on first use.
@@ -71,6 +76,19 @@ class Context:
         if workspace_id not in self._elsewhere:
             self._elsewhere[workspace_id] = await self._authenticate(workspace_id)
         return self._elsewhere[workspace_id]
+
+    async def load_document(self, document_id: uuid.UUID) -> Document | None:
+        """The request workspace's document with this id, or None (deleted, or not the
+        workspace's). Loads that resolvers start together share one query; nothing is cached,
+        so a WebSocket's context, which outlives its operations, never serves a stale row."""
+        if self._documents is None:
+            self._documents = DataLoader(self._load_documents, cache=False)
+        return await self._documents.load(document_id)
+
+    async def _load_documents(self, ids: list[uuid.UUID]) -> list[Document | None]:
+        principal = await self.require_principal()
+        found = await self.services.documents.get_many(principal, set(ids))
+        return [found.get(document_id) for document_id in ids]
 
     async def _authenticate(self, workspace_id: uuid.UUID | None) -> Principal:
         credential = self._credential()

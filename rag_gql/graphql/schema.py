@@ -29,12 +29,24 @@ from rag_gql.graphql.resolvers.documents import (
 from rag_gql.graphql.resolvers.search import AnswerSubscription, AskMutation, SearchQuery
 from rag_gql.graphql.resolvers.workspaces import WorkspaceMutation, WorkspaceQuery
 
-Query = merge_types(
+
+def _root(name: str, description: str, parts: tuple[type, ...]) -> type:
+    """`merge_types` (which warns when two parts define one field), with the description it
+    cannot take: a subclass of the merged type carries it."""
+    merged = merge_types(name, parts)
+    return strawberry.type(type(name, (merged,), {}), name=name, description=description)
+
+
+Query = _root(
     "Query",
+    "Reads: the caller, documents, search, workspaces and their members, collections, API "
+    "keys and conversations.",
     (AuthQuery, DocumentQuery, SearchQuery, WorkspaceQuery, ApiKeyQuery, ConversationQuery),
 )
-Mutation = merge_types(
+Mutation = _root(
     "Mutation",
+    "Changes: accounts and sessions, documents, workspaces and their members, collections, "
+    "API keys, answers (`ask`) and conversations.",
     (
         AuthMutation,
         DocumentMutation,
@@ -44,7 +56,12 @@ Mutation = merge_types(
         ConversationMutation,
     ),
 )
-Subscription = merge_types("Subscription", (AnswerSubscription, DocumentSubscription))
+Subscription = _root(
+    "Subscription",
+    "Live streams over WebSocket (`graphql-transport-ws`; authenticate in `connection_init`): "
+    "answers as they are written, and documents' ingestion progress.",
+    (AnswerSubscription, DocumentSubscription),
+)
 
 
 class Schema(strawberry.Schema):

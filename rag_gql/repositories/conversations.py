@@ -77,6 +77,23 @@ async def list_page(
     return list((await session.execute(stmt)).scalars())
 
 
+async def any_newer(
+    session: AsyncSession,
+    *,
+    workspace_id: uuid.UUID,
+    user_id: uuid.UUID | None,
+    api_key_id: uuid.UUID | None,
+    than: tuple[datetime, uuid.UUID],
+) -> bool:
+    """Whether the caller has a conversation before the keyset `than` in `list_page`'s order
+    (more recently active)."""
+    newer = select(Conversation.id).where(
+        *_owned(workspace_id, user_id, api_key_id),
+        tuple_(Conversation.updated_at, Conversation.id) > tuple_(*than),
+    )
+    return bool((await session.execute(select(newer.exists()))).scalar())
+
+
 async def messages(
     session: AsyncSession, *, workspace_id: uuid.UUID, conversation_id: uuid.UUID
 ) -> list[Message]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -53,6 +53,18 @@ async def get(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def get_many(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_ids: Collection[uuid.UUID]
+) -> list[Document]:
+    """Returns the workspace's documents with these ids (in no order); others are left out."""
+    if not document_ids:
+        return []
+    stmt = select(Document).where(
+        Document.workspace_id == workspace_id, Document.id.in_(list(document_ids))
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
 async def get_by_sha256(
     session: AsyncSession, *, workspace_id: uuid.UUID, sha256: str
 ) -> Document | None:
@@ -79,6 +91,18 @@ async def list_page(
         stmt = stmt.where(tuple_(Document.created_at, Document.id) < tuple_(*before))
     stmt = stmt.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit)
     return list((await session.execute(stmt)).scalars())
+
+
+async def any_newer(
+    session: AsyncSession, *, workspace_id: uuid.UUID, than: tuple[datetime, uuid.UUID]
+) -> bool:
+    """Whether the workspace has a document before the keyset `than` in `list_page`'s order
+    (newer); one probe of `ix_document_workspace_id_created_at`."""
+    newer = select(Document.id).where(
+        Document.workspace_id == workspace_id,
+        tuple_(Document.created_at, Document.id) > tuple_(*than),
+    )
+    return bool((await session.execute(select(newer.exists()))).scalar())
 
 
 async def add(session: AsyncSession, document: Document) -> None:

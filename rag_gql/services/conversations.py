@@ -20,6 +20,8 @@ class ConversationPage:
     items: list[Conversation]
     cursors: list[str]
     has_next_page: bool
+    has_previous_page: bool
+    """Conversations are more recently active than the `after` cursor (False without one)."""
     messages: dict[uuid.UUID, list[Message]]
     """Each conversation's messages, oldest first, when asked for (else empty)."""
 
@@ -48,6 +50,13 @@ class ConversationService:
                 limit=first + 1,
                 before=before,
             )
+            newer = before is not None and await conversations.any_newer(
+                session,
+                workspace_id=principal.workspace_id,
+                user_id=principal.user_id,
+                api_key_id=principal.api_key_id,
+                than=before,
+            )
             items = rows[:first]
             by_conversation: dict[uuid.UUID, list[Message]] = {c.id: [] for c in items}
             if messages and items:
@@ -61,6 +70,7 @@ class ConversationService:
             items=items,
             cursors=[encode_cursor(c.updated_at, c.id) for c in items],
             has_next_page=len(rows) > first,
+            has_previous_page=newer,
             messages=by_conversation,
         )
 

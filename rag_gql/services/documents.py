@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,11 +20,13 @@ MAX_PAGE_SIZE = 100
 
 @dataclass(frozen=True, slots=True)
 class DocumentPage:
-    """One page of a listing, newest first; `cursors[i]` is the opaque cursor of `items[i]`."""
+    """One page of a listing, newest first; `cursors[i]` is the opaque cursor of `items[i]`.
+    `has_previous_page`: documents are newer than the `after` cursor (False without one)."""
 
     items: list[Document]
     cursors: list[str]
     has_next_page: bool
+    has_previous_page: bool
 
 
 class DocumentService:
@@ -42,6 +45,16 @@ class DocumentService:
             raise NotFound("Document not found")
         return document
 
+    async def get_many(
+        self, principal: Principal, document_ids: Collection[uuid.UUID]
+    ) -> dict[uuid.UUID, Document]:
+        """The caller's documents with these ids, by id; ids of none of them are left out."""
+        async with self._db.transaction(principal.workspace_id) as session:
+            found = await documents.get_many(
+                session, workspace_id=principal.workspace_id, document_ids=document_ids
+            )
+        return {document.id: document for document in found}
+
     async def list_page(
         self, principal: Principal, *, first: int, after: str | None
     ) -> DocumentPage:
@@ -57,11 +70,15 @@ class DocumentService:
             rows = await documents.list_page(
                 session, workspace_id=principal.workspace_id, limit=first + 1, before=before
             )
+            newer = before is not None and await documents.any_newer(
+                session, workspace_id=principal.workspace_id, than=before
+            )
         items = rows[:first]
         return DocumentPage(
             items=items,
             cursors=[encode_cursor(d.created_at, d.id) for d in items],
             has_next_page=len(rows) > first,
+            has_previous_page=newer,
         )
 
     async def delete(self, principal: Principal, document_id: uuid.UUID) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import strawberry
 
@@ -20,7 +21,12 @@ class ApiKeyQuery:
         "request's workspace."
     )
     async def api_keys(
-        self, info: Info, workspace_id: strawberry.ID | None = None
+        self,
+        info: Info,
+        workspace_id: Annotated[
+            strawberry.ID | None,
+            strawberry.argument(description="The workspace; null: the request's."),
+        ] = None,
     ) -> list[types.ApiKey]:
         principal = await info.context.require_principal(parse_workspace_id(workspace_id))
         keys = await info.context.services.api_keys.list_keys(principal)
@@ -36,10 +42,22 @@ class ApiKeyMutation:
     async def create_api_key(
         self,
         info: Info,
-        workspace_id: strawberry.ID,
-        name: str,
-        role: Role,
-        expires_at: datetime | None = None,
+        workspace_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The workspace the key acts in.")
+        ],
+        name: Annotated[
+            str, strawberry.argument(description="What to call it: 1 to 200 characters.")
+        ],
+        role: Annotated[
+            Role,
+            strawberry.argument(description="The role it acts with; not above the caller's."),
+        ],
+        expires_at: Annotated[
+            datetime | None,
+            strawberry.argument(
+                description="When it stops working: in the future, with a UTC offset; null: never."
+            ),
+        ] = None,
     ) -> types.CreateApiKeyPayload:
         principal = await info.context.require_principal(parse_workspace_id(workspace_id))
         await info.context.services.quotas.hit(Operation.CREATE_API_KEY, principal)
@@ -54,7 +72,11 @@ class ApiKeyMutation:
         description="Revokes one of the workspace's API keys at once (ADMIN or OWNER); the "
         "workspace is the request's (`X-Workspace-Id`, else the caller's personal one)."
     )
-    async def revoke_api_key(self, info: Info, id: strawberry.ID) -> types.ApiKey:
+    async def revoke_api_key(
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The API key's id.")],
+    ) -> types.ApiKey:
         principal = await info.context.require_principal()
         key = await info.context.services.api_keys.revoke(principal, parse_id(id, "API key"))
         return types.ApiKey.from_model(key)

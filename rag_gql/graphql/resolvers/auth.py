@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import strawberry
 
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
+from rag_gql.graphql.resolvers.common import Email
+
+NewPassword = Annotated[
+    str,
+    strawberry.argument(
+        description="8 to 1024 characters, not easy to guess (the error says why one is)."
+    ),
+]
+Code = Annotated[str, strawberry.argument(description="The 6-digit code from the email.")]
 
 
 def client_ip(info: Info) -> str | None:
@@ -30,19 +41,26 @@ class AuthQuery:
 @strawberry.type
 class AuthMutation:
     @strawberry.mutation(description="Creates an account and emails it a 6-digit code.")
-    async def register(self, info: Info, email: str, password: str) -> types.RegisterPayload:
+    async def register(
+        self, info: Info, email: Email, password: NewPassword
+    ) -> types.RegisterPayload:
         result = await info.context.services.auth.register(
             email, password, client_ip=client_ip(info)
         )
         return types.RegisterPayload(email=result.email, code_expires_at=result.code_expires_at)
 
     @strawberry.mutation(description="Activates an account with the emailed code.")
-    async def verify_email(self, info: Info, email: str, code: str) -> types.User:
+    async def verify_email(self, info: Info, email: Email, code: Code) -> types.User:
         user = await info.context.services.auth.verify_email(email, code, client_ip=client_ip(info))
         return types.User(id=strawberry.ID(str(user.id)), email=user.email)
 
     @strawberry.mutation(description="Exchanges email and password for a session's tokens.")
-    async def login(self, info: Info, email: str, password: str) -> types.AuthPayload:
+    async def login(
+        self,
+        info: Info,
+        email: Email,
+        password: Annotated[str, strawberry.argument(description="The account's password.")],
+    ) -> types.AuthPayload:
         tokens = await info.context.services.auth.login(email, password, client_ip=client_ip(info))
         return types.AuthPayload.from_tokens(tokens)
 
@@ -50,21 +68,40 @@ class AuthMutation:
         description="Exchanges a refresh token for new tokens; each refresh token works once, "
         "and using one twice ends its session."
     )
-    async def refresh_token(self, info: Info, token: str) -> types.AuthPayload:
+    async def refresh_token(
+        self,
+        info: Info,
+        token: Annotated[
+            str, strawberry.argument(description="The latest `refreshToken` of the session.")
+        ],
+    ) -> types.AuthPayload:
         tokens = await info.context.services.auth.refresh(token)
         return types.AuthPayload.from_tokens(tokens)
 
     @strawberry.mutation(
         description="Ends the session of this refresh token; true even for an unknown token."
     )
-    async def logout(self, info: Info, refresh_token: str) -> bool:
+    async def logout(
+        self,
+        info: Info,
+        refresh_token: Annotated[
+            str, strawberry.argument(description="The session's latest `refreshToken`.")
+        ],
+    ) -> bool:
         await info.context.services.auth.logout(refresh_token)
         return True
 
     @strawberry.mutation(
         description="Changes the caller's password and ends all their sessions, this one too."
     )
-    async def change_password(self, info: Info, current_password: str, new_password: str) -> bool:
+    async def change_password(
+        self,
+        info: Info,
+        current_password: Annotated[
+            str, strawberry.argument(description="The caller's password now.")
+        ],
+        new_password: NewPassword,
+    ) -> bool:
         principal = await info.context.require_principal()
         await info.context.services.auth.change_password(
             principal, current_password, new_password, client_ip=client_ip(info)
@@ -74,14 +111,16 @@ class AuthMutation:
     @strawberry.mutation(
         description="Emails a 6-digit reset code if a verified account has this email; always true."
     )
-    async def request_password_reset(self, info: Info, email: str) -> bool:
+    async def request_password_reset(self, info: Info, email: Email) -> bool:
         await info.context.services.auth.request_password_reset(email, client_ip=client_ip(info))
         return True
 
     @strawberry.mutation(
         description="Sets a new password with the emailed reset code; ends all sessions."
     )
-    async def reset_password(self, info: Info, email: str, code: str, new_password: str) -> bool:
+    async def reset_password(
+        self, info: Info, email: Email, code: Code, new_password: NewPassword
+    ) -> bool:
         await info.context.services.auth.reset_password(
             email, code, new_password, client_ip=client_ip(info)
         )

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 
 from rag_gql.errors import NotFound
+from rag_gql.services.documents import MAX_PAGE_SIZE
+
+DEFAULT_PAGE_SIZE = 20
+
+First = Annotated[
+    int | None,
+    strawberry.argument(
+        description=f"How many items to return: 1 to {MAX_PAGE_SIZE} (null: {DEFAULT_PAGE_SIZE})."
+    ),
+]
+After = Annotated[
+    str | None,
+    strawberry.argument(
+        description="Return the items after this cursor (an edge's `cursor` or "
+        "`pageInfo.endCursor`); null: from the start."
+    ),
+]
+Email = Annotated[str, strawberry.argument(description="An email address (case-insensitive).")]
 
 
 def parse_id(value: strawberry.ID, what: str) -> uuid.UUID:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import strawberry
 
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
-from rag_gql.graphql.resolvers.common import parse_id, selects
+from rag_gql.graphql.resolvers.common import DEFAULT_PAGE_SIZE, After, First, parse_id, selects
 
-DEFAULT_PAGE_SIZE = 20
+ConversationId = Annotated[strawberry.ID, strawberry.argument(description="The conversation's id.")]
 
 
 @strawberry.type
 class ConversationQuery:
     @strawberry.field(description="The caller's conversations in the workspace, most recent first.")
     async def conversations(
-        self, info: Info, first: int | None = DEFAULT_PAGE_SIZE, after: str | None = None
+        self, info: Info, first: First = DEFAULT_PAGE_SIZE, after: After = None
     ) -> types.ConversationConnection:
         principal = await info.context.require_principal()
         page = await info.context.services.conversations.list_page(
@@ -30,14 +32,15 @@ class ConversationQuery:
         ]
         return types.ConversationConnection(
             edges=edges,
-            page_info=types.PageInfo(
+            page_info=types.PageInfo.of(
+                page.cursors,
                 has_next_page=page.has_next_page,
-                end_cursor=page.cursors[-1] if page.cursors else None,
+                has_previous_page=page.has_previous_page,
             ),
         )
 
     @strawberry.field(description="One of the caller's conversations, with its messages.")
-    async def conversation(self, info: Info, id: strawberry.ID) -> types.Conversation:
+    async def conversation(self, info: Info, id: ConversationId) -> types.Conversation:
         principal = await info.context.require_principal()
         found, messages = await info.context.services.conversations.get(
             principal, parse_id(id, "Conversation")
@@ -48,7 +51,7 @@ class ConversationQuery:
 @strawberry.type
 class ConversationMutation:
     @strawberry.mutation(description="Deletes one of the caller's conversations.")
-    async def delete_conversation(self, info: Info, id: strawberry.ID) -> bool:
+    async def delete_conversation(self, info: Info, id: ConversationId) -> bool:
         principal = await info.context.require_principal()
         await info.context.services.conversations.delete(principal, parse_id(id, "Conversation"))
         return True

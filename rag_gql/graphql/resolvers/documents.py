@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from typing import Annotated
 
 import strawberry
 from starlette.datastructures import UploadFile
@@ -11,24 +12,24 @@ from strawberry.file_uploads import Upload
 from rag_gql.errors import InvalidInput
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
-from rag_gql.graphql.resolvers.common import parse_id
+from rag_gql.graphql.resolvers.common import DEFAULT_PAGE_SIZE, After, First, parse_id
 from rag_gql.services.ingestion import receive
 from rag_gql.services.quotas import Operation
 
-DEFAULT_PAGE_SIZE = 20
+DocumentId = Annotated[strawberry.ID, strawberry.argument(description="The document's id.")]
 
 
 @strawberry.type
 class DocumentQuery:
     @strawberry.field(description="One of the workspace's documents.")
-    async def document(self, info: Info, id: strawberry.ID) -> types.Document:
+    async def document(self, info: Info, id: DocumentId) -> types.Document:
         principal = await info.context.require_principal()
         doc = await info.context.services.documents.get(principal, parse_id(id, "Document"))
         return types.Document.from_model(doc)
 
     @strawberry.field(description="The workspace's documents, newest first.")
     async def documents(
-        self, info: Info, first: int | None = DEFAULT_PAGE_SIZE, after: str | None = None
+        self, info: Info, first: First = DEFAULT_PAGE_SIZE, after: After = None
     ) -> types.DocumentConnection:
         principal = await info.context.require_principal()
         page = await info.context.services.documents.list_page(
@@ -40,9 +41,10 @@ class DocumentQuery:
         ]
         return types.DocumentConnection(
             edges=edges,
-            page_info=types.PageInfo(
+            page_info=types.PageInfo.of(
+                page.cursors,
                 has_next_page=page.has_next_page,
-                end_cursor=page.cursors[-1] if page.cursors else None,
+                has_previous_page=page.has_previous_page,
             ),
         )
 
@@ -55,7 +57,19 @@ class DocumentMutation:
         "once with status QUEUED; follow it with `documentEvents` or `document`."
     )
     async def upload_document(
-        self, info: Info, file: Upload, collection_id: strawberry.ID | None = None
+        self,
+        info: Info,
+        file: Annotated[
+            Upload,
+            strawberry.argument(
+                description="The file: a part of the multipart request, at most "
+                "MAX_UPLOAD_BYTES (100 MiB by default) with at most MAX_PAGES pages (5000)."
+            ),
+        ],
+        collection_id: Annotated[
+            strawberry.ID | None,
+            strawberry.argument(description="Put it in this collection; null: in none."),
+        ] = None,
     ) -> types.Document:
         principal = await info.context.require_principal()
         services = info.context.services
@@ -81,14 +95,14 @@ class DocumentMutation:
         description="Parses and embeds a document again with the current model; its current "
         "chunks stay searchable until the new ones replace them all at once."
     )
-    async def reindex_document(self, info: Info, id: strawberry.ID) -> types.Document:
+    async def reindex_document(self, info: Info, id: DocumentId) -> types.Document:
         principal = await info.context.require_principal()
         await info.context.services.quotas.hit(Operation.REINDEX, principal)
         doc = await info.context.services.ingestion.reindex(principal, parse_id(id, "Document"))
         return types.Document.from_model(doc)
 
     @strawberry.mutation(description="Deletes one of the workspace's documents and its chunks.")
-    async def delete_document(self, info: Info, id: strawberry.ID) -> bool:
+    async def delete_document(self, info: Info, id: DocumentId) -> bool:
         principal = await info.context.require_principal()
         await info.context.services.documents.delete(principal, parse_id(id, "Document"))
         return True
@@ -102,7 +116,12 @@ class DocumentSubscription:
         "current state when an id is given."
     )
     async def document_events(
-        self, info: Info, document_id: strawberry.ID | None = None
+        self,
+        info: Info,
+        document_id: Annotated[
+            strawberry.ID | None,
+            strawberry.argument(description="Follow this document; null: all of them."),
+        ] = None,
     ) -> AsyncGenerator[types.DocumentEvent, None]:
         principal = await info.context.require_principal()
         services = info.context.services

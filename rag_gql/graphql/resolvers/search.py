@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator
+from typing import Annotated
 
 import strawberry
 
@@ -12,9 +13,39 @@ from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import parse_id, selects
 from rag_gql.repositories.chunks import ChunkScope
 from rag_gql.services.quotas import Operation
-from rag_gql.services.retrieval import SearchMode
+from rag_gql.services.retrieval import MAX_QUERY_LENGTH, SearchMode
 
 DEFAULT_K = 5
+
+# The arguments `search`, `answer` and `ask` share.
+Question = Annotated[
+    str, strawberry.argument(description=f"The question, 1 to {MAX_QUERY_LENGTH} characters.")
+]
+K = Annotated[
+    int | None,
+    strawberry.argument(
+        description="How many passages to retrieve: 1 to SEARCH_MAX_K (50 by default); "
+        f"null: {DEFAULT_K}."
+    ),
+]
+Mode = Annotated[SearchMode, strawberry.argument(description="How passages are found.")]
+Filter = Annotated[
+    types.SearchFilter | None,
+    strawberry.argument(description="Restricts the passages searched; null: all of them."),
+]
+CollectionIds = Annotated[
+    list[strawberry.ID] | None,
+    strawberry.argument(
+        description="Only these collections (narrows `filter.collectionIds`); null: all."
+    ),
+]
+ConversationId = Annotated[
+    strawberry.ID | None,
+    strawberry.argument(
+        description="Ask a follow-up in this conversation (one of the caller's); null: start "
+        "a new one."
+    ),
+]
 
 
 @strawberry.type
@@ -27,12 +58,23 @@ class SearchQuery:
     async def search(
         self,
         info: Info,
-        query: str,
-        k: int | None = DEFAULT_K,
-        mode: SearchMode = SearchMode.HYBRID,
-        filter: types.SearchFilter | None = None,
-        collection_ids: list[strawberry.ID] | None = None,
-        diversity: float | None = None,
+        query: Annotated[
+            str,
+            strawberry.argument(
+                description=f"What to look for, 1 to {MAX_QUERY_LENGTH} characters."
+            ),
+        ],
+        k: K = DEFAULT_K,
+        mode: Mode = SearchMode.HYBRID,
+        filter: Filter = None,
+        collection_ids: CollectionIds = None,
+        diversity: Annotated[
+            float | None,
+            strawberry.argument(
+                description="0 to 1: how much to favour hits unlike those above them "
+                "(maximal marginal relevance); 0 or null: off."
+            ),
+        ] = None,
     ) -> list[types.SearchHit]:
         principal = await info.context.require_principal()
         await info.context.services.quotas.hit(Operation.SEARCH, principal)
@@ -56,12 +98,12 @@ class AnswerSubscription:
     async def answer(
         self,
         info: Info,
-        question: str,
-        k: int | None = DEFAULT_K,
-        mode: SearchMode = SearchMode.HYBRID,
-        filter: types.SearchFilter | None = None,
-        collection_ids: list[strawberry.ID] | None = None,
-        conversation_id: strawberry.ID | None = None,
+        question: Question,
+        k: K = DEFAULT_K,
+        mode: Mode = SearchMode.HYBRID,
+        filter: Filter = None,
+        collection_ids: CollectionIds = None,
+        conversation_id: ConversationId = None,
     ) -> AsyncGenerator[types.AnswerEvent, None]:
         principal = await info.context.require_principal()
         await info.context.services.quotas.hit(Operation.ANSWER, principal)
@@ -89,12 +131,12 @@ class AskMutation:
     async def ask(
         self,
         info: Info,
-        question: str,
-        k: int | None = DEFAULT_K,
-        mode: SearchMode = SearchMode.HYBRID,
-        filter: types.SearchFilter | None = None,
-        collection_ids: list[strawberry.ID] | None = None,
-        conversation_id: strawberry.ID | None = None,
+        question: Question,
+        k: K = DEFAULT_K,
+        mode: Mode = SearchMode.HYBRID,
+        filter: Filter = None,
+        collection_ids: CollectionIds = None,
+        conversation_id: ConversationId = None,
     ) -> types.AskResult:
         principal = await info.context.require_principal()
         await info.context.services.quotas.hit(Operation.ANSWER, principal)
