@@ -100,6 +100,11 @@ class Settings(BaseSettings):
 
     otp_ttl: int = Field(default=600, gt=0, description="Seconds an emailed code stays valid.")
     otp_max_attempts: int = Field(default=5, gt=0)
+    otp_daily_max_attempts: int = Field(
+        default=20,
+        gt=0,
+        description="Wrong codes an email may present per purpose (verify, reset) in 24 hours.",
+    )
     rate_limit_storage_uri: str = Field(
         default="memory://", description="`limits` storage, e.g. redis://host:6379."
     )

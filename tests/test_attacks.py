@@ -106,7 +106,10 @@ CHANGE_PASSWORD = (
     "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }"
 )
 REGISTER = "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { email } }"
-VERIFY = "mutation($e: String!, $c: String!) { verifyEmail(email: $e, code: $c) { id } }"
+VERIFY = (
+    "mutation($e: String!, $c: String!, $p: String!) "
+    "{ verifyEmail(email: $e, code: $c, password: $p) { id } }"
+)
 SESSION = "accessToken refreshToken"
 LOGIN = f"mutation($e: String!, $p: String!) {{ login(email: $e, password: $p) {{ {SESSION} }} }}"
 REFRESH = f"mutation($t: String!) {{ refreshToken(token: $t) {{ {SESSION} }} }}"
@@ -1797,11 +1800,19 @@ ANONYMOUS = Caller("anonymous", None)
 @probe("Mutation", "register", "access", public=True)
 async def attack_register(w: World) -> None:
     owner = w.accounts["owner"]
-    # Re-registering a member's email takes nothing over: the account and sessions stay.
+    # Re-registering a member's email takes nothing over, and reads as for a new address: the
+    # owner is mailed a notice (no code), the account and sessions stay.
+    before = len(w.inbox.to(owner.email))
     for caller in (ANONYMOUS, w.user("mallory")):
-        body = await w.call(caller, REGISTER, {"e": owner.email, "p": "mallory owns this now"})
-        await w.refused(caller, REGISTER, {"e": owner.email}, "CONFLICT", body=body)
+        data = await w.ok(caller, REGISTER, {"e": owner.email, "p": "mallory owns this now"})
+        assert data == {"register": {"email": owner.email}}, data
+    await w.inbox.wait_for(owner.email, after=before + 1)  # both notices reach him
+    assert all("tried to register" in m["Subject"] for m in w.inbox.to(owner.email)[before:])
+    body = await w.call(ANONYMOUS, VERIFY, {"e": owner.email, "c": "000000", "p": PASSWORD})
+    assert_error(body, "BAD_USER_INPUT")
     await w.ok(ANONYMOUS, LOGIN, {"e": owner.email, "p": PASSWORD})
+    body = await w.call(ANONYMOUS, LOGIN, {"e": owner.email, "p": "mallory owns this now"})
+    assert_error(body, "UNAUTHENTICATED")
     assert (await w.ok(w.user("owner"), ME))["me"]["id"] == owner.id
     data = await w.ok(ANONYMOUS, REGISTER, {"e": "newcomer@elsewhere.example", "p": PASSWORD})
     assert data["register"]["email"] == "newcomer@elsewhere.example"
@@ -1810,15 +1821,25 @@ async def attack_register(w: World) -> None:
 @probe("Mutation", "verifyEmail", "access", public=True)
 async def attack_verify_email(w: World) -> None:
     owner = w.accounts["owner"]
-    known = await w.refused(ANONYMOUS, VERIFY, {"e": owner.email, "c": "000000"}, "BAD_USER_INPUT")
+    known = await w.refused(
+        ANONYMOUS, VERIFY, {"e": owner.email, "c": "000000", "p": PASSWORD}, "BAD_USER_INPUT"
+    )
     unknown = await w.refused(
-        ANONYMOUS, VERIFY, {"e": "nobody@elsewhere.example", "c": "000000"}, "BAD_USER_INPUT"
+        ANONYMOUS,
+        VERIFY,
+        {"e": "nobody@elsewhere.example", "c": "000000", "p": PASSWORD},
+        "BAD_USER_INPUT",
     )
     assert known == unknown, "verifyEmail tells a member's email from an unknown one"
-    before = len(w.inbox.to("fresh@elsewhere.example"))
-    await w.ok(ANONYMOUS, REGISTER, {"e": "fresh@elsewhere.example", "p": PASSWORD})
-    code = await w.inbox.wait_for_code("fresh@elsewhere.example", after=before)
-    await w.ok(ANONYMOUS, VERIFY, {"e": "fresh@elsewhere.example", "c": code})
+    # Pre-hijacking: mallory registers the address first, with her password; the code goes to
+    # the mailbox, and its reader sets the password. Mallory's never opens the account.
+    fresh = "fresh@elsewhere.example"
+    before = len(w.inbox.to(fresh))
+    await w.ok(w.user("mallory"), REGISTER, {"e": fresh, "p": "mallory owns this now"})
+    code = await w.inbox.wait_for_code(fresh, after=before)
+    await w.ok(ANONYMOUS, VERIFY, {"e": fresh, "c": code, "p": PASSWORD})
+    await w.refused(ANONYMOUS, LOGIN, {"e": fresh, "p": "mallory owns this now"}, "UNAUTHENTICATED")
+    await w.ok(ANONYMOUS, LOGIN, {"e": fresh, "p": PASSWORD})
 
 
 @probe("Mutation", "login", "access", public=True)

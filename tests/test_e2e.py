@@ -173,7 +173,7 @@ async def test_serve_end_to_end(
         registered = await gql.data(REGISTER, {"e": EMAIL, "p": PASSWORD})
         assert registered["register"]["email"] == EMAIL
         code = await inbox.wait_for_code(EMAIL)
-        verified = await gql.data(VERIFY, {"e": EMAIL, "c": code})
+        verified = await gql.data(VERIFY, {"e": EMAIL, "c": code, "p": PASSWORD})
         assert verified["verifyEmail"]["email"] == EMAIL
         token = (await gql.data(LOGIN, {"e": EMAIL, "p": PASSWORD}))["login"]["accessToken"]
 

@@ -152,7 +152,7 @@ async def test_no_secrets_in_the_log_of_a_full_run(
     secrets: dict[str, str] = {"password": PASSWORD}
     await gql.data(REGISTER, {"e": email, "p": PASSWORD})
     secrets["signup code"] = await inbox.wait_for_code(email)
-    await gql.data(VERIFY, {"e": email, "c": secrets["signup code"]})
+    await gql.data(VERIFY, {"e": email, "c": secrets["signup code"], "p": PASSWORD})
     await gql.execute(LOGIN, {"e": email, "p": "wrong " + PASSWORD})  # a failed login too
     login = await gql.data(
         "mutation($e: String!, $p: String!) "

@@ -96,7 +96,7 @@ async def test_every_account_endpoint_is_limited(
         token = await sign_up(api, inbox, "dave@example.com")
         calls: list[tuple[str, dict[str, Any], str | None]] = [
             (REGISTER, {"e": "erin@example.com", "p": PASSWORD}, None),
-            (VERIFY, {"e": "frank@example.com", "c": "123456"}, None),
+            (VERIFY, {"e": "frank@example.com", "c": "123456", "p": PASSWORD}, None),
             (LOGIN, {"e": "grace@example.com", "p": PASSWORD}, None),
             (REQUEST_RESET, {"e": "heidi@example.com"}, None),
             (RESET, {"e": "ivan@example.com", "c": "123456", "n": NEW_PASSWORD}, None),

@@ -43,7 +43,7 @@ def test_contract_names_exist() -> None:
     assert "union AnswerEvent = AnswerSources | AnswerToken | AnswerDone" in sdl
     for needle in (
         "register(email: String!, password: String!)",
-        "verifyEmail(email: String!, code: String!)",
+        "verifyEmail(email: String!, code: String!, password: String!)",
         "login(email: String!, password: String!)",
         "uploadDocument(file: Upload!",
         "documents(first: Int",

@@ -70,7 +70,8 @@ class DocumentStatus(enum.StrEnum):
 
 
 class User(Base):
-    """An account. `email` is stored lower-cased; `verified_at` is null until the OTP.
+    """An account. `email` is stored lower-cased; `verified_at` is null until the OTP, and
+    `password_hash` is the unusable `!` until then (`verifyEmail` sets the password).
 
     `token_version` is in every access token; bumping it (password change or reset) ends
     every session at once.
@@ -100,6 +101,26 @@ class EmailCode(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = _now()
+
+
+class CodeFailure(Base):
+    """One failed attempt at a one-time code: wrong, dead, or for no such account.
+
+    `account_hash` is an HMAC of the email under the OTP key, so the table names no address
+    and unknown emails are counted as known ones are. Rows past the 24-hour window are dead.
+    """
+
+    __tablename__ = "code_failure"
+    __table_args__ = (
+        Index("ix_code_failure_account_hash_purpose", "account_hash", "purpose", "failed_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    account_hash: Mapped[str] = mapped_column(String(64))
+    purpose: Mapped[str] = mapped_column(String(16))
+    failed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )
 
 
 class Workspace(Base):

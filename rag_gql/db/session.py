@@ -3,13 +3,14 @@
 `Database.transaction(workspace_id, user_id=..., lookup_hash=...)` is the one way code touches
 tables: one transaction that commits on success and rolls back on any exception, with its scope
 set transaction-locally (`set_config(..., true)`, safe with pooled connections) for the
-row-level security policies (migrations 0002 and 0008):
+row-level security policies (migrations 0002, 0008 and 0009):
 
 - `app.workspace_id`: the tenant; its documents, chunks, collections, memberships, API keys and
   invitations.
 - `app.user_id`: the acting user; their memberships in any workspace, their refresh tokens.
 - `app.lookup_hash`: the SHA-256 (hex) of a presented secret; the one API key, invitation or
-  refresh token it belongs to.
+  refresh token it belongs to. Or the HMAC of an email: that account's failed code attempts
+  (migration 0009).
 
 `scope(session, ...)` sets them inside a transaction already open, once a lookup has told whose
 row it is. Request connections carry `statement_timeout`, `lock_timeout` and

@@ -74,7 +74,10 @@ class User:
 
 @strawberry.type(description="A registration waiting for the emailed 6-digit code.")
 class RegisterPayload:
-    email: str = strawberry.field(description="Where the code was sent, as stored (lower-cased).")
+    email: str = strawberry.field(
+        description="Where the code (or, for an existing account, a notice) was sent, as "
+        "stored (lower-cased)."
+    )
     code_expires_at: datetime = strawberry.field(
         description="When the code stops working; `register` again for a new one."
     )

@@ -1,14 +1,17 @@
-"""Users and their one-time email codes."""
+"""Users, their one-time email codes, and the failed attempts at those codes."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rag_gql.db.models import EmailCode, User
+from rag_gql.db.models import CodeFailure, EmailCode, User
+
+FAILURE_WINDOW = timedelta(hours=24)
+"""How long a failed code attempt counts (the `code_failure` policies prune older rows)."""
 
 
 async def get_by_email(session: AsyncSession, email: str) -> User | None:
@@ -69,3 +72,38 @@ async def delete_codes(session: AsyncSession, *, user_id: uuid.UUID, purpose: st
     await session.execute(
         delete(EmailCode).where(EmailCode.user_id == user_id, EmailCode.purpose == purpose)
     )
+
+
+async def lock_failures(session: AsyncSession, *, account_hash: str) -> None:
+    """Serializes, until the transaction ends, the attempts on this account's codes (an
+    advisory lock: it also holds for emails with no account, which have no row to lock)."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": account_hash}
+    )
+
+
+async def recent_failures(
+    session: AsyncSession, *, account_hash: str, purpose: str, now: datetime
+) -> tuple[int, datetime | None]:
+    """The account's failed attempts for `purpose` within `FAILURE_WINDOW` of `now`, and
+    when the oldest of them was (None when there is none). Needs `lookup_hash` scoped to
+    `account_hash` (row-level security)."""
+    stmt = select(func.count(), func.min(CodeFailure.failed_at)).where(
+        CodeFailure.account_hash == account_hash,
+        CodeFailure.purpose == purpose,
+        CodeFailure.failed_at > now - FAILURE_WINDOW,
+    )
+    count, oldest = (await session.execute(stmt)).one()
+    return int(count), oldest
+
+
+async def add_failure(
+    session: AsyncSession, *, account_hash: str, purpose: str, now: datetime
+) -> None:
+    """Records a failed attempt, and deletes every account's attempts older than
+    `FAILURE_WINDOW` (the policies let any transaction delete those, and only those)."""
+    await session.execute(delete(CodeFailure).where(CodeFailure.failed_at <= now - FAILURE_WINDOW))
+    session.add(
+        CodeFailure(id=uuid.uuid4(), account_hash=account_hash, purpose=purpose, failed_at=now)
+    )
+    await session.flush()

@@ -3,7 +3,17 @@
 Passwords follow `rag_gql.services.passwords` (policy, Argon2id). One-time codes are 6 digits,
 stored as an HMAC-SHA256 keyed by the server secret (a plain hash of a 6-digit code could be
 reversed by trying all million), expire after `OTP_TTL` seconds and die after
-`OTP_MAX_ATTEMPTS` wrong tries.
+`OTP_MAX_ATTEMPTS` wrong tries. Across codes, an email may fail `OTP_DAILY_MAX_ATTEMPTS` times
+per purpose (verification, reset) in 24 hours; then every code is refused until the oldest
+failure is a day old. Failures are counted in the database by an HMAC of the email, for
+addresses with and without an account alike, so the cap answers the same for both.
+
+Registration resists pre-hijacking (Sudhodanan and Paverd, "Pre-hijacked accounts",
+USENIX Security 2022): the password that opens an account is the one given to `verify_email`
+with the emailed code, by whoever reads the mailbox; `register` checks its password against
+the policy and stores none, so nothing a stranger registered with survives verification.
+`register` answers the same whether or not the address has an account: a verified one gets a
+notice by mail instead of a code.
 
 A login opens a session: a short-lived access token, a JWT (RFC 7519) signed HS256 with
 `joserfc` carrying `sub`, `iat`, `exp` and `ver` (the user's `token_version`), and an opaque
@@ -23,6 +33,7 @@ import enum
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -39,7 +50,14 @@ from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import User
 from rag_gql.db.session import scope
-from rag_gql.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unauthenticated
+from rag_gql.errors import (
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    Unauthenticated,
+)
 from rag_gql.providers.mail import Mailer
 from rag_gql.repositories import refresh_tokens, users, workspaces
 from rag_gql.services.access import Principal
@@ -50,9 +68,13 @@ log = logging.getLogger(__name__)
 
 _VERIFY = "verify"
 _RESET = "reset"
-WRONG_CODE = "The code is wrong or has expired"
+WRONG_CODE = "The code is wrong or has expired; register again for a new one"
 WRONG_RESET_CODE = "The code is wrong or has expired; request a new one"
 INVALID_REFRESH = "The refresh token is invalid; log in again"
+TOO_MANY_CODES = "Too many wrong codes for this email in 24 hours; try again later"
+UNUSABLE_HASH = "!"
+"""The password hash of an account not verified yet: no password matches it."""
+_NOTICE = "notice"
 _MAILS = {  # purpose: (subject, body)
     _VERIFY: (
         "Your rag-gql verification code",
@@ -62,6 +84,12 @@ _MAILS = {  # purpose: (subject, body)
         "Your rag-gql password reset code",
         "Your password reset code is {code}.\n\nIt expires in {minutes} minutes.\n\n"
         "If you did not ask for it, ignore this email: your password stays as it is.",
+    ),
+    _NOTICE: (
+        "Someone tried to register with your rag-gql address",
+        "Someone tried to register a new rag-gql account with this email address, which "
+        "already has one.\n\nIf it was you, log in, or reset your password if you forgot it. "
+        "If not, you can ignore this email: your account is unchanged.",
     ),
 }
 
@@ -126,55 +154,69 @@ class AuthService:
     async def register(
         self, email: str, password: str, *, client_ip: str | None = None
     ) -> Registration:
-        """Creates (or refreshes) an unverified account and emails it a 6-digit code.
+        """Starts a registration: emails a 6-digit code that `verify_email` takes.
+
+        `password` is only checked against the policy, so a client learns early that it
+        will be refused; it is not stored. The account gets its password at `verify_email`,
+        from whoever has the code: a stranger who registers someone else's address first
+        cannot choose the password it opens with. Registering again for an unverified
+        address mails a new code (the old one dies).
+
+        For an address that already has a verified account the answer is the same, shape
+        and fields, and the owner is mailed a notice instead of a code; nothing is stored.
 
         Raises:
             RateLimited: too many attempts from this IP or for this email.
             InvalidInput: malformed email, or a password the policy refuses.
-            Conflict: a verified account already has this email.
-            UpstreamUnavailable: the code could not be emailed (registering again resends).
+            UpstreamUnavailable: the mail could not be sent (registering again resends).
         """
         await self._limit("register", client_ip, email)
         email = normalize_email(email)
         await self._passwords.check(password, email=email)
-        password_hash = await self._passwords.hash(password)
         async with self._db.transaction() as session:
             user = await users.get_by_email(session, email)
             if user is not None and user.verified_at is not None:
-                raise Conflict("An account with this email already exists; log in instead")
-            if user is None:
-                user = await users.add(session, email=email, password_hash=password_hash)
+                code = None
+                expires_at = datetime.now(UTC) + timedelta(seconds=self._settings.otp_ttl)
             else:
-                user.password_hash = password_hash
-            code, expires_at = await self._new_code(session, user.id, _VERIFY)
-        await self._mailer.send(**self._code_mail(email, code, _VERIFY))
+                if user is None:
+                    user = await users.add(session, email=email, password_hash=UNUSABLE_HASH)
+                code, expires_at = await self._new_code(session, user.id, _VERIFY)
+        if code is None:
+            await self._mailer.send(**self._notice_mail(email))
+        else:
+            await self._mailer.send(**self._code_mail(email, code, _VERIFY))
         return Registration(email=email, code_expires_at=expires_at)
 
-    async def verify_email(self, email: str, code: str, *, client_ip: str | None = None) -> User:
-        """Activates the account when `code` is its live code; creates its personal workspace.
+    async def verify_email(
+        self, email: str, code: str, password: str, *, client_ip: str | None = None
+    ) -> User:
+        """Activates the account when `code` is its live code, with `password` as its
+        password, and creates its personal workspace.
+
+        The password is set here, not at `register`, so it is chosen by whoever reads the
+        mailbox (against pre-hijacking, see the module). A password the policy refuses is
+        refused before the code is looked at, and costs no attempt.
 
         Raises:
-            RateLimited: too many attempts from this IP or for this email.
-            InvalidInput: wrong, expired or exhausted code, unknown email, or an account
-                already verified (one message, but for an exhausted code).
+            RateLimited: too many attempts from this IP or for this email, or
+                `OTP_DAILY_MAX_ATTEMPTS` failed codes for this email in 24 hours (for any
+                email, with or without an account; even the right code is refused then).
+            InvalidInput: a malformed email, a password the policy refuses, or a wrong,
+                expired or exhausted code, an unknown email or an account already verified
+                (one message for these).
         """
         await self._limit("verifyEmail", client_ip, email)
         email = normalize_email(email)
+        await self._passwords.check(password, email=email)
         async with self._db.transaction() as session:
-            user = await users.get_by_email(session, email)
-            # A verified account has no live code: any code is wrong (and must not reveal its id).
-            if user is None or user.verified_at is not None:
-                raise InvalidInput(WRONG_CODE)
-            found = await self._use_code(session, user.id, _VERIFY, code)
-            if found is _Code.EXHAUSTED:
-                raise InvalidInput("Too many wrong codes; register again to get a new one")
-            if found is _Code.DEAD:
-                raise InvalidInput(WRONG_CODE)
-            if found is _Code.RIGHT:
+            user, found = await self._attempt(session, email, _VERIFY, code, verified=False)
+            if user is not None and found is _Code.RIGHT:
+                user.password_hash = await self._passwords.hash(password)
                 user.verified_at = datetime.now(UTC)
                 await workspaces.create_personal_workspace(session, user)
-        # Raised after the commit, so the wrong attempt stays counted.
-        if found is _Code.WRONG:
+        # Raised after the commit, so the failed attempt stays counted.
+        if user is None or found is not _Code.RIGHT:
             raise InvalidInput(WRONG_CODE)
         return user
 
@@ -185,7 +227,8 @@ class AuthService:
 
         Raises:
             RateLimited: too many attempts from this IP or for this email.
-            Unauthenticated: wrong email or password, or an unverified account.
+            Unauthenticated: wrong email or password, or an unverified account (which has no
+                password yet; one message for these).
         """
         await self._limit("login", client_ip, email)
         try:
@@ -194,11 +237,11 @@ class AuthService:
             email = ""
         async with self._db.transaction() as session:
             user = await users.get_by_email(session, email) if email else None
+            if user is not None and user.verified_at is None:
+                user = None  # no password yet: checked against the dummy hash, at the same cost
             ok = await self._passwords.verify(user.password_hash if user else None, password)
             if user is None or not ok:
                 raise Unauthenticated("Wrong email or password")
-            if user.verified_at is None:
-                raise Unauthenticated("Verify your email before logging in")
             if self._passwords.needs_rehash(user.password_hash):
                 user.password_hash = await self._passwords.hash(password)
             return await self._open_session(session, user, family_id=uuid.uuid4())
@@ -367,7 +410,9 @@ class AuthService:
         """Sets a new password with an emailed reset code, and ends all sessions.
 
         Raises:
-            RateLimited: too many attempts from this IP or for this email.
+            RateLimited: too many attempts from this IP or for this email, or
+                `OTP_DAILY_MAX_ATTEMPTS` failed codes for this email in 24 hours (for any
+                email, with or without an account; even the right code is refused then).
             InvalidInput: a malformed email, a new password the policy refuses, or a wrong,
                 expired or exhausted code or unknown email (one message for these).
         """
@@ -375,17 +420,12 @@ class AuthService:
         email = normalize_email(email)
         await self._passwords.check(new_password, email=email)
         async with self._db.transaction() as session:
-            user = await users.get_by_email(session, email)
-            if user is None or user.verified_at is None:
-                raise InvalidInput(WRONG_RESET_CODE)
-            found = await self._use_code(session, user.id, _RESET, code)
-            if found in (_Code.DEAD, _Code.EXHAUSTED):
-                raise InvalidInput(WRONG_RESET_CODE)
-            if found is _Code.RIGHT:
+            user, found = await self._attempt(session, email, _RESET, code, verified=True)
+            if user is not None and found is _Code.RIGHT:
                 user.password_hash = await self._passwords.hash(new_password)
                 await self._end_all_sessions(session, user)
-        # Raised after the commit, so the wrong attempt stays counted.
-        if found is _Code.WRONG:
+        # Raised after the commit, so the failed attempt stays counted.
+        if user is None or found is not _Code.RIGHT:
             raise InvalidInput(WRONG_RESET_CODE)
 
     # --- helpers -------------------------------------------------------------------------------
@@ -434,6 +474,39 @@ class AuthService:
         )
         return code, expires_at
 
+    async def _attempt(
+        self, session: AsyncSession, email: str, purpose: str, code: str, *, verified: bool
+    ) -> tuple[User | None, _Code]:
+        """Checks `code` for the account of `email` whose `verified` state fits `purpose`
+        (locked), after the daily cap; any outcome but RIGHT is recorded as a failure of
+        `email`, known or not (the caller must commit before raising).
+
+        Raises:
+            RateLimited: `OTP_DAILY_MAX_ATTEMPTS` failures of `email` for `purpose` in 24 hours.
+        """
+        now = datetime.now(UTC)
+        key = self._account_hash(email)
+        await scope(session, lookup_hash=key)
+        await users.lock_failures(session, account_hash=key)
+        failures, oldest = await users.recent_failures(
+            session, account_hash=key, purpose=purpose, now=now
+        )
+        if failures >= self._settings.otp_daily_max_attempts and oldest is not None:
+            retry_after = math.ceil((oldest + users.FAILURE_WINDOW - now).total_seconds())
+            raise RateLimited(TOO_MANY_CODES, retry_after=retry_after)
+        user = await users.get_by_email(session, email)
+        found = _Code.DEAD
+        if user is not None and (user.verified_at is not None) == verified:
+            found = await self._use_code(session, user.id, purpose, code)
+        if found is not _Code.RIGHT:
+            await users.add_failure(session, account_hash=key, purpose=purpose, now=now)
+        return user, found
+
+    def _account_hash(self, email: str) -> str:
+        # Under the OTP key: `code_failure` names no address, and nobody can tell whose rows
+        # are whose without the key. "@" keeps it apart from any 6-digit code's HMAC.
+        return self._code_hash(f"account@{email}")
+
     async def _use_code(
         self, session: AsyncSession, user_id: uuid.UUID, purpose: str, code: str
     ) -> _Code:
@@ -449,6 +522,10 @@ class AuthService:
             return _Code.WRONG
         await users.delete_codes(session, user_id=user_id, purpose=purpose)
         return _Code.RIGHT
+
+    def _notice_mail(self, email: str) -> dict[str, str]:
+        subject, body = _MAILS[_NOTICE]
+        return {"to": email, "subject": subject, "body": body}
 
     def _code_mail(self, email: str, code: str, purpose: str) -> dict[str, str]:
         subject, body = _MAILS[purpose]

@@ -31,19 +31,24 @@ class Inbox:
         """Messages delivered to `address`, oldest first."""
         return [m for m in self.messages if address in m["X-Envelope-To"]]
 
-    async def wait_for_code(self, address: str, *, after: int = 0, timeout: float = 5.0) -> str:
-        """Waits for message number `after`+1 to `address` and returns the 6-digit code in it."""
+    async def wait_for(self, address: str, *, after: int = 0, timeout: float = 5.0) -> Message:
+        """Waits for message number `after`+1 to `address` and returns it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             messages = self.to(address)
             if len(messages) > after:
-                body = messages[after].get_payload(decode=True)
-                assert isinstance(body, bytes)
-                found = CODE.search(body.decode())
-                assert found, body
-                return found.group(1)
+                return messages[after]
             await asyncio.sleep(0.01)
         raise AssertionError(f"no email reached {address}")
+
+    async def wait_for_code(self, address: str, *, after: int = 0, timeout: float = 5.0) -> str:
+        """Waits for message number `after`+1 to `address` and returns the 6-digit code in it."""
+        message = await self.wait_for(address, after=after, timeout=timeout)
+        body = message.get_payload(decode=True)
+        assert isinstance(body, bytes)
+        found = CODE.search(body.decode())
+        assert found, body
+        return found.group(1)
 
 
 class SmtpSink:

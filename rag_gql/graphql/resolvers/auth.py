@@ -17,6 +17,20 @@ NewPassword = Annotated[
     ),
 ]
 Code = Annotated[str, strawberry.argument(description="The 6-digit code from the email.")]
+RegisterPassword = Annotated[
+    str,
+    strawberry.argument(
+        description="Checked against the password policy (8 to 1024 characters, not easy to "
+        "guess) and not stored: the password is set by `verifyEmail`, which takes it again."
+    ),
+]
+AccountPassword = Annotated[
+    str,
+    strawberry.argument(
+        description="The account's password from now on, chosen by whoever has the code: "
+        "8 to 1024 characters, not easy to guess (the error says why one is)."
+    ),
+]
 
 
 def client_ip(info: Info) -> str | None:
@@ -40,18 +54,27 @@ class AuthQuery:
 
 @strawberry.type
 class AuthMutation:
-    @strawberry.mutation(description="Creates an account and emails it a 6-digit code.")
+    @strawberry.mutation(
+        description="Starts a registration and emails a 6-digit code for `verifyEmail`; an "
+        "address that already has an account gets a notice instead, and the same answer."
+    )
     async def register(
-        self, info: Info, email: Email, password: NewPassword
+        self, info: Info, email: Email, password: RegisterPassword
     ) -> types.RegisterPayload:
         result = await info.context.services.auth.register(
             email, password, client_ip=client_ip(info)
         )
         return types.RegisterPayload(email=result.email, code_expires_at=result.code_expires_at)
 
-    @strawberry.mutation(description="Activates an account with the emailed code.")
-    async def verify_email(self, info: Info, email: Email, code: Code) -> types.User:
-        user = await info.context.services.auth.verify_email(email, code, client_ip=client_ip(info))
+    @strawberry.mutation(
+        description="Activates an account with the emailed code and sets its password."
+    )
+    async def verify_email(
+        self, info: Info, email: Email, code: Code, password: AccountPassword
+    ) -> types.User:
+        user = await info.context.services.auth.verify_email(
+            email, code, password, client_ip=client_ip(info)
+        )
         return types.User(id=strawberry.ID(str(user.id)), email=user.email)
 
     @strawberry.mutation(description="Exchanges email and password for a session's tokens.")
