@@ -120,7 +120,7 @@ async def test_an_expired_access_token_ends_the_stream(
     settings: Settings, inbox: Inbox, ollama: StandinState
 ) -> None:
     settings = settings.model_copy(
-        update={"access_token_ttl": 5, "subscription_reauth_seconds": 0.2}
+        update={"access_token_ttl": 8, "subscription_reauth_seconds": 0.2}
     )
     async with serve_client(settings) as gql:
         token = await sign_up(gql, inbox, "ada@example.com")
