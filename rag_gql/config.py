@@ -220,6 +220,14 @@ class Settings(BaseSettings):
         default=20.0, gt=0, description="Seconds for the pong before the socket is closed (1011)."
     )
 
+    subscription_reauth_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds between re-checks of a live subscription's credential (token "
+        "expiry, membership, API key revocation); one that fails ends the stream with "
+        "UNAUTHENTICATED or FORBIDDEN.",
+    )
+
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto: console in a terminal, JSON otherwise."
     )

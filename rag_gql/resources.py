@@ -98,7 +98,7 @@ async def open_services(
         lock_timeout=settings.db_lock_timeout,
         idle_in_transaction_timeout=settings.db_idle_in_transaction_timeout,
     )
-    events = DocumentEvents(conninfo(settings.database_url))
+    events = DocumentEvents(conninfo(settings.database_url), db=db)
     timeout = httpx.Timeout(settings.ollama_timeout, connect=settings.ollama_connect_timeout)
     auth: AuthService | None = None
     metrics = Metrics()

@@ -9,6 +9,7 @@ import statistics
 
 from websockets.asyncio.client import ClientConnection
 
+from rag_gql.config import Settings
 from tests.support.accounts import sign_up
 from tests.support.answers import (
     answer_frames,
@@ -21,7 +22,9 @@ from tests.support.answers import (
 from tests.support.graphql_client import GraphQLClient, init
 from tests.support.ollama_standin import NOT_FOUND_REPLY, StandinState, split_tokens
 from tests.support.pdfs import make_pdf
+from tests.support.serving import serve_client
 from tests.support.smtp import Inbox
+from tests.support.sql import connect as sql
 
 PAGES = [
     "PostgreSQL keeps embedding vectors in pgvector columns.",
@@ -292,3 +295,41 @@ async def test_client_leaving_mid_stream_does_not_hurt_the_server(
         got = events(await answer_frames(ws, BREAD_QUESTION))
         assert kinds(got)[0] == "AnswerSources"
         assert kinds(got)[-1] == "AnswerDone"
+
+
+async def test_revoking_the_api_key_ends_a_streaming_answer(
+    settings: Settings, inbox: Inbox, ollama: StandinState
+) -> None:
+    """The answer stops with an AnswerError once its key is revoked, and what was streamed
+    is stored as interrupted."""
+    settings = settings.model_copy(update={"subscription_reauth_seconds": 0.2})
+    async with serve_client(settings) as gql:
+        token, _ = await _user_with_notes(gql, inbox, "ada@example.com")
+        workspaces = (await gql.data("{ workspaces { id } }", token=token))["workspaces"]
+        created = (
+            await gql.data(
+                'mutation($w: ID!) { createApiKey(workspaceId: $w, name: "bot", role: VIEWER) '
+                "{ secret apiKey { id } } }",
+                {"w": workspaces[0]["id"]},
+                token=token,
+            )
+        )["createApiKey"]
+        ollama.chat_reply = " ".join(["word"] * 200)
+        ollama.token_delay = 0.05
+        async with gql.websocket() as ws:
+            assert (await init(ws, {"apiKey": created["secret"]}))["type"] == "connection_ack"
+            started = await start_answer(ws, BREAD_QUESTION)
+            for _ in range(3):  # sources and two tokens
+                assert (await next_frame(ws, started)).type == "next"
+            await gql.data(
+                "mutation($id: ID!) { revokeApiKey(id: $id) { id } }",
+                {"id": created["apiKey"]["id"]},
+                token=token,
+            )
+            rest = events(await rest_of_answer(ws, started, timeout=10))
+        assert kinds(rest)[-1] == "AnswerError", kinds(rest)
+        assert rest[-1]["code"] == "UNAUTHENTICATED", rest[-1]
+        assert len(_tokens(rest)) < 200
+        async with sql(settings) as conn:
+            row = await conn.fetchrow("SELECT status FROM message WHERE role = 'assistant'")
+        assert row is not None and row["status"] == "interrupted", row

@@ -14,7 +14,7 @@ from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
 from rag_gql.db.models import Document
-from rag_gql.errors import NotFound, Unauthenticated
+from rag_gql.errors import Forbidden, NotFound, Unauthenticated
 from rag_gql.resources import Services
 from rag_gql.services.access import Principal
 from rag_gql.services.api_keys import API_KEY_PREFIX, INVALID
@@ -76,6 +76,21 @@ class Context:
         if workspace_id not in self._elsewhere:
             self._elsewhere[workspace_id] = await self._authenticate(workspace_id)
         return self._elsewhere[workspace_id]
+
+    async def reauthorize(self, principal: Principal) -> Principal:
+        """Authenticates the caller's credential again, in `principal`'s workspace: what a
+        long-lived stream does from time to time so that it never outlives its access.
+
+        Raises:
+            Unauthenticated: the credential expired or was revoked (an access token past its
+                `exp` or of a changed password, a revoked or expired API key), or the account
+                is gone.
+            Forbidden: the caller is no longer a member of the workspace.
+        """
+        try:
+            return await self._authenticate(principal.workspace_id)
+        except NotFound:
+            raise Forbidden("You are no longer a member of this workspace") from None
 
     async def load_document(self, document_id: uuid.UUID) -> Document | None:
         """The request workspace's document with this id, or None (deleted, or not the

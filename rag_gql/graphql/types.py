@@ -198,21 +198,6 @@ class DocumentEvent:
             deleted=state.deleted,
         )
 
-    @classmethod
-    def from_model(cls, doc: models.Document) -> DocumentEvent:
-        return cls.from_state(
-            DocumentState(
-                document_id=doc.id,
-                workspace_id=doc.workspace_id,
-                status=doc.status,
-                pages_total=doc.page_count,
-                pages_done=doc.pages_done,
-                chunks_done=doc.chunks_done,
-                chunk_count=doc.chunk_count,
-                error=doc.error,
-            )
-        )
-
 
 CURSOR = "Opaque; pass it as `after` for the items that follow this one."
 

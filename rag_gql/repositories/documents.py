@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text, tuple_, update
@@ -38,6 +38,7 @@ CHUNK_COPY_COLUMNS = (
 
 _STAGE = "chunk_stage"
 LOCK_NOT_AVAILABLE = "55P03"
+_IDS_PER_QUERY = 5000
 
 
 async def get(
@@ -63,6 +64,41 @@ async def get_many(
         Document.workspace_id == workspace_id, Document.id.in_(list(document_ids))
     )
     return list((await session.execute(stmt)).scalars())
+
+
+async def current_states(
+    session: AsyncSession,
+    *,
+    workspace_id: uuid.UUID,
+    document_ids: Collection[uuid.UUID],
+    changed_within: float | None,
+    limit: int,
+) -> list[Document]:
+    """The workspace's documents with these ids, and (with `changed_within`) up to `limit`
+    others, the most recently changed, that are not READY or FAILED or were updated in the
+    last `changed_within` seconds; least recently updated first. Documents marked for deletion
+    are included (`delete_requested_at` set)."""
+    found: dict[uuid.UUID, Document] = {}
+    ids = list(document_ids)
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        stmt = select(Document).where(
+            Document.workspace_id == workspace_id,
+            Document.id.in_(ids[start : start + _IDS_PER_QUERY]),
+        )
+        found.update((doc.id, doc) for doc in (await session.execute(stmt)).scalars())
+    if changed_within is not None:
+        recent = (
+            select(Document)
+            .where(
+                Document.workspace_id == workspace_id,
+                Document.status.not_in(("READY", "FAILED"))
+                | (Document.updated_at >= func.now() - timedelta(seconds=changed_within)),
+            )
+            .order_by(Document.updated_at.desc(), Document.id.desc())
+            .limit(limit)
+        )
+        found.update((doc.id, doc) for doc in (await session.execute(recent)).scalars())
+    return sorted(found.values(), key=lambda doc: (doc.updated_at, doc.id))
 
 
 async def get_by_sha256(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -194,7 +194,7 @@ class GenerationService:
         mode: SearchMode = SearchMode.HYBRID,
         scope: ChunkScope | None = None,
         conversation_id: uuid.UUID | None = None,
-    ) -> AsyncIterator[AnswerEvent]:
+    ) -> AsyncGenerator[AnswerEvent, None]:
         """Yields `Sources`, then `Token`s as they arrive (never buffered), then `Done`.
 
         Raises (before the first event):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from rag_gql.errors import InvalidInput
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import DEFAULT_PAGE_SIZE, After, First, parse_id
+from rag_gql.services.document_events import DocumentState
 from rag_gql.services.ingestion import receive
 from rag_gql.services.quotas import Operation
 
@@ -113,7 +115,9 @@ class DocumentSubscription:
     @strawberry.subscription(
         description="Status and progress of one document (ends when it is READY or FAILED), "
         "or of all the workspace's documents when no id is given. Starts with the document's "
-        "current state when an id is given."
+        "current state when an id is given. The credential is checked again every "
+        "SUBSCRIPTION_REAUTH_SECONDS (60): once it has expired or been revoked, or the caller "
+        "has left the workspace, the stream ends with an UNAUTHENTICATED or FORBIDDEN error."
     )
     async def document_events(
         self,
@@ -126,14 +130,25 @@ class DocumentSubscription:
         principal = await info.context.require_principal()
         services = info.context.services
         wanted = parse_id(document_id, "Document") if document_id else None
+        every = services.settings.subscription_reauth_seconds
+        loop = asyncio.get_running_loop()
         async with services.document_events.subscribe(principal, wanted) as events:
             if wanted is not None:
-                doc = await services.documents.get(principal, wanted)
-                yield types.DocumentEvent.from_model(doc)
-                if doc.status in ("READY", "FAILED"):
+                current = DocumentState.of(await services.documents.get(principal, wanted))
+                events.seen(current)
+                yield types.DocumentEvent.from_state(current)
+                if current.terminal:
                     return
+            recheck_at = loop.time() + every
             while True:
-                state = await events.get()
+                if loop.time() >= recheck_at:  # raises once the caller has lost access
+                    await info.context.reauthorize(principal)
+                    recheck_at = loop.time() + every
+                try:
+                    async with asyncio.timeout_at(recheck_at):
+                        state = await events.get()
+                except TimeoutError:
+                    continue
                 yield types.DocumentEvent.from_state(state)
                 if wanted is not None and state.terminal:
                     return

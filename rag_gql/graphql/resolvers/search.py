@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Annotated
 
 import strawberry
 
+from rag_gql.errors import DomainError
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import parse_id, selects
@@ -93,7 +96,9 @@ class SearchQuery:
 @strawberry.type
 class AnswerSubscription:
     @strawberry.subscription(
-        description="Answers from the workspace's documents: sources, tokens as they stream, done."
+        description="Answers from the workspace's documents: sources, tokens as they stream, "
+        "done. A credential that expires or is revoked while it streams (checked every "
+        "SUBSCRIPTION_REAUTH_SECONDS) ends it with an AnswerError (UNAUTHENTICATED, FORBIDDEN)."
     )
     async def answer(
         self,
@@ -116,10 +121,22 @@ class AnswerSubscription:
             conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
         )
         metrics = info.context.services.metrics
+        every = info.context.services.settings.subscription_reauth_seconds
+        loop = asyncio.get_running_loop()
+        recheck_at = loop.time() + every
         with metrics.live_subscription("answer"):
-            async for event in events:
-                metrics.observe_answer_event(event)
-                yield types.answer_event(event)
+            async with aclosing(events):
+                async for event in events:
+                    if loop.time() >= recheck_at:
+                        try:
+                            await info.context.reauthorize(principal)
+                        except DomainError as exc:
+                            # Then `aclosing` closes `events`: the answer is stored as interrupted.
+                            yield types.AnswerError(code=exc.code, message=str(exc))
+                            return
+                        recheck_at = loop.time() + every
+                    metrics.observe_answer_event(event)
+                    yield types.answer_event(event)
 
 
 @strawberry.type
