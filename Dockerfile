@@ -41,8 +41,11 @@ COPY --from=build /app /app
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8000
-# /healthz: the process serves (liveness). /readyz also checks the database and Ollama: a load
-# balancer's readiness probe, not a reason to restart the container.
+# /healthz on 8000: the process serves (liveness). /readyz (the database, migrations and
+# Ollama too: a balancer's readiness probe, not a reason to restart the container) and
+# /metrics are on the operations listener, METRICS_HOST:METRICS_PORT = 127.0.0.1:9464, so
+# inside the container only and not EXPOSEd: for a scraper on a private network set
+# METRICS_HOST=0.0.0.0 and publish the port, if at all, on the host's loopback.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 CMD ["rag-gql", "serve", "--host", "0.0.0.0", "--port", "8000"]

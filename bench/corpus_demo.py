@@ -69,6 +69,7 @@ async def run(paths: list[Path], dim: int) -> None:
             embed_dim=dim,
             smtp_host="127.0.0.1",
             smtp_port=smtp.port,
+            metrics_port=0,  # no operations listener: the demo reads no metrics
         )
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

@@ -214,9 +214,10 @@ async def stack(args: argparse.Namespace, folder: Path) -> AsyncIterator[Stack]:
     Raises:
         RuntimeError: either did not start.
     """
-    ollama_port, server_port = free_port(), free_port()
+    ollama_port, server_port, metrics_port = free_port(), free_port(), free_port()
     ollama_url = f"http://127.0.0.1:{ollama_port}"
     server_url = f"http://127.0.0.1:{server_port}"
+    metrics_url = f"http://127.0.0.1:{metrics_port}"  # the operations listener: /readyz
     standin_args = [
         *("tests.support.ollama_standin", "--port", str(ollama_port)),
         *("--token-delay", str(args.token_delay), "--log-level", "warning"),
@@ -232,6 +233,7 @@ async def stack(args: argparse.Namespace, folder: Path) -> AsyncIterator[Stack]:
             "SMTP_PORT": str(smtp.port),
             "PARSE_PROCESSES": "0",
             "LOG_FORMAT": "json",
+            "METRICS_PORT": str(metrics_port),
             **as_environment(raised_limits()),
         }
     )
@@ -247,7 +249,7 @@ async def stack(args: argparse.Namespace, folder: Path) -> AsyncIterator[Stack]:
             ),
             running(
                 serve_args,
-                ready_url=f"{server_url}/readyz",
+                ready_url=f"{metrics_url}/readyz",
                 log=folder / "server.log",
                 cwd=folder,  # no .env of the checkout
                 env=env,

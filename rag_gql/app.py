@@ -1,6 +1,6 @@
 """The Starlette application: `/graphql` (HTTP + WebSocket, GraphiQL and its assets under
-`/graphql/static`), `/healthz` (the process is up), `/readyz` (database, migrations, Ollama;
-see `rag_gql.observability.health`), `/metrics` (Prometheus)."""
+`/graphql/static`) and `/healthz` (the process is up). Readiness and metrics are not here:
+the lifespan opens them on the operations listener (`rag_gql.operations`, `METRICS_PORT`)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,8 @@ from starlette.staticfiles import StaticFiles
 from rag_gql.body_limits import BodyLimitMiddleware
 from rag_gql.config import Settings
 from rag_gql.graphql.view import STATIC_PATH, GraphQLView
-from rag_gql.observability.health import migration_heads, readiness
 from rag_gql.observability.requests import RequestIdMiddleware
-from rag_gql.queue import queue_depth
+from rag_gql.operations import operations_listener
 from rag_gql.resources import open_services
 from rag_gql.worker import ingestion_worker
 
@@ -37,7 +36,8 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
     `settings.database_url` must be set: `rag-gql serve` starts the embedded database first
     and passes its URL in. With `tracing` (from `rag_gql.observability.tracing.setup_tracing`;
     its owner shuts it down), requests, GraphQL operations, SQL statements and Ollama calls
-    are traced.
+    are traced. The lifespan also serves `/readyz` and `/metrics` on `METRICS_HOST` and
+    `METRICS_PORT` (`rag_gql.operations`; not traced), with these services.
     """
 
     @asynccontextmanager
@@ -47,28 +47,18 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             AsyncExitStack() as stack,
         ):
             app.state.services = services
+            # Opened after the services and closed before them; `GracefulServer` marks it
+            # draining when a shutdown begins.
+            app.state.operations = await stack.enter_async_context(operations_listener(services))
             if settings.worker_in_process:
                 app.state.queue = await stack.enter_async_context(ingestion_worker(services))
             log.info("rag-gql ready: GraphQL at /graphql")
             yield
 
     view = GraphQLView(settings, extensions=[tracing.graphql_extension()] if tracing else ())
-    heads = migration_heads()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        services = request.app.state.services
-        ready, body = await readiness(services.db, services.ollama, heads)
-        return JSONResponse(body, status_code=200 if ready else 503)
-
-    async def metrics(request: Request) -> Response:
-        services = request.app.state.services
-        async with services.db.transaction() as session:
-            services.metrics.ingest_queue_depth.set(await queue_depth(session))
-        data, content_type = services.metrics.render()
-        return Response(data, media_type=content_type)
 
     async def index(request: Request) -> Response:
         return RedirectResponse("/graphql")
@@ -78,8 +68,6 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         WebSocketRoute("/graphql", view),
         Mount(STATIC_PATH, StaticFiles(packages=[("rag_gql", "static/graphiql")])),
         Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics),
         Route("/", index),
     ]
     middleware = [

@@ -189,8 +189,11 @@ def _serve(
 
 
 def run_worker_forever(settings: Settings) -> int:
-    """`rag-gql worker`: runs an ingestion worker until Ctrl-C or SIGTERM."""
-    from rag_gql.resources import open_services
+    """`rag-gql worker`: runs an ingestion worker until Ctrl-C or SIGTERM, with readiness and
+    metrics on the operations listener (`METRICS_PORT`, `rag_gql.operations`); returns 1 when
+    the configuration cannot work (`StartupError`: the log says which setting)."""
+    from rag_gql.operations import operations_listener
+    from rag_gql.resources import StartupError, open_services
     from rag_gql.worker import ingestion_worker
 
     async def work(settings: Settings) -> None:
@@ -198,14 +201,24 @@ def run_worker_forever(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with open_services(settings) as services, ingestion_worker(services):
+        async with (
+            open_services(settings) as services,
+            operations_listener(services) as operations,
+            ingestion_worker(services),
+        ):
             log.info("ingestion worker running; Ctrl-C or SIGTERM stops it")
             await stop.wait()
+            if operations is not None:
+                operations.draining = True
             log.info("stopping: running jobs get SHUTDOWN_GRACE=%gs", settings.shutdown_grace)
 
     with database(settings) as url:
         migrate.upgrade(url, embed_dim=settings.embed_dim)
-        asyncio.run(work(settings.model_copy(update={"database_url": url})))
+        try:
+            asyncio.run(work(settings.model_copy(update={"database_url": url})))
+        except StartupError as exc:
+            log.error("%s", exc)
+            return 1
     return 0
 
 

@@ -232,6 +232,20 @@ class Settings(BaseSettings):
         default="auto", description="auto: console in a terminal, JSON otherwise."
     )
 
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Interface of the operations listener (`/readyz`, `/metrics`): keep it off "
+        "the public network (loopback, or the monitoring network's address).",
+    )
+    metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Port of the operations listener of `rag-gql serve` and `rag-gql worker` "
+        "(each process on a host needs its own); 0: no listener, hence no readiness or metrics "
+        "endpoint.",
+    )
+
     shutdown_grace: float = Field(
         default=10.0,
         ge=0,

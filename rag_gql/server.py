@@ -3,14 +3,16 @@ shutdown.
 
 On SIGTERM (or SIGINT) `GracefulServer`, in this order:
 
-1. stops accepting connections (the listening sockets close: new clients are refused);
+1. stops accepting connections (the listening sockets close: new clients are refused), and
+   `/readyz` on the operations listener (`rag_gql.operations`) answers 503 from now on;
 2. waits up to `SHUTDOWN_GRACE` seconds for the answers being streamed to finish (sockets
    stay open meanwhile, so their `AnswerDone` and `complete` reach the clients);
 3. closes every WebSocket with a close frame, 1012 ("service restart"): an answer still
    running is cut there and stored as `interrupted`; HTTP requests in progress get what is
    left of the grace period to finish;
 4. runs the lifespan's shutdown (the ingestion worker gives its jobs `SHUTDOWN_GRACE` too,
-   then the database pool closes); `rag-gql serve` stops the embedded PostgreSQL last.
+   the operations listener stops, then the database pool closes); `rag-gql serve` stops the
+   embedded PostgreSQL last.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def server_config(app: Starlette, settings: Settings, **options: Any) -> uvicorn
 class GracefulServer(uvicorn.Server):
     """uvicorn's server, with running answers let finish before connections are closed (see
     the module's docstring). `app` is the Starlette app whose lifespan put its `Services` in
-    `app.state.services`."""
+    `app.state.services` and its operations listener in `app.state.operations`."""
 
     def __init__(self, config: uvicorn.Config, *, app: Starlette, grace: float) -> None:
         super().__init__(config)
@@ -59,6 +61,9 @@ class GracefulServer(uvicorn.Server):
         started = time.monotonic()
         for server in self.servers:
             server.close()  # no new connections; uvicorn's own shutdown closes them again
+        operations = getattr(self._app.state, "operations", None)
+        if operations is not None:
+            operations.draining = True
         services = getattr(self._app.state, "services", None)
         if services is not None:
             streams = services.generation.streams

@@ -24,7 +24,7 @@ from rag_gql.db import migrate, normalize_url
 from rag_gql.db.embedded import EmbeddedPostgres, start_embedded
 from tests.support.graphql_client import GraphQLClient
 from tests.support.ollama_standin import OllamaStandin, StandinState
-from tests.support.serving import serve
+from tests.support.serving import Served, serve_server
 from tests.support.smtp import Inbox, SmtpSink
 
 TEST_EMBED_DIM = 256
@@ -163,14 +163,29 @@ def settings(
         ingest_max_attempts=2,
         ingest_retry_base_wait=1,
         worker_heartbeat_interval=1.0,
+        # No operations listener on the default port; tests.support.serving gives each served
+        # app one on a free port.
+        metrics_port=0,
     ).model_copy(update=LOOSE_GRAPHQL_LIMITS | LOOSE_RATE_LIMITS)
 
 
 @pytest.fixture
-async def server_url(settings: Settings) -> AsyncIterator[str]:
-    """The real app served by uvicorn on a free loopback port; yields its base URL."""
-    async with serve(settings) as url:
-        yield url
+async def served(settings: Settings) -> AsyncIterator[Served]:
+    """The real app served by uvicorn on free loopback ports (public and operations)."""
+    async with serve_server(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def server_url(served: Served) -> str:
+    """Base URL of the served app's public listener."""
+    return served.url
+
+
+@pytest.fixture
+def metrics_url(served: Served) -> str:
+    """Base URL of the served app's operations listener (`/readyz`, `/metrics`)."""
+    return served.metrics_url
 
 
 @pytest.fixture

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import re
+import socket
 import time
 import traceback
 import uuid
@@ -43,11 +45,13 @@ from websockets.exceptions import ConnectionClosed
 
 from rag_gql.config import Settings
 from rag_gql.graphql.schema import schema
+from rag_gql.operations import operations_listener
+from rag_gql.resources import open_services
 from tests.support.accounts import PASSWORD, sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init
 from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import make_pdf
-from tests.support.serving import serve
+from tests.support.serving import free_port, serve
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 from tests.support.uploads import assert_error
@@ -1977,3 +1981,50 @@ async def test_attacks(world: World, group: str) -> None:
     world.log.append(f"{world.requests} requests")
     print("\n".join(world.log))
     assert not failures, "\n\n".join(failures)
+
+
+# --- readiness and metrics: not on the public listener -------------------------------------
+
+
+async def test_readiness_and_metrics_are_not_served_publicly(server_url: str) -> None:
+    """No spelling or method of `/readyz` or `/metrics` reaches them on the public listener:
+    they live on the operations listener (`rag_gql.operations`)."""
+    paths = ["/readyz", "/metrics", "/readyz/", "/metrics/", "/METRICS", "//metrics"]
+    paths += ["/metrics?name[]=rag_gql_ingest_queue_depth", "/graphql/static/../../metrics"]
+    async with httpx.AsyncClient(timeout=10) as http:
+        for path in paths:
+            for method in ("GET", "POST", "HEAD"):
+                response = await http.request(method, f"{server_url}{path}")
+                assert response.status_code == 404, (method, path, response.status_code)
+                assert "rag_gql_" not in response.text and "checks" not in response.text
+
+
+def _non_loopback_address() -> str | None:
+    """This machine's address on its default route (a UDP connect sends nothing), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1 (RFC 5737): only picks the route
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+async def test_the_operations_listener_binds_loopback_by_default(
+    settings: Settings, ollama: StandinState
+) -> None:
+    default = Settings.model_fields["metrics_host"].default
+    port = free_port()
+    update = {"metrics_host": default, "metrics_port": port}
+    async with (
+        open_services(settings.model_copy(update=update)) as services,
+        operations_listener(services) as listener,
+        httpx.AsyncClient(timeout=5) as http,
+    ):
+        assert listener is not None
+        assert ipaddress.ip_address(httpx.URL(listener.url).host).is_loopback, listener.url
+        assert (await http.get(f"{listener.url}/metrics")).status_code == 200
+        outside = _non_loopback_address()
+        if outside is not None:  # a machine with loopback only has no other way in
+            with pytest.raises(httpx.ConnectError):
+                await http.get(f"http://{outside}:{port}/metrics")

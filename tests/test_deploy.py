@@ -80,8 +80,9 @@ def test_compose_runs_the_app_the_worker_and_their_services(compose: dict[str, A
     # The mail catcher receives what the app sends.
     assert services["app"]["environment"]["SMTP_HOST"] == "mailpit"
     assert services["app"]["environment"]["SMTP_PORT"] == "1025"
-    # No Docker health check on processes without an HTTP port.
-    assert services["worker"]["healthcheck"] == {"disable": True}
+    # The worker has no public port: its health check asks its operations listener.
+    check = " ".join(services["worker"]["healthcheck"]["test"])
+    assert "http://127.0.0.1:9464/healthz" in check
 
 
 def test_dockerfile_is_multi_stage_non_root_with_a_health_check() -> None:
@@ -129,6 +130,11 @@ def test_compose_publishes_nothing_secret_and_holds_no_password(compose: dict[st
     for name, service in services.items():
         for port in service.get("ports", []):
             assert name == "app" or str(port).startswith("127.0.0.1:"), (name, port)
+    # Readiness and metrics: the containers' loopback, published nowhere.
+    for name in ("app", "worker"):
+        environment = services[name]["environment"]
+        assert (environment["METRICS_HOST"], environment["METRICS_PORT"]) == ("127.0.0.1", "9464")
+        assert not any("9464" in str(port) for port in services[name].get("ports", []))
     assert list(_literal_secrets(compose)) == []
     text = (ROOT / "compose.yaml").read_text()
     assert ":-rag}" not in text and "POSTGRES_PASSWORD: rag" not in text

@@ -47,6 +47,8 @@ def _server_env(data_dir: Path, ollama: OllamaStandin, smtp_port: int) -> dict[s
         MAIL_FROM="rag-gql e2e <e2e@example.com>",
         # A streaming answer gets this long on SIGTERM before its socket closes.
         SHUTDOWN_GRACE="3",
+        # The operations listener on a free port (tests/test_operations.py scrapes it).
+        METRICS_PORT=str(free_port()),
     )
     return env
 

@@ -19,7 +19,7 @@ from tests.support.answers import answer_frames, events
 from tests.support.graphql_client import GraphQLClient, init
 from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import make_pdf
-from tests.support.serving import serve
+from tests.support.serving import serve_server
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 
@@ -38,10 +38,14 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-async def test_healthz_and_readyz(server_url: str, ollama: StandinState) -> None:
+async def test_healthz_and_readyz(server_url: str, metrics_url: str, ollama: StandinState) -> None:
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{server_url}/healthz")).json() == {"status": "ok"}
-        response = await http.get(f"{server_url}/readyz")
+        assert (await http.get(f"{metrics_url}/healthz")).json() == {"status": "ok"}
+        response = await http.get(f"{metrics_url}/readyz")
+        # Readiness and metrics live on the operations listener only.
+        for path in ("/readyz", "/metrics"):
+            assert (await http.get(f"{server_url}{path}")).status_code == 404, path
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ready"
@@ -56,19 +60,19 @@ async def test_readyz_fails_without_ollama_or_current_migrations(
     settings: Settings, ollama: StandinState
 ) -> None:
     down = settings.model_copy(update={"ollama_url": "http://127.0.0.1:9"})
-    async with serve(down) as url, httpx.AsyncClient() as http:
-        response = await http.get(f"{url}/readyz")
+    async with serve_server(down) as served, httpx.AsyncClient() as http:
+        response = await http.get(f"{served.metrics_url}/readyz")
         assert response.status_code == 503
         body = response.json()
         assert body["status"] == "unavailable"
         assert body["checks"]["ollama"] == {"ok": False, "error": "upstream_unavailable"}
         assert body["checks"]["database"] == {"ok": True}
-        assert (await http.get(f"{url}/healthz")).status_code == 200
+        assert (await http.get(f"{served.url}/healthz")).status_code == 200
 
-    async with serve(settings) as url, httpx.AsyncClient() as http:
+    async with serve_server(settings) as served, httpx.AsyncClient() as http:
         async with connect(settings) as conn:
             await conn.execute("UPDATE alembic_version SET version_num = '0001'")
-        response = await http.get(f"{url}/readyz")
+        response = await http.get(f"{served.metrics_url}/readyz")
         assert response.status_code == 503
         migrations = response.json()["checks"]["migrations"]
         assert migrations["ok"] is False and migrations["current"] == ["0001"]
@@ -86,7 +90,9 @@ async def test_request_ids(server_url: str) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", bad.headers["x-request-id"])
 
 
-async def test_metrics(gql: GraphQLClient, inbox: Inbox, ollama: StandinState) -> None:
+async def test_metrics(
+    gql: GraphQLClient, metrics_url: str, inbox: Inbox, ollama: StandinState
+) -> None:
     await gql.execute("{ me { id } }")  # UNAUTHENTICATED
     await gql.execute("{ nope }")  # does not validate
     token = await sign_up(gql, inbox, "ada@example.com")
@@ -101,7 +107,7 @@ async def test_metrics(gql: GraphQLClient, inbox: Inbox, ollama: StandinState) -
     body = await gql.execute('{ search(query: "bread") { text } }', token=token)
     assert body["errors"][0]["extensions"]["code"] == "UPSTREAM_ERROR"
 
-    text = (await gql.http.get(f"{gql.base_url}/metrics")).text
+    text = (await gql.http.get(f"{metrics_url}/metrics")).text
     got_samples = samples(text)
 
     def value(name: str, **labels: str) -> float:

@@ -28,7 +28,7 @@ from tests.support.answers import answer_frames, events, kinds
 from tests.support.graphql_client import GraphQLClient, Json, init
 from tests.support.ollama_standin import OllamaStandin, StandinState, split_tokens
 from tests.support.pdfs import make_pdf
-from tests.support.serving import serve
+from tests.support.serving import Served, serve_server
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 from tests.support.uploads import assert_error
@@ -43,10 +43,10 @@ REPLY = "Bread needs flour, water and salt, and a lively starter [1]."
 
 
 @asynccontextmanager
-async def served(settings: Settings, **update: object) -> AsyncIterator[str]:
-    """Serves the app with `update` applied to `settings`; yields its base URL."""
-    async with serve(settings.model_copy(update=update)) as url:
-        yield url
+async def served(settings: Settings, **update: object) -> AsyncIterator[Served]:
+    """Serves the app with `update` applied to `settings`; yields its listeners."""
+    async with serve_server(settings.model_copy(update=update)) as running:
+        yield running
 
 
 def free_port() -> int:
@@ -101,7 +101,8 @@ async def test_ollama_down_at_start_fails_fast_then_recovers(
             "ollama_embed_attempts": 2,
         }
     )
-    async with serve(down) as url, httpx.AsyncClient(timeout=10) as http:
+    async with serve_server(down) as running, httpx.AsyncClient(timeout=10) as http:
+        url, metrics_url = running.url, running.metrics_url
         gql = GraphQLClient(http, url)
         token = await sign_up(gql, inbox, "ada@example.com")
         body = await gql.execute(SEARCH, {"q": QUESTION}, token=token)
@@ -111,7 +112,7 @@ async def test_ollama_down_at_start_fails_fast_then_recovers(
         body = await gql.execute(SEARCH, {"q": QUESTION}, token=token)
         assert time.monotonic() - started < 0.5
         assert "refused for a while" in assert_error(body, "UPSTREAM_UNAVAILABLE")
-        ready = await http.get(f"{url}/readyz")
+        ready = await http.get(f"{metrics_url}/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["ollama"] == {"ok": False, "error": "circuit_open"}
 
@@ -126,7 +127,7 @@ async def test_ollama_down_at_start_fails_fast_then_recovers(
         # Ollama comes up: once the circuit lets a call through, everything works again.
         with OllamaStandin(StandinState(dim=ollama.dim), port=port):
             deadline = time.monotonic() + 10
-            while (await http.get(f"{url}/readyz")).status_code != 200:
+            while (await http.get(f"{metrics_url}/readyz")).status_code != 200:
                 assert time.monotonic() < deadline, "never ready"
                 await asyncio.sleep(0.3)
             response = await gql.upload("notes.pdf", make_pdf(PAGES), token=token)
@@ -143,10 +144,10 @@ async def test_a_hybrid_search_whose_embedding_fails_leaves_no_connection_behind
     # the embedding fails, that transaction ends too. With two pooled connections, two leaked
     # or still-open ones would leave the next request waiting for SERVER_BUSY.
     async with (
-        served(settings, db_pool_size=2, db_max_overflow=0, db_pool_timeout=2.0) as url,
+        served(settings, db_pool_size=2, db_max_overflow=0, db_pool_timeout=2.0) as running,
         httpx.AsyncClient(timeout=10) as http,
     ):
-        gql = GraphQLClient(http, url)
+        gql = GraphQLClient(http, running.url)
         token = await notes(gql, inbox)
         for knobs in ({"fail_status": 500}, {"fail_status": 500, "delay": 0.3}):
             for name, value in knobs.items():
@@ -183,8 +184,8 @@ async def test_a_broken_answer_is_an_error_event_stored_as_failed(
     code: str,
     says: str,
 ) -> None:
-    async with served(settings, ollama_timeout=1.0) as url:
-        gql = GraphQLClient(gql.http, url)
+    async with served(settings, ollama_timeout=1.0) as running:
+        gql = GraphQLClient(gql.http, running.url)
         token = await notes(gql, inbox)
         ollama.chat_reply = REPLY
         for name, value in knobs.items():
@@ -201,14 +202,14 @@ async def test_a_broken_answer_is_an_error_event_stored_as_failed(
         # Healthy afterwards, Ollama's breaker included.
         ollama.reset()
         assert kinds(await answer(gql, token))[-1] == "AnswerDone"
-        assert (await gql.http.get(f"{url}/readyz")).status_code == 200
+        assert (await gql.http.get(f"{running.metrics_url}/readyz")).status_code == 200
 
 
 async def test_a_slow_first_token_within_the_timeout_is_waited_for(
     settings: Settings, gql: GraphQLClient, inbox: Inbox, ollama: StandinState
 ) -> None:
-    async with served(settings, ollama_timeout=2.0) as url:
-        gql = GraphQLClient(gql.http, url)
+    async with served(settings, ollama_timeout=2.0) as running:
+        gql = GraphQLClient(gql.http, running.url)
         token = await notes(gql, inbox)
         ollama.first_token_delay = 1.0
         got = await answer(gql, token)
@@ -220,11 +221,11 @@ async def test_a_slow_first_token_within_the_timeout_is_waited_for(
 
 
 async def test_a_model_that_is_not_pulled(
-    settings: Settings, gql: GraphQLClient, inbox: Inbox, ollama: StandinState, server_url: str
+    settings: Settings, gql: GraphQLClient, inbox: Inbox, ollama: StandinState, metrics_url: str
 ) -> None:
     token = await notes(gql, inbox)
     ollama.unpulled = frozenset({ollama.chat_model})
-    ready = await gql.http.get(f"{server_url}/readyz")
+    ready = await gql.http.get(f"{metrics_url}/readyz")
     assert ready.status_code == 503
     assert ready.json()["checks"]["ollama"] == {
         "ok": False,
@@ -243,7 +244,7 @@ async def test_a_model_that_is_not_pulled(
     assert_error(body, "UPSTREAM_ERROR", "nomic-embed-text", "try pulling it first")
 
     ollama.unpulled = frozenset()
-    assert (await gql.http.get(f"{server_url}/readyz")).status_code == 200
+    assert (await gql.http.get(f"{metrics_url}/readyz")).status_code == 200
     assert kinds(await answer(gql, token))[-1] == "AnswerDone"
 
 

@@ -37,9 +37,11 @@ async def test_running_answers_finish_within_the_grace_then_sockets_close(
     settings: Settings, inbox: Inbox, ollama: StandinState
 ) -> None:
     async with (
-        serve_server(settings.model_copy(update={"shutdown_grace": GRACE})) as (url, server),
+        serve_server(settings.model_copy(update={"shutdown_grace": GRACE})) as served,
         httpx.AsyncClient(timeout=10) as http,
     ):
+        url, server = served.url, served.server
+        assert (await http.get(f"{served.metrics_url}/readyz")).status_code == 200
         gql = GraphQLClient(http, url)
         token = await sign_up(gql, inbox, "ada@example.com")
         pdf = make_pdf(["Sourdough bread needs flour, water, salt and a lively starter."])
@@ -63,6 +65,10 @@ async def test_running_answers_finish_within_the_grace_then_sockets_close(
             async with httpx.AsyncClient() as fresh:
                 with pytest.raises(httpx.ConnectError):
                     await fresh.get(f"{url}/healthz")
+                # Not ready any more (a balancer sends no one), while metrics still scrape.
+                ready = await fresh.get(f"{served.metrics_url}/readyz")
+                assert (ready.status_code, ready.json()["status"]) == (503, "stopping")
+                assert (await fresh.get(f"{served.metrics_url}/metrics")).status_code == 200
 
             short_code = await until_closed(short_frames, short_ws, short_started)
             long_code = await until_closed(long_frames, long_ws, long_started)
@@ -76,6 +82,11 @@ async def test_running_answers_finish_within_the_grace_then_sockets_close(
         assert long_frames[-1].type == "next"
         assert long_code == 1012
         assert GRACE - 0.5 < took < GRACE + 3, took
+    # Both listeners are closed once the shutdown is over.
+    async with httpx.AsyncClient() as after:
+        for base in (served.url, served.metrics_url):
+            with pytest.raises(httpx.ConnectError):
+                await after.get(f"{base}/healthz")
     async with connect(settings) as conn:
         rows = await conn.fetch(
             "SELECT status, content FROM message WHERE role = 'assistant' ORDER BY created_at"

@@ -27,7 +27,7 @@ from tests.support.answers import answer_frames, events, next_frame, start_answe
 from tests.support.graphql_client import GraphQLClient, init
 from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import make_pdf
-from tests.support.serving import serve
+from tests.support.serving import serve, serve_server
 from tests.support.smtp import Inbox
 from tests.support.uploads import upload_ok
 
@@ -106,7 +106,7 @@ def _assert_only_requests(spans: Sequence[ReadableSpan]) -> None:
     for span in spans:
         if span.parent is None:
             assert span.kind is SpanKind.SERVER, span.name
-        assert "readyz" not in span.name and "metrics" not in span.name, span.name
+        assert not any(path in span.name for path in ("healthz", "readyz", "metrics")), span.name
 
 
 def _assert_no_secrets(spans: Sequence[ReadableSpan], *secrets: str) -> None:
@@ -125,14 +125,20 @@ async def test_an_http_request_is_one_trace(
     traced: tuple[Tracing, InMemorySpanExporter],
 ) -> None:
     tracing, exporter = traced
-    async with serve(settings, tracing=tracing) as url, httpx.AsyncClient(timeout=30) as http:
+    async with (
+        serve_server(settings, tracing=tracing) as served,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        url = served.url
         token = await sign_up(GraphQLClient(http, url), inbox, "ada@example.com")
         response = await http.post(
             f"{url}/graphql", json={"query": SEARCH}, headers={"Authorization": f"Bearer {token}"}
         )
         assert response.status_code == 200 and "errors" not in response.json(), response.text
-        assert (await http.get(f"{url}/readyz")).status_code == 200  # SQL and Ollama: untraced
-        assert (await http.get(f"{url}/metrics")).status_code == 200
+        # Probes and scrapes are not traced, nor their SQL and Ollama calls.
+        assert (await http.get(f"{url}/healthz")).status_code == 200
+        assert (await http.get(f"{served.metrics_url}/readyz")).status_code == 200
+        assert (await http.get(f"{served.metrics_url}/metrics")).status_code == 200
     assert tracing.force_flush()
     spans = exporter.get_finished_spans()
 

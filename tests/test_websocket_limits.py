@@ -26,7 +26,7 @@ from tests.support.answers import answer_frames, events, kinds, next_frame, star
 from tests.support.graphql_client import GraphQLClient, Json, init
 from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import make_pdf
-from tests.support.serving import serve
+from tests.support.serving import serve, serve_server
 from tests.support.smtp import Inbox
 from tests.support.sql import connect as sql
 
@@ -298,7 +298,8 @@ async def test_a_client_that_stops_reading_is_dropped(
         "max_answer_streams_per_user": 1,
         "answer_max_tokens": words,  # Ollama's num_predict: the whole reply
     }
-    async with limited(gql, settings, **update) as client:
+    async with serve_server(settings.model_copy(update=update)) as served:
+        client = GraphQLClient(gql.http, served.url)
         token = await notes(client, inbox)
         ollama.chat_reply = " ".join(["w" * 2000] * words)
         # A socket with a small receive buffer whose client library queues few messages:
@@ -335,5 +336,5 @@ async def test_a_client_that_stops_reading_is_dropped(
             ollama.chat_reply = None
             async with socket_of(client, token) as other:
                 assert kinds(events(await answer_frames(other, QUESTION)))[-1] == "AnswerDone"
-            metrics = (await client.http.get(f"{client.base_url}/metrics")).text
+            metrics = (await client.http.get(f"{served.metrics_url}/metrics")).text
             assert 'rag_gql_live_subscriptions{operation="answer"} 0.0' in metrics

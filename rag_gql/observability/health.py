@@ -1,7 +1,8 @@
 """Readiness: the database answers, its migrations are at head, Ollama answers and has the
 models pulled.
 
-`/readyz` answers 200 when every check passes and 503 otherwise, with a JSON body::
+`/readyz` (on the operations listener, `rag_gql.operations`) answers 200 when every check
+passes and 503 otherwise, with a JSON body::
 
     {"status": "ready" | "unavailable",
      "checks": {"database": {"ok": true},

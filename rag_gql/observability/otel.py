@@ -5,8 +5,9 @@ One trace per HTTP request, and per WebSocket connection:
 
 - the request: a SERVER span per HTTP request or WebSocket connection (OpenTelemetry's ASGI
   middleware), with `rag_gql.request_id` (the `X-Request-Id` of the logs). Not traced:
-  `/healthz`, `/readyz`, `/metrics` (probes and scrapes, every few seconds), nor the ASGI
-  messages (`receive`/`send` spans would be one per streamed token);
+  `/healthz` (probed every few seconds), the operations listener (`/readyz`, `/metrics`:
+  `rag_gql.operations` has no tracing middleware), nor the ASGI messages (`receive`/`send`
+  spans would be one per streamed token);
 - each GraphQL operation (`GraphQLTracing`, Strawberry's `OpenTelemetryExtension`): named
   `<type> <operation name or root field>`, with its `rag_gql.request_id` (a WebSocket
   operation has one of its own) and `rag_gql.outcome` (`ok` or the first error's code, as
@@ -69,8 +70,8 @@ SERVICE = "rag-gql"
 """`service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` name it."""
 REQUEST_ID = "rag_gql.request_id"
 OUTCOME = "rag_gql.outcome"
-UNTRACED_PATHS = "/healthz$,/readyz$,/metrics$"
-"""Regular expressions (OpenTelemetry's excluded-URL syntax) of the paths not traced."""
+UNTRACED_PATHS = "/healthz$"
+"""Regular expressions (OpenTelemetry's excluded-URL syntax) of the public paths not traced."""
 SQLALCHEMY_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
 """The instrumentation scope SQLAlchemy's instrumentor gives its spans."""
 DRIVER_SCOPE = "rag_gql.db.driver"

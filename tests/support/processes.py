@@ -22,9 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def app_environment(settings: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without any of the app's settings, then `settings`
-    (names as environment variables) and PYTHONPATH set to the checkout."""
+    (names as environment variables) and PYTHONPATH set to the checkout. No operations
+    listener (`METRICS_PORT=0`) unless `settings` give a port."""
     names = {name.upper() for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    env["METRICS_PORT"] = "0"
     env.update(settings)
     env["PYTHONPATH"] = str(ROOT)
     return env

@@ -11,6 +11,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
@@ -34,7 +35,10 @@ def free_port() -> int:
 
 def environment(settings: Settings, **overrides: str) -> dict[str, str]:
     """The environment of a child process (`python -m rag_gql.cli ...`) configured like
-    `settings` (database, Ollama, SMTP, sizes), plus `overrides` (setting names in capitals)."""
+    `settings` (database, Ollama, SMTP, sizes), plus `overrides` (setting names in capitals).
+
+    No operations listener (`METRICS_PORT=0`) unless `overrides` give a port: children that
+    run together would all take the default one."""
     names = {name.upper() for name in Settings.model_fields}
     env = {k: v for k, v in os.environ.items() if k.upper() not in names}
     assert settings.database_url and settings.smtp_host
@@ -50,9 +54,22 @@ def environment(settings: Settings, **overrides: str) -> dict[str, str]:
         SMTP_HOST=settings.smtp_host,
         SMTP_PORT=str(settings.smtp_port),
         MAIL_FROM=settings.mail_from,
+        METRICS_PORT="0",
     )
     env.update(overrides)
     return env
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running app: its two listeners and the public one's server."""
+
+    url: str
+    """Base URL of the public listener (`/graphql`, `/healthz`)."""
+    metrics_url: str
+    """Base URL of the operations listener (`/readyz`, `/metrics`, `/healthz`)."""
+    server: GracefulServer
+    """`server.should_exit = True` shuts the app down as SIGTERM does."""
 
 
 @asynccontextmanager
@@ -60,8 +77,8 @@ async def serve(settings: Settings, *, tracing: Tracing | None = None) -> AsyncI
     """Runs the app for `settings` with uvicorn on a free loopback port; yields its base URL.
 
     With `tracing`, the app traces to it (`create_app`)."""
-    async with serve_server(settings, tracing=tracing) as (url, _server):
-        yield url
+    async with serve_server(settings, tracing=tracing) as served:
+        yield served.url
 
 
 @asynccontextmanager
@@ -74,10 +91,13 @@ async def serve_client(settings: Settings, *, timeout: float = 30) -> AsyncItera
 @asynccontextmanager
 async def serve_server(
     settings: Settings, *, tracing: Tracing | None = None
-) -> AsyncIterator[tuple[str, GracefulServer]]:
-    """`serve`, also yielding the server: `server.should_exit = True` shuts it down as
-    SIGTERM does (the block's exit waits for the shutdown to end)."""
+) -> AsyncIterator[Served]:
+    """`serve`, yielding both listeners' URLs and the server (the block's exit waits for the
+    shutdown to end). The operations listener gets a free loopback port of its own, whatever
+    `settings.metrics_port` says."""
     port = free_port()
+    operations = {"metrics_host": "127.0.0.1", "metrics_port": free_port()}
+    settings = settings.model_copy(update=operations)
     app = create_app(settings, tracing=tracing)
     config = server_config(
         app,
@@ -98,7 +118,7 @@ async def serve_server(
             raise RuntimeError("uvicorn stopped before it started")
         await asyncio.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}", server
+        yield Served(f"http://127.0.0.1:{port}", app.state.operations.url, server)
     finally:
         server.should_exit = True
         await task
