@@ -1,5 +1,5 @@
 """The `rag-gql` command: `serve`, `worker`, `ingest`, `reindex`, `migrate`, `export-schema`,
-`eval`."""
+`export-config-docs`, `eval`."""
 
 from __future__ import annotations
 
@@ -74,6 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("migrate", help="apply the database migrations and exit")
     export = commands.add_parser("export-schema", help="print the GraphQL schema (SDL)")
     export.add_argument("--output", help="write to this file instead of stdout")
+    config_docs = commands.add_parser(
+        "export-config-docs",
+        help="print the settings reference (what docs/configuration.md holds) as Markdown",
+    )
+    config_docs.add_argument("--output", type=Path, help="write to this file instead of stdout")
     evaluate = commands.add_parser(
         "eval",
         help="measure search quality on labelled questions (hit@n, recall, MRR, nDCG, latency)",
@@ -101,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "export-schema":
         return export_schema(args.output)
+    if args.command == "export-config-docs":
+        return export_config_docs(args.output)
 
     settings = Settings()
     configure_logging(getattr(args, "log_level", "info"), settings.log_format)
@@ -320,6 +327,16 @@ def export_schema(output: str | None) -> int:
         Path(output).write_text(sdl)
     else:
         sys.stdout.write(sdl)
+    return 0
+
+
+def export_config_docs(output: Path | None) -> int:
+    """Writes the settings reference (`rag_gql.config_docs`) to `output` or stdout."""
+    from rag_gql.config_docs import write_reference
+
+    page = write_reference(output)
+    if output is None:
+        sys.stdout.write(page)
     return 0
 
 

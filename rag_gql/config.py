@@ -1,7 +1,9 @@
 """Settings: the only reader of the environment (and of a `.env` file).
 
 The names are a contract with deployments: `DATABASE_URL`, `DATA_DIR`, `OLLAMA_URL`, ...
-(see the README for the table).
+Every field's `description` is its documentation: `docs/configuration.md` is generated from
+this class (`rag-gql export-config-docs --output docs/configuration.md`, see
+`rag_gql.config_docs`), and a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ class Settings(BaseSettings):
         default=None,
         description="PostgreSQL URL; unset starts an embedded server under DATA_DIR.",
     )
-    data_dir: Path = Path(".rag-gql")
+    data_dir: Path = Field(
+        default=Path(".rag-gql"),
+        description="Folder of the embedded database (`pgdata/`, without DATABASE_URL) and of "
+        "the JWT secret generated when JWT_SECRET is unset.",
+    )
     db_pool_size: int = Field(
         default=10, gt=0, description="Database connections each process keeps open."
     )
@@ -57,9 +63,17 @@ class Settings(BaseSettings):
         "PostgreSQL closes it (idle_in_transaction_session_timeout; 0: no limit).",
     )
 
-    ollama_url: str = "http://127.0.0.1:11434"
-    ollama_embed_model: str = "nomic-embed-text"
-    ollama_chat_model: str = "llama3.2"
+    ollama_url: str = Field(
+        default="http://127.0.0.1:11434", description="Base URL of the Ollama server."
+    )
+    ollama_embed_model: str = Field(
+        default="nomic-embed-text",
+        description="Ollama model for embeddings (`/api/embed`); after changing it, "
+        "`rag-gql reindex --all`.",
+    )
+    ollama_chat_model: str = Field(
+        default="llama3.2", description="Ollama model for answers (`/api/chat`)."
+    )
     ollama_timeout: float = Field(
         default=120.0, gt=0, description="Seconds Ollama may be silent (between two reads)."
     )
@@ -80,11 +94,23 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds an open circuit fails calls at once before one is let through.",
     )
-    embed_dim: int = Field(default=768, gt=0, le=16000)
-    embed_batch_size: int = Field(default=64, gt=0)
+    embed_dim: int = Field(
+        default=768,
+        gt=0,
+        le=16000,
+        description="Size of the embeddings; checked at start-up against the model and the "
+        "database's column (a mismatch stops the server, saying which).",
+    )
+    embed_batch_size: int = Field(default=64, gt=0, description="Texts per `/api/embed` request.")
 
-    chunk_size: int = Field(default=1000, ge=100)
-    chunk_overlap: int = Field(default=150, ge=0)
+    chunk_size: int = Field(
+        default=1000, ge=100, description="Characters per chunk (a searchable passage)."
+    )
+    chunk_overlap: int = Field(
+        default=150,
+        ge=0,
+        description="Characters a chunk shares with the one before it; below CHUNK_SIZE.",
+    )
 
     password_hash_profile: Literal["RFC_9106_LOW_MEMORY", "RFC_9106_HIGH_MEMORY", "CHEAPEST"] = (
         Field(
@@ -92,37 +118,67 @@ class Settings(BaseSettings):
             description="argon2-cffi parameter profile; CHEAPEST is for tests only.",
         )
     )
-    jwt_secret: SecretStr | None = None
-    access_token_ttl: int = Field(default=900, gt=0, description="Seconds.")
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 key of the access tokens; unset: generated once into "
+        "DATA_DIR/jwt_secret. Give every replica the same one.",
+    )
+    access_token_ttl: int = Field(
+        default=900, gt=0, description="Seconds an access token stays valid."
+    )
     refresh_token_ttl: int = Field(
-        default=30 * 86400, gt=0, description="Seconds a refresh token stays valid."
+        default=30 * 86400,
+        gt=0,
+        description="Seconds a refresh token stays valid (each works once; reusing one ends "
+        "its session).",
     )
 
     otp_ttl: int = Field(default=600, gt=0, description="Seconds an emailed code stays valid.")
-    otp_max_attempts: int = Field(default=5, gt=0)
+    otp_max_attempts: int = Field(
+        default=5, gt=0, description="Wrong tries after which an emailed code stops working."
+    )
     otp_daily_max_attempts: int = Field(
         default=20,
         gt=0,
         description="Wrong codes an email may present per purpose (verify, reset) in 24 hours.",
     )
     rate_limit_storage_uri: str = Field(
-        default="memory://", description="`limits` storage, e.g. redis://host:6379."
+        default="memory://",
+        description="Where rate limits count (`limits` storage URI): `memory://` per "
+        "process; `redis://host:6379` to share them between replicas.",
     )
     rate_limit_auth_per_ip: str = Field(
-        default="30/minute", description="Account endpoints, per client IP and endpoint."
+        default="30/minute",
+        description="login, register, verifyEmail and the password reset, per client IP and "
+        "operation.",
     )
     rate_limit_auth_per_account: str = Field(
-        default="10/minute", description="Account endpoints, per email and endpoint."
+        default="10/minute",
+        description="login, register, verifyEmail and the password reset, per email and operation.",
     )
-    invitation_ttl: int = Field(default=7 * 86400, gt=0, description="Seconds.")
+    invitation_ttl: int = Field(
+        default=7 * 86400, gt=0, description="Seconds an emailed invitation stays valid."
+    )
     # Per-user and per-workspace limits of the expensive operations (services/quotas.py), in
     # `limits` notation; `answer` and `ask` share theirs.
-    rate_limit_search_per_user: str = "60/minute"
-    rate_limit_search_per_workspace: str = "600/minute"
-    rate_limit_answer_per_user: str = "20/minute"
-    rate_limit_answer_per_workspace: str = "200/minute"
-    rate_limit_upload_per_user: str = "60/minute"
-    rate_limit_upload_per_workspace: str = "600/minute"
+    rate_limit_search_per_user: str = Field(
+        default="60/minute", description="`search` calls per user (each alias counts)."
+    )
+    rate_limit_search_per_workspace: str = Field(
+        default="600/minute", description="`search` calls per workspace (each alias counts)."
+    )
+    rate_limit_answer_per_user: str = Field(
+        default="20/minute", description="`answer` and `ask` calls together, per user."
+    )
+    rate_limit_answer_per_workspace: str = Field(
+        default="200/minute", description="`answer` and `ask` calls together, per workspace."
+    )
+    rate_limit_upload_per_user: str = Field(
+        default="60/minute", description="`uploadDocument` calls per user."
+    )
+    rate_limit_upload_per_workspace: str = Field(
+        default="600/minute", description="`uploadDocument` calls per workspace."
+    )
     # Per-user (an API key counts as the user who created it) and per-workspace limits of the
     # operations that cost work or send mail; `createWorkspace` and `createApiKey` only per user.
     rate_limit_reindex_per_user: str = Field(
@@ -154,13 +210,25 @@ class Settings(BaseSettings):
         "database pool. Their streaming is not limited by this.",
     )
 
-    smtp_host: str | None = None
-    smtp_port: int = 587
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_starttls: bool = False
-    smtp_timeout: float = 30.0
-    mail_from: str = "rag-gql <no-reply@localhost>"
+    smtp_host: str | None = Field(
+        default=None,
+        description="SMTP server for the emails (codes, invitations); unset: each email is "
+        "printed in the server log instead, codes included (local use only).",
+    )
+    smtp_port: int = Field(default=587, description="SMTP port.")
+    smtp_username: str | None = Field(
+        default=None, description="SMTP login; unset: no authentication."
+    )
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
+    smtp_starttls: bool = Field(
+        default=False,
+        description="Upgrade the SMTP connection with STARTTLS (set it for any server that "
+        "is not on this host or its private network; implicit TLS on 465 is not supported).",
+    )
+    smtp_timeout: float = Field(default=30.0, description="Seconds an SMTP exchange may take.")
+    mail_from: str = Field(
+        default="rag-gql <no-reply@localhost>", description="The emails' From address."
+    )
 
     # GraphQL abuse limits (OWASP GraphQL cheat sheet); see rag_gql/graphql/limits.py.
     graphql_introspection: bool = Field(
@@ -205,7 +273,8 @@ class Settings(BaseSettings):
         default=50,
         ge=1,
         description="Open WebSocket connections from one client IP, per process; one more is "
-        "closed at connection_init with 4429.",
+        "closed at connection_init with 4429. The IP is the one uvicorn sees: behind a proxy, "
+        "set FORWARDED_ALLOW_IPS to its address.",
     )
     ws_send_timeout: float = Field(
         default=30.0,
@@ -249,9 +318,15 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(
         default=10.0,
         ge=0,
-        description="Seconds running requests and answers get to finish on SIGTERM.",
+        description="Seconds running requests, answers and ingestion jobs get to finish on "
+        "SIGTERM.",
     )
-    max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    max_upload_bytes: int = Field(
+        default=100 * 1024 * 1024,
+        gt=0,
+        description="Bytes of one uploaded file (BAD_USER_INPUT past it); a multipart body "
+        "past it plus 64 KiB gets HTTP 413 as it streams, before authentication.",
+    )
     graphql_max_body_bytes: int = Field(
         default=1024 * 1024,
         gt=0,
@@ -274,7 +349,9 @@ class Settings(BaseSettings):
     worker_in_process: bool = Field(
         default=True, description="`rag-gql serve` runs an ingestion worker in its own process."
     )
-    worker_concurrency: int = Field(default=3, gt=0, description="Jobs a worker runs at once.")
+    worker_concurrency: int = Field(
+        default=3, gt=0, description="Documents a worker ingests at once."
+    )
     parse_processes: int | None = Field(
         default=None,
         ge=0,
@@ -323,14 +400,18 @@ class Settings(BaseSettings):
     ingest_retry_base_wait: int = Field(
         default=2, ge=1, description="Retry n waits base**n seconds (2, 4, 8, ...)."
     )
-    worker_heartbeat_interval: float = Field(default=5.0, gt=0, description="Seconds.")
+    worker_heartbeat_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between a worker's heartbeats."
+    )
     worker_stalled_timeout: float = Field(
         default=30.0, gt=0, description="Seconds without a heartbeat before a worker's jobs rerun."
     )
     worker_recovery_interval: int = Field(
         default=10, ge=1, le=59, description="Seconds between checks for stalled jobs."
     )
-    search_max_k: int = Field(default=50, gt=0)
+    search_max_k: int = Field(
+        default=50, gt=0, description="Largest `k` (hits) of `search`, `answer` and `ask`."
+    )
     # Vector search per workspace (bench/search.py, 100k MiniLM-shaped chunks, 2 cores): an
     # exact scan (recall 1.0) while the scope holds at most `exact_search_max_rows` chunks,
     # the HNSW index with iterative scans above; ef_search 400 for recall@10 >= 0.95.
@@ -356,13 +437,15 @@ class Settings(BaseSettings):
         default=0.02,
         gt=0,
         le=1,
-        description="Share of sampled chunks from which a query word is common: it then "
-        "ranks keyword matches but does not make them (1: every word matches).",
+        description="Share of a sample of the scope's chunks (its oldest 500) holding a query "
+        "word, and 10 chunks at least, from which the word is common: it then ranks keyword "
+        "matches but does not make them (1: every word matches).",
     )
     query_embedding_cache_size: int = Field(
         default=1024,
         ge=0,
-        description="Query embeddings kept per process for repeated searches (0: none).",
+        description="Query embeddings kept per process, per workspace (no tenant can time "
+        "another's searches), so a repeated search skips Ollama (0: none).",
     )
     query_embedding_cache_ttl: float = Field(
         default=600.0, gt=0, description="Seconds a kept query embedding is reused."
@@ -375,9 +458,19 @@ class Settings(BaseSettings):
     # Reciprocal rank fusion (Cormack et al. 2009). Tuned with `rag-gql eval` on
     # tests/data/eval_questions.jsonl with all-MiniLM-L6-v2: k 30, vector:keyword 5:1 gave
     # MRR 0.767 against 0.734 for Cormack's k 60 at 1:1 (R2R ships k 50 at 5:1).
-    rrf_k: float = Field(default=30.0, gt=0)
-    hybrid_vector_weight: float = Field(default=5.0, ge=0)
-    hybrid_keyword_weight: float = Field(default=1.0, ge=0)
+    rrf_k: float = Field(
+        default=30.0, gt=0, description="k of reciprocal rank fusion: score = w / (k + rank)."
+    )
+    hybrid_vector_weight: float = Field(
+        default=5.0,
+        ge=0,
+        description="Weight w of the vector list in HYBRID search (tuned with `rag-gql eval`).",
+    )
+    hybrid_keyword_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="Weight w of the keyword list in HYBRID search (tuned with `rag-gql eval`).",
+    )
     hybrid_candidates: int = Field(default=50, gt=0, description="Depth of each ranked list.")
 
     @model_validator(mode="after")

@@ -1,5 +1,5 @@
 """Deployment: replicas that start together migrate safely; compose.yaml and the Dockerfile
-keep the shape the README documents (no Docker engine is needed to check them)."""
+keep the shape docs/operations.md documents (no Docker engine is needed to check them)."""
 
 from __future__ import annotations
 

@@ -237,7 +237,7 @@ async def test_the_keyword_view_holds_only_the_current_workspace_and_is_read_onl
 
 
 async def test_a_non_superuser_owner_migrates_and_serves(postgres_url: str) -> None:
-    """The README's `DATABASE_URL` set-up: a user with CREATEROLE, not a superuser, owns the
+    """The `DATABASE_URL` set-up (docs/operations.md): a CREATEROLE user, not a superuser, owns the
     database and runs the migrations. On PostgreSQL 16+ such a user is made a member of roles
     it creates with ADMIN but without SET (the state given to it here, `rag_gql_app` existing
     cluster-wide already), and `SET ROLE rag_gql_app` failed until migration 0007. Keyword
