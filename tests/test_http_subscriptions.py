@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -377,5 +378,56 @@ async def test_a_client_that_goes_away_releases_everything(
         assert [row["status"] for row in statuses] == ["interrupted"] * 3
         ollama.chat_reply = None
         ollama.token_delay = 0.0
+        async with open_stream(client, ANSWER, {"q": QUESTION}, token=token) as response:
+            assert answer_events(await all_payloads(response))[-1]["__typename"] == "AnswerDone"
+
+
+async def test_a_client_that_stops_reading_is_dropped(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, ollama: StandinState
+) -> None:
+    words = 10_000  # of 2,000 letters each: 20 MB
+    update = {
+        "ws_send_timeout": 1.5,
+        "max_answer_streams_per_user": 1,
+        "answer_max_tokens": words,  # Ollama's num_predict: the whole reply
+    }
+    async with served(gql, settings, **update) as (client, services):
+        token = await notes(client, inbox)
+        ollama.chat_reply = " ".join(["w" * 2000] * words)
+        # A socket with a small receive buffer, read through asyncio's 64 KiB buffer: once the
+        # test stops reading, so does TCP.
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = client.base_url.removeprefix("http://").split(":")
+        raw.connect((host, int(port)))
+        raw.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=raw)
+        body = json.dumps({"query": ANSWER, "variables": {"q": QUESTION}}).encode()
+        head = (
+            f"POST /graphql HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Accept: {STREAM_ACCEPT}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        await reader.readexactly(200_000)  # tokens are streaming
+        # Stop reading. Each part waits for room in the socket's buffers, so the server holds
+        # no more; one that waits over WS_SEND_TIMEOUT drops the client: the answer is
+        # stored as interrupted, the user's one answer place is free again.
+        deadline = time.monotonic() + 15
+        while True:
+            async with sql(settings) as conn:
+                status = await conn.fetchval("SELECT status FROM message WHERE role = 'assistant'")
+            if status is not None:
+                break
+            assert time.monotonic() < deadline, ("never dropped", ollama.chat_tokens_sent)
+            await asyncio.sleep(0.2)
+        assert status == "interrupted"
+        await eventually(lambda: services.ws_operations.total == 0)
+        writer.close()
+
+        ollama.chat_reply = None
         async with open_stream(client, ANSWER, {"q": QUESTION}, token=token) as response:
             assert answer_events(await all_payloads(response))[-1]["__typename"] == "AnswerDone"
