@@ -49,6 +49,7 @@ from rag_gql.operations import operations_listener
 from rag_gql.resources import open_services
 from tests.support.accounts import PASSWORD, sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init
+from tests.support.http_stream import is_stream, open_stream, payloads
 from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import make_pdf
 from tests.support.serving import free_port, serve
@@ -390,6 +391,62 @@ class World:
         assert response.status_code == 200, response.text
         body: Json = response.json()
         return body
+
+    async def stream(
+        self,
+        caller: Caller,
+        query: str,
+        variables: Mapping[str, Any] | None,
+        *,
+        until: Callable[[Json], bool] | None = None,
+        wait: float = 10.0,
+    ) -> Json:
+        """Runs a subscription over HTTP (the multipart subscription protocol) as `caller`.
+
+        Returns the JSON body of a refusal, or the stream's as one body: `data` the payloads'
+        data in order (None when none had any), `errors` all their errors (absent when none).
+        Reads until the stream ends, a payload passes `until`, or `wait` seconds pass quietly.
+        """
+        self.requests += 1
+        body: Json = {}
+        async with open_stream(self.gql, query, variables, headers=caller.headers()) as response:
+            assert response.status_code == 200, response.status_code
+            if not is_stream(response):
+                body = json.loads(await response.aread())
+                return body
+            received: list[Json] = []
+            stream = payloads(response)
+            while True:
+                try:
+                    async with asyncio.timeout(wait):
+                        payload = await anext(stream)
+                except (TimeoutError, StopAsyncIteration):
+                    break
+                received.append(payload)
+                if until is not None and until(payload):
+                    break
+        data = [p["data"] for p in received if p.get("data") is not None]
+        body["data"] = data or None
+        errors = [e for p in received for e in p.get("errors") or []]
+        if errors:
+            body["errors"] = errors
+        return body
+
+    async def refuse_streamed(
+        self,
+        callers: Sequence[Caller],
+        query: str,
+        variables: Mapping[str, Any] | None,
+        code: str,
+    ) -> None:
+        """`refused` for each of `callers`, with the subscription sent over HTTP (`stream`)."""
+
+        async def streamed(caller: Caller, variables: Mapping[str, Any] | None) -> Json:
+            return await self.stream(caller, query, variables)
+
+        for caller in callers:
+            body = await streamed(caller, variables)
+            await self.refused(caller, query, variables, code, body=body, unknown=streamed)
 
     async def upload(
         self, caller: Caller, filename: str, content: bytes, collection: str | None = None
@@ -1072,6 +1129,45 @@ async def attack_document_events(w: World) -> None:
     assert {p["data"]["documentEvents"]["documentId"] for p in seen_by_member} == {w.loose_doc}
     w.log.append(f"documentEvents() as mallory during T's reindex: {len(seen_by_mallory)} events")
     await wait_ready(w, w.user("editor", w.team), w.loose_doc)
+    await http_document_events(w)
+
+
+async def http_document_events(w: World) -> None:
+    """documentEvents over HTTP (multipart/mixed): the same refusals and the same isolation."""
+    await w.refuse_streamed(
+        w.unauthenticated() + w.more_unauthenticated(),
+        DOCUMENT_EVENTS,
+        {"id": None},
+        "UNAUTHENTICATED",
+    )
+    await w.refuse_streamed(w.outsiders_at_t(), DOCUMENT_EVENTS, {"id": None}, "NOT_FOUND")
+    for caller, doc in (
+        (w.user("mallory"), w.secret_doc),
+        (w.mallory_key(), w.loose_doc),
+        (w.user("owner", w.team), w.m_doc),
+    ):
+        await w.refuse_streamed([caller], DOCUMENT_EVENTS, {"id": doc}, "NOT_FOUND")
+
+    # Everything of her workspace, while T's document is reindexed: nothing of T reaches her;
+    # a T member following the document sees it to READY.
+    def ready(payload: Json) -> bool:
+        return bool((payload.get("data") or {}).get("documentEvents", {}).get("status") == "READY")
+
+    watcher = asyncio.create_task(
+        w.stream(w.user("mallory"), DOCUMENT_EVENTS, {"id": None}, wait=3)
+    )
+    member = asyncio.create_task(
+        w.stream(w.key("VIEWER", header=True), DOCUMENT_EVENTS, {"id": None}, until=ready)
+    )
+    await asyncio.sleep(0.5)  # both are listening
+    await w.ok(w.user("editor", w.team), REINDEX, {"id": w.loose_doc})
+    seen_by_member, seen_by_mallory = await member, await watcher
+    assert seen_by_mallory == {"data": None}, seen_by_mallory
+    statuses = [d["documentEvents"]["status"] for d in seen_by_member["data"]]
+    assert statuses[-1] == "READY" and "PARSING" in statuses, statuses
+    assert {d["documentEvents"]["documentId"] for d in seen_by_member["data"]} == {w.loose_doc}
+    w.log.append(f"documentEvents() over HTTP as mallory during T's reindex: {seen_by_mallory}")
+    await wait_ready(w, w.user("editor", w.team), w.loose_doc)
 
 
 # --- workspaces, members, collections ---------------------------------------------------------
@@ -1713,20 +1809,34 @@ async def attack_answer(w: World) -> None:
         assert "amber walrus" in prompt_of(w)
         w.assert_no_leak(prompt_of(w), w.m_secrets(), f"the prompt for {name}")
         assert await ws_sources(w, name, payload, [w.m_collection]) == []
-    # Over HTTP the subscription is not served at all (no SSE or multipart transport): today
-    # Strawberry runs it as a query, which fails as an internal error (no data either way).
-    for caller in (w.user("mallory", w.team), w.user("viewer", w.team)):
-        response = await w.gql.http.post(
-            f"{w.gql.base_url}/graphql",
-            json={"query": ANSWER, "variables": {"q": QUESTION}},
-            headers={**caller.headers(), "Accept": 'multipart/mixed;subscriptionSpec="1.0"'},
-        )
-        w.assert_no_leak(response.text, w.t_secrets() + w.m_secrets(), caller.name)
-        assert response.status_code in (200, 400), response.text
-        if response.status_code == 200:
-            assert response.json()["data"] is None, response.text
-        outcome = response.text if response.status_code == 400 else response.json()["errors"][0]
-        w.log.append(f"answer over HTTP as {caller.name}: {response.status_code} {outcome}")
+    # Over HTTP (multipart/mixed), with the credentials in the headers: the same refusals, as
+    # JSON before any stream opens, and the same sources.
+    await w.refuse_streamed(
+        w.unauthenticated() + w.more_unauthenticated(),
+        ANSWER,
+        {"q": QUESTION, "c": None},
+        "UNAUTHENTICATED",
+    )
+    await w.refuse_streamed(
+        [*w.outsiders_at_t(), w.user("owner", w.m)], ANSWER, {"q": QUESTION, "c": None}, "NOT_FOUND"
+    )
+    for caller, expected in (
+        (w.user("mallory"), {w.m_doc}),
+        (w.mallory_key(), {w.m_doc}),
+        (w.user("viewer", w.team), {w.secret_doc, w.loose_doc}),
+        (w.key("VIEWER", header=True), {w.secret_doc, w.loose_doc}),
+    ):
+        body = await w.stream(caller, ANSWER, {"q": QUESTION, "c": None})
+        assert not body.get("errors") and body["data"], (caller.name, body)
+        events = [d["answer"] for d in body["data"]]
+        assert events[0]["__typename"] == "AnswerSources", (caller.name, events)
+        assert all(e["__typename"] != "AnswerError" for e in events), (caller.name, events)
+        sources = {s["document"]["id"] for s in events[0]["sources"]}
+        assert sources == expected, (caller.name, sources)
+        others = w.t_secrets() if expected == {w.m_doc} else w.m_secrets()
+        w.assert_no_leak(json.dumps(body), others, caller.name)
+        w.assert_no_leak(prompt_of(w), others, f"the prompt for {caller.name} (HTTP)")
+        w.log.append(f"answer over HTTP as {caller.name}: sources {w.describe(sorted(sources))}")
     answer_args = schema._schema.subscription_type
     if answer_args is not None and "conversationId" in answer_args.fields["answer"].args:
         await answer_in_others_conversations(w)

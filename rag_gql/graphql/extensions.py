@@ -7,7 +7,8 @@ client sees only "Internal server error" with `INTERNAL_SERVER_ERROR`, that `err
 `requestId` of the request (also in the `X-Request-Id` header and every log line of it).
 Errors without an original exception (syntax, validation) pass through as GraphQL-core
 wrote them, with `GRAPHQL_VALIDATION_FAILED` unless they carry a code of their own (the
-limits of `rag_gql.graphql.limits`).
+limits of `rag_gql.graphql.limits`). A query or mutation sent as a subscription stream over
+HTTP (`rag_gql.graphql.http_subscriptions`) gets `BAD_REQUEST`.
 
 `Observe` gives each WebSocket operation its own request id and counts every operation in
 the process's metrics.
@@ -23,12 +24,18 @@ from collections.abc import Iterator
 from graphql import FieldNode, GraphQLError, OperationDefinitionNode
 from starlette.websockets import WebSocket
 from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types.execution import ExecutionContext
 
 from rag_gql.errors import DomainError
 from rag_gql.observability.requests import bind_operation_id, current_request_id
 
 log = logging.getLogger(__name__)
+
+NOT_A_STREAM = (
+    "send queries and mutations with `Accept: application/json`, not "
+    "`multipart/mixed;subscriptionSpec=1.0`"
+)
 
 
 class DomainErrors(MaskErrors):
@@ -50,6 +57,11 @@ class DomainErrors(MaskErrors):
         if original is None or isinstance(original, GraphQLError):
             extensions.setdefault("code", "GRAPHQL_VALIDATION_FAILED")
             return _copy(error, error.message, extensions)
+        if isinstance(original, InvalidOperationTypeError):
+            # Only the multipart subscription transport runs a document whose operation type
+            # it refuses, and streams the refusal.
+            message = f"{error.message} in a subscription stream; {NOT_A_STREAM}"
+            return _copy(error, message, {"code": "BAD_REQUEST"})
         error_id = uuid.uuid4().hex
         log.error("internal error %s at %s", error_id, error.path, exc_info=original)
         extensions = {"code": "INTERNAL_SERVER_ERROR", "errorId": error_id}
@@ -57,6 +69,12 @@ class DomainErrors(MaskErrors):
         if request_id is not None:
             extensions["requestId"] = request_id
         return _copy(error, self.error_message, extensions)
+
+
+def as_graphql_error(error: DomainError) -> GraphQLError:
+    """The error a client gets for `error` raised outside a resolver: its message, its code
+    and its `extensions()`, as `DomainErrors` gives one raised inside."""
+    return GraphQLError(str(error), extensions={"code": error.code, **error.extensions()})
 
 
 def error_code(error: GraphQLError) -> str:
@@ -69,6 +87,8 @@ def error_code(error: GraphQLError) -> str:
         return original.code
     if original is None or isinstance(original, GraphQLError):
         return "GRAPHQL_VALIDATION_FAILED"
+    if isinstance(original, InvalidOperationTypeError):
+        return "BAD_REQUEST"
     return "INTERNAL_SERVER_ERROR"
 
 

@@ -30,7 +30,6 @@ import asyncio
 import logging
 from collections.abc import Hashable
 
-from graphql import GraphQLError
 from starlette.types import Message, Receive, Send
 from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
@@ -44,6 +43,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 
 from rag_gql.errors import DomainError, RateLimited
 from rag_gql.graphql.context import Context
+from rag_gql.graphql.extensions import as_graphql_error
 from rag_gql.services.quotas import Slots
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             operation.task.add_done_callback(lambda _: services.ws_operations.release(caller))
 
     async def _refuse(self, operation_id: str, error: DomainError) -> None:
-        extensions = {"code": error.code, **error.extensions()}
-        formatted = GraphQLError(str(error), extensions=extensions).formatted
+        formatted = as_graphql_error(error).formatted
         message: ErrorMessage = {"id": operation_id, "type": "error", "payload": [formatted]}
         await self.send_message(message)
 
