@@ -69,10 +69,10 @@ async def served(
     gql: GraphQLClient, settings: Settings, **update: object
 ) -> AsyncIterator[tuple[GraphQLClient, Services]]:
     """`limited`, also yielding the served app's services (the server runs in this loop)."""
-    async with serve_server(settings.model_copy(update=update)) as (url, server):
-        app = server.config.app
+    async with serve_server(settings.model_copy(update=update)) as running:
+        app = running.server.config.app
         assert isinstance(app, Starlette)
-        yield GraphQLClient(gql.http, url), app.state.services
+        yield GraphQLClient(gql.http, running.url), app.state.services
 
 
 async def notes(gql: GraphQLClient, inbox: Inbox, email: str = "ada@example.com") -> str:
