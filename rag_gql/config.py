@@ -261,26 +261,29 @@ class Settings(BaseSettings):
     ws_max_operations_per_user: int = Field(
         default=20,
         ge=1,
-        description="Live operations of one user (and their API keys), all sockets.",
+        description="Live operations of one user (and their API keys), all sockets and HTTP "
+        "subscription streams together.",
     )
     max_websockets_per_user: int = Field(
         default=10,
         ge=1,
-        description="Open WebSocket connections of one user (with their API keys), per process; "
-        "one more is closed at connection_init with 4429.",
+        description="Open WebSocket connections of one user (with their API keys), per process, "
+        "HTTP subscription streams included; one more is closed at connection_init with 4429 "
+        "(a stream: RATE_LIMITED).",
     )
     max_websockets_per_ip: int = Field(
         default=50,
         ge=1,
-        description="Open WebSocket connections from one client IP, per process; one more is "
-        "closed at connection_init with 4429. The IP is the one uvicorn sees: behind a proxy, "
-        "set FORWARDED_ALLOW_IPS to its address.",
+        description="Open WebSocket connections from one client IP, per process, HTTP "
+        "subscription streams included; one more is closed at connection_init with 4429 (a "
+        "stream: RATE_LIMITED). The IP is the one uvicorn sees: behind a proxy, set "
+        "FORWARDED_ALLOW_IPS to its address.",
     )
     ws_send_timeout: float = Field(
         default=30.0,
         gt=0,
-        description="Seconds a message may wait for a client that does not read; then the "
-        "socket is dropped.",
+        description="Seconds a message (or an HTTP subscription's part) may wait for a client "
+        "that does not read; then the socket (or connection) is dropped.",
     )
     ws_ping_interval: float = Field(
         default=20.0, gt=0, description="Seconds between the server's WebSocket pings."

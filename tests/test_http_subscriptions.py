@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -53,6 +54,7 @@ EVENTS = (
     "subscription($id: ID) { documentEvents(documentId: $id) { documentId status pagesTotal } }"
 )
 LONG_REPLY = " ".join(["word"] * 400)
+DOCS = [Path(__file__).parents[1] / name for name in ("README.md", "docs/api.md")]
 
 
 @asynccontextmanager
@@ -431,3 +433,37 @@ async def test_a_client_that_stops_reading_is_dropped(
         ollama.chat_reply = None
         async with open_stream(client, ANSWER, {"q": QUESTION}, token=token) as response:
             assert answer_events(await all_payloads(response))[-1]["__typename"] == "AnswerDone"
+
+
+def documented_curl() -> str:
+    """The `curl -N` example of the docs' "Subscriptions over HTTP" section."""
+    for doc in DOCS:
+        text = doc.read_text("utf-8") if doc.exists() else ""
+        _, found, section = text.partition("Subscriptions over HTTP\n")
+        if found:
+            command = section.split("```sh\n", 1)[1].split("```", 1)[0]
+            assert command.startswith("curl -N "), command
+            return command
+    raise AssertionError(f"no 'Subscriptions over HTTP' section in {DOCS}")
+
+
+async def test_the_documented_curl_example_streams_an_answer(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState
+) -> None:
+    token = await notes(gql, inbox)
+    command = documented_curl().replace("http://127.0.0.1:8000", gql.base_url)
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        command,
+        env={"TOKEN": token, "PATH": "/usr/bin:/bin"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err
+    text = out.decode()
+    assert '{"payload":{"data":{"answer":{"__typename":"AnswerToken","text":' in text, text
+    assert '"__typename":"AnswerDone","citations":' in text, text
+    assert text.rstrip().endswith("--graphql--"), text

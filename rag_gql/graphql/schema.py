@@ -58,7 +58,8 @@ Mutation = _root(
 )
 Subscription = _root(
     "Subscription",
-    "Live streams over WebSocket (`graphql-transport-ws`; authenticate in `connection_init`): "
+    "Live streams over WebSocket (`graphql-transport-ws`; authenticate in `connection_init`) "
+    "or over HTTP (`Accept: multipart/mixed;subscriptionSpec=1.0`; the usual headers): "
     "answers as they are written, and documents' ingestion progress.",
     (AnswerSubscription, DocumentSubscription),
 )
