@@ -69,12 +69,13 @@ async def limited(
 @asynccontextmanager
 async def served(
     gql: GraphQLClient, settings: Settings, **update: object
-) -> AsyncIterator[tuple[GraphQLClient, Services]]:
-    """`limited`, also yielding the served app's services (the server runs in this loop)."""
+) -> AsyncIterator[tuple[GraphQLClient, Services, str]]:
+    """`limited`, also yielding the served app's services (the server runs in this loop) and the
+    base URL of its operations listener (`/metrics`)."""
     async with serve_server(settings.model_copy(update=update)) as running:
         app = running.server.config.app
         assert isinstance(app, Starlette)
-        yield GraphQLClient(gql.http, running.url), app.state.services
+        yield GraphQLClient(gql.http, running.url), app.state.services, running.metrics_url
 
 
 async def notes(gql: GraphQLClient, inbox: Inbox, email: str = "ada@example.com") -> str:
@@ -344,7 +345,7 @@ async def test_a_long_stream_outlives_the_request_timeouts(
 async def test_a_client_that_goes_away_releases_everything(
     gql: GraphQLClient, inbox: Inbox, settings: Settings, ollama: StandinState
 ) -> None:
-    async with served(gql, settings) as (client, services):
+    async with served(gql, settings) as (client, services, metrics_url):
         token = await notes(client, inbox)
         ollama.chat_reply = LONG_REPLY
         ollama.token_delay = 0.05
@@ -373,7 +374,7 @@ async def test_a_client_that_goes_away_releases_everything(
             assert slots.total == 0, slots.what
         pool = services.db.engine.pool
         await eventually(lambda: pool.checkedout() == 0)  # type: ignore[attr-defined]
-        metrics = (await client.http.get(f"{client.base_url}/metrics")).text
+        metrics = (await client.http.get(f"{metrics_url}/metrics")).text
         assert 'rag_gql_live_subscriptions{operation="answer"} 0.0' in metrics
         async with sql(settings) as conn:
             statuses = await conn.fetch("SELECT status FROM message WHERE role = 'assistant'")
@@ -393,7 +394,7 @@ async def test_a_client_that_stops_reading_is_dropped(
         "max_answer_streams_per_user": 1,
         "answer_max_tokens": words,  # Ollama's num_predict: the whole reply
     }
-    async with served(gql, settings, **update) as (client, services):
+    async with served(gql, settings, **update) as (client, services, _metrics_url):
         token = await notes(client, inbox)
         ollama.chat_reply = " ".join(["w" * 2000] * words)
         # A socket with a small receive buffer, read through asyncio's 64 KiB buffer: once the
