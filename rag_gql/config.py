@@ -410,7 +410,22 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Seconds without a heartbeat before a worker's jobs rerun."
     )
     worker_recovery_interval: int = Field(
-        default=10, ge=1, le=59, description="Seconds between checks for stalled jobs."
+        default=10,
+        ge=1,
+        le=59,
+        description="Seconds between checks for stalled jobs and orphaned documents.",
+    )
+    ingest_orphan_grace: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds a document unfinished (QUEUED, PARSING, EMBEDDING) with no "
+        "ingestion job waiting or running is left alone before it is queued again.",
+    )
+    ingest_max_recoveries: int = Field(
+        default=3,
+        ge=0,
+        description="Times in a row a document whose ingestion stopped without an outcome (a "
+        "stalled worker, a failed last write) is queued again; one more and it is FAILED.",
     )
     search_max_k: int = Field(
         default=50, gt=0, description="Largest `k` (hits) of `search`, `answer` and `ask`."

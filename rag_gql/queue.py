@@ -5,9 +5,19 @@ transaction (through procrastinate's own `procrastinate_defer_jobs_v1` SQL funct
 document row and its job commit together or not at all: no document is ever QUEUED without
 a job. Workers (`run_worker`: in `rag-gql serve` by default, or `rag-gql worker` anywhere that
 reaches the database) take jobs with `SELECT ... FOR UPDATE SKIP LOCKED`, wake on `LISTEN/NOTIFY`,
-and beat a heartbeat; a periodic task hands the jobs of a worker whose heartbeat stopped (a
-`kill -9`, a lost machine) back to the queue, following procrastinate's "retry stalled jobs"
-recipe. See https://procrastinate.readthedocs.io/ (howto: "Retry stalled jobs").
+and beat a heartbeat. A periodic task (`RECOVER_TASK`, also run as a worker starts) puts back
+to work what was left behind:
+
+- stalled jobs, those of a worker whose heartbeat stopped (a `kill -9`, a lost machine, or a
+  live worker whose event loop is blocked): procrastinate's "retry stalled jobs" recipe, except
+  that an ingestion job is ended `failed` and its document queued again with a new job
+  (`Recovery.replace_stalled`). The stalled run may still be alive, and so run beside the new
+  one: fencing, not the heartbeat, keeps them apart (each run takes a new token on the
+  document, `documents.start_run`, and writes only while it is still its own), and the new job
+  has its own row, which the old run's end cannot finish or delete.
+- unfinished documents with no job (`Recovery.sweep`): a run whose last write failed.
+
+See https://procrastinate.readthedocs.io/ (howto: "Retry stalled jobs").
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import procrastinate
 from procrastinate.job_context import JobContext
@@ -35,10 +46,24 @@ INGEST_TASK = "ingest_document"
 """procrastinate task name of document ingestion (kwargs: `document_id`, `workspace_id`)."""
 
 RECOVER_TASK = "retry_stalled_jobs"
+"""procrastinate task name of the recovery of stalled jobs and unfinished documents."""
 QUEUE = "ingest"
 
 IngestHandler = Callable[[uuid.UUID, uuid.UUID, bool], Awaitable[None]]
 """`(document_id, workspace_id, final_attempt)`: runs one ingestion job."""
+
+
+class Recovery(Protocol):
+    """What the recovery task does about documents (`services.recovery.IngestRecovery`)."""
+
+    async def replace_stalled(
+        self, job_id: int, *, document_id: uuid.UUID, workspace_id: uuid.UUID
+    ) -> bool:
+        """Ends the stalled ingestion job `job_id` and queues its document again with a new
+        job; False when the job was no longer running."""
+
+    async def sweep(self) -> int:
+        """Queues again (or fails) the unfinished documents with no job; returns how many."""
 
 
 def conninfo(database_url: str) -> str:
@@ -109,12 +134,41 @@ async def defer_ingest(
     return True
 
 
-def build_queue(settings: Settings, database_url: str, ingest: IngestHandler) -> procrastinate.App:
-    """A procrastinate app on `database_url` whose tasks call `ingest`.
+async def has_live_job(session: AsyncSession, *, document_id: uuid.UUID) -> bool:
+    """Whether an ingestion job of the document waits or runs (`todo` or `doing`)."""
+    statement = text(
+        "SELECT EXISTS (SELECT FROM procrastinate_jobs"
+        " WHERE lock = :lock AND status IN ('todo', 'doing'))"
+    )
+    result = await session.execute(statement, {"lock": document_lock(document_id)})
+    return bool(result.scalar_one())
+
+
+async def fail_running(session: AsyncSession, *, job_id: int) -> bool:
+    """Ends a running (`doing`) job as `failed`, in the caller's transaction, through
+    procrastinate's own `procrastinate_finish_job_v1`; False (and nothing done) when the job
+    is gone or no longer running. Its row stays locked until the transaction ends."""
+    status = await session.execute(
+        text("SELECT status FROM procrastinate_jobs WHERE id = :id FOR UPDATE"), {"id": job_id}
+    )
+    if status.scalar_one_or_none() != "doing":
+        return False
+    await session.execute(
+        text("SELECT procrastinate_finish_job_v1(:id, 'failed', false)"), {"id": job_id}
+    )
+    return True
+
+
+def build_queue(
+    settings: Settings, database_url: str, ingest: IngestHandler, recovery: Recovery
+) -> procrastinate.App:
+    """A procrastinate app on `database_url` whose tasks call `ingest` and `recovery`.
 
     Ingestion retries on `UpstreamUnavailable`/`UpstreamError` (Ollama down or failing) with
     exponential backoff, `INGEST_MAX_ATTEMPTS` runs in all; `ingest` is told when a run is the
     last one, so that it records FAILED with the upstream's message instead of raising.
+    Every `WORKER_RECOVERY_INTERVAL` seconds one worker recovers stalled jobs, then sweeps the
+    unfinished documents (`recover`).
     """
     connector = procrastinate.PsycopgConnector(
         conninfo=conninfo(database_url), kwargs={"application_name": "rag-gql worker"}
@@ -137,23 +191,47 @@ def build_queue(settings: Settings, database_url: str, ingest: IngestHandler) ->
     @app.periodic(cron=f"* * * * * */{settings.worker_recovery_interval}")
     @app.task(name=RECOVER_TASK, queue=QUEUE, queueing_lock=RECOVER_TASK, pass_context=True)
     async def retry_stalled_jobs(context: JobContext, timestamp: int) -> None:
-        await recover_stalled_jobs(app, settings)
+        await recover(app, settings, recovery)
 
     return app
 
 
-async def recover_stalled_jobs(app: procrastinate.App, settings: Settings) -> int:
-    """Puts back in the queue the jobs of workers whose heartbeat stopped; returns how many."""
+async def recover(app: procrastinate.App, settings: Settings, recovery: Recovery) -> int:
+    """Recovers stalled jobs, then sweeps unfinished documents; returns how many of each were
+    put back to work, together."""
+    return await recover_stalled_jobs(app, settings, recovery) + await recovery.sweep()
+
+
+async def recover_stalled_jobs(
+    app: procrastinate.App, settings: Settings, recovery: Recovery
+) -> int:
+    """Puts back in the queue the jobs of workers whose heartbeat stopped for
+    `WORKER_STALLED_TIMEOUT` seconds; returns how many.
+
+    An ingestion job is replaced (`Recovery.replace_stalled`); any other is retried in place.
+    """
     stalled = await app.job_manager.get_stalled_jobs(
         seconds_since_heartbeat=settings.worker_stalled_timeout
     )
     count = 0
     for job in stalled:
+        assert job.id is not None
         log.warning(
-            "job %s (%s) was left running by a dead worker: retrying", job.id, job.task_name
+            "job %s (%s) was left running by a worker that stopped beating its heartbeat: "
+            "running it again",
+            job.id,
+            job.task_name,
         )
-        await app.job_manager.retry_job(job)
-        count += 1
+        if job.task_name == INGEST_TASK:
+            kwargs = job.task_kwargs
+            count += await recovery.replace_stalled(
+                job.id,
+                document_id=uuid.UUID(str(kwargs["document_id"])),
+                workspace_id=uuid.UUID(str(kwargs["workspace_id"])),
+            )
+        else:
+            await app.job_manager.retry_job(job)
+            count += 1
     return count
 
 
@@ -163,12 +241,14 @@ async def queue_depth(session: AsyncSession) -> int:
     return int((await session.execute(statement)).scalar_one())
 
 
-async def run_worker(app: procrastinate.App, settings: Settings, *, name: str) -> None:
-    """Runs a worker until cancelled; cancelling lets running jobs finish for
-    `SHUTDOWN_GRACE` seconds, then aborts them (their transactions roll back, and a
+async def run_worker(
+    app: procrastinate.App, settings: Settings, recovery: Recovery, *, name: str
+) -> None:
+    """Recovers (`recover`), then runs a worker until cancelled; cancelling lets running jobs
+    finish for `SHUTDOWN_GRACE` seconds, then aborts them (their transactions roll back, and a
     surviving worker retries them once their heartbeat is stale).
     """
-    await recover_stalled_jobs(app, settings)
+    await recover(app, settings, recovery)
     await app.run_worker_async(
         name=name,
         queues=[QUEUE],

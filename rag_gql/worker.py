@@ -14,6 +14,7 @@ import procrastinate
 from rag_gql import queue
 from rag_gql.resources import Services
 from rag_gql.services.ingestion import IngestionPipeline
+from rag_gql.services.recovery import IngestRecovery
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,10 @@ async def ingestion_worker(
 ) -> AsyncIterator[procrastinate.App]:
     """Runs a worker on `services`' database and Ollama until the block exits.
 
-    On exit the worker stops taking jobs, gives running ones `SHUTDOWN_GRACE` seconds, then
-    stops the text-extraction processes. Yields the procrastinate app.
+    It recovers stalled jobs and orphaned documents as it starts and every
+    `WORKER_RECOVERY_INTERVAL` seconds (`services.recovery`). On exit the worker stops taking
+    jobs, gives running ones `SHUTDOWN_GRACE` seconds, then stops the text-extraction
+    processes. Yields the procrastinate app.
     """
     settings = services.settings
     assert settings.database_url is not None
@@ -51,11 +54,12 @@ async def ingestion_worker(
         ollama=services.ollama,
         metrics=services.metrics,
     )
-    app = queue.build_queue(settings, settings.database_url, pipeline.run)
+    recovery = IngestRecovery(settings=settings, db=services.db.without_timeouts())
+    app = queue.build_queue(settings, settings.database_url, pipeline.run, recovery)
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
     try:
         async with app.open_async():
-            task = asyncio.create_task(queue.run_worker(app, settings, name=worker_name))
+            task = asyncio.create_task(queue.run_worker(app, settings, recovery, name=worker_name))
             try:
                 yield app
             finally:

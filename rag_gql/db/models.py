@@ -28,6 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -227,6 +228,15 @@ class Document(Base):
     __table_args__ = (
         UniqueConstraint("workspace_id", "sha256", name="uq_document_workspace_id_sha256"),
         Index("ix_document_workspace_id_created_at", "workspace_id", "created_at", "id"),
+        # What the sweep of unfinished documents scans (`services.recovery`).
+        Index(
+            "ix_document_unfinished",
+            "workspace_id",
+            "updated_at",
+            postgresql_where=sql_text(
+                "status IN ('QUEUED', 'PARSING', 'EMBEDDING') OR delete_requested_at IS NOT NULL"
+            ),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -250,6 +260,11 @@ class Document(Base):
     # Set when a delete found the document held by its ingestion: hidden from then on, and
     # removed by the worker at its next batch (`services.ingestion`).
     delete_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The fencing token of ingestion runs: raised by each run as it starts, and a run writes
+    # the document only while it is still its own (`services.ingestion`).
+    ingest_lease: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Runs in a row that stopped without an outcome and were queued again (`services.recovery`).
+    ingest_recoveries: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 

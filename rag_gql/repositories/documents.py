@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, tuple_, update
+from sqlalchemy import and_, delete, func, insert, select, text, true, tuple_, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rag_gql.db.models import Chunk, Document, DocumentFilePart
+from rag_gql.db.models import Chunk, Document, DocumentFilePart, DocumentStatus
 
 EVENTS_CHANNEL = "rag_gql_document_events"
 """`LISTEN` channel of document status and progress changes (payload: `DocumentState` JSON)."""
@@ -35,6 +35,15 @@ CHUNK_COPY_COLUMNS = (
     "embedding",
 )
 """Order of the fields of each record given to `copy_chunks`."""
+
+UNFINISHED = (
+    DocumentStatus.QUEUED.value,
+    DocumentStatus.PARSING.value,
+    DocumentStatus.EMBEDDING.value,
+)
+"""Statuses of a document whose ingestion has not ended."""
+FINISHED = (DocumentStatus.READY.value, DocumentStatus.FAILED.value)
+"""Statuses an ingestion ends in."""
 
 _STAGE = "chunk_stage"
 LOCK_NOT_AVAILABLE = "55P03"
@@ -250,16 +259,113 @@ async def delete_unless_held(
             raise
 
 
-async def hold(session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID) -> bool:
+async def hold(
+    session: AsyncSession,
+    *,
+    workspace_id: uuid.UUID,
+    document_id: uuid.UUID,
+    lease: int | None = None,
+) -> bool:
     """Locks the document against deletion until the transaction ends (`FOR KEY SHARE`, what
-    writing its chunks takes anyway); False when it is gone or marked for deletion, which an
-    ingestion checks at every batch."""
+    writing its chunks takes anyway); False when it is gone or marked for deletion, or (with
+    `lease`) a newer ingestion run started (`start_run`), which an ingestion checks at every
+    batch. The lock leaves a newer run free to start: it conflicts only with deletion."""
+    current = and_(
+        Document.delete_requested_at.is_(None),
+        true() if lease is None else Document.ingest_lease == lease,
+    )
     stmt = (
-        select(Document.delete_requested_at.is_(None))
+        select(current)
         .where(Document.workspace_id == workspace_id, Document.id == document_id)
         .with_for_update(read=True, key_share=True)  # FOR KEY SHARE
     )
     return bool((await session.execute(stmt)).scalar_one_or_none())
+
+
+async def start_run(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
+) -> int | None:
+    """Starts an ingestion run of the document: PARSING, progress and error cleared, and its
+    fencing token (`ingest_lease`) raised by one and returned; None when the document is
+    gone or marked for deletion.
+
+    The run passes the token to `set_state` and `hold`, which refuse it once a newer run has
+    started: of two runs of one document, only the newest writes (a fencing token, as in
+    Kleppmann, "How to do distributed locking", 2016).
+    """
+    stmt = (
+        update(Document)
+        .where(
+            Document.workspace_id == workspace_id,
+            Document.id == document_id,
+            Document.delete_requested_at.is_(None),
+        )
+        .values(
+            ingest_lease=Document.ingest_lease + 1,
+            status=DocumentStatus.PARSING.value,
+            pages_done=0,
+            chunks_done=0,
+            error=None,
+            updated_at=func.now(),
+        )
+        .returning(Document.ingest_lease, *_STATE_COLUMNS)
+    )
+    row = (await session.execute(stmt)).one_or_none()
+    if row is None:
+        return None
+    await _announce(session, row)
+    return int(row.ingest_lease)
+
+
+async def lock_unfinished(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID, idle: float
+) -> Document | None:
+    """Locks and returns the document if it is still unfinished (QUEUED, PARSING, EMBEDDING or
+    marked for deletion) and unchanged for `idle` seconds; None otherwise, or when an
+    ingestion holds it (`hold`: a live run), which it skips rather than waits for."""
+    stmt = (
+        select(Document)
+        .where(
+            Document.workspace_id == workspace_id,
+            Document.id == document_id,
+            Document.status.in_(UNFINISHED) | Document.delete_requested_at.is_not(None),
+            Document.updated_at < func.now() - timedelta(seconds=idle),
+        )
+        .with_for_update(skip_locked=True)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def is_unfinished(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
+) -> bool:
+    """Whether the document exists unfinished (QUEUED, PARSING, EMBEDDING or marked for
+    deletion); reads it without waiting for any lock."""
+    stmt = select(
+        select(Document.id)
+        .where(
+            Document.workspace_id == workspace_id,
+            Document.id == document_id,
+            Document.status.in_(UNFINISHED) | Document.delete_requested_at.is_not(None),
+        )
+        .exists()
+    )
+    return bool((await session.execute(stmt)).scalar())
+
+
+async def unfinished_without_job(
+    session: AsyncSession, *, idle: float
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """`(workspace_id, document_id)` of the unfinished documents of every workspace that no
+    ingestion job waits for or runs, unchanged for `idle` seconds (migration 0009's
+    `rag_gql_unfinished_documents`, which scopes itself to each workspace in turn: row-level
+    security applies, and the caller's scope is left as it was)."""
+    stmt = text(
+        "SELECT workspace_id, document_id FROM rag_gql_unfinished_documents("
+        "make_interval(secs => :idle))"
+    )
+    rows = await session.execute(stmt, {"idle": idle})
+    return [(row.workspace_id, row.document_id) for row in rows]
 
 
 async def discard(
@@ -315,19 +421,25 @@ async def set_state(
     *,
     workspace_id: uuid.UUID,
     document_id: uuid.UUID,
+    lease: int | None = None,
     **values: Any,
 ) -> bool:
     """Updates a document's status/progress columns and announces it on `EVENTS_CHANNEL`.
 
     One statement: the notification goes out when the caller's transaction commits, and
-    never when it rolls back. Returns False when the document is gone or marked for deletion.
+    never when it rolls back. Returns False when the document is gone or marked for deletion,
+    or (with `lease`, an ingestion run's token from `start_run`) a newer run has started.
+    A READY or FAILED document's `ingest_recoveries` count starts again from 0.
     """
+    if values.get("status") in FINISHED:
+        values.setdefault("ingest_recoveries", 0)
     stmt = (
         update(Document)
         .where(
             Document.workspace_id == workspace_id,
             Document.id == document_id,
             Document.delete_requested_at.is_(None),
+            true() if lease is None else Document.ingest_lease == lease,
         )
         .values(**values, updated_at=func.now())
         .returning(*_STATE_COLUMNS)

@@ -13,6 +13,12 @@ transaction that ends by setting READY. Nobody ever sees part of a document; a c
 only that transaction, and the job's rerun starts again from the stored file. Reindexing is
 the same job: the old chunks are deleted in the transaction that writes the new ones, so a
 search sees the old set or the new one, never a mix.
+
+Runs are fenced: each takes a new token as it starts (`documents.start_run`) and every write
+it makes (progress, each batch's `hold`, READY or FAILED) checks it, so a run overtaken by a
+newer one of the same document (its worker stalled, and the recovery started another) stops
+at its next write, its transaction rolled back, and writes nothing: the document ends with the
+newest run's chunks only, whichever run finishes last.
 """
 
 from __future__ import annotations
@@ -215,7 +221,7 @@ class IngestionService:
         principal.require(Action.WRITE)
         workspace_id = principal.workspace_id
         async with self._db.transaction(workspace_id) as session:
-            if not await _requeue(session, workspace_id, document_id):
+            if not await requeue(session, workspace_id, document_id):
                 raise NotFound("Document not found")
         async with self._db.transaction(workspace_id) as session:
             document = await documents.get(
@@ -239,23 +245,32 @@ class IngestionService:
                     )
                 ).scalars()
                 for document_id in list(ids):
-                    queued += await _requeue(session, workspace_id, document_id)
+                    queued += await requeue(session, workspace_id, document_id)
         return queued
 
 
-async def _requeue(
-    session: Any, workspace_id: uuid.UUID, document_id: uuid.UUID, *, error: str | None = None
+async def requeue(
+    session: Any,
+    workspace_id: uuid.UUID,
+    document_id: uuid.UUID,
+    *,
+    error: str | None = None,
+    lease: int | None = None,
+    **values: Any,
 ) -> bool:
-    """Sets the document QUEUED (progress reset, `error` as the reason) and queues its job,
-    in the caller's transaction; False when the document is gone."""
+    """Sets the document QUEUED (progress reset, `error` as the reason, `values` too) and
+    queues its job, in the caller's transaction; False when the document is gone (or, with
+    `lease`, a newer run started)."""
     found = await documents.set_state(
         session,
         workspace_id=workspace_id,
         document_id=document_id,
+        lease=lease,
         status=DocumentStatus.QUEUED.value,
         pages_done=0,
         chunks_done=0,
         error=error,
+        **values,
     )
     if found:
         await queue.defer_ingest(session, document_id=document_id, workspace_id=workspace_id)
@@ -305,7 +320,8 @@ class IngestionPipeline:
         """Indexes one document from its stored file; the procrastinate task's body.
 
         Records FAILED (with a human reason) for bad files and, on the `final` attempt, for
-        Ollama failures.
+        Ollama failures. A run overtaken by a newer run of the same document (see the module)
+        returns at its next write without writing anything, whatever stopped it.
 
         Raises:
             UpstreamUnavailable, UpstreamError: Ollama failed and this is not the final
@@ -315,85 +331,124 @@ class IngestionPipeline:
             document = await documents.get(
                 session, workspace_id=workspace_id, document_id=document_id
             )
-        if document is None:
+            lease = await documents.start_run(
+                session, workspace_id=workspace_id, document_id=document_id
+            )
+        if document is None or lease is None:
             await self._discard(workspace_id, document_id)  # a rerun after a deletion mark
             log.info("document %s was deleted before ingestion", document_id)
             return
-        await self._set(
-            document, status=DocumentStatus.PARSING, pages_done=0, chunks_done=0, error=None
-        )
+        run = _Run(document, lease)
         try:
             with tempfile.TemporaryDirectory(prefix="rag-gql-ingest-") as folder:
                 path = Path(folder) / "document"
                 if await self._fetch_file(document, path):
-                    await self._index(document, path)
+                    await self._index(run, path)
                 else:
-                    await self._reembed(document)
+                    await self._reembed(run)
             self._metrics.ingest_jobs.labels(outcome="ready").inc()
-        except _Deleted:
-            await self._discard(workspace_id, document_id)
-            log.info("document %s was deleted during its ingestion", document_id)
+        except _Stopped:
+            await self._stopped(run)
         except InvalidInput as exc:
             self._metrics.ingest_jobs.labels(outcome="failed").inc()
-            await self._set(document, status=DocumentStatus.FAILED, error=str(exc))
+            await self._end(run, status=DocumentStatus.FAILED, error=str(exc))
         except (UpstreamUnavailable, UpstreamError) as exc:
             self._metrics.ingest_jobs.labels(outcome="failed" if final else "retry").inc()
             if final:
                 attempts = self._settings.ingest_max_attempts
-                await self._set(
-                    document,
+                await self._end(
+                    run,
                     status=DocumentStatus.FAILED,
                     error=f"embedding failed {attempts} times; the last error: {exc}",
                 )
                 return
-            await self._set(document, status=DocumentStatus.QUEUED, error=f"will retry: {exc}")
+            if not await self._end(run, status=DocumentStatus.QUEUED, error=f"will retry: {exc}"):
+                return  # deleted, or overtaken by a newer run: no retry of this one
             raise
         except asyncio.CancelledError:
             self._metrics.ingest_jobs.labels(outcome="requeued").inc()
             # The worker is stopping past its grace period (procrastinate marks the job
             # aborted, and never reruns it): queue the document again for another worker.
-            await asyncio.shield(self._requeue_interrupted(document))
+            await asyncio.shield(self._requeue_interrupted(run))
             raise
         except Exception:
             self._metrics.ingest_jobs.labels(outcome="failed").inc()
             log.exception("ingestion of document %s failed", document.id)
-            await self._set(
-                document,
+            await self._end(
+                run,
                 status=DocumentStatus.FAILED,
                 error="an internal error stopped the ingestion (the worker's log has the "
                 "details); reindex the document to try again",
             )
             raise
 
-    async def _discard(self, workspace_id: uuid.UUID, document_id: uuid.UUID) -> None:
-        async with self._db.transaction(workspace_id) as session:
-            await documents.discard(session, workspace_id=workspace_id, document_id=document_id)
+    async def _end(self, run: _Run, **values: Any) -> bool:
+        """`_set` the run's outcome; when nothing was written, `_stopped`."""
+        if await self._set(run, **values):
+            return True
+        await self._stopped(run)
+        return False
 
-    async def _requeue_interrupted(self, document: Document) -> None:
-        async with self._db.transaction(document.workspace_id) as session:
-            await _requeue(
+    async def _stopped(self, run: _Run) -> None:
+        """Deletes the document if it was marked for deletion; logs why the run stopped."""
+        if await self._discard(run.document.workspace_id, run.document.id):
+            log.info("document %s was deleted during its ingestion", run.document.id)
+        else:
+            log.warning(
+                "ingestion run %d of document %s was overtaken by a newer run (or the "
+                "document deleted): it stops without writing",
+                run.lease,
+                run.document.id,
+            )
+
+    async def _discard(self, workspace_id: uuid.UUID, document_id: uuid.UUID) -> bool:
+        async with self._db.transaction(workspace_id) as session:
+            return await documents.discard(
+                session, workspace_id=workspace_id, document_id=document_id
+            )
+
+    async def _requeue_interrupted(self, run: _Run) -> None:
+        async with self._db.transaction(run.document.workspace_id) as session:
+            await requeue(
                 session,
-                document.workspace_id,
-                document.id,
+                run.document.workspace_id,
+                run.document.id,
+                lease=run.lease,
                 error="interrupted by a worker shutdown; queued again",
             )
 
-    async def _set(self, document: Document, **values: Any) -> None:
+    async def _set(self, run: _Run, **values: Any) -> bool:
+        """Writes the document's state in a transaction of its own if `run` is still the
+        newest run; False (nothing written) when it is not, or the document is gone."""
         status = values.pop("status", None)
         if status is not None:
             values["status"] = status.value
+        document = run.document
         async with self._db.transaction(document.workspace_id) as session:
-            await documents.set_state(
-                session, workspace_id=document.workspace_id, document_id=document.id, **values
+            return await documents.set_state(
+                session,
+                workspace_id=document.workspace_id,
+                document_id=document.id,
+                lease=run.lease,
+                **values,
             )
 
-    async def _hold(self, session: Any, document: Document) -> None:
-        """Keeps the document from being deleted under this transaction; raises `_Deleted`
-        when it was deleted (marked) meanwhile, so the transaction rolls back."""
+    async def _progress(self, run: _Run, **values: Any) -> None:
+        """`_set`, raising `_Stopped` when nothing was written."""
+        if not await self._set(run, **values):
+            raise _Stopped
+
+    async def _hold(self, session: Any, run: _Run) -> None:
+        """Keeps the document from being deleted under this transaction; raises `_Stopped`
+        when it was deleted (marked) or a newer run started meanwhile, so that the
+        transaction rolls back."""
         if not await documents.hold(
-            session, workspace_id=document.workspace_id, document_id=document.id
+            session,
+            workspace_id=run.document.workspace_id,
+            document_id=run.document.id,
+            lease=run.lease,
         ):
-            raise _Deleted
+            raise _Stopped
 
     async def _fetch_file(self, document: Document, path: Path) -> bool:
         parts = 0
@@ -406,12 +461,11 @@ class IngestionPipeline:
                     parts += 1
         return parts > 0
 
-    async def _extracted(
-        self, document: Document, path: Path
-    ) -> AsyncIterator[tuple[int, int, list[str]]]:
+    async def _extracted(self, run: _Run, path: Path) -> AsyncIterator[tuple[int, int, list[str]]]:
         """Counts the units (`page_count` is stored then), then yields `(start, stop, texts)`
         page batches in order, extraction running ahead; all in extraction processes."""
         pool = self._extraction
+        document = run.document
         document.page_count = await pool.run(
             repr(document.filename),
             parsing.count_units,
@@ -420,7 +474,7 @@ class IngestionPipeline:
             document.media_type,
             max_pages=self._settings.max_pages,
         )
-        await self._set(document, page_count=document.page_count)
+        await self._progress(run, page_count=document.page_count)
         total, step = document.page_count, self._settings.ingest_page_batch
         batches = iter([(start, min(start + step, total)) for start in range(0, total, step)])
         in_flight: collections.deque[tuple[int, int, asyncio.Future[list[str]]]] = (
@@ -459,15 +513,16 @@ class IngestionPipeline:
             # Let the cancelled calls stop their processes (and retrieve their errors).
             await asyncio.gather(*(pending for *_, pending in in_flight), return_exceptions=True)
 
-    async def _index(self, document: Document, path: Path) -> None:
+    async def _index(self, run: _Run, path: Path) -> None:
         """Two stages joined by a short queue: extract + chunk + embed a batch while the
         previous one is written, all writes in the one transaction that ends READY."""
         settings = self._settings
+        document = run.document
         embedded: asyncio.Queue[tuple[int, list[tuple[Any, ...]]] | None] = asyncio.Queue(2)
 
         async def produce() -> None:
             ordinal = 0
-            async for start, stop, texts in self._extracted(document, path):
+            async for start, stop, texts in self._extracted(run, path):
                 spans = chunk_pages(texts, size=settings.chunk_size, overlap=settings.chunk_overlap)
                 records: list[tuple[Any, ...]] = []
                 if spans:
@@ -506,21 +561,21 @@ class IngestionPipeline:
         last_progress = -PROGRESS_INTERVAL
         try:
             async with self._db.transaction(document.workspace_id) as session:
-                await self._hold(session, document)
+                await self._hold(session, run)
                 await documents.delete_chunks(
                     session, workspace_id=document.workspace_id, document_id=document.id
                 )
                 while (batch := await next_batch()) is not None:
                     stop, records = batch
-                    await self._hold(session, document)  # deleted meanwhile: stop here
+                    await self._hold(session, run)  # deleted or overtaken: stop here
                     with self._metrics.ingest_stage("write"):
                         await documents.copy_chunks(session, records)
                     written += len(records)
                     now = loop_time()
                     if now - last_progress >= PROGRESS_INTERVAL:
                         last_progress = now
-                        await self._set(
-                            document,
+                        await self._progress(
+                            run,
                             status=DocumentStatus.EMBEDDING,
                             pages_done=stop,
                             chunks_done=written,
@@ -533,6 +588,7 @@ class IngestionPipeline:
                     session,
                     workspace_id=document.workspace_id,
                     document_id=document.id,
+                    lease=run.lease,
                     status=DocumentStatus.READY.value,
                     pages_done=document.page_count,
                     chunks_done=written,
@@ -540,7 +596,7 @@ class IngestionPipeline:
                     embed_model=self._ollama.embed_model,
                     error=None,
                 ):
-                    raise _Deleted
+                    raise _Stopped
             self._metrics.ingested_pages.inc(document.page_count)
             self._metrics.ingested_chunks.inc(written)
         finally:
@@ -549,7 +605,7 @@ class IngestionPipeline:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await producer
 
-    async def _reembed(self, document: Document) -> None:
+    async def _reembed(self, run: _Run) -> None:
         """Embeds a document's stored chunk texts again, in one transaction (documents
         uploaded before files were stored: their text is all there is to reindex).
 
@@ -557,9 +613,10 @@ class IngestionPipeline:
             InvalidInput: the document has neither a stored file nor chunks.
         """
         batch = self._settings.embed_batch_size
+        document = run.document
         workspace_id = document.workspace_id
         async with self._db.transaction(workspace_id) as session:
-            await self._hold(session, document)
+            await self._hold(session, run)
             chunks = await documents.chunk_texts(
                 session, workspace_id=workspace_id, document_id=document.id
             )
@@ -571,7 +628,7 @@ class IngestionPipeline:
             for start in range(0, len(chunks), batch):
                 part = chunks[start : start + batch]
                 vectors = await self._ollama.embed([text for _id, text in part])
-                await self._hold(session, document)
+                await self._hold(session, run)
                 await documents.set_embeddings(
                     session,
                     [
@@ -579,24 +636,34 @@ class IngestionPipeline:
                         for (chunk_id, _), vector in zip(part, vectors, strict=True)
                     ],
                 )
-                await self._set(
-                    document, status=DocumentStatus.EMBEDDING, chunks_done=start + len(part)
+                await self._progress(
+                    run, status=DocumentStatus.EMBEDDING, chunks_done=start + len(part)
                 )
             if not await documents.set_state(
                 session,
                 workspace_id=workspace_id,
                 document_id=document.id,
+                lease=run.lease,
                 status=DocumentStatus.READY.value,
                 pages_done=document.page_count,
                 chunks_done=len(chunks),
                 embed_model=self._ollama.embed_model,
                 error=None,
             ):
-                raise _Deleted
+                raise _Stopped
 
 
-class _Deleted(Exception):
-    """The document was deleted while its ingestion ran: its transaction rolls back."""
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """One ingestion run: its document as it started, and its fencing token."""
+
+    document: Document
+    lease: int
+
+
+class _Stopped(Exception):
+    """The document was deleted, or a newer run started, while this run went on: its
+    transaction rolls back."""
 
 
 def loop_time() -> float:
