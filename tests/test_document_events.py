@@ -219,7 +219,13 @@ async def test_a_change_lost_while_the_listener_reconnects_is_resent(
 
                 async def finish(session: AsyncSession) -> None:
                     if change == "finished":
-                        assert await documents.set_state(session, **ids, status="READY", error=None)
+                        assert await documents.set_state(
+                            session,
+                            workspace_id=ids["workspace_id"],
+                            document_id=ids["document_id"],
+                            status="READY",
+                            error=None,
+                        )
                     else:
                         assert await documents.delete_document(session, **ids)
 
