@@ -16,6 +16,8 @@ from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from rag_gql.config import Settings
 from rag_gql.db import Database, migrate
 from rag_gql.db.embedded import start_embedded
@@ -109,7 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "export-config-docs":
         return export_config_docs(args.output)
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        # A configuration mistake: say which setting and why, without a traceback.
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            sys.stderr.write(f"rag-gql: invalid {name}: {error['msg']}\n")
+        return 2
     configure_logging(getattr(args, "log_level", "info"), settings.log_format)
     if args.command == "serve":
         return serve_forever(settings, host=args.host, port=args.port, log_level=args.log_level)
@@ -147,6 +156,8 @@ def serve_forever(settings: Settings, *, host: str, port: int, log_level: str) -
     """
     from rag_gql.observability.tracing import TracingSetupError, setup_tracing
 
+    if not jwt_secret_ready(settings):
+        return 2
     try:
         tracing = setup_tracing()
     except TracingSetupError as exc:
@@ -219,6 +230,8 @@ def run_worker_forever(settings: Settings) -> int:
                 operations.draining = True
             log.info("stopping: running jobs get SHUTDOWN_GRACE=%gs", settings.shutdown_grace)
 
+    if not jwt_secret_ready(settings):
+        return 2
     with database(settings) as url:
         migrate.upgrade(url, embed_dim=settings.embed_dim)
         try:
@@ -227,6 +240,17 @@ def run_worker_forever(settings: Settings) -> int:
             log.error("%s", exc)
             return 1
     return 0
+
+
+def jwt_secret_ready(settings: Settings) -> bool:
+    """Generates the JWT secret into DATA_DIR if needed, before any server or process starts;
+    False (logged) when DATA_DIR cannot hold it."""
+    try:
+        settings.resolved_jwt_secret()
+    except OSError as exc:
+        log.error("cannot keep the generated JWT secret in DATA_DIR=%s: %s", settings.data_dir, exc)
+        return False
+    return True
 
 
 def bulk_ingest(

@@ -8,12 +8,17 @@ this class (`rag-gql export-config-docs --output docs/configuration.md`, see
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rag_gql.keyfile import read_or_create_secret
+
+MIN_JWT_SECRET_BYTES = 32
+"""RFC 7518 section 3.2: an HS256 key has at least 256 bits."""
 
 
 class Settings(BaseSettings):
@@ -120,8 +125,8 @@ class Settings(BaseSettings):
     )
     jwt_secret: SecretStr | None = Field(
         default=None,
-        description="HS256 key of the access tokens; unset: generated once into "
-        "DATA_DIR/jwt_secret. Give every replica the same one.",
+        description="HS256 key of the access tokens, at least 32 bytes (RFC 7518 3.2); unset: "
+        "generated once into DATA_DIR/jwt_secret. Give every replica the same one.",
     )
     access_token_ttl: int = Field(
         default=900, gt=0, description="Seconds an access token stays valid."
@@ -491,6 +496,21 @@ class Settings(BaseSettings):
     )
     hybrid_candidates: int = Field(default=50, gt=0, description="Depth of each ranked list.")
 
+    @field_validator("jwt_secret")
+    @classmethod
+    def _jwt_secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # joserfc signs with any key, even an empty one: a short secret makes forgeable tokens.
+        if value is not None and len(value.get_secret_value().encode()) < MIN_JWT_SECRET_BYTES:
+            raise PydanticCustomError(
+                "jwt_secret_too_short",
+                "JWT_SECRET has {length} bytes; it needs at least {minimum} (RFC 7518 3.2: an "
+                "HS256 key has at least 256 bits). Set a random one, e.g. the output of "
+                "`python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`, or unset "
+                "JWT_SECRET to have one generated into DATA_DIR",
+                {"length": len(value.get_secret_value().encode()), "minimum": MIN_JWT_SECRET_BYTES},
+            )
+        return value
+
     @model_validator(mode="after")
     def _overlap_below_size(self) -> Settings:
         if self.chunk_overlap >= self.chunk_size:
@@ -498,16 +518,13 @@ class Settings(BaseSettings):
         return self
 
     def resolved_jwt_secret(self) -> bytes:
-        """Returns JWT_SECRET, or a random secret generated once and kept in DATA_DIR.
+        """Returns JWT_SECRET (validated: at least 32 bytes), or the random secret generated
+        once into DATA_DIR/jwt_secret (atomically, mode 0600; a file shorter than 32 bytes,
+        left by a crash, is generated again; see `rag_gql.keyfile`).
 
         Raises:
-            OSError: when DATA_DIR cannot be created or written.
+            OSError: when DATA_DIR cannot be created, locked or written.
         """
         if self.jwt_secret is not None:
             return self.jwt_secret.get_secret_value().encode()
-        path = self.data_dir / "jwt_secret"
-        if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_urlsafe(48))
-        return path.read_text().strip().encode()
+        return read_or_create_secret(self.data_dir / "jwt_secret", min_bytes=MIN_JWT_SECRET_BYTES)

@@ -22,6 +22,7 @@ from tests.support.pdfs import make_pdf
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 from tests.support.uploads import assert_error, upload_error, upload_ok
+from tests.test_workspaces import invite_and_join, user_id
 
 KEY_FIELDS = "id name role prefix createdAt expiresAt lastUsedAt revokedAt"
 CREATE = f"""
@@ -38,6 +39,8 @@ DOCUMENT = "query($id: ID!) { document(id: $id) { id } }"
 DELETE = "mutation($id: ID!) { deleteDocument(id: $id) }"
 SEARCH = "query($q: String!) { search(query: $q, k: 50) { document { id } } }"
 ME = "{ me { id } }"
+CREATE_TEAM = "mutation($n: String!) { createWorkspace(name: $n) { id } }"
+REMOVE_MEMBER = "mutation($w: ID!, $u: ID!) { removeMember(workspaceId: $w, userId: $u) }"
 ANSWER = """
 subscription($q: String!) {
   answer(question: $q, k: 50) {
@@ -433,3 +436,50 @@ async def test_a_key_acts_only_in_its_own_workspace(
         gql, {"authorization": f"Bearer {key_a}", "workspaceId": ws_a}, QUESTION
     )
     assert ids == [doc_a["id"]]
+
+
+async def test_a_removed_members_keys_stop_working(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings
+) -> None:
+    """Removed by an ADMIN, leaving, or their membership gone by any other way (SQL here, as a
+    deleted account's cascade would): the member's keys are refused at once, over HTTP and
+    WebSocket; the first two also revoke them, which listings show."""
+    owner = await sign_up(gql, inbox, "owner@example.com")
+    team = (await gql.data(CREATE_TEAM, {"n": "Team"}, token=owner))["createWorkspace"]["id"]
+    members = {}
+    for name in ("removed", "leaver", "gone"):
+        email = f"{name}@example.com"
+        members[name] = await sign_up(gql, inbox, email)
+        await invite_and_join(gql, inbox, owner, team, email, members[name], "ADMIN")
+    keys = {name: await create_key(gql, token, team, "EDITOR") for name, token in members.items()}
+    for secret, _ in keys.values():
+        assert await document_ids(gql, secret) == set()
+    ids = {name: await user_id(gql, token) for name, token in members.items()}
+
+    await gql.data(REMOVE_MEMBER, {"w": team, "u": ids["removed"]}, token=owner)
+    await gql.data(REMOVE_MEMBER, {"w": team, "u": ids["leaver"]}, token=members["leaver"])
+    async with connect(settings) as conn:
+        await conn.execute(
+            "DELETE FROM membership WHERE workspace_id = $1 AND user_id = $2",
+            uuid.UUID(team),
+            uuid.UUID(ids["gone"]),
+        )
+
+    for secret, _ in keys.values():
+        for headers in ({"Authorization": f"Bearer {secret}"}, {"X-API-Key": secret}):
+            body = await call(gql, DOCUMENTS, headers=headers)
+            assert body["data"] is None
+            assert assert_error(body, "UNAUTHENTICATED") == INVALID
+        await assert_ws_rejected(gql, {"apiKey": secret})
+    listed = {k["id"]: k for k in (await gql.data(LIST, {"w": team}, token=owner))["apiKeys"]}
+    assert listed[keys["removed"][1]["id"]]["revokedAt"] is not None
+    assert listed[keys["leaver"][1]["id"]]["revokedAt"] is not None
+    assert listed[keys["gone"][1]["id"]]["revokedAt"] is None  # refused all the same
+
+    # Back in the workspace, the revoked keys stay revoked; the never-revoked one works again.
+    for name in ("removed", "gone"):
+        email = f"{name}@example.com"
+        await invite_and_join(gql, inbox, owner, team, email, members[name], "ADMIN")
+    body = await call(gql, DOCUMENTS, headers={"X-API-Key": keys["removed"][0]})
+    assert assert_error(body, "UNAUTHENTICATED") == INVALID
+    assert await document_ids(gql, keys["gone"][0]) == set()

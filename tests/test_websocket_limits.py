@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -219,9 +220,9 @@ async def test_rate_limits_per_user_and_per_workspace(
         body = await client.execute('{ a: search(query: "x") { page } }', token=token)
         assert body["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
 
-        # An API key counts as the user who created it (tests/test_fair_use.py); one whose
-        # creator is gone has its own allowance per caller, but shares the workspace's:
-        # 3 + 2 = 5 searches, then the workspace's limit.
+        # An API key counts as the user who created it (tests/test_fair_use.py); another
+        # member has their own allowance, but shares the workspace's: 3 + 2 = 5 searches,
+        # then the workspace's limit.
         async with sql(settings) as conn:
             workspace = str(await conn.fetchval("SELECT id FROM workspace WHERE personal LIMIT 1"))
         create = (
@@ -234,12 +235,17 @@ async def test_rate_limits_per_user_and_per_workspace(
         request = {"query": SEARCH, "variables": {"q": QUESTION}}
         body = (await client.http.post(url, json=request, headers=headers)).json()
         assert "from you (at most 3 per 1 minute)" in body["errors"][0]["message"], body
-        async with sql(settings) as conn:
-            await conn.execute("UPDATE api_key SET created_by = NULL")
+        other = await sign_up(client, inbox, "bob@example.com")
+        async with sql(settings) as conn:  # a second member, made with SQL for brevity
+            await conn.execute(
+                "INSERT INTO membership (workspace_id, user_id, role) "
+                "SELECT $1, id, 'VIEWER' FROM \"user\" WHERE email = 'bob@example.com'",
+                uuid.UUID(workspace),
+            )
         for _ in range(2):
-            body = (await client.http.post(url, json=request, headers=headers)).json()
+            body = await client.execute(SEARCH, {"q": QUESTION}, token=other, workspace=workspace)
             assert "errors" not in body, body
-        body = (await client.http.post(url, json=request, headers=headers)).json()
+        body = await client.execute(SEARCH, {"q": QUESTION}, token=other, workspace=workspace)
         assert body["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
         assert "from this workspace (at most 5 per 1 minute)" in body["errors"][0]["message"]
 

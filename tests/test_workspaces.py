@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
+
+import asyncpg
+import httpx
 
 from rag_gql.config import Settings
 from tests.support.accounts import sign_up
@@ -244,3 +248,79 @@ async def test_collections(gql: GraphQLClient, inbox: Inbox, settings: Settings)
             "WHERE d.id IS NULL"
         )
     assert (left, orphans) == (0, 0)
+
+
+async def blocked(watch: asyncpg.Connection, count: int, *, on_user_table: bool = False) -> None:
+    """Waits until `count` other sessions of the database wait for a lock that another
+    session holds (and, with `on_user_table`, one of them for the `user` table). `watch`
+    must not be inside a transaction: the activity it reads is a snapshot per transaction."""
+    query = """
+        SELECT count(*) FILTER (WHERE cardinality(pg_blocking_pids(a.pid)) > 0),
+               count(*) FILTER (WHERE EXISTS (
+                   SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted
+                   AND l.relation = '"user"'::regclass))
+        FROM pg_stat_activity a
+        WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+    """
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        waiting, on_user = await watch.fetchrow(query)
+        if waiting == count and (on_user > 0 or not on_user_table):
+            return
+        assert asyncio.get_running_loop().time() < deadline, (waiting, on_user)
+        await asyncio.sleep(0.02)
+
+
+async def demote(base_url: str, token: str, workspace: str, member: str) -> Json:
+    """`updateMemberRole(member → ADMIN)` as `token`, on a connection of its own."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        variables = {"w": workspace, "u": member, "r": "ADMIN"}
+        return await GraphQLClient(http, base_url).execute(SET_ROLE, variables, token=token)
+
+
+async def test_two_owners_demoting_each_other_at_once_leave_one_owner(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings
+) -> None:
+    """Each demotion passes the last-OWNER check only after the other has committed.
+
+    Made deterministic with locks held from outside: both requests first wait on their
+    targets' membership rows; once both do, the `user` table is locked and the rows freed, so
+    each runs on until it reads an account (after its own check and update), where it waits
+    again; then everything is let go. Without a lock taken before the check, both would pass
+    it on two OWNERs and commit: no OWNER left."""
+    first = await sign_up(gql, inbox, "first@example.com")
+    second = await sign_up(gql, inbox, "second@example.com")
+    ws = (await gql.data(CREATE, {"n": "Shared"}, token=first))["createWorkspace"]["id"]
+    await invite_and_join(gql, inbox, first, ws, "second@example.com", second, "OWNER")
+    first_id, second_id = await user_id(gql, first), await user_id(gql, second)
+
+    async with (
+        connect(settings) as rows,
+        connect(settings) as table,
+        connect(settings) as watch,
+    ):
+        await rows.execute("BEGIN")
+        await rows.execute(
+            "SELECT 1 FROM membership WHERE workspace_id = $1 FOR UPDATE", uuid.UUID(ws)
+        )
+        demotions = [
+            asyncio.create_task(demote(gql.base_url, token, ws, target))
+            for token, target in ((first, second_id), (second, first_id))
+        ]
+
+        await blocked(watch, 2)
+        await table.execute("BEGIN")
+        await table.execute('LOCK TABLE "user" IN ACCESS EXCLUSIVE MODE')
+        await rows.execute("COMMIT")
+        await blocked(watch, 2, on_user_table=True)
+        await table.execute("COMMIT")
+        bodies = await asyncio.gather(*demotions)
+
+    done = [b for b in bodies if not b.get("errors")]
+    refused = [b for b in bodies if b.get("errors")]
+    assert len(done) == 1 and len(refused) == 1, bodies
+    assert done[0]["data"]["updateMemberRole"]["role"] == "ADMIN"
+    # The loser was demoted first: as an ADMIN it may no longer change an OWNER.
+    assert_error(refused[0], "FORBIDDEN", "ADMIN", "OWNER")
+    roles = sorted(m["role"] for m in (await gql.data(MEMBERS, {"w": ws}, token=first))["members"])
+    assert roles == ["ADMIN", "OWNER"]

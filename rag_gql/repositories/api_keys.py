@@ -5,8 +5,9 @@ the workspace as well."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.db.models import ApiKey
@@ -44,3 +45,21 @@ async def list_for_workspace(session: AsyncSession, *, workspace_id: uuid.UUID) 
         .order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
     )
     return list((await session.execute(stmt)).scalars())
+
+
+async def revoke_created_by(
+    session: AsyncSession, *, workspace_id: uuid.UUID, user_id: uuid.UUID, now: datetime
+) -> int:
+    """Revokes (at `now`) the workspace's live keys that `user_id` created; returns how many."""
+    stmt = (
+        update(ApiKey)
+        .where(
+            ApiKey.workspace_id == workspace_id,
+            ApiKey.created_by == user_id,
+            ApiKey.revoked_at.is_(None),
+        )
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(stmt)
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -99,6 +99,23 @@ async def member_role(
     return Role(role) if role is not None else None
 
 
+async def is_member(session: AsyncSession, *, workspace_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    """Whether the user belongs to the workspace (the transaction must see its memberships)."""
+    stmt = select(Membership.user_id).where(
+        Membership.workspace_id == workspace_id, Membership.user_id == user_id
+    )
+    return (await session.execute(stmt)).first() is not None
+
+
+async def lock_members(session: AsyncSession, workspace_id: uuid.UUID) -> bool:
+    """Locks the workspace row (`FOR NO KEY UPDATE`) until the transaction ends, so that
+    changes to its members run one at a time and each sees the roles the previous one left;
+    returns False when there is no such workspace. Rows referring to the workspace can still
+    be written meanwhile (their foreign keys take KEY SHARE locks, which this one allows)."""
+    stmt = select(Workspace.id).where(Workspace.id == workspace_id).with_for_update(key_share=True)
+    return (await session.execute(stmt)).first() is not None
+
+
 async def get(session: AsyncSession, workspace_id: uuid.UUID) -> Workspace | None:
     """Returns the workspace with this id."""
     return await session.get(Workspace, workspace_id)

@@ -1,5 +1,8 @@
 """API keys: a workspace's credentials for services, with a role like a member's.
 
+A key works while the member who created it stays in its workspace: removing them revokes
+their keys (`revoke_created_by`), and authentication checks the membership too.
+
 A secret reads `rgk_` + 8 hex characters (the public prefix, shown in listings) + `_` +
 `secrets.token_urlsafe(32)` (256 random bits). It is shown once, at creation; the database
 keeps only its SHA-256 (a fast hash suffices: the secret is random, not a password) and
@@ -8,7 +11,6 @@ the displayable prefix `rgk_XXXXXXXX`.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -18,8 +20,9 @@ from rag_gql.db import Database
 from rag_gql.db.models import ApiKey, Role
 from rag_gql.db.session import scope
 from rag_gql.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
-from rag_gql.repositories import api_keys
+from rag_gql.repositories import api_keys, workspaces
 from rag_gql.services.access import Action, Principal
+from rag_gql.services.tokens import token_hash
 
 API_KEY_PREFIX = "rgk_"
 """Every secret starts with this: it tells an API key from an access token."""
@@ -35,11 +38,6 @@ class CreatedApiKey:
 
     api_key: ApiKey
     secret: str
-
-
-def hash_secret(secret: str) -> str:
-    """Returns the SHA-256 hex of the whole secret, as stored in `api_key.key_hash`."""
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def new_secret() -> tuple[str, str]:
@@ -90,7 +88,7 @@ class ApiKeyService:
             name=name,
             role=role.value,
             prefix=prefix,
-            key_hash=hash_secret(secret),
+            key_hash=token_hash(secret),
             created_by=principal.user_id,
             expires_at=expires_at,
         )
@@ -130,14 +128,15 @@ class ApiKeyService:
         Records `last_used_at`, at most once a minute per key.
 
         Raises:
-            Unauthenticated: an unknown, revoked or expired key (one message for all).
+            Unauthenticated: an unknown, revoked or expired key, or one whose creator is no
+                longer a member of its workspace (one message for all).
             NotFound: `workspace_id` is given and is not the key's workspace.
         """
         if not secret.startswith(API_KEY_PREFIX):
             raise Unauthenticated(INVALID)
         now = datetime.now(UTC)
         async with self._db.transaction() as session:
-            key = await api_keys.get_by_hash(session, hash_secret(secret))
+            key = await api_keys.get_by_hash(session, token_hash(secret))
             if key is None or key.revoked_at is not None:
                 raise Unauthenticated(INVALID)
             if key.expires_at is not None and key.expires_at <= now:
@@ -145,6 +144,12 @@ class ApiKeyService:
             if workspace_id is not None and workspace_id != key.workspace_id:
                 raise NotFound("Workspace not found")
             await scope(session, workspace_id=key.workspace_id)  # the key acts in its workspace
+            # A key lives as long as its creator's membership: removing the member (or their
+            # leaving, or their account's deletion) ends it, whatever became of the row.
+            if key.created_by is None or not await workspaces.is_member(
+                session, workspace_id=key.workspace_id, user_id=key.created_by
+            ):
+                raise Unauthenticated(INVALID)
             if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
                 key.last_used_at = now
         return Principal(

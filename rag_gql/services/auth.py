@@ -1,9 +1,9 @@
 """Accounts: registration with an emailed code, login, sessions, password change and reset.
 
 Passwords follow `rag_gql.services.passwords` (policy, Argon2id). One-time codes are 6 digits,
-stored as an HMAC-SHA256 keyed by the server secret (a plain hash of a 6-digit code could be
-reversed by trying all million), expire after `OTP_TTL` seconds and die after
-`OTP_MAX_ATTEMPTS` wrong tries. Across codes, an email may fail `OTP_DAILY_MAX_ATTEMPTS` times
+stored as an HMAC-SHA256 keyed by an HKDF key (RFC 5869) of the server secret (a plain hash of
+a 6-digit code could be reversed by trying all million), expire after `OTP_TTL` seconds and die
+after `OTP_MAX_ATTEMPTS` wrong tries. Across codes, an email may fail `OTP_DAILY_MAX_ATTEMPTS` times
 per purpose (verification, reset) in 24 hours; then every code is refused until the oldest
 failure is a day old. Failures are counted in the database by an HMAC of the email, for
 addresses with and without an account alike, so the cap answers the same for both.
@@ -40,6 +40,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from email_validator import EmailNotValidError, validate_email
 from joserfc import jwt
 from joserfc.errors import ExpiredTokenError, JoseError
@@ -63,9 +65,12 @@ from rag_gql.repositories import refresh_tokens, users, workspaces
 from rag_gql.services.access import Principal
 from rag_gql.services.passwords import Passwords
 from rag_gql.services.ratelimit import RateLimiter
+from rag_gql.services.tokens import token_hash
 
 log = logging.getLogger(__name__)
 
+OTP_KEY_INFO = b"rag-gql otp v1"
+"""HKDF `info` (RFC 5869) of the one-time codes' HMAC key, derived from the JWT secret."""
 _VERIFY = "verify"
 _RESET = "reset"
 WRONG_CODE = "The code is wrong or has expired; register again for a new one"
@@ -141,8 +146,13 @@ class AuthService:
         self._mailer = mailer
         self._limiter = ratelimiter
         self._passwords = Passwords(settings.password_hash_profile)
-        self._secret = settings.resolved_jwt_secret()
-        self._jwk = OctKey.import_key(self._secret)
+        secret = settings.resolved_jwt_secret()
+        self._jwk = OctKey.import_key(secret)
+        # The codes' HMAC key is derived from the signing secret (HKDF, RFC 5869) rather than
+        # the secret itself: one key per purpose, and no code hash made with the JWT key.
+        self._otp_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=OTP_KEY_INFO
+        ).derive(secret)
         self._mail_tasks: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
@@ -259,7 +269,7 @@ class AuthService:
         now = datetime.now(UTC)
         async with self._db.transaction() as session:
             stored = await refresh_tokens.get_by_hash(
-                session, _token_hash(refresh_token), for_update=True
+                session, token_hash(refresh_token), for_update=True
             )
             if stored is None:
                 raise Unauthenticated(INVALID_REFRESH)
@@ -283,7 +293,7 @@ class AuthService:
         Access tokens already issued stay valid until they expire (`ACCESS_TOKEN_TTL`).
         """
         async with self._db.transaction() as session:
-            stored = await refresh_tokens.get_by_hash(session, _token_hash(refresh_token))
+            stored = await refresh_tokens.get_by_hash(session, token_hash(refresh_token))
             if stored is not None:
                 await scope(session, user_id=stored.user_id)
                 await refresh_tokens.revoke_family(session, stored.family_id, now=datetime.now(UTC))
@@ -449,7 +459,7 @@ class AuthService:
             session,
             user_id=user.id,
             family_id=family_id,
-            token_hash=_token_hash(token),
+            token_hash=token_hash(token),
             expires_at=datetime.now(UTC) + timedelta(seconds=ttl),
         )
         return Tokens(access=self.issue_token(user), refresh_token=token, refresh_expires_in=ttl)
@@ -539,12 +549,7 @@ class AuthService:
             log.warning("reset code for user %s not sent: %s", user_id, exc)
 
     def _code_hash(self, code: str) -> str:
-        return hmac.new(self._secret, code.encode(), hashlib.sha256).hexdigest()
-
-
-def _token_hash(token: str) -> str:
-    # A refresh token has 256 random bits: a plain hash cannot be reversed by guessing.
-    return hashlib.sha256(token.encode()).hexdigest()
+        return hmac.new(self._otp_key, code.encode(), hashlib.sha256).hexdigest()
 
 
 def normalize_email(email: str) -> str:

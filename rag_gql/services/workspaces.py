@@ -2,14 +2,15 @@
 
 Rules: only a user (not an API key) creates workspaces and accepts invitations; inviting,
 removing members and changing roles need ADMIN or OWNER in that workspace; nobody grants,
-removes or changes a role above their own; a workspace always keeps an OWNER; a personal
-workspace has exactly its one owner. Every refusal about a workspace the caller is not in
-is NOT_FOUND, the same as for a workspace that does not exist.
+removes or changes a role above their own; a workspace always keeps an OWNER (removals and
+role changes of one workspace take turns on a lock of its row, so that two OWNERs demoting
+each other at once cannot both pass the last-OWNER check); a personal workspace has exactly
+its one owner. A removed member's API keys are revoked with the removal. Every refusal about
+a workspace the caller is not in is NOT_FOUND, the same as for a workspace that does not exist.
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from rag_gql.db.models import Invitation, Membership, Role, User, Workspace
 from rag_gql.db.session import scope
 from rag_gql.errors import Forbidden, InvalidInput, NotFound
 from rag_gql.providers.mail import Mailer
-from rag_gql.repositories import users, workspaces
+from rag_gql.repositories import api_keys, users, workspaces
 from rag_gql.services.access import RANK, Action, Principal
 from rag_gql.services.auth import normalize_email
+from rag_gql.services.tokens import token_hash
 
 MAX_NAME_LENGTH = 200
 
@@ -118,7 +120,7 @@ class WorkspaceService:
                 workspace_id=workspace_id,
                 email=email,
                 role=role.value,
-                token_hash=_hash(token),
+                token_hash=token_hash(token),
                 invited_by=principal.user_id,
                 expires_at=datetime.now(UTC) + timedelta(seconds=self._settings.invitation_ttl),
             )
@@ -146,7 +148,7 @@ class WorkspaceService:
         user_id = _user_only(principal)
         missing = NotFound("Invitation not found or expired")
         async with self._db.transaction(user_id=user_id) as session:
-            invitation = await workspaces.invitation_by_hash(session, _hash(token.strip()))
+            invitation = await workspaces.invitation_by_hash(session, token_hash(token.strip()))
             user = await users.get(session, user_id)
             if (
                 invitation is None
@@ -176,11 +178,14 @@ class WorkspaceService:
     ) -> None:
         """Removes a member (ADMIN/OWNER, or a member leaving on their own).
 
+        The member's API keys of this workspace are revoked in the same transaction.
+
         Raises:
             NotFound: not the caller's workspace, or not a member of it.
             Forbidden: below ADMIN, the member outranks the caller, or the last OWNER.
         """
         async with self._db.transaction(workspace_id) as session:
+            await workspaces.lock_members(session, workspace_id)
             acting = await _role_in(session, principal, workspace_id)
             target = await workspaces.get_membership(
                 session, workspace_id=workspace_id, user_id=user_id
@@ -191,6 +196,9 @@ class WorkspaceService:
                 _require_manage(acting, Role(target.role))
             await _keep_an_owner(session, workspace_id, target)
             await session.delete(target)
+            await api_keys.revoke_created_by(
+                session, workspace_id=workspace_id, user_id=user_id, now=datetime.now(UTC)
+            )
 
     async def update_role(
         self, principal: Principal, workspace_id: uuid.UUID, user_id: uuid.UUID, role: Role
@@ -203,6 +211,7 @@ class WorkspaceService:
                 it would leave no OWNER.
         """
         async with self._db.transaction(workspace_id) as session:
+            await workspaces.lock_members(session, workspace_id)
             acting = await _role_in(session, principal, workspace_id)
             target = await workspaces.get_membership(
                 session, workspace_id=workspace_id, user_id=user_id
@@ -260,8 +269,3 @@ def _clean_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(f"The name is longer than {MAX_NAME_LENGTH} characters")
     return name
-
-
-def _hash(token: str) -> str:
-    # A 256-bit random token needs no slow hash: SHA-256 cannot be reversed by guessing.
-    return hashlib.sha256(token.encode()).hexdigest()
