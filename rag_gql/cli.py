@@ -199,9 +199,9 @@ def run_worker_forever(settings: Settings) -> int:
     """`rag-gql worker`: runs an ingestion worker until Ctrl-C or SIGTERM, with readiness and
     metrics on the operations listener (`METRICS_PORT`, `rag_gql.operations`); returns 1 when
     the configuration cannot work (`StartupError`: the log says which setting)."""
+    from rag_gql.ingestion.worker import ingestion_worker
     from rag_gql.operations import operations_listener
     from rag_gql.resources import StartupError, open_services
-    from rag_gql.worker import ingestion_worker
 
     async def work(settings: Settings) -> None:
         stop = asyncio.Event()
@@ -241,7 +241,7 @@ def bulk_ingest(
 
     Returns 0 when every file was ingested or a duplicate, 1 when any failed, 2 on bad paths.
     """
-    from rag_gql import bulk
+    from rag_gql.ingestion import bulk
 
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
@@ -253,8 +253,8 @@ def bulk_ingest(
         return 2
 
     async def load(settings: Settings) -> list[bulk.FileOutcome]:
+        from rag_gql.ingestion.worker import ingestion_worker
         from rag_gql.resources import open_services
-        from rag_gql.worker import ingestion_worker
 
         async with open_services(settings) as services, AsyncExitStack() as stack:
             principal = await operator_principal(services.db, workspace)
@@ -435,10 +435,10 @@ async def run_eval(
         DomainError: ingestion or search failed (e.g. Ollama unreachable).
         StartupError: EMBED_DIM disagrees with the database or the model.
     """
-    from rag_gql import bulk
     from rag_gql.errors import InvalidInput
+    from rag_gql.ingestion import bulk
+    from rag_gql.ingestion.worker import ingestion_worker
     from rag_gql.resources import open_services
-    from rag_gql.worker import ingestion_worker
 
     if not 1 <= k <= settings.search_max_k:  # before ingesting, not after
         raise InvalidInput(f"k must be between 1 and {settings.search_max_k} (SEARCH_MAX_K)")

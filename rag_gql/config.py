@@ -345,7 +345,7 @@ class Settings(BaseSettings):
     workspace_max_documents: int = Field(
         default=100_000, gt=0, description="Documents a workspace may hold (then QUOTA_EXCEEDED)."
     )
-    # Ingestion: a procrastinate job queue in PostgreSQL (rag_gql/queue.py).
+    # Ingestion: a procrastinate job queue in PostgreSQL (rag_gql/ingestion/queue.py).
     max_pages: int = Field(
         default=5000, gt=0, description="Most pages (or sections, row blocks) an upload may have."
     )

@@ -18,11 +18,12 @@ from sqlalchemy import text
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.errors import DomainError
+from rag_gql.ingestion.queue import conninfo
+from rag_gql.ingestion.submit import IngestionService
 from rag_gql.observability.metrics import Metrics
 from rag_gql.observability.upstream import ObservedTransport
 from rag_gql.providers.mail import Mailer, make_mailer
 from rag_gql.providers.ollama import EmbeddingSizeMismatch, OllamaClient
-from rag_gql.queue import conninfo
 from rag_gql.services.api_keys import ApiKeyService
 from rag_gql.services.auth import AuthService
 from rag_gql.services.collections import CollectionService
@@ -30,7 +31,6 @@ from rag_gql.services.conversations import ConversationService
 from rag_gql.services.document_events import DocumentEvents
 from rag_gql.services.documents import DocumentService
 from rag_gql.services.generation import GenerationService
-from rag_gql.services.ingestion import IngestionService
 from rag_gql.services.quotas import Quotas, Slots
 from rag_gql.services.ratelimit import RateLimiter
 from rag_gql.services.retrieval import RetrievalService

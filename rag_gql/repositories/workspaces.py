@@ -99,6 +99,11 @@ async def member_role(
     return Role(role) if role is not None else None
 
 
+async def all_ids(session: AsyncSession) -> list[uuid.UUID]:
+    """The ids of every workspace (an operator's commands; no row-level security on `workspace`)."""
+    return list((await session.execute(select(Workspace.id))).scalars())
+
+
 async def get(session: AsyncSession, workspace_id: uuid.UUID) -> Workspace | None:
     """Returns the workspace with this id."""
     return await session.get(Workspace, workspace_id)

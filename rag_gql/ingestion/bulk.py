@@ -21,9 +21,9 @@ from sqlalchemy import select
 from rag_gql.db import Database
 from rag_gql.db.models import Document
 from rag_gql.errors import DomainError
+from rag_gql.ingestion.submit import receive
 from rag_gql.resources import Services
 from rag_gql.services.access import Principal
-from rag_gql.services.ingestion import receive
 
 POLL_INTERVAL = 0.5
 """Seconds between two looks at the documents' progress."""
