@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             # draining when a shutdown begins.
             app.state.operations = await stack.enter_async_context(operations_listener(services))
             if settings.worker_in_process:
-                app.state.queue = await stack.enter_async_context(ingestion_worker(services))
+                await stack.enter_async_context(ingestion_worker(services))
             log.info("rag-gql ready: GraphQL at /graphql")
             yield
 

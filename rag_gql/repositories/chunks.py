@@ -278,11 +278,11 @@ async def snippets(
 def _document(values: Sequence[Any]) -> Document:
     """A detached `Document` of one row's columns (`search_sql.DOCUMENT_COLUMNS` order).
 
-    Filled as SQLAlchemy's own loader fills instances (a new instance, then its `__dict__`):
-    the declarative constructor sets each attribute through instrumentation and cost more
-    than the rest of `load`. Unlike the constructor, `new_instance` does not configure the
-    mappers first, so this does (without it, a process whose first request was a search
-    built documents whose attributes could not be read).
+    Filled as SQLAlchemy's own loader fills instances (a new instance, then its `__dict__`),
+    not through the declarative constructor, which sets each attribute through
+    instrumentation. Unlike the constructor, `new_instance` does not configure the mappers,
+    so this does first: a document built before they are configured has unreadable
+    attributes.
     """
     configure_mappers()  # a no-op once done; a fresh process may reach here first
     document: Document = Document.__mapper__.class_manager.new_instance()

@@ -91,7 +91,7 @@ class ChunkScope:
 
 
 class VectorStrategy(enum.Enum):
-    """How `vector_ranked` found the nearest chunks."""
+    """How `chunks.vector_ranked` found the nearest chunks."""
 
     EXACT = "EXACT"
     """Every chunk in scope compared with the query (recall 1.0); no index orders the rows."""
@@ -125,7 +125,7 @@ class ExactScan:
 
 @dataclass(frozen=True, slots=True)
 class VectorStatements:
-    """What `vector_ranked` sends after the tenant is set.
+    """What `chunks.vector_ranked` sends after the tenant is set.
 
     `prepare` sets the transaction-local settings, computes the exact-scan threshold
     (`ExactScan.threshold` of the table's estimated rows) and counts the chunks in scope up to it
@@ -157,7 +157,7 @@ def vector_statements(
     exact: ExactScan,
     scope: ChunkScope | None = None,
 ) -> VectorStatements:
-    """What `vector_ranked` sends to find up to `limit` chunks of `scope` in `workspace_id`
+    """What `chunks.vector_ranked` sends to find up to `limit` chunks of `scope` in `workspace_id`
     nearest to `embedding` (which has the column's dimension).
 
     Two statements. The first (`prepare`) sets the transaction-local settings, computes the
@@ -165,15 +165,14 @@ def vector_statements(
     scope, stopping at the threshold + 1. When at most the threshold are in scope, the
     second is the exact scan: it orders by `(embedding <=> q) + 0`, an expression the HNSW
     index cannot provide, so PostgreSQL computes the distance of every row in scope (found
-    through the workspace or document index) and keeps the best `limit` (recall 1.0; a few
-    thousand rows take a millisecond or two). Above that, it orders by `embedding <=> q`,
-    which the HNSW index (`vector_cosine_ops`) serves with `hnsw.ef_search` = max(`ef_search`,
-    `limit`) and pgvector 0.8's iterative scan (`relaxed_order`), so filters still return
-    `limit` rows when they exist.
+    through the workspace or document index) and keeps the best `limit` (recall 1.0). Above
+    that, it orders by `embedding <=> q`, which the HNSW index (`vector_cosine_ops`) serves
+    with `hnsw.ef_search` = max(`ef_search`, `limit`) and pgvector 0.8's iterative scan
+    (`relaxed_order`), so filters still return `limit` rows when they exist.
 
     `plan_cache_mode = force_custom_plan`: asyncpg prepares every statement, and after five
-    runs PostgreSQL may settle on one generic plan for every workspace (for the SELECT: an
-    exact scan of a 30 % workspace took 200 ms); a custom plan is costed for this workspace.
+    runs PostgreSQL may settle on one generic plan for every workspace, whatever its size; a
+    custom plan is costed for this workspace.
 
     `exact.max_rows` ≥ 0 (0 and no share: always HNSW unless the scope is empty); `limit` ≥ 1.
     """
@@ -221,12 +220,9 @@ def vector_statements(
 
 KEYWORD_SAMPLE = 500
 """Chunks of the scope sampled to tell a question's common words from its rare ones: the
-oldest (lowest ids), so the same question ranks the same way whatever the plan. (Without an
-order, a large workspace's sample came from a sequential scan, which PostgreSQL may start
-anywhere in the table (`synchronize_seqscans`): the same question matched different chunks
-from one call to the next.) On the eval set (all-MiniLM-L6-v2), the newest 500 gave HYBRID
-MRR 0.784 against the oldest's 0.809, and a spread sample (ordered by a hash of the id) 0.804
-but read the whole scope (260 ms in a 30,000-chunk workspace)."""
+oldest (lowest ids, `ORDER BY c.id`), so the same question picks the same sample, and so
+ranks the same way, whatever the plan (an unordered sample would follow the scan, which
+`synchronize_seqscans` may start anywhere in the table). bench/README.md compares samples."""
 
 KEYWORD_COMMON_MIN = 10
 """Sampled chunks a word must be in to count as common (so a small scope keeps every word)."""
@@ -243,7 +239,7 @@ def keyword_statement(
     scope: ChunkScope | None = None,
     common_share: float = 1.0,
 ) -> Statement:
-    """The statement of `keyword_ranked` (columns: chunk id, rank); see there."""
+    """The statement of `chunks.keyword_ranked` (columns: chunk id, rank); see there."""
     args = _Args()
     text = args.add(query)
     tsquery = _ANY_LEXEME.format(text)
@@ -279,7 +275,7 @@ def load_statement(
     query: str,
     highlight: Sequence[int] | None = None,
 ) -> Statement:
-    """The statement of `load` (columns: chunk id, ordinal, text, snippet, page, char_start,
+    """The statement of `chunks.load` (columns: chunk id, ordinal, text, snippet, page, char_start,
     char_end, then the document's columns in `Document.__table__` order). The snippet is
     `ts_headline`'s for the chunks in `highlight` (None: all of `ids`), NULL for the others."""
     args = _Args()

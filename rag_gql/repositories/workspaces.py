@@ -109,6 +109,11 @@ async def get(session: AsyncSession, workspace_id: uuid.UUID) -> Workspace | Non
     return await session.get(Workspace, workspace_id)
 
 
+async def named(session: AsyncSession, name: str) -> list[Workspace]:
+    """The workspaces called `name` (names are not unique)."""
+    return list((await session.execute(select(Workspace).where(Workspace.name == name))).scalars())
+
+
 async def add(session: AsyncSession, *, name: str, owner_id: uuid.UUID) -> Workspace:
     """Creates a (shared) workspace with `owner_id` as its OWNER; the transaction is scoped
     to it from then on."""
