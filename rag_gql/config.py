@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     invitation_ttl: int = Field(
         default=7 * 86400, gt=0, description="Seconds an emailed invitation stays valid."
     )
-    # Per-user and per-workspace limits of the expensive operations (services/quotas.py), in
+    # Per-user and per-workspace limits of the expensive operations (services/rate_limits.py), in
     # `limits` notation; `answer` and `ask` share theirs.
     rate_limit_search_per_user: str = Field(
         default="60/minute", description="`search` calls per user (each alias counts)."

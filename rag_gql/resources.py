@@ -31,8 +31,7 @@ from rag_gql.services.conversations import ConversationService
 from rag_gql.services.document_events import DocumentEvents
 from rag_gql.services.documents import DocumentService
 from rag_gql.services.generation import GenerationService
-from rag_gql.services.quotas import Quotas, Slots
-from rag_gql.services.ratelimit import RateLimiter
+from rag_gql.services.rate_limits import Quotas, RateLimiter, Slots
 from rag_gql.services.retrieval import RetrievalService
 from rag_gql.services.workspaces import WorkspaceService
 

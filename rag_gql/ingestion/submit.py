@@ -33,7 +33,7 @@ from rag_gql.repositories import documents
 from rag_gql.repositories import workspaces as workspace_repo
 from rag_gql.services import parsing
 from rag_gql.services.access import Action, Principal
-from rag_gql.services.quotas import StorageQuota
+from rag_gql.services.rate_limits import StorageQuota
 
 MAX_FILENAME_LENGTH = 255
 PART_SIZE = 1024 * 1024

@@ -35,7 +35,7 @@ from rag_gql.repositories import conversations
 from rag_gql.repositories.search_sql import ChunkScope
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.citations import cited_numbers, estimate_tokens
-from rag_gql.services.quotas import Slots, caller_key
+from rag_gql.services.rate_limits import Slots, caller_key
 from rag_gql.services.retrieval import MAX_QUERY_LENGTH, RetrievalService, SearchHit, SearchMode
 
 TITLE_LENGTH = 80
