@@ -132,13 +132,16 @@ def _children(pid: int) -> list[int]:
 
 async def ingest(settings: Settings, paths: list[Path]) -> dict[str, Any]:
     """Submits `paths` like `rag-gql ingest` and runs a worker until all are done."""
-    from rag_gql import bulk
-    from rag_gql.cli import operator_principal
+    from rag_gql.cli import eval_principal
+    from rag_gql.ingestion import bulk
+    from rag_gql.ingestion.worker import ingestion_worker
     from rag_gql.resources import open_services
-    from rag_gql.worker import ingestion_worker
+    from rag_gql.services.operators import operator_principal
 
     async with open_services(settings) as services, ingestion_worker(services):
-        principal = await operator_principal(services.db, f"bench-{time.time_ns()}")
+        principal = await operator_principal(
+            services.db, f"bench-{time.time_ns()}", new_workspace=eval_principal
+        )
         started = time.perf_counter()
         outcomes = await bulk.submit_all(services, principal, paths, None)
         submitted = time.perf_counter() - started
@@ -192,7 +195,7 @@ def measure_rss(settings: Settings, path: Path) -> dict[str, Any]:
 async def _drop_hnsw(url: str) -> None:
     import asyncpg
 
-    from rag_gql.queue import conninfo
+    from rag_gql.ingestion.queue import conninfo
 
     conn = await asyncpg.connect(conninfo(url))
     try:

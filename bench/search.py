@@ -13,7 +13,7 @@ together, as ingestion writes them. Then, on an embedded PostgreSQL with the rea
 (alembic), it prints side by side:
 
 - load, GIN and HNSW build times, table / TOAST / index sizes;
-- the app's statements (`chunks.vector_ranked`, built by `chunks.vector_statements`);
+- the app's statements (`chunks.vector_ranked`, built by `search_sql.vector_statements`);
 - GraphQL `search(mode: VECTOR, k: 10)` over HTTP against the real app (`rag-gql serve` in
   its own process), the app's SQL run with asyncpg (the floor: the same statements in one
   transaction as `rag_gql_app`, choosing exact or HNSW from the same bounded count), their
@@ -67,8 +67,8 @@ from rag_gql.config import Settings  # noqa: E402 - after the path set-up above
 from rag_gql.db import migrate  # noqa: E402
 from rag_gql.db.models import User  # noqa: E402
 from rag_gql.db.session import APP_ROLE, SET_TENANT  # noqa: E402
-from rag_gql.repositories import chunks, workspaces  # noqa: E402
-from rag_gql.repositories.chunks import (  # noqa: E402
+from rag_gql.repositories import chunks, search_sql, workspaces  # noqa: E402
+from rag_gql.repositories.search_sql import (  # noqa: E402
     ExactScan,
     Statement,
     VectorStatements,
@@ -412,7 +412,7 @@ async def timed(call: Callable[[], Awaitable[object]]) -> float:
 @dataclass(frozen=True, slots=True)
 class AppSql:
     """The statements `chunks.vector_ranked` sends inside `Database.driver_transaction`,
-    built by the app's own `chunks.vector_statements` with the app's settings: the tenant
+    built by the app's own `search_sql.vector_statements` with the app's settings: the tenant
     (`SET_TENANT`), `prepare` (the HNSW settings and `plan_cache_mode`, the exact-scan
     threshold and the chunks in scope counted up to it + 1: its last two columns), then the
     ranked SELECT of the strategy the count picks, as deep as `RetrievalService.search`
@@ -423,7 +423,7 @@ class AppSql:
     k: int
 
     def statements(self, workspace: uuid.UUID, vector: Sequence[float]) -> VectorStatements:
-        return chunks.vector_statements(
+        return search_sql.vector_statements(
             workspace_id=workspace,
             embedding=vector,
             limit=candidate_depth(SearchMode.VECTOR, self.k, hybrid_candidates=0),
@@ -499,7 +499,7 @@ async def floor_search(
     count picks (or `force`), with `hnsw.ef_search` overridden when `ef_search` is given
     (one statement more, outside the timed SELECT). The statements are built untimed. With
     `load_query`, the transaction also loads the hits as `RetrievalService.search` does
-    (`chunks.load_statement`: the 2k ranked, the first k highlighted for that query)."""
+    (`search_sql.load_statement`: the 2k ranked, the first k highlighted for that query)."""
     statements = app.statements(workspace, vector)
     started = time.perf_counter()
     async with conn.transaction():
@@ -516,7 +516,7 @@ async def floor_search(
         # vector_ranked sorts too: relaxed_order may return neighbours slightly out of order.
         ids = [int(r[0]) for r in sorted(rows, key=lambda r: (float(r[1]), int(r[0])))]
         if load_query is not None:
-            load = chunks.load_statement(
+            load = search_sql.load_statement(
                 workspace_id=workspace, ids=ids, query=load_query, highlight=ids[: app.k]
             )
             await conn.fetch(*flat(load))

@@ -19,10 +19,10 @@ from starlette.staticfiles import StaticFiles
 from rag_gql.body_limits import BodyLimitMiddleware
 from rag_gql.config import Settings
 from rag_gql.graphql.view import STATIC_PATH, GraphQLView
+from rag_gql.ingestion.worker import ingestion_worker
 from rag_gql.observability.requests import RequestIdMiddleware
 from rag_gql.operations import operations_listener
 from rag_gql.resources import open_services
-from rag_gql.worker import ingestion_worker
 
 if TYPE_CHECKING:
     from rag_gql.observability.otel import Tracing
@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             # draining when a shutdown begins.
             app.state.operations = await stack.enter_async_context(operations_listener(services))
             if settings.worker_in_process:
-                app.state.queue = await stack.enter_async_context(ingestion_worker(services))
+                await stack.enter_async_context(ingestion_worker(services))
             log.info("rag-gql ready: GraphQL at /graphql")
             yield
 

@@ -10,7 +10,6 @@ import re
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
@@ -210,9 +209,9 @@ def run_worker_forever(settings: Settings) -> int:
     """`rag-gql worker`: runs an ingestion worker until Ctrl-C or SIGTERM, with readiness and
     metrics on the operations listener (`METRICS_PORT`, `rag_gql.operations`); returns 1 when
     the configuration cannot work (`StartupError`: the log says which setting)."""
+    from rag_gql.ingestion.worker import ingestion_worker
     from rag_gql.operations import operations_listener
     from rag_gql.resources import StartupError, open_services
-    from rag_gql.worker import ingestion_worker
 
     async def work(settings: Settings) -> None:
         stop = asyncio.Event()
@@ -265,7 +264,8 @@ def bulk_ingest(
 
     Returns 0 when every file was ingested or a duplicate, 1 when any failed, 2 on bad paths.
     """
-    from rag_gql import bulk
+    from rag_gql.ingestion import bulk
+    from rag_gql.services import operators
 
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
@@ -277,13 +277,15 @@ def bulk_ingest(
         return 2
 
     async def load(settings: Settings) -> list[bulk.FileOutcome]:
+        from rag_gql.ingestion.worker import ingestion_worker
         from rag_gql.resources import open_services
-        from rag_gql.worker import ingestion_worker
 
         async with open_services(settings) as services, AsyncExitStack() as stack:
-            principal = await operator_principal(services.db, workspace)
+            principal = await operators.operator_principal(
+                services.db, workspace, new_workspace=eval_principal
+            )
             collection_id = (
-                await operator_collection(services.db, principal, collection)
+                await operators.operator_collection(services.db, principal, collection)
                 if collection
                 else None
             )
@@ -459,10 +461,10 @@ async def run_eval(
         DomainError: ingestion or search failed (e.g. Ollama unreachable).
         StartupError: EMBED_DIM disagrees with the database or the model.
     """
-    from rag_gql import bulk
     from rag_gql.errors import InvalidInput
+    from rag_gql.ingestion import bulk
+    from rag_gql.ingestion.worker import ingestion_worker
     from rag_gql.resources import open_services
-    from rag_gql.worker import ingestion_worker
 
     if not 1 <= k <= settings.search_max_k:  # before ingesting, not after
         raise InvalidInput(f"k must be between 1 and {settings.search_max_k} (SEARCH_MAX_K)")
@@ -530,66 +532,6 @@ async def eval_principal(db: Database, workspace_name: str) -> Principal:
             workspace.name = workspace_name[:200]
             workspace_id = workspace.id
     return Principal(workspace_id=workspace_id, role=Role.OWNER, user_id=user.id, email=email)
-
-
-async def operator_principal(db: Database, workspace: str) -> Principal:
-    """An OWNER principal for the operator's commands in `workspace` (an id, or a name).
-
-    A name that no workspace has makes an eval-style personal workspace (see
-    `eval_principal`). The operator has the database's credentials, so no login is asked.
-
-    Raises:
-        ValueError: several workspaces have that name (give the id).
-    """
-    from sqlalchemy import select
-
-    from rag_gql.db.models import Role, Workspace
-
-    async with db.transaction() as session:
-        try:
-            found = await session.get(Workspace, uuid.UUID(workspace))
-        except ValueError:
-            rows = await session.execute(select(Workspace).where(Workspace.name == workspace))
-            matches = list(rows.scalars())
-            if len(matches) > 1:
-                raise ValueError(
-                    f"{len(matches)} workspaces are named {workspace!r}; give its id"
-                ) from None
-            found = matches[0] if matches else None
-    if found is None:
-        return await eval_principal(db, workspace)
-    return Principal(workspace_id=found.id, role=Role.OWNER)
-
-
-async def operator_collection(db: Database, principal: Principal, collection: str) -> uuid.UUID:
-    """The id of the workspace's collection `collection` (an id or a name; a new name is made).
-
-    Raises:
-        ValueError: an id that is not one of the workspace's collections.
-    """
-    from sqlalchemy import select
-
-    from rag_gql.db.models import Collection
-    from rag_gql.repositories import collections
-
-    async with db.transaction(principal.workspace_id) as session:
-        try:
-            collection_id = uuid.UUID(collection)
-        except ValueError:
-            stmt = select(Collection).where(
-                Collection.workspace_id == principal.workspace_id, Collection.name == collection
-            )
-            found = (await session.execute(stmt)).scalar_one_or_none()
-            if found is None:
-                found = await collections.add(
-                    session, workspace_id=principal.workspace_id, name=collection
-                )
-            return found.id
-        if await collections.get(
-            session, workspace_id=principal.workspace_id, collection_id=collection_id
-        ):
-            return collection_id
-    raise ValueError(f"no collection {collection} in the workspace")
 
 
 class _Stop(Exception):

@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     invitation_ttl: int = Field(
         default=7 * 86400, gt=0, description="Seconds an emailed invitation stays valid."
     )
-    # Per-user and per-workspace limits of the expensive operations (services/quotas.py), in
+    # Per-user and per-workspace limits of the expensive operations (services/rate_limits.py), in
     # `limits` notation; `answer` and `ask` share theirs.
     rate_limit_search_per_user: str = Field(
         default="60/minute", description="`search` calls per user (each alias counts)."
@@ -350,7 +350,7 @@ class Settings(BaseSettings):
     workspace_max_documents: int = Field(
         default=100_000, gt=0, description="Documents a workspace may hold (then QUOTA_EXCEEDED)."
     )
-    # Ingestion: a procrastinate job queue in PostgreSQL (rag_gql/queue.py).
+    # Ingestion: a procrastinate job queue in PostgreSQL (rag_gql/ingestion/queue.py).
     max_pages: int = Field(
         default=5000, gt=0, description="Most pages (or sections, row blocks) an upload may have."
     )

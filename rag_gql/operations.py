@@ -29,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from rag_gql.ingestion.queue import queue_depth
 from rag_gql.observability.health import migration_heads, readiness
-from rag_gql.queue import queue_depth
 from rag_gql.resources import Services, StartupError
 
 log = logging.getLogger(__name__)

@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
-from sqlalchemy import text
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.errors import DomainError
+from rag_gql.ingestion.queue import conninfo
+from rag_gql.ingestion.submit import IngestionService
 from rag_gql.observability.metrics import Metrics
 from rag_gql.observability.upstream import ObservedTransport
 from rag_gql.providers.mail import Mailer, make_mailer
 from rag_gql.providers.ollama import EmbeddingSizeMismatch, OllamaClient
-from rag_gql.queue import conninfo
+from rag_gql.repositories import catalog
 from rag_gql.services.api_keys import ApiKeyService
 from rag_gql.services.auth import AuthService
 from rag_gql.services.collections import CollectionService
@@ -30,9 +31,7 @@ from rag_gql.services.conversations import ConversationService
 from rag_gql.services.document_events import DocumentEvents
 from rag_gql.services.documents import DocumentService
 from rag_gql.services.generation import GenerationService
-from rag_gql.services.ingestion import IngestionService
-from rag_gql.services.quotas import Quotas, Slots
-from rag_gql.services.ratelimit import RateLimiter
+from rag_gql.services.rate_limits import Quotas, RateLimiter, Slots
 from rag_gql.services.retrieval import RetrievalService
 from rag_gql.services.workspaces import WorkspaceService
 
@@ -170,12 +169,8 @@ async def open_services(
 
 
 async def _check_database(db: Database, settings: Settings) -> None:
-    query = text(
-        "SELECT atttypmod FROM pg_attribute "
-        "WHERE attrelid = 'chunk'::regclass AND attname = 'embedding'"
-    )
     async with db.transaction() as session:
-        dim = (await session.execute(query)).scalar_one()
+        dim = await catalog.embedding_dimension(session)
     if dim != settings.embed_dim:
         raise StartupError(
             f"EMBED_DIM is {settings.embed_dim} but the database stores {dim}-dimensional "

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 
 from rag_gql.config import Settings
-from rag_gql.queue import RECOVER_TASK
+from rag_gql.ingestion.queue import RECOVER_TASK
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
 from tests.support.ollama_standin import StandinState

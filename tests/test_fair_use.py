@@ -16,9 +16,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from rag_gql import queue
 from rag_gql.config import Settings
 from rag_gql.db import Database
+from rag_gql.ingestion import queue
 from rag_gql.repositories.documents import EVENTS_CHANNEL
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init

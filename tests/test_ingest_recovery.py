@@ -13,14 +13,14 @@ from typing import Any, cast
 import asyncpg
 import pytest
 
-from rag_gql import queue
 from rag_gql.config import Settings
 from rag_gql.errors import UpstreamUnavailable
+from rag_gql.ingestion import queue
+from rag_gql.ingestion.pipeline import IngestionPipeline
+from rag_gql.ingestion.recovery import IngestRecovery
 from rag_gql.providers.ollama import OllamaClient
 from rag_gql.repositories import documents
 from rag_gql.resources import Services, open_services
-from rag_gql.services.ingestion import IngestionPipeline
-from rag_gql.services.recovery import IngestRecovery
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
 from tests.support.pdfs import long_page, make_pdf

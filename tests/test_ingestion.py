@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rag_gql.config import Settings
-from rag_gql.queue import INGEST_TASK
+from rag_gql.ingestion.queue import INGEST_TASK
 from rag_gql.resources import open_services
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init

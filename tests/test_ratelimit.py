@@ -15,7 +15,7 @@ import pytest
 
 from rag_gql.config import Settings
 from rag_gql.errors import RateLimited
-from rag_gql.services.ratelimit import RateLimiter
+from rag_gql.services.rate_limits import RateLimiter
 from tests.support.accounts import LOGIN, PASSWORD, REGISTER, VERIFY, sign_up
 from tests.support.graphql_client import GraphQLClient, Json
 from tests.support.serving import serve

@@ -17,7 +17,7 @@ from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.migrate import alembic_config
 from rag_gql.db.session import APP_ROLE, SET_TENANT
-from rag_gql.repositories import chunks
+from rag_gql.repositories import search_sql
 from tests.conftest import TEST_EMBED_DIM, with_database
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
@@ -70,7 +70,7 @@ async def keyword_plan(
     db: Database, ws: uuid.UUID, query: str, common_share: float
 ) -> tuple[str, int]:
     """The keyword statement's plan as the app role, and how many chunks it returns."""
-    statement = chunks.keyword_statement(
+    statement = search_sql.keyword_statement(
         workspace_id=ws, query=query, limit=5, common_share=common_share
     )
     async with db.driver_transaction(ws) as conn:

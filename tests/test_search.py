@@ -8,7 +8,7 @@ import uuid
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
-from rag_gql.repositories import chunks
+from rag_gql.repositories import chunks, search_sql
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json
 from tests.support.ollama_standin import StandinState, embed_text
@@ -229,15 +229,15 @@ async def test_nearest_neighbour_query_uses_the_hnsw_index(
             for setting in no_seqscan_no_sort:
                 await conn.execute(setting)
             # Three chunks are above max_rows 0: the HNSW path (see test_search_strategy).
-            statements = chunks.vector_statements(
+            statements = search_sql.vector_statements(
                 workspace_id=workspace,
                 embedding=query_vector,
                 limit=5,
                 ef_search=100,
-                exact=chunks.ExactScan(max_rows=0),
+                exact=search_sql.ExactScan(max_rows=0),
             )
             ranked = await chunks.vector_ranked(conn, statements)
-            assert ranked.strategy is chunks.VectorStrategy.HNSW
+            assert ranked.strategy is search_sql.VectorStrategy.HNSW
             pages = await chunks.load(
                 conn, workspace_id=workspace, ids=[ranked.rows[0][0]], query="espresso"
             )

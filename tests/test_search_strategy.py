@@ -15,8 +15,9 @@ import pytest
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
-from rag_gql.repositories import chunks
-from rag_gql.repositories.chunks import ChunkScope, ExactScan, VectorRanking, VectorStrategy
+from rag_gql.repositories import chunks, search_sql
+from rag_gql.repositories.chunks import VectorRanking
+from rag_gql.repositories.search_sql import ChunkScope, ExactScan, VectorStrategy
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json
 from tests.support.ollama_standin import embed_text
@@ -61,7 +62,7 @@ async def rank(
     of the SELECT it sent, explained in that transaction with sequential scans and sorts
     disabled, so the plan shows whether the HNSW index *can* serve the ORDER BY. `exact`: an
     `ExactScan`, or its `max_rows` alone."""
-    statements = chunks.vector_statements(
+    statements = search_sql.vector_statements(
         workspace_id=workspace,
         embedding=embed_text(query, dim),
         limit=limit,
@@ -204,7 +205,7 @@ def decisions(monkeypatch: pytest.MonkeyPatch) -> list[VectorRanking]:
     original = chunks.vector_ranked
 
     async def recording(
-        conn: asyncpg.Connection, statements: chunks.VectorStatements
+        conn: asyncpg.Connection, statements: search_sql.VectorStatements
     ) -> VectorRanking:
         ranking = await original(conn, statements)
         recorded.append(ranking)
@@ -293,10 +294,10 @@ def test_a_fresh_process_reads_the_documents_a_search_loads() -> None:
     read. Run in a fresh interpreter: this test process configured its mappers long ago."""
     script = (
         "import uuid, datetime\n"
-        "from rag_gql.repositories import chunks\n"
+        "from rag_gql.repositories import chunks, search_sql\n"
         "now = datetime.datetime.now(datetime.UTC)\n"
         "values = {'id': uuid.uuid4(), 'filename': 'a.pdf', 'created_at': now}\n"
-        "row = [values.get(name) for name in chunks._DOCUMENT_COLUMNS]\n"
+        "row = [values.get(name) for name in search_sql.DOCUMENT_COLUMNS]\n"
         "document = chunks._document(row)\n"
         "print(document.filename, document.id == values['id'])\n"
     )

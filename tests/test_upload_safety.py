@@ -22,10 +22,10 @@ import rag_gql
 from rag_gql.config import Settings
 from rag_gql.errors import InvalidInput
 from rag_gql.graphql import view
+from rag_gql.ingestion.pipeline import IngestionPipeline
 from rag_gql.observability import logs
 from rag_gql.services import chunking, citations, parsing
 from rag_gql.services.extraction import ExtractionLimit, ExtractionPool
-from rag_gql.services.ingestion import IngestionPipeline
 from tests.support import hostile
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient

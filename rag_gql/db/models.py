@@ -228,7 +228,7 @@ class Document(Base):
     __table_args__ = (
         UniqueConstraint("workspace_id", "sha256", name="uq_document_workspace_id_sha256"),
         Index("ix_document_workspace_id_created_at", "workspace_id", "created_at", "id"),
-        # What the sweep of unfinished documents scans (`services.recovery`).
+        # What the sweep of unfinished documents scans (`ingestion.recovery`).
         Index(
             "ix_document_unfinished",
             "workspace_id",
@@ -258,12 +258,12 @@ class Document(Base):
     chunks_done: Mapped[int] = mapped_column(Integer, server_default="0")
     embed_model: Mapped[str | None] = mapped_column(String(255))
     # Set when a delete found the document held by its ingestion: hidden from then on, and
-    # removed by the worker at its next batch (`services.ingestion`).
+    # removed by the worker at its next batch (`ingestion.pipeline`).
     delete_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The fencing token of ingestion runs: raised by each run as it starts, and a run writes
-    # the document only while it is still its own (`services.ingestion`).
+    # the document only while it is still its own (`ingestion.pipeline`).
     ingest_lease: Mapped[int] = mapped_column(Integer, server_default="0")
-    # Runs in a row that stopped without an outcome and were queued again (`services.recovery`).
+    # Runs in a row that stopped without an outcome and were queued again (`ingestion.recovery`).
     ingest_recoveries: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()

@@ -138,9 +138,8 @@ class Database:
 
     Stale connections (PostgreSQL restarted, a proxy dropped them) are replaced at checkout:
     one whose socket has closed is discarded at no cost, and one idle longer than
-    `PING_AFTER_IDLE_SECONDS` is pinged first. SQLAlchemy's `pool_pre_ping` would ping every
-    checkout (BEGIN, `;`, ROLLBACK with asyncpg: three round trips and ~0.8 ms of CPU here,
-    on every request); this is its "custom pessimistic ping" recipe, made idle-aware.
+    `PING_AFTER_IDLE_SECONDS` is pinged first (SQLAlchemy's "custom pessimistic ping" recipe,
+    made idle-aware; `pool_pre_ping` would cost three round trips on every checkout).
     """
 
     def __init__(
@@ -182,10 +181,9 @@ class Database:
             @event.listens_for(self.engine.sync_engine, "connect")
             def _set_role(dbapi_connection: Any, _record: object) -> None:
                 # On the driver, outside any transaction (SQLAlchemy's "run_async" recipe for
-                # pool events): through the DBAPI cursor, SQLAlchemy's adapter opened a
-                # transaction for it that stayed open until an ORM unit of work ended it, so
-                # a new connection's first `driver_transaction` ran as a savepoint inside it
-                # and was discarded after (a reconnect per search or authentication).
+                # pool events): through the DBAPI cursor, SQLAlchemy's adapter opens a
+                # transaction that stays open until an ORM unit of work ends it, and a
+                # `driver_transaction` on that connection would be a savepoint inside it.
                 dbapi_connection.run_async(lambda driver: driver.execute(statement))
 
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -242,10 +240,9 @@ class Database:
         lookup_hash: str | None = None,
     ) -> AsyncIterator[asyncpg.Connection]:
         """Yields a pooled asyncpg connection inside one transaction, scoped as `transaction`
-        scopes, for the hot paths (search, authentication) that skip SQLAlchemy: through
-        an `AsyncSession` each statement cost ~0.4 ms of CPU here against ~0.03 ms, and the
-        session's own begin/commit ~0.5 ms more. Same pool, role, scope, timeouts and
-        commit/rollback rules as `transaction`; statements are SQL text with `$n` placeholders.
+        scopes, for the hot paths (search, authentication) that skip the ORM's per-statement
+        cost (bench/README.md). Same pool, role, scope, timeouts and commit/rollback rules as
+        `transaction`; statements are SQL text with `$n` placeholders.
 
         Raises:
             ServerBusy: as `transaction`.

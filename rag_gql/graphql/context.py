@@ -18,7 +18,7 @@ from rag_gql.errors import Forbidden, NotFound, Unauthenticated
 from rag_gql.resources import Services
 from rag_gql.services.access import Principal
 from rag_gql.services.api_keys import API_KEY_PREFIX, INVALID
-from rag_gql.services.quotas import Slots
+from rag_gql.services.rate_limits import Slots
 
 HTTP_CREDENTIALS = "send the header `Authorization: Bearer <token>` or `X-API-Key: <key>`"
 WS_CREDENTIALS = (

@@ -49,7 +49,7 @@ from rag_gql.errors import DomainError, RateLimited
 from rag_gql.graphql.context import Context
 from rag_gql.graphql.extensions import as_graphql_error
 from rag_gql.graphql.websocket import release_connections
-from rag_gql.services.quotas import Slots, caller_key
+from rag_gql.services.rate_limits import Slots, caller_key
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from rag_gql.graphql.websocket import (
     release_connections,
 )
 from rag_gql.resources import Services
-from rag_gql.services.quotas import caller_key
+from rag_gql.services.rate_limits import caller_key
 
 # As Apollo Server's CSRF prevention: a browser sends a cross-site multipart POST without a
 # preflight, but never with a custom header, so demanding one blocks CSRF uploads.

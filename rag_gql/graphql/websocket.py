@@ -44,7 +44,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 from rag_gql.errors import DomainError, RateLimited
 from rag_gql.graphql.context import Context
 from rag_gql.graphql.extensions import as_graphql_error
-from rag_gql.services.quotas import Slots
+from rag_gql.services.rate_limits import Slots
 
 log = logging.getLogger(__name__)
 

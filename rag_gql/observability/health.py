@@ -25,12 +25,12 @@ import logging
 from typing import Any
 
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
 
 from rag_gql.db import Database
 from rag_gql.db.migrate import alembic_config
 from rag_gql.errors import DomainError
 from rag_gql.providers.ollama import CircuitOpen, OllamaClient
+from rag_gql.repositories import catalog
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ async def readiness(
 async def _database(db: Database, heads: frozenset[str]) -> dict[str, dict[str, Any]]:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT), db.transaction() as session:
-            rows = await session.execute(text("SELECT version_num FROM alembic_version"))
-            current = sorted(str(row[0]) for row in rows)
+            current = await catalog.applied_migrations(session)
     except TimeoutError:
         log.warning("readiness: the database did not answer within %.0f s", CHECK_TIMEOUT)
         return {"database": {"ok": False, "error": "timeout"}, "migrations": {"ok": False}}

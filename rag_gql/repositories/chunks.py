@@ -1,108 +1,134 @@
-"""Ranked chunk retrieval: vector (exact or HNSW, cosine), keyword (full-text), loading hits.
+"""Chunks: their writes (a document's, in its ingestion's transaction) and the search's reads.
 
-Every query names the workspace, and the database enforces it as well: row-level security on
-`chunk`, and for keyword search the `chunk_fts` view's own condition (migration 0006).
-
-These are the search's hot path, so they run as SQL text on an asyncpg connection inside
-`Database.driver_transaction(workspace_id)`: through SQLAlchemy's session each statement cost
-~0.4 ms of CPU here against ~0.03 ms, several times the statements' own time in a small
-workspace. The statements are built by `vector_statements` and friends, which tests and
-`bench/search.py` use to see (and replay) exactly what is sent. The query vector goes as a
-`real[]` (asyncpg's binary array encoding) cast to `vector`: formatting 384 floats as
-pgvector's text cost more than the exact scan of a small workspace. Lists go as arrays
-(`= ANY($n)`), so a statement's text depends only on which filters are set, and asyncpg's
-statement cache keeps one prepared statement per shape. Only placeholders (`$n`) and
-constants are formatted into the SQL text (hence the `noqa: S608`); every value goes as an
-argument.
+Every statement names the workspace; row-level security on `chunk` enforces it as well.
+Writes go through the ORM session of the caller's transaction (`COPY` on its connection).
+The search's reads run on an asyncpg connection inside
+`Database.driver_transaction(workspace_id)`, as the text `search_sql` builds: the search's
+hot path skips the ORM.
 """
 
 from __future__ import annotations
 
-import enum
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import asyncpg
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import configure_mappers
 
-from rag_gql.db.models import Document
-
-# Questions are natural language: a chunk matches on ANY of the query's lexemes
-# (`plainto_tsquery` alone ANDs every word and finds nothing for most questions).
-_ANY_LEXEME = "replace(plainto_tsquery('english', {})::text, ' & ', ' | ')::tsquery"
-HEADLINE_OPTIONS = "StartSel=**, StopSel=**, MaxWords=35, MinWords=12, MaxFragments=2"
-_DOCUMENT_COLUMNS = tuple(column.name for column in Document.__table__.columns)
+from rag_gql.db.models import Chunk, Document
+from rag_gql.repositories import search_sql
 
 
 @dataclass(frozen=True, slots=True)
-class Statement:
-    """SQL text with asyncpg's `$n` placeholders and its arguments."""
+class ChunkRecord:
+    """One chunk to write (`copy_chunks`): its place in its document (`ordinal`, 0-based;
+    `page`, 1-based; `char_start`/`char_end`, a span of the page's text) and its embedding
+    (the column's dimension)."""
 
-    sql: str
-    args: tuple[Any, ...]
-
-
-class _Args:
-    """Collects positional arguments; `add` returns the placeholder of a new one."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-
-    def add(self, value: Any, cast: str = "") -> str:
-        self.values.append(value)
-        return f"${len(self.values)}{cast}"
+    workspace_id: uuid.UUID
+    document_id: uuid.UUID
+    collection_id: uuid.UUID | None
+    ordinal: int
+    page: int
+    char_start: int
+    char_end: int
+    text: str
+    embedding: Sequence[float]
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkScope:
-    """Restricts a search; `None` fields do not restrict. Pages are 1-based, inclusive."""
+CHUNK_COLUMNS = tuple(field.name for field in dataclasses.fields(ChunkRecord))
+"""The `chunk` columns `copy_chunks` writes, in `ChunkRecord`'s order: the one list of them."""
 
-    collection_ids: Sequence[uuid.UUID] | None = None
-    document_ids: Sequence[uuid.UUID] | None = None
-    filenames: Sequence[str] | None = None
-    page_from: int | None = None
-    page_to: int | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-
-    def where(self, args: _Args, workspace_id: uuid.UUID) -> str:
-        """SQL conditions on `chunk c` for this scope inside `workspace_id` (ANDed)."""
-        ws = args.add(workspace_id)
-        where = [f"c.workspace_id = {ws}"]
-        if self.collection_ids is not None:
-            where.append(f"c.collection_id = ANY({args.add(list(self.collection_ids))})")
-        if self.document_ids is not None:
-            where.append(f"c.document_id = ANY({args.add(list(self.document_ids))})")
-        if self.page_from is not None:
-            where.append(f"c.page >= {args.add(self.page_from)}")
-        if self.page_to is not None:
-            where.append(f"c.page <= {args.add(self.page_to)}")
-        documents: list[str] = []
-        if self.filenames is not None:
-            documents.append(f"d.filename = ANY({args.add(list(self.filenames))})")
-        if self.created_after is not None:
-            documents.append(f"d.created_at >= {args.add(self.created_after)}")
-        if self.created_before is not None:
-            documents.append(f"d.created_at < {args.add(self.created_before)}")
-        if documents:
-            where.append(
-                "c.document_id IN (SELECT d.id FROM document d WHERE "  # noqa: S608
-                + " AND ".join([f"d.workspace_id = {ws}", *documents])
-                + ")"
-            )
-        return " AND ".join(where)
+_STAGE = "chunk_stage"
+_POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves it unannotated
 
 
-class VectorStrategy(enum.Enum):
-    """How `vector_ranked` found the nearest chunks."""
+def _staging_type(column: str) -> str:
+    """The staging table's type of a `CHUNK_COLUMNS` column: the chunk's own, but the
+    embedding as text (pgvector's text form, cast when moved into `chunk`)."""
+    if column == "embedding":
+        return "text"
+    return str(Chunk.__table__.c[column].type.compile(dialect=_POSTGRESQL))
 
-    EXACT = "EXACT"
-    """Every chunk in scope compared with the query (recall 1.0); no index orders the rows."""
-    HNSW = "HNSW"
-    """The HNSW index with pgvector's iterative scan (approximate, `hnsw.ef_search`)."""
+
+async def delete_chunks(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
+) -> None:
+    """Deletes a document's chunks (before writing new ones in the same transaction)."""
+    await session.execute(
+        delete(Chunk).where(Chunk.workspace_id == workspace_id, Chunk.document_id == document_id)
+    )
+
+
+async def copy_chunks(session: AsyncSession, records: Sequence[ChunkRecord]) -> None:
+    """Writes chunk rows with `COPY` (binary), in the caller's transaction.
+
+    PostgreSQL refuses `COPY FROM` into a table with row-level security, so the rows are
+    copied into a temporary staging table (created on first use, dropped at commit) and moved
+    with one `INSERT ... SELECT`, which the policies check. Embeddings travel as pgvector's
+    text form (`[0.1,0.2,...]`, `vector_text`), cheaper to send than asyncpg's `real[]`
+    encoding (bench/README.md).
+    """
+    if not records:
+        return
+    connection = await session.connection()
+    staging = ", ".join(f"{column} {_staging_type(column)}" for column in CHUNK_COLUMNS)
+    await connection.execute(
+        text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ({staging}) ON COMMIT DROP")
+    )
+    raw = await connection.get_raw_connection()
+    driver: Any = raw.driver_connection
+    rows = [
+        tuple(
+            vector_text(record.embedding) if column == "embedding" else getattr(record, column)
+            for column in CHUNK_COLUMNS
+        )
+        for record in records
+    ]
+    await driver.copy_records_to_table(_STAGE, records=rows, columns=CHUNK_COLUMNS)
+    columns = ", ".join(CHUNK_COLUMNS)
+    moved = ", ".join(
+        f"{column}::vector" if column == "embedding" else column for column in CHUNK_COLUMNS
+    )
+    await connection.execute(
+        text(
+            f"INSERT INTO chunk ({columns}) SELECT {moved}"  # noqa: S608 - constants
+            f" FROM {_STAGE} ORDER BY ordinal"
+        )
+    )
+    await connection.execute(text(f"TRUNCATE {_STAGE}"))
+
+
+def vector_text(vector: Sequence[float]) -> str:
+    """pgvector's text input form of a vector: `[0.5,-1.25,...]`."""
+    return "[" + ",".join(map(repr, vector)) + "]"
+
+
+async def chunk_texts(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
+) -> list[tuple[int, str]]:
+    """`(chunk id, text)` of a document's chunks, in order."""
+    stmt = (
+        select(Chunk.id, Chunk.text)
+        .where(Chunk.workspace_id == workspace_id, Chunk.document_id == document_id)
+        .order_by(Chunk.ordinal)
+    )
+    return [(row.id, row.text) for row in await session.execute(stmt)]
+
+
+async def set_embeddings(session: AsyncSession, rows: Sequence[tuple[int, list[float]]]) -> None:
+    """Replaces the embeddings of chunks `(id, vector)` (row-level security scopes them)."""
+    if rows:
+        await session.execute(
+            update(Chunk),
+            [{"id": chunk_id, "embedding": vector} for chunk_id, vector in rows],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,139 +136,21 @@ class VectorRanking:
     """The result of `vector_ranked`.
 
     `rows`: (chunk id, cosine distance in [0, 2]), nearest first, at most `limit` of them.
-    `threshold`: the most chunks in scope searched exactly (`ExactScan.threshold`).
+    `threshold`: the most chunks in scope searched exactly (`search_sql.ExactScan.threshold`).
     `in_scope`: chunks the scope holds, counted up to `threshold` + 1 (so a value above
     `threshold` means "more than that").
     """
 
     rows: list[tuple[int, float]]
-    strategy: VectorStrategy
+    strategy: search_sql.VectorStrategy
     in_scope: int
     threshold: int
 
 
-@dataclass(frozen=True, slots=True)
-class ExactScan:
-    """When vector search scans every chunk in scope instead of using the HNSW index.
-
-    Up to `max_rows` chunks in scope, or more when `max_share` of the table is more, but not
-    above `share_max_rows` for that reason (whichever of `max_rows` and `share_max_rows` is
-    larger bounds it). A filtered HNSW search visits about k / (the scope's share of the
-    table) candidates, so a scope with a small share of a big table costs the index dearly
-    and loses recall, while the exact scan costs the scope's size. (`EXACT_SEARCH_MAX_ROWS`,
-    `EXACT_SEARCH_MAX_SHARE`, `EXACT_SEARCH_SHARE_MAX_ROWS`.)
-    """
-
-    max_rows: int
-    max_share: float = 0.0
-    share_max_rows: int = 0
-
-    def threshold(self, table_rows: float) -> int:
-        """The most chunks in scope scanned exactly in a table of `table_rows` (negative:
-        unknown, as `pg_class.reltuples` before the first ANALYZE). `vector_statements`
-        computes the same in SQL from PostgreSQL's estimate."""
-        by_share = min(int(self.max_share * max(table_rows, 0.0)), self.share_max_rows)
-        return max(self.max_rows, by_share)
-
-
-@dataclass(frozen=True, slots=True)
-class VectorStatements:
-    """What `vector_ranked` sends after the tenant is set.
-
-    `prepare` sets the transaction-local settings, computes the exact-scan threshold
-    (`ExactScan.threshold` of the table's estimated rows) and counts the chunks in scope up to it
-    + 1 (its last two columns); `exact` and `hnsw` are the ranked SELECT of each strategy
-    (columns: chunk id, cosine distance).
-    """
-
-    prepare: Statement
-    exact: Statement
-    hnsw: Statement
-
-    @staticmethod
-    def choose(in_scope: int, threshold: int) -> VectorStrategy:
-        """EXACT when at most `threshold` chunks are in scope, else HNSW (the last two
-        columns of `prepare`: threshold, then the bounded count)."""
-        return VectorStrategy.EXACT if in_scope <= threshold else VectorStrategy.HNSW
-
-    def select(self, strategy: VectorStrategy) -> Statement:
-        """The ranked SELECT of `strategy`."""
-        return self.exact if strategy is VectorStrategy.EXACT else self.hnsw
-
-
-def vector_statements(
-    *,
-    workspace_id: uuid.UUID,
-    embedding: Sequence[float],
-    limit: int,
-    ef_search: int,
-    exact: ExactScan,
-    scope: ChunkScope | None = None,
-) -> VectorStatements:
-    """What `vector_ranked` sends to find up to `limit` chunks of `scope` in `workspace_id`
-    nearest to `embedding` (which has the column's dimension).
-
-    Two statements. The first (`prepare`) sets the transaction-local settings, computes the
-    threshold (`exact.threshold` of the table's estimated rows) and counts the chunks in
-    scope, stopping at the threshold + 1. When at most the threshold are in scope, the
-    second is the exact scan: it orders by `(embedding <=> q) + 0`, an expression the HNSW
-    index cannot provide, so PostgreSQL computes the distance of every row in scope (found
-    through the workspace or document index) and keeps the best `limit` (recall 1.0; a few
-    thousand rows take a millisecond or two). Above that, it orders by `embedding <=> q`,
-    which the HNSW index (`vector_cosine_ops`) serves with `hnsw.ef_search` = max(`ef_search`,
-    `limit`) and pgvector 0.8's iterative scan (`relaxed_order`), so filters still return
-    `limit` rows when they exist.
-
-    `plan_cache_mode = force_custom_plan`: asyncpg prepares every statement, and after five
-    runs PostgreSQL may settle on one generic plan for every workspace (for the SELECT: an
-    exact scan of a 30 % workspace took 200 ms); a custom plan is costed for this workspace.
-
-    `exact.max_rows` ≥ 0 (0 and no share: always HNSW unless the scope is empty); `limit` ≥ 1.
-    """
-    scope = scope or ChunkScope()
-    count = _Args()
-    count.add(str(max(ef_search, limit)))
-    threshold = (
-        f"SELECT greatest({count.add(exact.max_rows)}::bigint, least("  # noqa: S608
-        f"floor({count.add(exact.max_share)}::float8 * greatest(reltuples, 0))::bigint, "
-        f"{count.add(exact.share_max_rows)}::bigint)) AS rows"
-        " FROM pg_class WHERE oid = 'chunk'::regclass"
-    )
-    where = scope.where(count, workspace_id)
-    prepare = Statement(
-        f"WITH threshold AS ({threshold})"  # noqa: S608
-        " SELECT set_config('hnsw.ef_search', $1, true),"
-        " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-        " set_config('plan_cache_mode', 'force_custom_plan', true),"
-        " (SELECT rows FROM threshold),"
-        f" (SELECT count(*) FROM (SELECT 1 FROM chunk c WHERE {where}"
-        " LIMIT (SELECT rows + 1 FROM threshold)) AS in_scope)",
-        tuple(count.values),
-    )
-
-    vector = list(embedding)
-
-    def ranked(exact: bool) -> Statement:
-        args = _Args()
-        query = args.add(vector, "::real[]::vector")
-        where = scope.where(args, workspace_id)
-        # Exact: `+ 0` makes an expression the HNSW index cannot provide, so PostgreSQL
-        # computes every distance in scope (computed once: the same expression is in the
-        # list and the ORDER BY); equal distances go by id whatever the plan. HNSW: the
-        # index's order (it can't take a second key).
-        distance = f"(c.embedding <=> {query}) + 0" if exact else f"c.embedding <=> {query}"
-        order = "distance, c.id" if exact else distance
-        sql = (
-            f"SELECT c.id, {distance} AS distance FROM chunk c WHERE {where}"  # noqa: S608
-            f" ORDER BY {order} LIMIT {args.add(limit)}"
-        )
-        return Statement(sql, tuple(args.values))
-
-    return VectorStatements(prepare, ranked(True), ranked(False))
-
-
-async def vector_ranked(conn: asyncpg.Connection, statements: VectorStatements) -> VectorRanking:
-    """Runs `statements` (`vector_statements`): the count, then the SELECT it picks.
+async def vector_ranked(
+    conn: asyncpg.Connection, statements: search_sql.VectorStatements
+) -> VectorRanking:
+    """Runs `statements` (`search_sql.vector_statements`): the count, then the SELECT it picks.
 
     `conn` is in `Database.driver_transaction(workspace_id)` of the statements' workspace.
     """
@@ -256,66 +164,13 @@ async def vector_ranked(conn: asyncpg.Connection, statements: VectorStatements) 
     return VectorRanking(rows, strategy, count, threshold)
 
 
-KEYWORD_SAMPLE = 500
-"""Chunks of the scope sampled to tell a question's common words from its rare ones: the
-oldest (lowest ids), so the same question ranks the same way whatever the plan. (Without an
-order, a large workspace's sample came from a sequential scan, which PostgreSQL may start
-anywhere in the table (`synchronize_seqscans`): the same question matched different chunks
-from one call to the next.) On the eval set (all-MiniLM-L6-v2), the newest 500 gave HYBRID
-MRR 0.784 against the oldest's 0.809, and a spread sample (ordered by a hash of the id) 0.804
-but read the whole scope (260 ms in a 30,000-chunk workspace)."""
-
-KEYWORD_COMMON_MIN = 10
-"""Sampled chunks a word must be in to count as common (so a small scope keeps every word)."""
-
-# A lexeme as tsquery text: quoted, its backslashes and quotes escaped.
-_QUOTED_LEXEME = "'''' || replace(replace(w, '\\', '\\\\'), '''', '''''') || ''''"
-
-
-def keyword_statement(
-    *,
-    workspace_id: uuid.UUID,
-    query: str,
-    limit: int,
-    scope: ChunkScope | None = None,
-    common_share: float = 1.0,
-) -> Statement:
-    """The statement of `keyword_ranked` (columns: chunk id, rank); see there."""
-    args = _Args()
-    text = args.add(query)
-    tsquery = _ANY_LEXEME.format(text)
-    where = (scope or ChunkScope()).where(args, workspace_id)
-    if common_share >= 1:  # no word is common: any word matches
-        common_words, source, matching = "", "chunk_fts c", tsquery
-    else:
-        common_words = (
-            f"WITH words AS (SELECT w, ({_QUOTED_LEXEME})::tsquery AS q FROM"  # noqa: S608
-            f" unnest(tsvector_to_array(to_tsvector('english', {text}))) AS w),"
-            f" sample AS (SELECT strip(c.tsv) AS tsv FROM chunk_fts c"
-            f" WHERE {where} ORDER BY c.id LIMIT {args.add(KEYWORD_SAMPLE)}),"
-            f" rare AS (SELECT string_agg(q::text, ' | ') AS q FROM words"
-            f" WHERE (SELECT count(*) FROM sample s WHERE s.tsv @@ words.q) < greatest("
-            f"{args.add(KEYWORD_COMMON_MIN)}, {args.add(common_share)}::float8"
-            f" * (SELECT count(*) FROM sample))),"
-            f" matching AS (SELECT coalesce((SELECT q FROM rare)::tsquery,"
-            f" plainto_tsquery('english', {text})) AS q) "
-        )
-        source, matching = "chunk_fts c, matching m", "m.q"
-    sql = (
-        f"{common_words}SELECT c.id, ts_rank_cd(c.tsv, {tsquery}, 1) AS rank"  # noqa: S608
-        f" FROM {source} WHERE {where} AND c.tsv @@ {matching}"
-        f" ORDER BY rank DESC, c.id LIMIT {args.add(limit)}"
-    )
-    return Statement(sql, tuple(args.values))
-
-
 async def keyword_ranked(
     conn: asyncpg.Connection,
     *,
     workspace_id: uuid.UUID,
     query: str,
     limit: int,
-    scope: ChunkScope | None = None,
+    scope: search_sql.ChunkScope | None = None,
     common_share: float = 1.0,
 ) -> list[tuple[int, float]]:
     """Returns up to `limit` (chunk id, `ts_rank_cd` score), best first.
@@ -324,21 +179,15 @@ async def keyword_ranked(
     view: on `chunk` itself the row-level security policy keeps `@@`, which is not LEAKPROOF,
     out of the index (migration 0006 says why the view is as safe). A chunk matches on any of
     the query's *rare* words: those in fewer than `common_share` of a sample of the scope's
-    chunks (the oldest `KEYWORD_SAMPLE`; a word must be in at least `KEYWORD_COMMON_MIN` to be
-    common), or, when every word is common, on all of them together. Matches are ranked by
-    cover density over all the query's words, normalized by document length (flag 1).
-    `common_share` 1 (the default) makes no word common: any word matches.
-
-    Why: `ts_rank_cd` has no inverse document frequency, so "any word" let a large scope's
-    chunks densest in the question's common words outrank the ones holding its rare ones,
-    and ranked thousands of matches (1 s p50 in a 30,000-chunk workspace). Matching on rare
-    words only is Elasticsearch's "common terms" query (`cutoff_frequency`), after Sparck
-    Jones's inverse document frequency (1972); on the labelled eval set it raised KEYWORD's
-    MRR from 0.415 to 0.621. A word's share is counted with `@@` on the sampled chunks'
-    `strip`ped tsvectors (each read from TOAST once, binary search per word).
-    `conn` is in `Database.driver_transaction(workspace_id)`.
+    chunks (the oldest `search_sql.KEYWORD_SAMPLE`; a word must be in at least
+    `KEYWORD_COMMON_MIN` to be common), or, when every word is common, on all of them
+    together. Matches are ranked by cover density over all the query's words, normalized by
+    document length (flag 1). `common_share` 1 (the default) makes no word common: any word
+    matches. Matching on rare words only is Elasticsearch's "common terms" query
+    (`cutoff_frequency`), after Sparck Jones's inverse document frequency (1972), which
+    `ts_rank_cd` lacks. `conn` is in `Database.driver_transaction(workspace_id)`.
     """
-    statement = keyword_statement(
+    statement = search_sql.keyword_statement(
         workspace_id=workspace_id,
         query=query,
         limit=limit,
@@ -378,42 +227,6 @@ async def embeddings(
     return {int(r[0]): list(r[1]) for r in rows}
 
 
-def load_statement(
-    *,
-    workspace_id: uuid.UUID,
-    ids: Sequence[int],
-    query: str,
-    highlight: Sequence[int] | None = None,
-) -> Statement:
-    """The statement of `load` (columns: chunk id, ordinal, text, snippet, page, char_start,
-    char_end, then the document's columns in `Document.__table__` order). The snippet is
-    `ts_headline`'s for the chunks in `highlight` (None: all of `ids`), NULL for the others."""
-    args = _Args()
-    ws, wanted = args.add(workspace_id), args.add(list(ids), "::bigint[]")
-    if highlight is None:
-        snippet = _headline(args, query)
-    elif highlight:
-        chosen = args.add(list(highlight), "::bigint[]")
-        snippet = f"CASE WHEN c.id = ANY({chosen}) THEN {_headline(args, query)} END"
-    else:
-        snippet = "NULL"
-    documents = ", ".join(f"d.{name}" for name in _DOCUMENT_COLUMNS)
-    sql = (
-        f"SELECT c.id, c.ordinal, c.text, {snippet}, c.page, c.char_start, c.char_end,"  # noqa: S608
-        f" {documents} FROM chunk c JOIN document d ON d.id = c.document_id"
-        f" WHERE c.workspace_id = {ws} AND c.id = ANY({wanted})"
-        # A document marked for deletion keeps its chunks until its worker lets go of it.
-        " AND d.delete_requested_at IS NULL"
-    )
-    return Statement(sql, tuple(args.values))
-
-
-def _headline(args: _Args, query: str) -> str:
-    """`ts_headline` of a chunk's text for `query` (any lexeme), `HEADLINE_OPTIONS`."""
-    tsquery = _ANY_LEXEME.format(args.add(query))
-    return f"ts_headline('english', c.text, {tsquery}, {args.add(HEADLINE_OPTIONS)})"
-
-
 async def load(
     conn: asyncpg.Connection,
     *,
@@ -424,12 +237,13 @@ async def load(
 ) -> dict[int, ChunkRow]:
     """Returns the chunks `ids` of the workspace, keyed by id. Those in `highlight` (None:
     all) carry a `ts_headline` snippet, the others None: highlighting is most of this
-    query's cost (~0.25 ms a chunk of ~850 characters, for a ten-word question), so callers
-    highlight only the chunks they return (`snippets` for any more). Each row's `document`
-    is a `Document` built from the row, in no session."""
+    query's cost, so callers highlight only the chunks they return (`snippets` for any more).
+    Each row's `document` is a `Document` built from the row, in no session."""
     if not ids:
         return {}
-    statement = load_statement(workspace_id=workspace_id, ids=ids, query=query, highlight=highlight)
+    statement = search_sql.load_statement(
+        workspace_id=workspace_id, ids=ids, query=query, highlight=highlight
+    )
     rows: dict[int, ChunkRow] = {}
     documents: dict[uuid.UUID, Document] = {}
     for r in await conn.fetch(statement.sql, *statement.args):
@@ -457,25 +271,20 @@ async def snippets(
     """`ts_headline` snippets of the workspace's chunks `ids` for `query`, keyed by id."""
     if not ids:
         return {}
-    args = _Args()
-    ws, wanted = args.add(workspace_id), args.add(list(ids), "::bigint[]")
-    sql = (
-        f"SELECT c.id, {_headline(args, query)} FROM chunk c"  # noqa: S608
-        f" WHERE c.workspace_id = {ws} AND c.id = ANY({wanted})"
-    )
-    return {int(r[0]): str(r[1]) for r in await conn.fetch(sql, *args.values)}
+    statement = search_sql.snippets_statement(workspace_id=workspace_id, ids=ids, query=query)
+    return {int(r[0]): str(r[1]) for r in await conn.fetch(statement.sql, *statement.args)}
 
 
 def _document(values: Sequence[Any]) -> Document:
-    """A detached `Document` of one row's columns (`_DOCUMENT_COLUMNS` order).
+    """A detached `Document` of one row's columns (`search_sql.DOCUMENT_COLUMNS` order).
 
-    Filled as SQLAlchemy's own loader fills instances (a new instance, then its `__dict__`):
-    the declarative constructor sets each attribute through instrumentation and cost more
-    than the rest of `load`. Unlike the constructor, `new_instance` does not configure the
-    mappers first, so this does (without it, a process whose first request was a search
-    built documents whose attributes could not be read).
+    Filled as SQLAlchemy's own loader fills instances (a new instance, then its `__dict__`),
+    not through the declarative constructor, which sets each attribute through
+    instrumentation. Unlike the constructor, `new_instance` does not configure the mappers,
+    so this does first: a document built before they are configured has unreadable
+    attributes.
     """
     configure_mappers()  # a no-op once done; a fresh process may reach here first
     document: Document = Document.__mapper__.class_manager.new_instance()
-    document.__dict__.update(zip(_DOCUMENT_COLUMNS, values, strict=True))
+    document.__dict__.update(zip(search_sql.DOCUMENT_COLUMNS, values, strict=True))
     return document

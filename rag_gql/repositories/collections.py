@@ -29,6 +29,16 @@ async def get(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def get_by_name(
+    session: AsyncSession, *, workspace_id: uuid.UUID, name: str
+) -> Collection | None:
+    """Returns the workspace's collection called `name`, or None."""
+    stmt = select(Collection).where(
+        Collection.workspace_id == workspace_id, Collection.name == name
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 async def list_all(session: AsyncSession, workspace_id: uuid.UUID) -> list[tuple[Collection, int]]:
     """Returns the workspace's collections by name, each with its number of documents."""
     counts = (

@@ -1,5 +1,5 @@
-"""Documents, their stored files and their chunks. Every query names the workspace: scoping
-lives in SQL (and row-level security enforces it as well).
+"""Documents and their stored files (their chunks: `repositories.chunks`). Every query names
+the workspace: scoping lives in SQL (and row-level security enforces it as well).
 
 A document whose ingestion holds its row (`hold`) cannot be deleted without waiting for that
 transaction: `delete_document` then marks it (`delete_requested_at`), which hides it from
@@ -14,27 +14,14 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, text, true, tuple_, update
+from sqlalchemy import and_, delete, func, select, text, true, tuple_, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rag_gql.db.models import Chunk, Document, DocumentFilePart, DocumentStatus
+from rag_gql.db.models import Document, DocumentFilePart, DocumentStatus
 
 EVENTS_CHANNEL = "rag_gql_document_events"
 """`LISTEN` channel of document status and progress changes (payload: `DocumentState` JSON)."""
-
-CHUNK_COPY_COLUMNS = (
-    "workspace_id",
-    "document_id",
-    "collection_id",
-    "ordinal",
-    "page",
-    "char_start",
-    "char_end",
-    "text",
-    "embedding",
-)
-"""Order of the fields of each record given to `copy_chunks`."""
 
 UNFINISHED = (
     DocumentStatus.QUEUED.value,
@@ -110,6 +97,12 @@ async def current_states(
     return sorted(found.values(), key=lambda doc: (doc.updated_at, doc.id))
 
 
+async def ids(session: AsyncSession, *, workspace_id: uuid.UUID) -> list[uuid.UUID]:
+    """The ids of every document of the workspace (in no order)."""
+    stmt = select(Document.id).where(Document.workspace_id == workspace_id)
+    return list((await session.execute(stmt)).scalars())
+
+
 async def get_by_sha256(
     session: AsyncSession, *, workspace_id: uuid.UUID, sha256: str
 ) -> Document | None:
@@ -181,12 +174,6 @@ async def usage(
         stmt = stmt.where(Document.id != excluding)
     count, size = (await session.execute(stmt)).one()
     return int(count), int(size)
-
-
-async def add_chunks(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Bulk-inserts chunk rows (dicts keyed by `Chunk` column names) in one statement batch."""
-    if rows:
-        await session.execute(insert(Chunk), list(rows))
 
 
 async def delete_document(
@@ -481,76 +468,3 @@ async def _announce(session: AsyncSession, row: Any, *, deleted: bool = False) -
         text("SELECT pg_notify(:channel, :payload)"),
         {"channel": EVENTS_CHANNEL, "payload": json.dumps(payload)},
     )
-
-
-async def delete_chunks(
-    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
-) -> None:
-    """Deletes a document's chunks (before writing new ones in the same transaction)."""
-    await session.execute(
-        delete(Chunk).where(Chunk.workspace_id == workspace_id, Chunk.document_id == document_id)
-    )
-
-
-async def chunk_texts(
-    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
-) -> list[tuple[int, str]]:
-    """`(chunk id, text)` of a document's chunks, in order."""
-    stmt = (
-        select(Chunk.id, Chunk.text)
-        .where(Chunk.workspace_id == workspace_id, Chunk.document_id == document_id)
-        .order_by(Chunk.ordinal)
-    )
-    return [(row.id, row.text) for row in await session.execute(stmt)]
-
-
-async def set_embeddings(session: AsyncSession, rows: Sequence[tuple[int, list[float]]]) -> None:
-    """Replaces the embeddings of chunks `(id, vector)` (row-level security scopes them)."""
-    if rows:
-        await session.execute(
-            update(Chunk),
-            [{"id": chunk_id, "embedding": vector} for chunk_id, vector in rows],
-        )
-
-
-def vector_text(vector: Sequence[float]) -> str:
-    """pgvector's text input form of a vector: `[0.5,-1.25,...]`."""
-    return "[" + ",".join(map(repr, vector)) + "]"
-
-
-async def copy_chunks(session: AsyncSession, records: Sequence[tuple[Any, ...]]) -> None:
-    """Writes chunk rows with `COPY` (binary), in the caller's transaction.
-
-    PostgreSQL refuses `COPY FROM` into a table with row-level security, so the rows are
-    copied into a temporary staging table (created on first use, dropped at commit) and moved
-    with one `INSERT ... SELECT`, which the policies check. Each record holds the
-    `CHUNK_COPY_COLUMNS` in order, the embedding as a sequence of floats.
-
-    Embeddings travel as pgvector's text form (`[0.1,0.2,...]`): asyncpg encodes a `real[]`
-    element by element with a type check each (measured 1.4 us per float, 5x the cost of
-    formatting the text), and PostgreSQL parses the text as fast as the array.
-    """
-    if not records:
-        return
-    connection = await session.connection()
-    await connection.execute(
-        text(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ("
-            "workspace_id uuid, document_id uuid, collection_id uuid, ordinal integer, "
-            "page integer, char_start integer, char_end integer, text text, embedding text"
-            ") ON COMMIT DROP"
-        )
-    )
-    raw = await connection.get_raw_connection()
-    driver: Any = raw.driver_connection
-    rows = [(*record[:-1], vector_text(record[-1])) for record in records]
-    await driver.copy_records_to_table(_STAGE, records=rows, columns=CHUNK_COPY_COLUMNS)
-    columns = ", ".join(CHUNK_COPY_COLUMNS)
-    await connection.execute(
-        text(
-            f"INSERT INTO chunk ({columns}) SELECT workspace_id, document_id, collection_id, "  # noqa: S608 - constants
-            "ordinal, page, char_start, char_end, text, embedding::vector "
-            f"FROM {_STAGE} ORDER BY ordinal"
-        )
-    )
-    await connection.execute(text(f"TRUNCATE {_STAGE}"))

@@ -116,9 +116,19 @@ async def lock_members(session: AsyncSession, workspace_id: uuid.UUID) -> bool:
     return (await session.execute(stmt)).first() is not None
 
 
+async def all_ids(session: AsyncSession) -> list[uuid.UUID]:
+    """The ids of every workspace (an operator's commands; no row-level security on `workspace`)."""
+    return list((await session.execute(select(Workspace.id))).scalars())
+
+
 async def get(session: AsyncSession, workspace_id: uuid.UUID) -> Workspace | None:
     """Returns the workspace with this id."""
     return await session.get(Workspace, workspace_id)
+
+
+async def named(session: AsyncSession, name: str) -> list[Workspace]:
+    """The workspaces called `name` (names are not unique)."""
+    return list((await session.execute(select(Workspace).where(Workspace.name == name))).scalars())
 
 
 async def add(session: AsyncSession, *, name: str, owner_id: uuid.UUID) -> Workspace:

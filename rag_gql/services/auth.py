@@ -23,7 +23,7 @@ or a thief holds a stolen copy (OAuth 2.0 Security BCP, RFC 9700 4.14.2). Changi
 resetting the password bumps `token_version` and revokes every refresh token: all sessions end.
 
 The endpoints that take a password or a code, or send mail, are rate limited per client IP
-and per email (`rag_gql.services.ratelimit`).
+and per email (`rag_gql.services.rate_limits`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from rag_gql.providers.mail import Mailer
 from rag_gql.repositories import refresh_tokens, users, workspaces
 from rag_gql.services.access import Principal
 from rag_gql.services.passwords import Passwords
-from rag_gql.services.ratelimit import RateLimiter
+from rag_gql.services.rate_limits import RateLimiter
 from rag_gql.services.tokens import token_hash
 
 log = logging.getLogger(__name__)

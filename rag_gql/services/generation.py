@@ -32,10 +32,10 @@ from rag_gql.db.models import Message
 from rag_gql.errors import DomainError, InvalidInput, NotFound
 from rag_gql.providers.ollama import ChatMessage, OllamaClient
 from rag_gql.repositories import conversations
-from rag_gql.repositories.chunks import ChunkScope
+from rag_gql.repositories.search_sql import ChunkScope
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.citations import cited_numbers, estimate_tokens
-from rag_gql.services.quotas import Slots, caller_key
+from rag_gql.services.rate_limits import Slots, caller_key
 from rag_gql.services.retrieval import MAX_QUERY_LENGTH, RetrievalService, SearchHit, SearchMode
 
 TITLE_LENGTH = 80

@@ -30,8 +30,9 @@ from rag_gql.db import Database
 from rag_gql.db.models import Document
 from rag_gql.errors import InvalidInput
 from rag_gql.providers.ollama import OllamaClient
-from rag_gql.repositories import chunks
-from rag_gql.repositories.chunks import ChunkRow, ChunkScope, ExactScan
+from rag_gql.repositories import chunks, search_sql
+from rag_gql.repositories.chunks import ChunkRow
+from rag_gql.repositories.search_sql import ChunkScope, ExactScan
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.query_embeddings import QueryEmbeddingCache
 
@@ -141,7 +142,7 @@ class RetrievalService:
         async with self._db.driver_transaction(ws) as conn:
             by_vector: list[tuple[int, float]] = []
             if vector is not None:
-                statements = chunks.vector_statements(
+                statements = search_sql.vector_statements(
                     workspace_id=ws,
                     embedding=vector,
                     limit=depth,

@@ -14,9 +14,9 @@ from rag_gql.errors import InvalidInput
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import DEFAULT_PAGE_SIZE, After, First, parse_id
+from rag_gql.ingestion.submit import receive
 from rag_gql.services.document_events import DocumentState
-from rag_gql.services.ingestion import receive
-from rag_gql.services.quotas import Operation
+from rag_gql.services.rate_limits import Operation
 
 DocumentId = Annotated[strawberry.ID, strawberry.argument(description="The document's id.")]
 

@@ -14,8 +14,8 @@ from rag_gql.errors import DomainError
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import parse_id, selects
-from rag_gql.repositories.chunks import ChunkScope
-from rag_gql.services.quotas import Operation
+from rag_gql.repositories.search_sql import ChunkScope
+from rag_gql.services.rate_limits import Operation
 from rag_gql.services.retrieval import MAX_QUERY_LENGTH, SearchMode
 
 DEFAULT_K = 5

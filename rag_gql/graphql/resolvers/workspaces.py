@@ -10,7 +10,7 @@ from rag_gql.db.models import Role
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import parse_id
-from rag_gql.services.quotas import Operation
+from rag_gql.services.rate_limits import Operation
 
 WorkspaceId = Annotated[strawberry.ID, strawberry.argument(description="The workspace's id.")]
 UserId = Annotated[strawberry.ID, strawberry.argument(description="The member's user id.")]

@@ -1,12 +1,18 @@
-"""Limits on the expensive operations: how often (per user and per workspace), how many at
-once (per user), and how much a workspace may store.
+"""Rate limits and quotas: how often (the account endpoints per client IP and per account;
+the expensive operations per user and per workspace), how many at once (per user), and how
+much a workspace may store.
 
-`Quotas` counts `search`, `answer` (with `ask`), `upload`, `reindex`, `createWorkspace`,
-`createApiKey` and `inviteMember` requests in moving windows (`limits`, in
-`RATE_LIMIT_STORAGE_URI` as the account limits of `ratelimit.py`: shared by every process when
-that is Redis). `Slots` counts what is running now, in this process only: a user's answers
+`RateLimiter` counts attempts at the account endpoints (register, log in, codes, password
+resets) per `(action, client IP)` and per `(action, account)`. `Quotas` counts `search`,
+`answer` (with `ask`), `upload`, `reindex`, `createWorkspace`, `createApiKey` and
+`inviteMember` requests per user and per workspace. Both use moving windows (`limits`'
+`MovingWindowRateLimiter`: each attempt counts for the window, so a burst at a window's edge
+cannot double the allowance), kept in `RATE_LIMIT_STORAGE_URI`: `memory://` is one
+process's memory; several processes share them in Redis (`redis://host:6379`) or another
+`limits` storage. `Slots` counts what is running now, in this process only: a user's answers
 being streamed, a user's live WebSocket operations, the WebSockets of a user and of an IP.
 `StorageQuota` bounds a workspace's stored bytes and documents, counted in the database.
+(GraphQL's own limits, depth and cost, are `graphql/limits.py`'s.)
 """
 
 from __future__ import annotations
@@ -53,6 +59,64 @@ def caller_key(principal: Principal) -> str:
     return f"key:{principal.api_key_id}"
 
 
+def _moving_window(storage_uri: str) -> MovingWindowRateLimiter:
+    """A moving-window limiter on the `limits` storage `storage_uri` (its async variant).
+
+    Raises:
+        ConfigurationError: the URI is malformed or names an unknown storage.
+    """
+    # The async variant of every storage is named `async+<scheme>`.
+    uri = storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}"
+    return MovingWindowRateLimiter(storage_from_string(uri))
+
+
+class RateLimiter:
+    """Counts attempts per `(action, client IP)` and per `(action, account)`.
+
+    Example:
+        `await limiter.hit("login", client_ip="203.0.113.7", account="ada@example.com")`
+    """
+
+    def __init__(self, *, storage_uri: str, per_ip: str, per_account: str) -> None:
+        """Builds the limiter; the limits are strings like `30/minute` or `100 per hour`.
+
+        Raises:
+            ValueError: a limit or the storage URI is malformed, or the storage is unknown.
+        """
+        try:
+            self._limiter = _moving_window(storage_uri)
+        except ConfigurationError as exc:
+            raise ValueError(f"RATE_LIMIT_STORAGE_URI: {exc}") from exc
+        self._per_ip: RateLimitItem = parse(per_ip)
+        self._per_account: RateLimitItem = parse(per_account)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimiter:
+        """The limiter `RATE_LIMIT_STORAGE_URI` and `RATE_LIMIT_AUTH_PER_*` describe."""
+        return cls(
+            storage_uri=settings.rate_limit_storage_uri,
+            per_ip=settings.rate_limit_auth_per_ip,
+            per_account=settings.rate_limit_auth_per_account,
+        )
+
+    async def hit(self, action: str, *, client_ip: str | None, account: str | None) -> None:
+        """Counts one attempt at `action`; an unknown IP or account is not counted.
+
+        Raises:
+            RateLimited: the IP or the account has used up its attempts; `retry_after` says
+                when the oldest attempt leaves the window.
+        """
+        checks = [(self._per_ip, "ip", client_ip), (self._per_account, "account", account)]
+        for item, kind, key in checks:
+            if key is not None and not await self._limiter.hit(item, action, kind, key):
+                stats = await self._limiter.get_window_stats(item, action, kind, key)
+                retry_after = math.ceil(stats.reset_time - time.time())
+                raise RateLimited(
+                    f"Too many attempts; try again in {max(1, retry_after)} seconds",
+                    retry_after=retry_after,
+                )
+
+
 class Quotas:
     """Per-user and per-workspace rate limits of `Operation`s.
 
@@ -69,16 +133,14 @@ class Quotas:
         Raises:
             ValueError: a limit or the storage URI is malformed, or the storage is unknown.
         """
-        uri = storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}"
         try:
-            storage = storage_from_string(uri)
+            self._limiter = _moving_window(storage_uri)
             self._rates: dict[Operation, tuple[RateLimitItem, RateLimitItem | None]] = {
                 op: (parse(user), None if workspace is None else parse(workspace))
                 for op, (user, workspace) in rates.items()
             }
         except (ConfigurationError, ValueError) as exc:
             raise ValueError(f"rate limits: {exc}") from exc
-        self._limiter = MovingWindowRateLimiter(storage)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Quotas:

@@ -5,7 +5,7 @@ Two ways a document is left unfinished (QUEUED, PARSING, EMBEDDING, or marked fo
 - its job stalled: the worker running it stopped beating its heartbeat (killed, lost, or its
   event loop blocked). `replace_stalled` ends that job `failed` and queues the document again
   with a new job, in one transaction. The old run may still be alive: fencing stops it at its
-  next write (`services.ingestion`), and its job being ended, it cannot finish the new one.
+  next write (`ingestion.pipeline`), and its job being ended, it cannot finish the new one.
 - it is orphaned: no ingestion job waits for it or runs it (`todo` or `doing`), and it has
   not changed for `INGEST_ORPHAN_GRACE` seconds. Jobs and documents commit together, so
   this means a run's last write failed (its database connection broke while the worker
@@ -26,12 +26,11 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rag_gql import queue
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import Document, DocumentStatus
+from rag_gql.ingestion import queue
 from rag_gql.repositories import documents
-from rag_gql.services.ingestion import requeue
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ class IngestRecovery:
             )
             return
         log.warning("document %s: %s: queued again", document_id, reason)
-        await requeue(
+        await queue.requeue(
             session,
             workspace_id,
             document_id,

@@ -28,7 +28,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import procrastinate
 from procrastinate.job_context import JobContext
@@ -38,7 +38,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.config import Settings
+from rag_gql.db.models import DocumentStatus
 from rag_gql.errors import UpstreamError, UpstreamUnavailable
+from rag_gql.repositories import documents
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ IngestHandler = Callable[[uuid.UUID, uuid.UUID, bool], Awaitable[None]]
 
 
 class Recovery(Protocol):
-    """What the recovery task does about documents (`services.recovery.IngestRecovery`)."""
+    """What the recovery task does about documents (`ingestion.recovery.IngestRecovery`)."""
 
     async def replace_stalled(
         self, job_id: int, *, document_id: uuid.UUID, workspace_id: uuid.UUID
@@ -132,6 +134,34 @@ async def defer_ingest(
     except IntegrityError:  # procrastinate_jobs_queueing_lock_idx: one is already waiting
         return False
     return True
+
+
+async def requeue(
+    session: AsyncSession,
+    workspace_id: uuid.UUID,
+    document_id: uuid.UUID,
+    *,
+    error: str | None = None,
+    lease: int | None = None,
+    **values: Any,
+) -> bool:
+    """Sets the document QUEUED (progress reset, `error` as the reason, `values` too) and
+    queues its job, in the caller's transaction; False when the document is gone (or, with
+    `lease`, a newer run started)."""
+    found = await documents.set_state(
+        session,
+        workspace_id=workspace_id,
+        document_id=document_id,
+        lease=lease,
+        status=DocumentStatus.QUEUED.value,
+        pages_done=0,
+        chunks_done=0,
+        error=error,
+        **values,
+    )
+    if found:
+        await defer_ingest(session, document_id=document_id, workspace_id=workspace_id)
+    return found
 
 
 async def has_live_job(session: AsyncSession, *, document_id: uuid.UUID) -> bool:

@@ -16,14 +16,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
-
 from rag_gql.db import Database
-from rag_gql.db.models import Document
 from rag_gql.errors import DomainError
+from rag_gql.ingestion.submit import receive
+from rag_gql.repositories import documents
 from rag_gql.resources import Services
 from rag_gql.services.access import Principal
-from rag_gql.services.ingestion import receive
 
 POLL_INTERVAL = 0.5
 """Seconds between two looks at the documents' progress."""
@@ -128,18 +126,11 @@ async def wait_for(
     progress.pages_total = sum(o.pages for o in waiting.values())
     while True:
         async with db.transaction(workspace_id) as session:
-            rows = (
-                await session.execute(
-                    select(
-                        Document.id,
-                        Document.status,
-                        Document.page_count,
-                        Document.pages_done,
-                        Document.chunk_count,
-                        Document.error,
-                    ).where(Document.workspace_id == workspace_id, Document.id.in_(list(waiting)))
-                )
-            ).all()
+            rows = await documents.get_many(
+                session,
+                workspace_id=workspace_id,
+                document_ids=[document_id for document_id in waiting if document_id is not None],
+            )
         pages_done = 0
         files_done = len(outcomes) - len(waiting)
         for row in rows:

@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager
 
 import procrastinate
 
-from rag_gql import queue
+from rag_gql.ingestion import queue
+from rag_gql.ingestion.pipeline import IngestionPipeline
+from rag_gql.ingestion.recovery import IngestRecovery
 from rag_gql.resources import Services
-from rag_gql.services.ingestion import IngestionPipeline
-from rag_gql.services.recovery import IngestRecovery
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ async def ingestion_worker(
     """Runs a worker on `services`' database and Ollama until the block exits.
 
     It recovers stalled jobs and orphaned documents as it starts and every
-    `WORKER_RECOVERY_INTERVAL` seconds (`services.recovery`). On exit the worker stops taking
+    `WORKER_RECOVERY_INTERVAL` seconds (`ingestion.recovery`). On exit the worker stops taking
     jobs, gives running ones `SHUTDOWN_GRACE` seconds, then stops the text-extraction
     processes. Yields the procrastinate app.
     """
