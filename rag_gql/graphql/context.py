@@ -13,12 +13,12 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
-from rag_gql.db.models import Document
 from rag_gql.errors import Forbidden, NotFound, Unauthenticated
 from rag_gql.resources import Services
 from rag_gql.services.access import Principal
 from rag_gql.services.api_keys import API_KEY_PREFIX, INVALID
 from rag_gql.services.quotas import Slots
+from rag_gql.services.records import Document
 
 HTTP_CREDENTIALS = "send the header `Authorization: Bearer <token>` or `X-API-Key: <key>`"
 WS_CREDENTIALS = (

@@ -1,19 +1,15 @@
-"""Retrieval and answers: `search`, and the `answer` subscription."""
+"""Retrieval: `search`, and the arguments it shares with the answers (`answers.py`)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Annotated
 
 import strawberry
 
-from rag_gql.errors import DomainError
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
-from rag_gql.graphql.resolvers.common import parse_id, selects
+from rag_gql.graphql.resolvers.common import selects
 from rag_gql.repositories.chunks import ChunkScope
 from rag_gql.services.quotas import Operation
 from rag_gql.services.retrieval import MAX_QUERY_LENGTH, SearchMode
@@ -91,81 +87,6 @@ class SearchQuery:
             snippets=selects(info.selected_fields, "snippet"),
         )
         return [types.SearchHit.from_hit(hit) for hit in hits]
-
-
-@strawberry.type
-class AnswerSubscription:
-    @strawberry.subscription(
-        description="Answers from the workspace's documents: sources, tokens as they stream, "
-        "done. A credential that expires or is revoked while it streams (checked every "
-        "SUBSCRIPTION_REAUTH_SECONDS) ends it with an AnswerError (UNAUTHENTICATED, FORBIDDEN)."
-    )
-    async def answer(
-        self,
-        info: Info,
-        question: Question,
-        k: K = DEFAULT_K,
-        mode: Mode = SearchMode.HYBRID,
-        filter: Filter = None,
-        collection_ids: CollectionIds = None,
-        conversation_id: ConversationId = None,
-    ) -> AsyncGenerator[types.AnswerEvent, None]:
-        principal = await info.context.require_principal()
-        await info.context.services.quotas.hit(Operation.ANSWER, principal)
-        events = info.context.services.generation.answer(
-            principal,
-            question,
-            DEFAULT_K if k is None else k,
-            mode=mode,
-            scope=to_scope(filter, collection_ids),
-            conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
-        )
-        metrics = info.context.services.metrics
-        every = info.context.services.settings.subscription_reauth_seconds
-        loop = asyncio.get_running_loop()
-        recheck_at = loop.time() + every
-        with metrics.live_subscription("answer"):
-            async with aclosing(events):
-                async for event in events:
-                    if loop.time() >= recheck_at:
-                        try:
-                            await info.context.reauthorize(principal)
-                        except DomainError as exc:
-                            # Then `aclosing` closes `events`: the answer is stored as interrupted.
-                            yield types.AnswerError(code=exc.code, message=str(exc))
-                            return
-                        recheck_at = loop.time() + every
-                    metrics.observe_answer_event(event)
-                    yield types.answer_event(event)
-
-
-@strawberry.type
-class AskMutation:
-    @strawberry.mutation(
-        description="The same answer as the `answer` subscription, as one response "
-        "(for scripts, curl, batch jobs). It is stored in the conversation too."
-    )
-    async def ask(
-        self,
-        info: Info,
-        question: Question,
-        k: K = DEFAULT_K,
-        mode: Mode = SearchMode.HYBRID,
-        filter: Filter = None,
-        collection_ids: CollectionIds = None,
-        conversation_id: ConversationId = None,
-    ) -> types.AskResult:
-        principal = await info.context.require_principal()
-        await info.context.services.quotas.hit(Operation.ANSWER, principal)
-        result = await info.context.services.generation.ask(
-            principal,
-            question,
-            DEFAULT_K if k is None else k,
-            mode=mode,
-            scope=to_scope(filter, collection_ids),
-            conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
-        )
-        return types.ask_result(result)
 
 
 def to_scope(
