@@ -21,6 +21,7 @@ import enum
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 import asyncpg
 import numpy as np
@@ -36,7 +37,8 @@ from rag_gql.services.access import Action, Principal
 from rag_gql.services.query_embeddings import QueryEmbeddingCache
 
 MAX_QUERY_LENGTH = 4000
-
+DEFAULT_K = 5
+"""How many hits a search (and an answer's retrieval) returns when `k` is not given."""
 
 MMR_POOL = 4
 """With `diversity`, maximal marginal relevance picks from the best `MMR_POOL` x k candidates."""
@@ -48,6 +50,53 @@ class SearchMode(enum.Enum):
     VECTOR = "VECTOR"
     KEYWORD = "KEYWORD"
     HYBRID = "HYBRID"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """Restricts a search; `None` fields do not restrict. Ids are as clients send them: one
+    that is not a UUID matches nothing; `collection_ids=[]` matches nothing. Pages are
+    1-based, inclusive; `created_after` is inclusive, `created_before` exclusive."""
+
+    collection_ids: Sequence[str] | None = None
+    document_ids: Sequence[str] | None = None
+    filenames: Sequence[str] | None = None
+    page_from: int | None = None
+    page_to: int | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRequest:
+    """What `search`, `answer` and `ask` are asked: the query (an answer's question), `k`
+    hits, the mode, a filter, `collection_ids` (narrows `filter.collection_ids`) and, for an
+    answer, the conversation to follow up in (None: a new one). Checked by
+    `RetrievalService.check`, once."""
+
+    query: str
+    k: int = DEFAULT_K
+    mode: SearchMode = SearchMode.HYBRID
+    filter: SearchFilter | None = None
+    collection_ids: Sequence[str] | None = None
+    conversation_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """A checked `SearchRequest` (`RetrievalService.check`): a query of 1 to
+    `MAX_QUERY_LENGTH` characters without NUL, `k` in 1..SEARCH_MAX_K, the chunks' scope."""
+
+    query: str
+    k: int
+    mode: SearchMode
+    scope: ChunkScope | None
+    conversation_id: uuid.UUID | None
+
+    def rephrased(self, query: str) -> Search:
+        """This search for `query` (a follow-up rewritten to stand alone, at most
+        `MAX_QUERY_LENGTH` characters); an empty one keeps this search's query."""
+        return replace(self, query=_clean(query)[:MAX_QUERY_LENGTH] or self.query)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +142,39 @@ class RetrievalService:
             settings.query_embedding_cache_size, settings.query_embedding_cache_ttl
         )
 
+    def check(self, request: SearchRequest, *, what: str = "query") -> Search:
+        """`request`, checked: NUL characters become spaces (PostgreSQL text cannot hold
+        them; page texts drop them too, `normalize_page`), the query is stripped, the scope
+        built (`collection_ids` narrows `filter.collection_ids`).
+
+        Raises:
+            InvalidInput: empty or over-long query (called `what` in the message), `k`
+                outside 1..SEARCH_MAX_K.
+        """
+        query = _clean(request.query)
+        if not query:
+            raise InvalidInput(f"The {what} is empty")
+        if len(query) > MAX_QUERY_LENGTH:
+            raise InvalidInput(f"The {what} is longer than {MAX_QUERY_LENGTH} characters")
+        if not 1 <= request.k <= self._settings.search_max_k:
+            raise InvalidInput(f"k must be between 1 and {self._settings.search_max_k}")
+        return Search(
+            query=query,
+            k=request.k,
+            mode=request.mode,
+            scope=_scope(request.filter, request.collection_ids),
+            conversation_id=request.conversation_id,
+        )
+
     async def search(
         self,
         principal: Principal,
-        query: str,
-        k: int,
+        request: SearchRequest,
         *,
-        mode: SearchMode = SearchMode.HYBRID,
-        scope: ChunkScope | None = None,
         diversity: float = 0.0,
         snippets: bool = True,
     ) -> list[SearchHit]:
-        """Returns up to `k` hits for `query`, best first, within `scope`.
+        """Returns up to `request.k` hits for `request.query`, best first, within its scope.
 
         With `diversity` in (0, 1], the hits are re-ranked by maximal marginal relevance
         (`maximal_marginal_relevance`) among the best `MMR_POOL` x k candidates: 0 keeps the
@@ -113,21 +183,31 @@ class RetrievalService:
 
         Raises:
             Forbidden: the caller cannot read.
-            InvalidInput: empty or over-long query, `k` outside 1..SEARCH_MAX_K, `diversity`
-                outside 0..1.
+            InvalidInput: what `check` raises; `diversity` outside 0..1.
             UpstreamUnavailable, UpstreamError: the query could not be embedded.
         """
         principal.require(Action.READ)
-        # PostgreSQL text cannot hold NUL; page texts drop it too (`normalize_page`).
-        query = query.replace("\x00", " ").strip()
-        if not query:
-            raise InvalidInput("The query is empty")
-        if len(query) > MAX_QUERY_LENGTH:
-            raise InvalidInput(f"The query is longer than {MAX_QUERY_LENGTH} characters")
-        if not 1 <= k <= self._settings.search_max_k:
-            raise InvalidInput(f"k must be between 1 and {self._settings.search_max_k}")
+        search = self.check(request)
         if not 0.0 <= diversity <= 1.0:
             raise InvalidInput("diversity must be between 0 and 1")
+        return await self.retrieve(principal, search, diversity=diversity, snippets=snippets)
+
+    async def retrieve(
+        self,
+        principal: Principal,
+        search: Search,
+        *,
+        diversity: float = 0.0,
+        snippets: bool = True,
+    ) -> list[SearchHit]:
+        """`search` for a checked search (`check`): the hits, best first.
+
+        Raises:
+            Forbidden: the caller cannot read.
+            UpstreamUnavailable, UpstreamError: the query could not be embedded.
+        """
+        principal.require(Action.READ)
+        query, k, mode, scope = search.query, search.k, search.mode, search.scope
         s = self._settings
         depth = candidate_depth(mode, k, hybrid_candidates=s.hybrid_candidates, diversity=diversity)
         ws = principal.workspace_id
@@ -241,6 +321,48 @@ class RetrievalService:
                 keywords.exception()  # retrieved: the embedding's failure is the one raised
             raise
         return vector, await keywords
+
+
+def _clean(query: str) -> str:
+    return query.replace("\x00", " ").strip()
+
+
+def _scope(filter: SearchFilter | None, collection_ids: Sequence[str] | None) -> ChunkScope | None:
+    """The chunks' scope of a filter; top-level `collection_ids` narrows
+    `filter.collection_ids`."""
+    if filter is None and collection_ids is None:
+        return None
+    f = filter or SearchFilter()
+    collections = _ids(f.collection_ids)
+    if collection_ids is not None:
+        top = _ids(collection_ids) or []
+        collections = top if collections is None else [c for c in collections if c in top]
+    return ChunkScope(
+        collection_ids=collections,
+        document_ids=_ids(f.document_ids),
+        # Stored names have no control characters (`clean_filename`), and PostgreSQL text
+        # cannot hold NUL: such a name matches nothing.
+        filenames=None
+        if f.filenames is None
+        else [name for name in f.filenames if name.isprintable()],
+        page_from=f.page_from,
+        page_to=f.page_to,
+        created_after=f.created_after,
+        created_before=f.created_before,
+    )
+
+
+def _ids(values: Sequence[str] | None) -> list[uuid.UUID] | None:
+    """Parses ids; one that is not an id matches nothing (it is left out)."""
+    if values is None:
+        return None
+    parsed: list[uuid.UUID] = []
+    for value in values:
+        try:
+            parsed.append(uuid.UUID(str(value)))
+        except ValueError:
+            continue
+    return parsed
 
 
 def candidate_depth(

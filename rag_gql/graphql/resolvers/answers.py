@@ -12,21 +12,19 @@ import strawberry
 from rag_gql.errors import DomainError
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
-from rag_gql.graphql.resolvers.common import parse_id
 from rag_gql.graphql.resolvers.search import (
-    DEFAULT_K,
     CollectionIds,
     ConversationId,
     Filter,
     K,
     Mode,
     Question,
-    to_scope,
+    search_request,
 )
 from rag_gql.observability.metrics import Metrics
 from rag_gql.services import generation
 from rag_gql.services.quotas import Operation
-from rag_gql.services.retrieval import SearchMode
+from rag_gql.services.retrieval import DEFAULT_K, SearchMode
 
 
 @strawberry.type
@@ -49,12 +47,7 @@ class AnswerSubscription:
         principal = await info.context.require_principal()
         await info.context.services.quotas.hit(Operation.ANSWER, principal)
         events = info.context.services.generation.answer(
-            principal,
-            question,
-            DEFAULT_K if k is None else k,
-            mode=mode,
-            scope=to_scope(filter, collection_ids),
-            conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
+            principal, search_request(question, k, mode, filter, collection_ids, conversation_id)
         )
         metrics = info.context.services.metrics
         every = info.context.services.settings.subscription_reauth_seconds
@@ -94,12 +87,7 @@ class AskMutation:
         principal = await info.context.require_principal()
         await info.context.services.quotas.hit(Operation.ANSWER, principal)
         result = await info.context.services.generation.ask(
-            principal,
-            question,
-            DEFAULT_K if k is None else k,
-            mode=mode,
-            scope=to_scope(filter, collection_ids),
-            conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
+            principal, search_request(question, k, mode, filter, collection_ids, conversation_id)
         )
         return types.ask_result(result)
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
 import strawberry
 
+from rag_gql.config import Settings
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
-from rag_gql.graphql.resolvers.common import selects
-from rag_gql.repositories.chunks import ChunkScope
+from rag_gql.graphql.resolvers.common import parse_id, selects
 from rag_gql.services.quotas import Operation
-from rag_gql.services.retrieval import MAX_QUERY_LENGTH, SearchMode
+from rag_gql.services.retrieval import DEFAULT_K, MAX_QUERY_LENGTH, SearchMode, SearchRequest
 
-DEFAULT_K = 5
+MAX_K_DEFAULT = Settings.model_fields["search_max_k"].default
+"""SEARCH_MAX_K's default, for the schema's description (the schema is the same whatever
+the settings)."""
 
 # The arguments `search`, `answer` and `ask` share.
 Question = Annotated[
@@ -23,8 +24,8 @@ Question = Annotated[
 K = Annotated[
     int | None,
     strawberry.argument(
-        description="How many passages to retrieve: 1 to SEARCH_MAX_K (50 by default); "
-        f"null: {DEFAULT_K}."
+        description=f"How many passages to retrieve: 1 to SEARCH_MAX_K ({MAX_K_DEFAULT} by "
+        f"default); null: {DEFAULT_K}."
     ),
 ]
 Mode = Annotated[SearchMode, strawberry.argument(description="How passages are found.")]
@@ -79,50 +80,28 @@ class SearchQuery:
         await info.context.services.quotas.hit(Operation.SEARCH, principal)
         hits = await info.context.services.retrieval.search(
             principal,
-            query,
-            DEFAULT_K if k is None else k,
-            mode=mode,
-            scope=to_scope(filter, collection_ids),
+            search_request(query, k, mode, filter, collection_ids),
             diversity=diversity or 0.0,
             snippets=selects(info.selected_fields, "snippet"),
         )
         return [types.SearchHit.from_hit(hit) for hit in hits]
 
 
-def to_scope(
-    filter: types.SearchFilter | None, collection_ids: list[strawberry.ID] | None
-) -> ChunkScope | None:
-    """Builds the search scope; `collectionIds` (top level) narrows `filter.collectionIds`."""
-    if filter is None and collection_ids is None:
-        return None
-    f = filter or types.SearchFilter()
-    collections = _ids(f.collection_ids)
-    if collection_ids is not None:
-        top = _ids(collection_ids) or []
-        collections = top if collections is None else [c for c in collections if c in top]
-    return ChunkScope(
-        collection_ids=collections,
-        document_ids=_ids(f.document_ids),
-        # Stored names have no control characters (`clean_filename`), and PostgreSQL text
-        # cannot hold NUL: such a name matches nothing.
-        filenames=None
-        if f.filenames is None
-        else [name for name in f.filenames if name.isprintable()],
-        page_from=f.page_from,
-        page_to=f.page_to,
-        created_after=f.created_after,
-        created_before=f.created_before,
+def search_request(
+    query: str,
+    k: int | None,
+    mode: SearchMode,
+    filter: types.SearchFilter | None,
+    collection_ids: list[strawberry.ID] | None,
+    conversation_id: strawberry.ID | None = None,
+) -> SearchRequest:
+    """The service's request from the arguments `search`, `answer` and `ask` share (checked
+    by the retrieval service). A malformed `conversationId` is "Conversation not found"."""
+    return SearchRequest(
+        query=query,
+        k=DEFAULT_K if k is None else k,
+        mode=mode,
+        filter=None if filter is None else filter.to_filter(),
+        collection_ids=None if collection_ids is None else [str(c) for c in collection_ids],
+        conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
     )
-
-
-def _ids(values: list[strawberry.ID] | None) -> list[uuid.UUID] | None:
-    """Parses ids; one that is not an id matches nothing (it is left out)."""
-    if values is None:
-        return None
-    parsed: list[uuid.UUID] = []
-    for value in values:
-        try:
-            parsed.append(uuid.UUID(str(value)))
-        except ValueError:
-            continue
-    return parsed

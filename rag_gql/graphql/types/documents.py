@@ -73,7 +73,9 @@ class Document:
 class DocumentEvent:
     document_id: strawberry.ID = strawberry.field(description="The document that changed.")
     status: DocumentStatus = strawberry.field(description="Where it is in ingestion.")
-    pages_total: int = strawberry.field(description="Pages (sections, row blocks) in the file.")
+    page_count: int = strawberry.field(
+        name="pagesTotal", description="Pages (sections, row blocks) in the file."
+    )
     pages_done: int = strawberry.field(description="Pages parsed and embedded so far.")
     chunks_done: int = strawberry.field(description="Chunks embedded so far in this run.")
     chunk_count: int = strawberry.field(description="Chunks searchable (set when READY).")
@@ -91,7 +93,7 @@ class DocumentEvent:
         return cls(
             document_id=strawberry.ID(str(state.document_id)),
             status=DocumentStatus(state.status),
-            pages_total=state.pages_total,
+            page_count=state.page_count,
             pages_done=state.pages_done,
             chunks_done=state.chunks_done,
             chunk_count=state.chunk_count,

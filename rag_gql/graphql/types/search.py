@@ -35,6 +35,18 @@ class SearchFilter:
         default=None, description="Only documents uploaded before this time (exclusive)."
     )
 
+    def to_filter(self) -> retrieval.SearchFilter:
+        """The retrieval service's filter (ids as sent: it parses them)."""
+        return retrieval.SearchFilter(
+            collection_ids=_strings(self.collection_ids),
+            document_ids=_strings(self.document_ids),
+            filenames=self.filenames,
+            page_from=self.page_from,
+            page_to=self.page_to,
+            created_after=self.created_after,
+            created_before=self.created_before,
+        )
+
 
 @strawberry.type(description="A passage that matches a query.")
 class SearchHit:
@@ -69,3 +81,7 @@ class SearchHit:
             char_end=hit.char_end,
             document=Document.from_model(hit.document),
         )
+
+
+def _strings(ids: list[strawberry.ID] | None) -> list[str] | None:
+    return None if ids is None else [str(i) for i in ids]
