@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
-import numpy as np
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
@@ -34,6 +33,7 @@ from rag_gql.providers.ollama import OllamaClient
 from rag_gql.repositories import chunks
 from rag_gql.repositories.chunks import ChunkRow, ChunkScope, ExactScan
 from rag_gql.services.access import Action, Principal
+from rag_gql.services.fusion import maximal_marginal_relevance, reciprocal_rank_fusion
 from rag_gql.services.query_embeddings import QueryEmbeddingCache
 
 MAX_QUERY_LENGTH = 4000
@@ -375,45 +375,6 @@ def candidate_depth(
     return max(depth, k * MMR_POOL) if diversity > 0 else depth
 
 
-def maximal_marginal_relevance(
-    relevance: Sequence[float], vectors: Sequence[Sequence[float]], *, n: int, diversity: float
-) -> list[int]:
-    """Indexes of up to `n` candidates in maximal-marginal-relevance order.
-
-    Carbonell and Goldstein (1998), "The use of MMR, diversity-based reranking for reordering
-    documents and producing summaries": each next pick maximises
-    `(1 - diversity) * rel(d) - diversity * max cos(d, s)` over the picks `s` so far, with
-    `rel` the candidates' scores scaled to [0, 1] (any scale: cosine, RRF, ts_rank_cd) and
-    `cos` the cosine similarity of their embeddings. `diversity` 0 keeps the input order.
-
-    Raises:
-        ValueError: `relevance` and `vectors` differ in length.
-    """
-    if len(relevance) != len(vectors):
-        raise ValueError("one relevance score per vector")
-    if not relevance:
-        return []
-    rel = np.asarray(relevance, dtype=np.float64)
-    spread = rel.max() - rel.min()
-    rel = (rel - rel.min()) / spread if spread > 0 else np.ones_like(rel)
-    unit = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(unit, axis=1, keepdims=True)
-    unit = unit / np.where(norms == 0, 1.0, norms)
-    similarity = unit @ unit.T
-    chosen: list[int] = []
-    closest = np.full(len(rel), -np.inf)  # max similarity to the picks so far
-    remaining = np.ones(len(rel), dtype=bool)
-    for _ in range(min(n, len(rel))):
-        penalty = np.where(np.isfinite(closest), closest, 0.0)
-        gain = (1 - diversity) * rel - diversity * penalty
-        gain[~remaining] = -np.inf
-        pick = int(np.argmax(gain))
-        chosen.append(pick)
-        remaining[pick] = False
-        closest = np.maximum(closest, similarity[pick])
-    return chosen
-
-
 def _rank(
     mode: SearchMode,
     by_vector: list[tuple[int, float]],
@@ -433,21 +394,6 @@ def _rank(
         k=s.rrf_k,
     )
     return [(cid, score, v_rank.get(cid), k_rank.get(cid)) for cid, score in fused]
-
-
-def reciprocal_rank_fusion(
-    rankings: list[list[int]], *, weights: list[float], k: float
-) -> list[tuple[int, float]]:
-    """Fuses ranked id lists: score(d) = Σ wᵢ / (k + rankᵢ(d)), ranks from 1.
-
-    Source: Cormack, Clarke & Büttcher, "Reciprocal Rank Fusion outperforms Condorcet and
-    individual Rank Learning Methods", SIGIR 2009 (k = 60 there). Ties keep first-seen order.
-    """
-    scores: dict[int, float] = {}
-    for ranking, weight in zip(rankings, weights, strict=True):
-        for rank, ident in enumerate(ranking, start=1):
-            scores[ident] = scores.get(ident, 0.0) + weight / (k + rank)
-    return sorted(scores.items(), key=lambda item: -item[1])
 
 
 def _hit(row: ChunkRow, score: float, v_rank: int | None, k_rank: int | None) -> SearchHit:
