@@ -76,7 +76,7 @@ from rag_gql.repositories.search_sql import (  # noqa: E402
 )
 from rag_gql.resources import Services, open_services  # noqa: E402
 from rag_gql.services.chunking import chunk_pages  # noqa: E402
-from rag_gql.services.retrieval import SearchMode, candidate_depth  # noqa: E402
+from rag_gql.services.retrieval import SearchMode, SearchRequest, candidate_depth  # noqa: E402
 from tests.support.limits import raised_limits  # noqa: E402
 from tests.support.minilm import MINILM_DIM, load_minilm  # noqa: E402
 from tests.support.ollama_standin import OllamaStandin, StandinState  # noqa: E402
@@ -856,7 +856,9 @@ async def breakdown(bench: Bench, workspace: uuid.UUID, token: str) -> dict[str,
         parts[names[2]].append((time.perf_counter() - started) * 1000)
         parts[names[3]].append(await timed(partial(_load, bench, workspace, ids, i)))
         search = partial(
-            services.retrieval.search, principal, text, bench.k, mode=SearchMode.VECTOR
+            services.retrieval.search,
+            principal,
+            SearchRequest(text, bench.k, SearchMode.VECTOR),
         )
         parts[names[4]].append(await timed(search))
     return {name: Stats.of(samples) for name, samples in parts.items()}

@@ -55,7 +55,12 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             log.info("rag-gql ready: GraphQL at /graphql")
             yield
 
-    view = GraphQLView(settings, extensions=[tracing.graphql_extension()] if tracing else ())
+    extensions = []
+    if tracing is not None:
+        from rag_gql.graphql.tracing import tracing_extension  # needs the otel extra
+
+        extensions.append(tracing_extension(tracing))
+    view = GraphQLView(settings, extensions=extensions)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -31,7 +31,7 @@ from rag_gql.evaluation import (
 )
 from rag_gql.observability.logs import LogFormat
 from rag_gql.services.access import Principal
-from rag_gql.services.retrieval import SearchMode
+from rag_gql.services.retrieval import SearchMode, SearchRequest
 
 if TYPE_CHECKING:
     from rag_gql.observability.otel import Tracing
@@ -493,11 +493,13 @@ async def run_eval(
         rows: list[Scores] = []
         for mode in modes:
             # One unmeasured search first: it opens the connections and warms the caches.
-            await services.retrieval.search(principal, questions[0].text, k, mode=mode)
+            await services.retrieval.search(principal, SearchRequest(questions[0].text, k, mode))
             outcomes: list[Outcome] = []
             for question in questions:
                 started = time.perf_counter()
-                hits = await services.retrieval.search(principal, question.text, k, mode=mode)
+                hits = await services.retrieval.search(
+                    principal, SearchRequest(question.text, k, mode)
+                )
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 ranking = tuple((hit.document.filename, hit.page) for hit in hits)
                 outcomes.append(Outcome(question, ranking, elapsed_ms))

@@ -2,7 +2,7 @@
 (`METRICS_HOST:METRICS_PORT`, default 127.0.0.1:9464), never on the public API's.
 
 - `GET /readyz`: 200 when the database, its migrations and Ollama are fine, else 503 (the
-  body of `rag_gql.observability.health`); 503 `{"status": "stopping"}` once a shutdown has
+  body of `rag_gql.health`); 503 `{"status": "stopping"}` once a shutdown has
   begun, so that a balancer stops sending new clients while the running answers finish.
 - `GET /metrics`: the process's Prometheus registry (`rag_gql.observability.metrics`).
 - `GET /healthz`: 200 while the process serves (the public listener answers it too).
@@ -29,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from rag_gql.health import migration_heads, readiness
 from rag_gql.ingestion.queue import queue_depth
-from rag_gql.observability.health import migration_heads, readiness
 from rag_gql.resources import Services, StartupError
 
 log = logging.getLogger(__name__)

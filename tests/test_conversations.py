@@ -298,3 +298,35 @@ async def test_conversations_are_private(gql: GraphQLClient, inbox: Inbox) -> No
     assert (await gql.data(CONVERSATION, {"id": conversation}, token=alice))["conversation"]
     assert (await gql.data(delete, {"id": conversation}, token=alice))["deleteConversation"]
     assert_error(await gql.execute(CONVERSATION, {"id": conversation}, token=alice), "NOT_FOUND")
+
+
+ASK_K = """
+mutation($q: String!, $k: Int, $c: ID, $f: SearchFilter) {
+  ask(question: $q, k: $k, conversationId: $c, filter: $f) { text conversationId }
+}
+"""
+SEARCH_K = "query($q: String!, $k: Int) { search(query: $q, k: $k) { text } }"
+
+
+async def test_search_and_ask_check_one_request_alike(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    """`search` and `ask` share one request and its one check: the same bad `k` or empty
+    query is refused with the same message, before Ollama is called and before a
+    conversation is stored; a malformed `conversationId` is "not found"."""
+    token = await sign_up(gql, inbox, "ada@example.com")
+    too_many = settings.search_max_k + 1
+    for k, fragment in ((0, "k must be between 1 and"), (too_many, f"and {too_many - 1}")):
+        searched = await gql.execute(SEARCH_K, {"q": "bread", "k": k}, token=token)
+        asked = await gql.execute(ASK_K, {"q": "bread?", "k": k}, token=token)
+        assert assert_error(searched, "BAD_USER_INPUT", fragment) == assert_error(
+            asked, "BAD_USER_INPUT", fragment
+        )
+    asked = await gql.execute(ASK_K, {"q": "  "}, token=token)
+    assert_error(asked, "BAD_USER_INPUT", "question is empty")
+    asked = await gql.execute(ASK_K, {"q": "bread?", "c": "not-an-id"}, token=token)
+    assert_error(asked, "NOT_FOUND", "Conversation not found")
+    assert ollama.embed_requests == 0
+    assert ollama.chat_requests == 0
+    listed = await gql.data("{ conversations { edges { node { id } } } }", token=token)
+    assert listed["conversations"]["edges"] == [], "a refused question stores nothing"

@@ -10,12 +10,8 @@ import pytest
 
 from rag_gql.db.models import Document
 from rag_gql.services.chunking import ChunkSpan, chunk_pages, normalize_page
-from rag_gql.services.retrieval import (
-    SearchHit,
-    maximal_marginal_relevance,
-    merge_adjacent,
-    reciprocal_rank_fusion,
-)
+from rag_gql.services.fusion import maximal_marginal_relevance, reciprocal_rank_fusion
+from rag_gql.services.retrieval import SearchHit, merge_adjacent
 
 # --------------------------------------------------------------------------------------------
 # reciprocal_rank_fusion

@@ -13,12 +13,12 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
-from rag_gql.db.models import Document
 from rag_gql.errors import Forbidden, NotFound, Unauthenticated
 from rag_gql.resources import Services
 from rag_gql.services.access import Principal
 from rag_gql.services.api_keys import API_KEY_PREFIX, INVALID
 from rag_gql.services.rate_limits import Slots
+from rag_gql.services.records import Document
 
 HTTP_CREDENTIALS = "send the header `Authorization: Bearer <token>` or `X-API-Key: <key>`"
 WS_CREDENTIALS = (
@@ -31,7 +31,7 @@ class Context:
     """What resolvers see: the services, the transport, and the caller once authenticated.
 
     `connection_params` is the WebSocket `connection_init` payload (Strawberry fills it in);
-    `caller` whom the socket authenticated as then (`quotas.caller_key`), which its limits
+    `caller` whom the socket authenticated as then (`rate_limits.caller_key`), which its limits
     count against; `held` the connection slots the socket holds until it closes
     (`rag_gql.graphql.websocket`).
     """

@@ -18,15 +18,17 @@ from strawberry.types.execution import ExecutionContext
 from rag_gql.graphql.extensions import DomainErrors, Observe
 from rag_gql.graphql.inputs import RejectNulCharacters
 from rag_gql.graphql.limits import CheckedDocuments, Limits, QueryLimits
+from rag_gql.graphql.resolvers.answers import AnswerSubscription, AskMutation
 from rag_gql.graphql.resolvers.api_keys import ApiKeyMutation, ApiKeyQuery
 from rag_gql.graphql.resolvers.auth import AuthMutation, AuthQuery
+from rag_gql.graphql.resolvers.collections import CollectionMutation, CollectionQuery
 from rag_gql.graphql.resolvers.conversations import ConversationMutation, ConversationQuery
 from rag_gql.graphql.resolvers.documents import (
     DocumentMutation,
     DocumentQuery,
     DocumentSubscription,
 )
-from rag_gql.graphql.resolvers.search import AnswerSubscription, AskMutation, SearchQuery
+from rag_gql.graphql.resolvers.search import SearchQuery
 from rag_gql.graphql.resolvers.workspaces import WorkspaceMutation, WorkspaceQuery
 
 
@@ -41,7 +43,15 @@ Query = _root(
     "Query",
     "Reads: the caller, documents, search, workspaces and their members, collections, API "
     "keys and conversations.",
-    (AuthQuery, DocumentQuery, SearchQuery, WorkspaceQuery, ApiKeyQuery, ConversationQuery),
+    (
+        AuthQuery,
+        DocumentQuery,
+        SearchQuery,
+        WorkspaceQuery,
+        CollectionQuery,
+        ApiKeyQuery,
+        ConversationQuery,
+    ),
 )
 Mutation = _root(
     "Mutation",
@@ -51,6 +61,7 @@ Mutation = _root(
         AuthMutation,
         DocumentMutation,
         WorkspaceMutation,
+        CollectionMutation,
         ApiKeyMutation,
         AskMutation,
         ConversationMutation,

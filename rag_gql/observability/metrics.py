@@ -36,8 +36,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from rag_gql.services.generation import Done, Token
-
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 """Seconds; answers stream for tens of seconds on a CPU."""
 FIRST_TOKEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60)
@@ -122,12 +120,13 @@ class Metrics:
         finally:
             gauge.dec()
 
-    def observe_answer_event(self, event: object) -> None:
-        """Counts a streamed token; times the first token when the answer is done."""
-        if isinstance(event, Token):
-            self.tokens_streamed.inc()
-        elif isinstance(event, Done):
-            self.time_to_first_token.observe(event.time_to_first_token_ms / 1000)
+    def answer_token_streamed(self) -> None:
+        """Counts one answer token sent to a client."""
+        self.tokens_streamed.inc()
+
+    def answer_first_token(self, seconds: float) -> None:
+        """Records the time from a question to its answer's first token, in seconds."""
+        self.time_to_first_token.observe(seconds)
 
     def ollama_error(self, path: str, kind: str) -> None:
         """Counts a failed Ollama call to `path` (other paths count as `other`)."""

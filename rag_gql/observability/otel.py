@@ -8,7 +8,8 @@ One trace per HTTP request, and per WebSocket connection:
   `/healthz` (probed every few seconds), the operations listener (`/readyz`, `/metrics`:
   `rag_gql.operations` has no tracing middleware), nor the ASGI messages (`receive`/`send`
   spans would be one per streamed token);
-- each GraphQL operation (`GraphQLTracing`, Strawberry's `OpenTelemetryExtension`): named
+- each GraphQL operation (`rag_gql.graphql.tracing.GraphQLTracing`, Strawberry's
+  `OpenTelemetryExtension`): named
   `<type> <operation name or root field>`, with its `rag_gql.request_id` (a WebSocket
   operation has one of its own) and `rag_gql.outcome` (`ok` or the first error's code, as
   in the metrics; `stopped` for a subscription the client completed or left); parsing and
@@ -32,14 +33,13 @@ default propagators (`OTEL_PROPAGATORS`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, cast
 
 import httpx
-from graphql import GraphQLResolveInfo, OperationType
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -60,10 +60,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.middleware import Middleware
 from starlette.types import Scope
-from strawberry.extensions import LifecycleStep, SchemaExtension
-from strawberry.extensions.tracing.opentelemetry import OpenTelemetryExtension
 
-from rag_gql.graphql.extensions import describe_operation, error_code
 from rag_gql.observability.requests import current_request_id
 
 SERVICE = "rag-gql"
@@ -81,7 +78,8 @@ DRIVER_SCOPE = "rag_gql.db.driver"
 class Tracing:
     """The process's tracer provider and the instrumentations built on it.
 
-    `create_app` adds `asgi_middleware()` and `graphql_extension()`; `open_services` wraps
+    `create_app` adds `asgi_middleware()` and `rag_gql.graphql.tracing.tracing_extension(self)`;
+    `open_services` wraps
     the Ollama client's transport with `http_transport()` and calls `instrument_engine()`.
     """
 
@@ -106,11 +104,6 @@ class Tracing:
             meter_provider=self._meters,
             exclude_spans=["receive", "send"],
         )
-
-    def graphql_extension(self) -> Callable[[], SchemaExtension]:
-        """A factory of `GraphQLTracing` (one per operation) for `build_schema`'s
-        `extensions`."""
-        return partial(GraphQLTracing, tracer_provider=self.provider)
 
     def http_transport(self, inner: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
         """`inner`, with a CLIENT span per request (HTTPX's instrumentation, on this client
@@ -207,69 +200,6 @@ class RequestsOnly(Sampler):
 
     def get_description(self) -> str:
         return f"RequestsOnly{{{self._inner.get_description()}}}"
-
-
-class GraphQLTracing(OpenTelemetryExtension):
-    """Strawberry's OpenTelemetry extension, made cheap and secret-free for this API.
-
-    Strawberry's own records the whole document (`query`) and every argument of every traced
-    field (`graphql.param.*`: passwords, tokens, questions), makes a span for every field
-    with a resolver of its own (one per item of a list: measured 10x slower on a list of a
-    thousand), including each event of a subscription (each answer token), and leaves the
-    operation span inactive, so work outside resolver spans has the request as parent.
-    Here: the operation span is current while it runs (SQL and Ollama calls nest in it),
-    records neither document nor arguments, and only the root fields of queries and
-    mutations, where this API does its work, get spans. Parsing and validation spans are
-    Strawberry's.
-    """
-
-    def on_operation(self) -> Generator[None, None, None]:
-        ctx = self.execution_context
-        span = self._tracer.start_span("GraphQL Operation")
-        self._span_holder[LifecycleStep.OPERATION] = span
-        request_id = current_request_id()  # a WebSocket operation's own (Observe binds it)
-        if request_id is not None:
-            span.set_attribute(REQUEST_ID, request_id)
-        outcome = "stopped"  # left before its end: the client completed it, or went away
-        try:
-            with trace.use_span(span):
-                yield
-            errors = ctx.pre_execution_errors or (ctx.result.errors if ctx.result else None)
-            outcome = error_code(errors[0]) if errors else "ok"
-        except Exception:
-            outcome = "INTERNAL_SERVER_ERROR"
-            raise
-        finally:
-            kind, root_field = describe_operation(ctx)
-            if kind != "unknown":
-                span.update_name(f"{kind} {ctx.operation_name or root_field}")
-                span.set_attribute("graphql.operation.type", kind)
-            if ctx.operation_name:
-                span.set_attribute("graphql.operation.name", ctx.operation_name)
-            span.set_attribute(OUTCOME, outcome)
-            if outcome == "INTERNAL_SERVER_ERROR":
-                span.set_status(StatusCode.ERROR, outcome)
-            span.end()
-
-    def resolve(
-        self,
-        _next: Callable[..., Any],
-        root: Any,
-        info: GraphQLResolveInfo[Any],
-        *args: str,
-        **kwargs: Any,
-    ) -> Any:
-        """A span for a root field of a query or mutation; other fields resolve untouched
-        (no span, no extra coroutine)."""
-        if info.path.prev is None and info.operation.operation is not OperationType.SUBSCRIPTION:
-            return super().resolve(_next, root, info, *args, **kwargs)
-        return _next(root, info, *args, **kwargs)
-
-    def filter_resolver_args(
-        self, args: dict[str, Any], info: GraphQLResolveInfo[Any]
-    ) -> dict[str, Any]:
-        """No argument is recorded (nor copied, as Strawberry's `arg_filter` would)."""
-        return {}
 
 
 _TRANSACTION_CONTROL = frozenset({"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"})

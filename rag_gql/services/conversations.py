@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from rag_gql.db import Database
 from rag_gql.db.models import Conversation, Message
 from rag_gql.errors import InvalidInput, NotFound
@@ -80,19 +82,7 @@ class ConversationService:
         """The conversation with its messages, oldest first. Raises `NotFound`."""
         principal.require(Action.READ)
         async with self._db.transaction(principal.workspace_id) as session:
-            found = await conversations.get(
-                session,
-                workspace_id=principal.workspace_id,
-                user_id=principal.user_id,
-                api_key_id=principal.api_key_id,
-                conversation_id=conversation_id,
-            )
-            if found is None:
-                raise NotFound("Conversation not found")
-            messages = await conversations.messages(
-                session, workspace_id=principal.workspace_id, conversation_id=found.id
-            )
-        return found, messages
+            return await find_thread(session, principal, conversation_id)
 
     async def delete(self, principal: Principal, conversation_id: uuid.UUID) -> None:
         """Deletes the conversation and its messages. Raises `NotFound`."""
@@ -107,3 +97,27 @@ class ConversationService:
             )
         if not deleted:
             raise NotFound("Conversation not found")
+
+
+async def find_thread(
+    session: AsyncSession, principal: Principal, conversation_id: uuid.UUID
+) -> tuple[Conversation, list[Message]]:
+    """The caller's conversation `conversation_id` in the principal's workspace (one of its
+    user's, or its API key's) with its messages, oldest first, read in `session`.
+
+    Raises:
+        NotFound: no such conversation of the caller's.
+    """
+    found = await conversations.get(
+        session,
+        workspace_id=principal.workspace_id,
+        user_id=principal.user_id,
+        api_key_id=principal.api_key_id,
+        conversation_id=conversation_id,
+    )
+    if found is None:
+        raise NotFound("Conversation not found")
+    messages = await conversations.messages(
+        session, workspace_id=principal.workspace_id, conversation_id=found.id
+    )
+    return found, messages

@@ -54,7 +54,9 @@ class DocumentState:
     document_id: uuid.UUID
     workspace_id: uuid.UUID
     status: str
-    pages_total: int
+    page_count: int
+    """Pages (sections, row blocks) in the file: `Document.page_count` (GraphQL
+    `DocumentEvent.pagesTotal`; `pages_total` in a notification's payload)."""
     pages_done: int
     chunks_done: int
     chunk_count: int
@@ -79,7 +81,7 @@ class DocumentState:
             document_id=uuid.UUID(data["document_id"]),
             workspace_id=uuid.UUID(data["workspace_id"]),
             status=str(data["status"]),
-            pages_total=int(data["pages_total"]),
+            page_count=int(data["pages_total"]),
             pages_done=int(data["pages_done"]),
             chunks_done=int(data["chunks_done"]),
             chunk_count=int(data["chunk_count"]),
@@ -94,7 +96,7 @@ class DocumentState:
             document_id=doc.id,
             workspace_id=doc.workspace_id,
             status=doc.status,
-            pages_total=doc.page_count,
+            page_count=doc.page_count,
             pages_done=doc.pages_done,
             chunks_done=doc.chunks_done,
             chunk_count=doc.chunk_count,

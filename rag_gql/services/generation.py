@@ -29,14 +29,20 @@ from typing import Any
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import Message
-from rag_gql.errors import DomainError, InvalidInput, NotFound
+from rag_gql.errors import DomainError
 from rag_gql.providers.ollama import ChatMessage, OllamaClient
 from rag_gql.repositories import conversations
-from rag_gql.repositories.search_sql import ChunkScope
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.citations import cited_numbers, estimate_tokens
+from rag_gql.services.conversations import find_thread
 from rag_gql.services.rate_limits import Slots, caller_key
-from rag_gql.services.retrieval import MAX_QUERY_LENGTH, RetrievalService, SearchHit, SearchMode
+from rag_gql.services.retrieval import (
+    MAX_QUERY_LENGTH,
+    RetrievalService,
+    Search,
+    SearchHit,
+    SearchRequest,
+)
 
 TITLE_LENGTH = 80
 
@@ -186,59 +192,43 @@ class GenerationService:
         here in line rather than for the pool, whose wait is bounded (`SERVER_BUSY`)."""
 
     async def answer(
-        self,
-        principal: Principal,
-        question: str,
-        k: int,
-        *,
-        mode: SearchMode = SearchMode.HYBRID,
-        scope: ChunkScope | None = None,
-        conversation_id: uuid.UUID | None = None,
+        self, principal: Principal, request: SearchRequest
     ) -> AsyncGenerator[AnswerEvent, None]:
-        """Yields `Sources`, then `Token`s as they arrive (never buffered), then `Done`.
+        """Yields `Sources`, then `Token`s as they arrive (never buffered), then `Done`, for
+        the question `request.query` (retrieved as `request` says, in the conversation
+        `request.conversation_id`, or a new one).
 
         Raises (before the first event):
             RateLimited: the caller already has `MAX_ANSWER_STREAMS_PER_USER` answers running.
-            InvalidInput: empty or over-long question, bad `k`.
+            InvalidInput: what `RetrievalService.check` raises (empty or over-long question,
+                bad `k`).
             NotFound: `conversation_id` is not the caller's conversation.
             UpstreamUnavailable, UpstreamError: the question could not be embedded/rewritten.
         Failures after `Sources` end the stream with a `Failed` event instead.
         """
         with self.streams.hold(caller_key(principal)):
-            events = self._answer(
-                principal, question, k, mode=mode, scope=scope, conversation_id=conversation_id
-            )
+            events = self._answer(principal, request)
             # Closed here, not whenever it is collected: its `finally` stores the answer.
             async with aclosing(events):
                 async for event in events:
                     yield event
 
     async def _answer(
-        self,
-        principal: Principal,
-        question: str,
-        k: int,
-        *,
-        mode: SearchMode = SearchMode.HYBRID,
-        scope: ChunkScope | None = None,
-        conversation_id: uuid.UUID | None = None,
+        self, principal: Principal, request: SearchRequest
     ) -> AsyncGenerator[AnswerEvent, None]:
         """`answer`, without its limit on answers at once."""
         started = time.perf_counter()
         principal.require(Action.READ)
-        question = question.strip()
-        if not question:
-            raise InvalidInput("The question is empty")
-        if len(question) > MAX_QUERY_LENGTH:
-            raise InvalidInput(f"The question is longer than {MAX_QUERY_LENGTH} characters")
+        search: Search = self._retrieval.check(request, what="question")
+        question, conversation_id = search.query, search.conversation_id
         async with self._retrieving:
             conv_id, history = await self._open_conversation(principal, conversation_id, question)
         try:
-            standalone = await self._standalone(question, history) if history else question
+            if history:
+                search = search.rephrased(await self._standalone(question, history))
+            standalone = search.query
             async with self._retrieving:
-                hits = await self._retrieval.search(
-                    principal, standalone, k, mode=mode, scope=scope
-                )
+                hits = await self._retrieval.retrieve(principal, search)
         except BaseException:
             if conversation_id is None:
                 # Nothing was asked in it: leave no empty conversation behind.
@@ -289,22 +279,11 @@ class GenerationService:
                 # The client left mid-answer: keep what it had received.
                 await asyncio.shield(self._store(record, "interrupted", None))
 
-    async def ask(
-        self,
-        principal: Principal,
-        question: str,
-        k: int,
-        *,
-        mode: SearchMode = SearchMode.HYBRID,
-        scope: ChunkScope | None = None,
-        conversation_id: uuid.UUID | None = None,
-    ) -> AskResult:
+    async def ask(self, principal: Principal, request: SearchRequest) -> AskResult:
         """The same answer as `answer`, collected into one result (for clients that don't
         stream). Raises as `answer` does before its first event."""
         result = AskResult()
-        events = self.answer(
-            principal, question, k, mode=mode, scope=scope, conversation_id=conversation_id
-        )
+        events = self.answer(principal, request)
         async for event in events:
             match event:
                 case Sources():
@@ -332,18 +311,7 @@ class GenerationService:
                     title=question[:TITLE_LENGTH],
                 )
                 return conversation.id, []
-            found = await conversations.get(
-                session,
-                workspace_id=ws,
-                user_id=principal.user_id,
-                api_key_id=principal.api_key_id,
-                conversation_id=conversation_id,
-            )
-            if found is None:
-                raise NotFound("Conversation not found")
-            history = await conversations.messages(
-                session, workspace_id=ws, conversation_id=found.id
-            )
+            found, history = await find_thread(session, principal, conversation_id)
         return found.id, [m for m in history if m.status == "complete" or m.role == "user"]
 
     async def _discard_conversation(self, principal: Principal, conversation_id: uuid.UUID) -> None:

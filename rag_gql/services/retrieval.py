@@ -21,9 +21,9 @@ import enum
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 import asyncpg
-import numpy as np
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
@@ -34,10 +34,12 @@ from rag_gql.repositories import chunks, search_sql
 from rag_gql.repositories.chunks import ChunkRow
 from rag_gql.repositories.search_sql import ChunkScope, ExactScan
 from rag_gql.services.access import Action, Principal
+from rag_gql.services.fusion import maximal_marginal_relevance, reciprocal_rank_fusion
 from rag_gql.services.query_embeddings import QueryEmbeddingCache
 
 MAX_QUERY_LENGTH = 4000
-
+DEFAULT_K = 5
+"""How many hits a search (and an answer's retrieval) returns when `k` is not given."""
 
 MMR_POOL = 4
 """With `diversity`, maximal marginal relevance picks from the best `MMR_POOL` x k candidates."""
@@ -49,6 +51,53 @@ class SearchMode(enum.Enum):
     VECTOR = "VECTOR"
     KEYWORD = "KEYWORD"
     HYBRID = "HYBRID"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    """Restricts a search; `None` fields do not restrict. Ids are as clients send them: one
+    that is not a UUID matches nothing; `collection_ids=[]` matches nothing. Pages are
+    1-based, inclusive; `created_after` is inclusive, `created_before` exclusive."""
+
+    collection_ids: Sequence[str] | None = None
+    document_ids: Sequence[str] | None = None
+    filenames: Sequence[str] | None = None
+    page_from: int | None = None
+    page_to: int | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRequest:
+    """What `search`, `answer` and `ask` are asked: the query (an answer's question), `k`
+    hits, the mode, a filter, `collection_ids` (narrows `filter.collection_ids`) and, for an
+    answer, the conversation to follow up in (None: a new one). Checked by
+    `RetrievalService.check`, once."""
+
+    query: str
+    k: int = DEFAULT_K
+    mode: SearchMode = SearchMode.HYBRID
+    filter: SearchFilter | None = None
+    collection_ids: Sequence[str] | None = None
+    conversation_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """A checked `SearchRequest` (`RetrievalService.check`): a query of 1 to
+    `MAX_QUERY_LENGTH` characters without NUL, `k` in 1..SEARCH_MAX_K, the chunks' scope."""
+
+    query: str
+    k: int
+    mode: SearchMode
+    scope: ChunkScope | None
+    conversation_id: uuid.UUID | None
+
+    def rephrased(self, query: str) -> Search:
+        """This search for `query` (a follow-up rewritten to stand alone, at most
+        `MAX_QUERY_LENGTH` characters); an empty one keeps this search's query."""
+        return replace(self, query=_clean(query)[:MAX_QUERY_LENGTH] or self.query)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,18 +143,39 @@ class RetrievalService:
             settings.query_embedding_cache_size, settings.query_embedding_cache_ttl
         )
 
+    def check(self, request: SearchRequest, *, what: str = "query") -> Search:
+        """`request`, checked: NUL characters become spaces (PostgreSQL text cannot hold
+        them; page texts drop them too, `normalize_page`), the query is stripped, the scope
+        built (`collection_ids` narrows `filter.collection_ids`).
+
+        Raises:
+            InvalidInput: empty or over-long query (called `what` in the message), `k`
+                outside 1..SEARCH_MAX_K.
+        """
+        query = _clean(request.query)
+        if not query:
+            raise InvalidInput(f"The {what} is empty")
+        if len(query) > MAX_QUERY_LENGTH:
+            raise InvalidInput(f"The {what} is longer than {MAX_QUERY_LENGTH} characters")
+        if not 1 <= request.k <= self._settings.search_max_k:
+            raise InvalidInput(f"k must be between 1 and {self._settings.search_max_k}")
+        return Search(
+            query=query,
+            k=request.k,
+            mode=request.mode,
+            scope=_scope(request.filter, request.collection_ids),
+            conversation_id=request.conversation_id,
+        )
+
     async def search(
         self,
         principal: Principal,
-        query: str,
-        k: int,
+        request: SearchRequest,
         *,
-        mode: SearchMode = SearchMode.HYBRID,
-        scope: ChunkScope | None = None,
         diversity: float = 0.0,
         snippets: bool = True,
     ) -> list[SearchHit]:
-        """Returns up to `k` hits for `query`, best first, within `scope`.
+        """Returns up to `request.k` hits for `request.query`, best first, within its scope.
 
         With `diversity` in (0, 1], the hits are re-ranked by maximal marginal relevance
         (`maximal_marginal_relevance`) among the best `MMR_POOL` x k candidates: 0 keeps the
@@ -114,21 +184,31 @@ class RetrievalService:
 
         Raises:
             Forbidden: the caller cannot read.
-            InvalidInput: empty or over-long query, `k` outside 1..SEARCH_MAX_K, `diversity`
-                outside 0..1.
+            InvalidInput: what `check` raises; `diversity` outside 0..1.
             UpstreamUnavailable, UpstreamError: the query could not be embedded.
         """
         principal.require(Action.READ)
-        # PostgreSQL text cannot hold NUL; page texts drop it too (`normalize_page`).
-        query = query.replace("\x00", " ").strip()
-        if not query:
-            raise InvalidInput("The query is empty")
-        if len(query) > MAX_QUERY_LENGTH:
-            raise InvalidInput(f"The query is longer than {MAX_QUERY_LENGTH} characters")
-        if not 1 <= k <= self._settings.search_max_k:
-            raise InvalidInput(f"k must be between 1 and {self._settings.search_max_k}")
+        search = self.check(request)
         if not 0.0 <= diversity <= 1.0:
             raise InvalidInput("diversity must be between 0 and 1")
+        return await self.retrieve(principal, search, diversity=diversity, snippets=snippets)
+
+    async def retrieve(
+        self,
+        principal: Principal,
+        search: Search,
+        *,
+        diversity: float = 0.0,
+        snippets: bool = True,
+    ) -> list[SearchHit]:
+        """`search` for a checked search (`check`): the hits, best first.
+
+        Raises:
+            Forbidden: the caller cannot read.
+            UpstreamUnavailable, UpstreamError: the query could not be embedded.
+        """
+        principal.require(Action.READ)
+        query, k, mode, scope = search.query, search.k, search.mode, search.scope
         s = self._settings
         depth = candidate_depth(mode, k, hybrid_candidates=s.hybrid_candidates, diversity=diversity)
         ws = principal.workspace_id
@@ -244,6 +324,48 @@ class RetrievalService:
         return vector, await keywords
 
 
+def _clean(query: str) -> str:
+    return query.replace("\x00", " ").strip()
+
+
+def _scope(filter: SearchFilter | None, collection_ids: Sequence[str] | None) -> ChunkScope | None:
+    """The chunks' scope of a filter; top-level `collection_ids` narrows
+    `filter.collection_ids`."""
+    if filter is None and collection_ids is None:
+        return None
+    f = filter or SearchFilter()
+    collections = _ids(f.collection_ids)
+    if collection_ids is not None:
+        top = _ids(collection_ids) or []
+        collections = top if collections is None else [c for c in collections if c in top]
+    return ChunkScope(
+        collection_ids=collections,
+        document_ids=_ids(f.document_ids),
+        # Stored names have no control characters (`clean_filename`), and PostgreSQL text
+        # cannot hold NUL: such a name matches nothing.
+        filenames=None
+        if f.filenames is None
+        else [name for name in f.filenames if name.isprintable()],
+        page_from=f.page_from,
+        page_to=f.page_to,
+        created_after=f.created_after,
+        created_before=f.created_before,
+    )
+
+
+def _ids(values: Sequence[str] | None) -> list[uuid.UUID] | None:
+    """Parses ids; one that is not an id matches nothing (it is left out)."""
+    if values is None:
+        return None
+    parsed: list[uuid.UUID] = []
+    for value in values:
+        try:
+            parsed.append(uuid.UUID(str(value)))
+        except ValueError:
+            continue
+    return parsed
+
+
 def candidate_depth(
     mode: SearchMode, k: int, *, hybrid_candidates: int, diversity: float = 0.0
 ) -> int:
@@ -252,45 +374,6 @@ def candidate_depth(
     HYBRID (fusion needs depth); at least `MMR_POOL` x k with `diversity`."""
     depth = k * 2 if mode is not SearchMode.HYBRID else max(k * 2, hybrid_candidates)
     return max(depth, k * MMR_POOL) if diversity > 0 else depth
-
-
-def maximal_marginal_relevance(
-    relevance: Sequence[float], vectors: Sequence[Sequence[float]], *, n: int, diversity: float
-) -> list[int]:
-    """Indexes of up to `n` candidates in maximal-marginal-relevance order.
-
-    Carbonell and Goldstein (1998), "The use of MMR, diversity-based reranking for reordering
-    documents and producing summaries": each next pick maximises
-    `(1 - diversity) * rel(d) - diversity * max cos(d, s)` over the picks `s` so far, with
-    `rel` the candidates' scores scaled to [0, 1] (any scale: cosine, RRF, ts_rank_cd) and
-    `cos` the cosine similarity of their embeddings. `diversity` 0 keeps the input order.
-
-    Raises:
-        ValueError: `relevance` and `vectors` differ in length.
-    """
-    if len(relevance) != len(vectors):
-        raise ValueError("one relevance score per vector")
-    if not relevance:
-        return []
-    rel = np.asarray(relevance, dtype=np.float64)
-    spread = rel.max() - rel.min()
-    rel = (rel - rel.min()) / spread if spread > 0 else np.ones_like(rel)
-    unit = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(unit, axis=1, keepdims=True)
-    unit = unit / np.where(norms == 0, 1.0, norms)
-    similarity = unit @ unit.T
-    chosen: list[int] = []
-    closest = np.full(len(rel), -np.inf)  # max similarity to the picks so far
-    remaining = np.ones(len(rel), dtype=bool)
-    for _ in range(min(n, len(rel))):
-        penalty = np.where(np.isfinite(closest), closest, 0.0)
-        gain = (1 - diversity) * rel - diversity * penalty
-        gain[~remaining] = -np.inf
-        pick = int(np.argmax(gain))
-        chosen.append(pick)
-        remaining[pick] = False
-        closest = np.maximum(closest, similarity[pick])
-    return chosen
 
 
 def _rank(
@@ -312,21 +395,6 @@ def _rank(
         k=s.rrf_k,
     )
     return [(cid, score, v_rank.get(cid), k_rank.get(cid)) for cid, score in fused]
-
-
-def reciprocal_rank_fusion(
-    rankings: list[list[int]], *, weights: list[float], k: float
-) -> list[tuple[int, float]]:
-    """Fuses ranked id lists: score(d) = Σ wᵢ / (k + rankᵢ(d)), ranks from 1.
-
-    Source: Cormack, Clarke & Büttcher, "Reciprocal Rank Fusion outperforms Condorcet and
-    individual Rank Learning Methods", SIGIR 2009 (k = 60 there). Ties keep first-seen order.
-    """
-    scores: dict[int, float] = {}
-    for ranking, weight in zip(rankings, weights, strict=True):
-        for rank, ident in enumerate(ranking, start=1):
-            scores[ident] = scores.get(ident, 0.0) + weight / (k + rank)
-    return sorted(scores.items(), key=lambda item: -item[1])
 
 
 def _hit(row: ChunkRow, score: float, v_rank: int | None, k_rank: int | None) -> SearchHit:

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import strawberry
 
-from rag_gql.db.models import Role
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info, parse_workspace_id
 from rag_gql.graphql.resolvers.common import parse_id
+from rag_gql.graphql.types.enums import Role
 from rag_gql.services.rate_limits import Operation
 
 

@@ -1,24 +1,21 @@
-"""Retrieval and answers: `search`, and the `answer` subscription."""
+"""Retrieval: `search`, and the arguments it shares with the answers (`answers.py`)."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Annotated
 
 import strawberry
 
-from rag_gql.errors import DomainError
+from rag_gql.config import Settings
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import parse_id, selects
-from rag_gql.repositories.search_sql import ChunkScope
 from rag_gql.services.rate_limits import Operation
-from rag_gql.services.retrieval import MAX_QUERY_LENGTH, SearchMode
+from rag_gql.services.retrieval import DEFAULT_K, MAX_QUERY_LENGTH, SearchMode, SearchRequest
 
-DEFAULT_K = 5
+MAX_K_DEFAULT = Settings.model_fields["search_max_k"].default
+"""SEARCH_MAX_K's default, for the schema's description (the schema is the same whatever
+the settings)."""
 
 # The arguments `search`, `answer` and `ask` share.
 Question = Annotated[
@@ -27,8 +24,8 @@ Question = Annotated[
 K = Annotated[
     int | None,
     strawberry.argument(
-        description="How many passages to retrieve: 1 to SEARCH_MAX_K (50 by default); "
-        f"null: {DEFAULT_K}."
+        description=f"How many passages to retrieve: 1 to SEARCH_MAX_K ({MAX_K_DEFAULT} by "
+        f"default); null: {DEFAULT_K}."
     ),
 ]
 Mode = Annotated[SearchMode, strawberry.argument(description="How passages are found.")]
@@ -83,125 +80,28 @@ class SearchQuery:
         await info.context.services.quotas.hit(Operation.SEARCH, principal)
         hits = await info.context.services.retrieval.search(
             principal,
-            query,
-            DEFAULT_K if k is None else k,
-            mode=mode,
-            scope=to_scope(filter, collection_ids),
+            search_request(query, k, mode, filter, collection_ids),
             diversity=diversity or 0.0,
             snippets=selects(info.selected_fields, "snippet"),
         )
         return [types.SearchHit.from_hit(hit) for hit in hits]
 
 
-@strawberry.type
-class AnswerSubscription:
-    @strawberry.subscription(
-        description="Answers from the workspace's documents: sources, tokens as they stream, "
-        "done. A credential that expires or is revoked while it streams (checked every "
-        "SUBSCRIPTION_REAUTH_SECONDS) ends it with an AnswerError (UNAUTHENTICATED, FORBIDDEN)."
+def search_request(
+    query: str,
+    k: int | None,
+    mode: SearchMode,
+    filter: types.SearchFilter | None,
+    collection_ids: list[strawberry.ID] | None,
+    conversation_id: strawberry.ID | None = None,
+) -> SearchRequest:
+    """The service's request from the arguments `search`, `answer` and `ask` share (checked
+    by the retrieval service). A malformed `conversationId` is "Conversation not found"."""
+    return SearchRequest(
+        query=query,
+        k=DEFAULT_K if k is None else k,
+        mode=mode,
+        filter=None if filter is None else filter.to_filter(),
+        collection_ids=None if collection_ids is None else [str(c) for c in collection_ids],
+        conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
     )
-    async def answer(
-        self,
-        info: Info,
-        question: Question,
-        k: K = DEFAULT_K,
-        mode: Mode = SearchMode.HYBRID,
-        filter: Filter = None,
-        collection_ids: CollectionIds = None,
-        conversation_id: ConversationId = None,
-    ) -> AsyncGenerator[types.AnswerEvent, None]:
-        principal = await info.context.require_principal()
-        await info.context.services.quotas.hit(Operation.ANSWER, principal)
-        events = info.context.services.generation.answer(
-            principal,
-            question,
-            DEFAULT_K if k is None else k,
-            mode=mode,
-            scope=to_scope(filter, collection_ids),
-            conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
-        )
-        metrics = info.context.services.metrics
-        every = info.context.services.settings.subscription_reauth_seconds
-        loop = asyncio.get_running_loop()
-        recheck_at = loop.time() + every
-        with metrics.live_subscription("answer"):
-            async with aclosing(events):
-                async for event in events:
-                    if loop.time() >= recheck_at:
-                        try:
-                            await info.context.reauthorize(principal)
-                        except DomainError as exc:
-                            # Then `aclosing` closes `events`: the answer is stored as interrupted.
-                            yield types.AnswerError(code=exc.code, message=str(exc))
-                            return
-                        recheck_at = loop.time() + every
-                    metrics.observe_answer_event(event)
-                    yield types.answer_event(event)
-
-
-@strawberry.type
-class AskMutation:
-    @strawberry.mutation(
-        description="The same answer as the `answer` subscription, as one response "
-        "(for scripts, curl, batch jobs). It is stored in the conversation too."
-    )
-    async def ask(
-        self,
-        info: Info,
-        question: Question,
-        k: K = DEFAULT_K,
-        mode: Mode = SearchMode.HYBRID,
-        filter: Filter = None,
-        collection_ids: CollectionIds = None,
-        conversation_id: ConversationId = None,
-    ) -> types.AskResult:
-        principal = await info.context.require_principal()
-        await info.context.services.quotas.hit(Operation.ANSWER, principal)
-        result = await info.context.services.generation.ask(
-            principal,
-            question,
-            DEFAULT_K if k is None else k,
-            mode=mode,
-            scope=to_scope(filter, collection_ids),
-            conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
-        )
-        return types.ask_result(result)
-
-
-def to_scope(
-    filter: types.SearchFilter | None, collection_ids: list[strawberry.ID] | None
-) -> ChunkScope | None:
-    """Builds the search scope; `collectionIds` (top level) narrows `filter.collectionIds`."""
-    if filter is None and collection_ids is None:
-        return None
-    f = filter or types.SearchFilter()
-    collections = _ids(f.collection_ids)
-    if collection_ids is not None:
-        top = _ids(collection_ids) or []
-        collections = top if collections is None else [c for c in collections if c in top]
-    return ChunkScope(
-        collection_ids=collections,
-        document_ids=_ids(f.document_ids),
-        # Stored names have no control characters (`clean_filename`), and PostgreSQL text
-        # cannot hold NUL: such a name matches nothing.
-        filenames=None
-        if f.filenames is None
-        else [name for name in f.filenames if name.isprintable()],
-        page_from=f.page_from,
-        page_to=f.page_to,
-        created_after=f.created_after,
-        created_before=f.created_before,
-    )
-
-
-def _ids(values: list[strawberry.ID] | None) -> list[uuid.UUID] | None:
-    """Parses ids; one that is not an id matches nothing (it is left out)."""
-    if values is None:
-        return None
-    parsed: list[uuid.UUID] = []
-    for value in values:
-        try:
-            parsed.append(uuid.UUID(str(value)))
-        except ValueError:
-            continue
-    return parsed

@@ -1,4 +1,4 @@
-"""Workspaces, members, invitations and collections."""
+"""Workspaces, members and invitations."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Annotated
 
 import strawberry
 
-from rag_gql.db.models import Role
 from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import parse_id
+from rag_gql.graphql.types.enums import Role
 from rag_gql.services.rate_limits import Operation
 
 WorkspaceId = Annotated[strawberry.ID, strawberry.argument(description="The workspace's id.")]
@@ -32,12 +32,6 @@ class WorkspaceQuery:
             principal, parse_id(workspace_id, "Workspace")
         )
         return [types.Member.from_view(v) for v in views]
-
-    @strawberry.field(description="The collections of the request's workspace, by name.")
-    async def collections(self, info: Info) -> list[types.Collection]:
-        principal = await info.context.require_principal()
-        views = await info.context.services.collections.list_all(principal)
-        return [types.Collection.from_view(v) for v in views]
 
 
 @strawberry.type
@@ -100,19 +94,3 @@ class WorkspaceMutation:
             principal, parse_id(workspace_id, "Workspace"), parse_id(user_id, "Member"), role
         )
         return types.Member.from_view(view)
-
-    @strawberry.mutation(description="Creates a collection in the request's workspace.")
-    async def create_collection(self, info: Info, name: Name) -> types.Collection:
-        principal = await info.context.require_principal()
-        view = await info.context.services.collections.create(principal, name)
-        return types.Collection.from_view(view)
-
-    @strawberry.mutation(description="Deletes a collection with its documents and chunks.")
-    async def delete_collection(
-        self,
-        info: Info,
-        id: Annotated[strawberry.ID, strawberry.argument(description="The collection's id.")],
-    ) -> bool:
-        principal = await info.context.require_principal()
-        await info.context.services.collections.delete(principal, parse_id(id, "Collection"))
-        return True

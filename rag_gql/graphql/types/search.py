@@ -1,0 +1,87 @@
+"""Search: the filter (an input) and the hits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+
+from rag_gql.graphql.types.documents import Document
+from rag_gql.services import retrieval
+
+
+@strawberry.input(description="Restricts a search; unset fields do not restrict.")
+class SearchFilter:
+    collection_ids: list[strawberry.ID] | None = strawberry.field(
+        default=None,
+        description="Only documents in these collections; `[]` matches nothing.",
+    )
+    document_ids: list[strawberry.ID] | None = strawberry.field(
+        default=None, description="Only these documents."
+    )
+    filenames: list[str] | None = strawberry.field(
+        default=None, description="Only documents with one of these exact filenames."
+    )
+    page_from: int | None = strawberry.field(
+        default=None, description="Only pages from this one: 1-based, inclusive."
+    )
+    page_to: int | None = strawberry.field(
+        default=None, description="Only pages up to this one: 1-based, inclusive."
+    )
+    created_after: datetime | None = strawberry.field(
+        default=None, description="Only documents uploaded at or after this time (inclusive)."
+    )
+    created_before: datetime | None = strawberry.field(
+        default=None, description="Only documents uploaded before this time (exclusive)."
+    )
+
+    def to_filter(self) -> retrieval.SearchFilter:
+        """The retrieval service's filter (ids as sent: it parses them)."""
+        return retrieval.SearchFilter(
+            collection_ids=_strings(self.collection_ids),
+            document_ids=_strings(self.document_ids),
+            filenames=self.filenames,
+            page_from=self.page_from,
+            page_to=self.page_to,
+            created_after=self.created_after,
+            created_before=self.created_before,
+        )
+
+
+@strawberry.type(description="A passage that matches a query.")
+class SearchHit:
+    score: float = strawberry.field(
+        description="VECTOR: cosine similarity; KEYWORD: ts_rank_cd; HYBRID: the fused score."
+    )
+    vector_rank: int | None = strawberry.field(
+        description="1-based rank in the vector list, null when not in it."
+    )
+    keyword_rank: int | None = strawberry.field(
+        description="1-based rank in the keyword list, null when not in it."
+    )
+    text: str = strawberry.field(description="The passage (a chunk of the document).")
+    snippet: str = strawberry.field(description="The text around the matches, marked **so**.")
+    page: int = strawberry.field(description="1-based page number.")
+    char_start: int = strawberry.field(description="Offset in the page's normalized text.")
+    char_end: int = strawberry.field(
+        description="End offset (exclusive) in the page's normalized text."
+    )
+    document: Document = strawberry.field(description="The document the passage is from.")
+
+    @classmethod
+    def from_hit(cls, hit: retrieval.SearchHit) -> SearchHit:
+        return cls(
+            score=hit.score,
+            vector_rank=hit.vector_rank,
+            keyword_rank=hit.keyword_rank,
+            text=hit.text,
+            snippet=hit.snippet,
+            page=hit.page,
+            char_start=hit.char_start,
+            char_end=hit.char_end,
+            document=Document.from_model(hit.document),
+        )
+
+
+def _strings(ids: list[strawberry.ID] | None) -> list[str] | None:
+    return None if ids is None else [str(i) for i in ids]
