@@ -236,3 +236,95 @@ def _align(table: list[list[str]]) -> str:
         for row in table
     ]
     return "\n".join(lines) + "\n"
+
+
+BASELINE_BM25 = "baseline BM25"
+"""The mode name of the plain Okapi BM25 row."""
+BASELINE_FUSED = "baseline BM25+RRF"
+"""The mode name of the row fusing plain BM25 with the dense ranking (RRF k 60, 1:1)."""
+
+
+class Baseline:
+    """Textbook retrieval over a fixed list of passages, to compare rag-gql's modes with.
+
+    `bm25` is Okapi BM25 (Robertson & Zaragoza, "The Probabilistic Relevance Framework: BM25
+    and Beyond", FnTIR 3(4), 2009) as the `bm25s` library computes it (Lù, "BM25S", 2024):
+    k1 = 1.2, b = 0.75, Lucene's form: the non-negative IDF ln(1 + (N - df + 0.5) / (df + 0.5))
+    and no constant (k1 + 1) factor in the term weight, which does not change the order;
+    scikit-learn's tokens (runs of ≥ 2 word characters, lowercased; `\\DeclareFixedFont` is
+    `declarefixedfont`, `read.fwf` is `read` `fwf`), English stop words dropped, no stemming;
+    each distinct query term counts once. `dense` is exact cosine similarity against the
+    passages' vectors. `fused` is Reciprocal Rank Fusion of the two (Cormack, Clarke &
+    Büttcher, SIGIR 2009), k = 60, weights 1:1, over the first `depth` of each list.
+
+    Rankings are indices into the passages, best first; ties keep passage order. Only
+    passages with a positive BM25 score enter the BM25 list.
+
+    Needs `bm25s` and `numpy` (the `eval` extra).
+
+    Raises:
+        ValueError: `pages`, `texts` and `vectors` differ in length, or are empty.
+    """
+
+    def __init__(
+        self,
+        pages: Sequence[Page],
+        texts: Sequence[str],
+        vectors: Sequence[Sequence[float]],
+        *,
+        k1: float = 1.2,
+        b: float = 0.75,
+    ) -> None:
+        import bm25s
+        import numpy as np
+        from bm25s.tokenization import Tokenizer
+
+        if not (len(pages) == len(texts) == len(vectors)) or not pages:
+            raise ValueError("pages, texts and vectors must be non-empty and of one length")
+        self.pages = tuple(pages)
+        self._tokenizer = Tokenizer(stopwords="en")
+        tokens = self._tokenizer.tokenize(list(texts), show_progress=False, return_as="tuple")
+        self._bm25 = bm25s.BM25(method="lucene", k1=k1, b=b)
+        self._bm25.index(tokens, show_progress=False)
+        matrix = np.asarray(vectors, dtype=np.float32)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        self._unit = matrix / np.where(norms == 0, 1.0, norms)
+
+    def bm25_scores(self, query: str) -> list[float]:
+        """Each passage's BM25 score for `query`, in passage order (0.0 where no term occurs)."""
+        (terms,) = self._tokenizer.tokenize(
+            [query], update_vocab=False, return_as="string", show_progress=False
+        )
+        terms = [term for term in dict.fromkeys(terms) if term]
+        if not terms:
+            return [0.0] * len(self.pages)
+        return [float(value) for value in self._bm25.get_scores(terms)]
+
+    def bm25(self, query: str, depth: int) -> list[int]:
+        """The first `depth` passages by BM25 score of `query` (those scoring above 0)."""
+        import numpy as np
+
+        scores = np.asarray(self.bm25_scores(query))
+        order = np.argsort(-scores, kind="stable")[:depth]
+        return [int(i) for i in order if scores[i] > 0]
+
+    def dense(self, vector: Sequence[float], depth: int) -> list[int]:
+        """The first `depth` passages by cosine similarity to `vector`."""
+        import numpy as np
+
+        query = np.asarray(vector, dtype=np.float32)
+        norm = float(np.linalg.norm(query))
+        similarities = self._unit @ (query / (norm or 1.0))
+        return [int(i) for i in np.argsort(-similarities, kind="stable")[:depth]]
+
+    def fused(self, query: str, vector: Sequence[float], depth: int) -> list[int]:
+        """RRF (k 60, 1:1) of `bm25(query, depth)` and `dense(vector, depth)`."""
+        scores: dict[int, float] = {}
+        for ranking in (self.bm25(query, depth), self.dense(vector, depth)):
+            for rank, index in enumerate(ranking, start=1):
+                scores[index] = scores.get(index, 0.0) + 1.0 / (60 + rank)
+        return sorted(scores, key=lambda index: -scores[index])
+
+    def ranking(self, indices: Iterable[int], k: int) -> tuple[Page, ...]:
+        """The pages of the first `k` of `indices`."""
+        return tuple(self.pages[i] for i in list(indices)[:k])

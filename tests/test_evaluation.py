@@ -9,11 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from rag_gql.cli import eval_principal, main, parse_modes, run_eval
+from rag_gql.cli import main, parse_modes
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.errors import InvalidInput
+from rag_gql.eval_command import eval_principal, run_eval
 from rag_gql.evaluation import (
+    BASELINE_BM25,
+    BASELINE_FUSED,
+    Baseline,
     Outcome,
     Question,
     format_kind_table,
@@ -157,6 +161,44 @@ def test_eval_command_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) 
     assert "--modes" in capsys.readouterr().err
 
 
+def test_baseline_bm25_ranks_by_okapi_bm25_and_ignores_stop_words() -> None:
+    pages = [A1, A2, A3, B1]
+    texts = [
+        "The cat sat on the mat.",
+        "Use \\DeclareFixedFont to declare a fixed font.",
+        "A dog and a cat and another cat.",
+        "Nothing of interest here.",
+    ]
+    index = Baseline(pages, texts, [[1.0, 0.0]] * 4)
+    # "cat" twice in a short passage beats once; the stop words match nothing.
+    assert index.bm25("the cat", 10) == [2, 0]
+    assert index.bm25("DeclareFixedFont", 10) == [1]
+    assert index.bm25("the and of", 10) == []
+    assert index.bm25("unknownword", 10) == []
+    assert index.ranking(index.bm25("cat", 10), 1) == (A3,)
+    # Textbook scores (k1 1.2, b 0.75): idf = ln(1 + (N - df + 0.5) / (df + 0.5)) with N 4,
+    # df 2 for "cat"; the passages have 3, 5, 4 and 3 terms once the stop words are gone.
+    idf = math.log(1 + (4 - 2 + 0.5) / (2 + 0.5))
+
+    def bm25(tf: int, length: int) -> float:
+        return idf * tf / (tf + 1.2 * (0.25 + 0.75 * length / 3.75))  # no (k1 + 1) factor
+
+    scores = index.bm25_scores("cats? The cat!")  # a term counts once, however often asked
+    assert scores == pytest.approx([bm25(1, 3), 0.0, bm25(2, 4), 0.0], rel=1e-5)
+
+
+def test_baseline_dense_is_cosine_and_fused_is_rrf_60() -> None:
+    pages = [A1, A2, A3]
+    texts = ["alpha beta", "gamma", "delta"]
+    index = Baseline(pages, texts, [[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    assert index.dense([0.0, 5.0], 10) == [1, 2, 0]  # the norm does not count
+    assert index.dense([0.0, 5.0], 2) == [1, 2]
+    # BM25 ranks passage 0 alone; dense ranks 1, 2, 0: scores 1/61 + 1/63, 1/61, 1/62.
+    assert index.fused("alpha", [0.0, 1.0], 10) == [0, 1, 2]
+    with pytest.raises(ValueError, match="one length"):
+        Baseline(pages, texts, [[1.0]])
+
+
 # --- end to end: ingest a tiny corpus, search, score ------------------------------------------
 
 CORPUS = {
@@ -206,12 +248,14 @@ async def test_eval_ingests_searches_and_scores_every_mode(
     modes = [SearchMode.VECTOR, SearchMode.KEYWORD, SearchMode.HYBRID]
 
     rows = await run_eval(
-        settings, questions, corpus=corpus, modes=modes, k=5, workspace_name="eval"
+        settings, questions, corpus=corpus, modes=modes, k=5, workspace_name="eval", baseline=True
     )
 
-    assert [row.mode for row in rows] == ["VECTOR", "KEYWORD", "HYBRID"]
+    assert [row.mode for row in rows] == [
+        "VECTOR", "KEYWORD", "HYBRID", BASELINE_BM25, BASELINE_FUSED
+    ]  # fmt: skip
     by_mode = {row.mode: row for row in rows}
-    for mode in ("KEYWORD", "HYBRID"):
+    for mode in ("KEYWORD", "HYBRID", BASELINE_BM25, BASELINE_FUSED):
         # The command's name is one rare lexeme: full text search puts its page first.
         assert by_mode[mode].mrr_by_kind["identifier"] == 1.0, mode
     for row in rows:
