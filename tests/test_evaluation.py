@@ -122,6 +122,19 @@ def test_the_shipped_question_set_parses() -> None:
     assert {q.document for q in questions} == set(corpus)
 
 
+def test_the_shipped_sqlite_question_set_parses_and_is_half_identifiers() -> None:
+    path = Path(__file__).parent / "data" / "eval_questions_sqlite.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    questions = parse_questions(lines)
+    assert len(questions) >= 40
+    assert sum(q.kind == "identifier" for q in questions) * 2 >= len(questions)
+    assert all(q.document.endswith(".html") for q in questions)
+    assert len({q.text for q in questions}) == len(questions)
+    assert all(json.loads(line)["section"] for line in lines)  # the heading, for readers
+    script = (path.parent / "get-sqlite-docs.sh").read_text()
+    assert "apt-get download" in script and "sqlite3-doc" in script
+
+
 def test_score_averages_and_splits_mrr_by_kind() -> None:
     outcomes = [
         Outcome(Question("q1", "a.pdf", (1,), "id"), (A1, B1), 10.0),  # RR 1
