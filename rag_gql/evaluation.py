@@ -275,9 +275,14 @@ class Baseline:
         k1: float = 1.2,
         b: float = 0.75,
     ) -> None:
+        import logging
+
         import bm25s
         import numpy as np
         from bm25s.tokenization import Tokenizer
+
+        # bm25s sets its logger to DEBUG when imported; let it follow the application's level.
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
         if not (len(pages) == len(texts) == len(vectors)) or not pages:
             raise ValueError("pages, texts and vectors must be non-empty and of one length")

@@ -13,7 +13,7 @@ from rag_gql.cli import main, parse_modes
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.errors import InvalidInput
-from rag_gql.eval_command import eval_principal, run_eval
+from rag_gql.eval_command import eval_principal, run_eval, stored_baseline
 from rag_gql.evaluation import (
     BASELINE_BM25,
     BASELINE_FUSED,
@@ -284,6 +284,31 @@ async def test_eval_ingests_searches_and_scores_every_mode(
     )
     assert ollama.embed_inputs - embedded == 1  # the start-up dimension probe only
     assert again[0].mrr == by_mode["KEYWORD"].mrr
+
+
+async def test_the_baseline_reads_only_the_eval_workspace_chunks(
+    settings: Settings, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus"
+    questions = _write_corpus(corpus)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "other.pdf").write_bytes(make_pdf(["The \\flushfloatsnow command, elsewhere."]))
+    other_question = [Question("What does \\flushfloatsnow do?", "other.pdf", (1,))]
+    for name, folder, asked in (("iso-a", corpus, questions), ("iso-b", other, other_question)):
+        await run_eval(
+            settings, asked, corpus=folder, modes=[], k=5, workspace_name=name, baseline=True
+        )
+    db = Database(settings.database_url or "")
+    try:
+        first = await stored_baseline(db, await eval_principal(db, "iso-a"))
+        second = await stored_baseline(db, await eval_principal(db, "iso-b"))
+    finally:
+        await db.dispose()
+    assert {name for name, _ in first.pages} == set(CORPUS)
+    assert len(first.pages) == sum(len(pages) for pages in CORPUS.values())
+    assert second.pages == (("other.pdf", 1),)
+    assert first.ranking(first.bm25("flushfloatsnow", 10), 10) == (("floats.pdf", 1),)
 
 
 async def test_eval_principal_is_created_once_per_workspace_name(settings: Settings) -> None:
