@@ -92,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the eval user's workspace, created or reused; another name starts afresh",
     )
     evaluate.add_argument(
+        "--answers",
+        action="store_true",
+        help="also answer every question and have the chat model judge the answers "
+        "(faithfulness, answer relevance, citation precision, after RAGAS)",
+    )
+    evaluate.add_argument(
         "--no-baseline",
         action="store_true",
         help="skip the baseline rows (plain BM25, BM25+RRF with the same vectors; need bm25s)",
@@ -132,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             k=args.k,
             workspace_name=args.workspace_name,
             baseline=not args.no_baseline,
+            answers=args.answers,
         )
     with database(settings) as url:
         migrate.upgrade(url, embed_dim=settings.embed_dim)

@@ -13,26 +13,38 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rag_gql.config import Settings
 from rag_gql.db import Database, migrate
 from rag_gql.evaluation import (
     BASELINE_BM25,
     BASELINE_FUSED,
+    AnswerScores,
     Baseline,
+    JudgedAnswer,
     Outcome,
     Question,
     Scores,
+    cited_sources,
+    cosine,
+    format_answer_table,
     format_kind_table,
     format_table,
+    judge_prompt,
     parse_questions,
+    parse_verdict,
     score,
+    score_answers,
 )
 from rag_gql.services.access import Principal
 from rag_gql.services.retrieval import SearchMode
+
+if TYPE_CHECKING:
+    from rag_gql.resources import Services
 
 log = logging.getLogger("rag_gql")
 
@@ -47,8 +59,11 @@ def evaluate_retrieval(
     k: int,
     workspace_name: str,
     baseline: bool = True,
+    answers: bool = False,
 ) -> int:
     """Runs `rag-gql eval`; prints the tables to stdout and returns the exit status.
+
+    With `answers`, a last table scores the answers (`run_answer_eval`) after RAGAS.
 
     `database(settings)` yields the database URL (the embedded server when DATABASE_URL is
     unset); the migrations are applied first. Exit status 2: the questions cannot be read;
@@ -79,6 +94,19 @@ def evaluate_retrieval(
                     baseline=baseline,
                 )
             )
+            judged = (
+                asyncio.run(
+                    run_answer_eval(
+                        settings.model_copy(update={"database_url": url}),
+                        questions,
+                        corpus=corpus,
+                        k=k,
+                        workspace_name=workspace_name,
+                    )
+                )
+                if answers
+                else None
+            )
         except (OSError, DomainError, StartupError, ImportError) as exc:
             log.error("eval failed: %s", exc)
             return 1
@@ -87,6 +115,11 @@ def evaluate_retrieval(
     kinds = format_kind_table(rows)
     if kinds:
         sys.stdout.write("\n" + kinds)
+    if judged is not None:
+        sys.stdout.write(
+            f"\nanswers (HYBRID, k={k}; judge: {settings.ollama_chat_model}, after RAGAS)\n"
+        )
+        sys.stdout.write(format_answer_table(judged))
     return 0
 
 
@@ -139,6 +172,48 @@ async def run_eval(
         StartupError: EMBED_DIM disagrees with the database or the model.
         ImportError: `baseline` without `bm25s` installed (the `eval` extra).
     """
+    if baseline:
+        import bm25s  # noqa: F401 - fail before ingesting, not after
+
+    async with ingested(settings, questions, corpus=corpus, k=k, workspace_name=workspace_name) as (
+        services,
+        principal,
+    ):
+        rows: list[Scores] = []
+        for mode in modes:
+            # One unmeasured search first: it opens the connections and warms the caches.
+            await services.retrieval.search(principal, questions[0].text, k, mode=mode)
+            outcomes: list[Outcome] = []
+            for question in questions:
+                started = time.perf_counter()
+                hits = await services.retrieval.search(principal, question.text, k, mode=mode)
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                ranking = tuple((hit.document.filename, hit.page) for hit in hits)
+                outcomes.append(Outcome(question, ranking, elapsed_ms))
+            rows.append(score(mode.value, outcomes, k=k))
+        if baseline:
+            index = await stored_baseline(services.db, principal)
+            embed = services.ollama.embed
+            rows.extend(
+                await baseline_rows(index, embed, questions, k=k, depth=settings.hybrid_candidates)
+            )
+    return rows
+
+
+@asynccontextmanager
+async def ingested(
+    settings: Settings,
+    questions: Sequence[Question],
+    *,
+    corpus: Path,
+    k: int,
+    workspace_name: str,
+) -> AsyncIterator[tuple[Services, Principal]]:
+    """Opens the services (query-embedding cache off) and ingests the questions' documents
+    from `corpus` into the eval workspace; yields the services and its OWNER principal.
+
+    Raises: as `run_eval` does (FileNotFoundError, InvalidInput, DomainError, StartupError).
+    """
     from rag_gql import bulk
     from rag_gql.errors import InvalidInput
     from rag_gql.resources import open_services
@@ -146,9 +221,6 @@ async def run_eval(
 
     if not 1 <= k <= settings.search_max_k:  # before ingesting, not after
         raise InvalidInput(f"k must be between 1 and {settings.search_max_k} (SEARCH_MAX_K)")
-    if baseline:
-        import bm25s  # noqa: F401 - fail before ingesting, not after
-
     paths = [corpus / name for name in dict.fromkeys(q.document for q in questions)]
     missing = [path.name for path in paths if not path.is_file()]
     if missing:
@@ -171,25 +243,26 @@ async def run_eval(
             sum(o.status == "DUPLICATE" for o in outcomes_in),
             time.perf_counter() - started,
         )
-        rows: list[Scores] = []
-        for mode in modes:
-            # One unmeasured search first: it opens the connections and warms the caches.
-            await services.retrieval.search(principal, questions[0].text, k, mode=mode)
-            outcomes: list[Outcome] = []
-            for question in questions:
-                started = time.perf_counter()
-                hits = await services.retrieval.search(principal, question.text, k, mode=mode)
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                ranking = tuple((hit.document.filename, hit.page) for hit in hits)
-                outcomes.append(Outcome(question, ranking, elapsed_ms))
-            rows.append(score(mode.value, outcomes, k=k))
-        if baseline:
-            index = await stored_baseline(services.db, principal)
-            embed = services.ollama.embed
-            rows.extend(
-                await baseline_rows(index, embed, questions, k=k, depth=settings.hybrid_candidates)
-            )
-    return rows
+        yield services, principal
+
+
+async def run_answer_eval(
+    settings: Settings,
+    questions: Sequence[Question],
+    *,
+    corpus: Path,
+    k: int,
+    workspace_name: str,
+) -> AnswerScores:
+    """`rag-gql eval --answers`: ingests as `run_eval` does, then `judge_answers`.
+
+    Raises: as `run_eval` and `judge_answers` do.
+    """
+    async with ingested(settings, questions, corpus=corpus, k=k, workspace_name=workspace_name) as (
+        services,
+        principal,
+    ):
+        return await judge_answers(services, principal, questions, k=k)
 
 
 async def stored_baseline(db: Database, principal: Principal) -> Baseline:
@@ -269,3 +342,37 @@ async def eval_principal(db: Database, workspace_name: str) -> Principal:
             workspace.name = workspace_name[:200]
             workspace_id = workspace.id
     return Principal(workspace_id=workspace_id, role=Role.OWNER, user_id=user.id, email=email)
+
+
+async def judge_answers(
+    services: Services, principal: Principal, questions: Sequence[Question], *, k: int
+) -> AnswerScores:
+    """Answers every question as `ask` does (HYBRID, `k` sources), then has the chat model
+    judge each answer against its sources (`rag_gql.evaluation.JUDGE_PROMPT`, one call per
+    answer, temperature 0) and scores them (`score_answers`). Answer relevance embeds the
+    judge's questions and the asked one with the embedding model.
+
+    An answer that fails (a `Failed` event) or a verdict that does not parse counts as
+    unjudged. Raises what `GenerationService.ask` raises before its first event, and
+    `DomainError` when a judge call fails.
+    """
+    from rag_gql.providers.ollama import ChatMessage
+
+    judged: list[JudgedAnswer] = []
+    for question in questions:
+        result = await services.generation.ask(principal, question.text, k)
+        if result.failed is not None or result.sources is None:
+            judged.append(JudgedAnswer(None, frozenset(), ()))
+            continue
+        texts = [hit.text for hit in result.sources.hits]
+        prompt = judge_prompt(result.text, texts)
+        reply = await services.ollama.chat(
+            [ChatMessage("user", prompt)], options={"temperature": 0}
+        )
+        verdict = parse_verdict(reply.text, len(texts))
+        similarities: tuple[float, ...] = ()
+        if verdict is not None and verdict.questions:
+            asked, *generated = await services.ollama.embed([question.text, *verdict.questions])
+            similarities = tuple(cosine(asked, other) for other in generated)
+        judged.append(JudgedAnswer(verdict, cited_sources(result.text, len(texts)), similarities))
+    return score_answers(judged)

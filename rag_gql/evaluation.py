@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -333,3 +334,165 @@ class Baseline:
     def ranking(self, indices: Iterable[int], k: int) -> tuple[Page, ...]:
         """The pages of the first `k` of `indices`."""
         return tuple(self.pages[i] for i in list(indices)[:k])
+
+
+# --- answer quality, judged by the chat model (`rag-gql eval --answers`) ----------------------
+
+JUDGE_PROMPT = """You check an ANSWER against the numbered SOURCES it was written from.
+1. Break the ANSWER into short, self-contained factual claims (leave out the citation marks).
+2. For each claim, list the numbers of the SOURCES whose text supports it ([] if none does).
+3. Write 3 questions that the ANSWER answers.
+Reply with JSON only, in this shape:
+{{"claims": [{{"claim": "...", "supported_by": [1]}}], "questions": ["...", "...", "..."]}}
+
+SOURCES:
+{sources}
+
+ANSWER:
+{answer}
+"""
+"""The judge's prompt; `format(sources=..., answer=...)`, sources as `[n] text` lines."""
+
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The judge's reading of one answer: its claims with the sources supporting each
+    (1-based source numbers), and the questions it says the answer answers."""
+
+    claims: tuple[tuple[str, frozenset[int]], ...]
+    questions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerScores:
+    """Answer quality over a set, after RAGAS (Es, James, Espinosa-Anke & Schockaert, "RAGAS:
+    Automated Evaluation of Retrieval Augmented Generation", 2023), each a mean over the
+    answers where it is defined (None when it is defined for none):
+
+    - `faithfulness`: claims supported by at least one source / claims (RAGAS's F = |V| / |S|);
+    - `answer_relevance`: mean cosine similarity between the question and each question the
+      judge generated from the answer (RAGAS's AR);
+    - `citation_precision`: sources the answer cites (`[n]`) that support one of its claims /
+      sources it cites (answers citing none are left out).
+
+    `judged` answers had a verdict that parsed; `unjudged` did not (or the answer failed).
+    """
+
+    answers: int
+    judged: int
+    faithfulness: float | None
+    answer_relevance: float | None
+    citation_precision: float | None
+
+    @property
+    def unjudged(self) -> int:
+        """Answers without a usable verdict."""
+        return self.answers - self.judged
+
+
+def judge_prompt(answer: str, sources: Sequence[str]) -> str:
+    """`JUDGE_PROMPT` for `answer` and its sources (numbered from 1 in this order)."""
+    listed = "\n".join(f"[{i}] {' '.join(text.split())}" for i, text in enumerate(sources, 1))
+    return JUDGE_PROMPT.format(sources=listed, answer=answer)
+
+
+def parse_verdict(reply: str, sources: int) -> Verdict | None:
+    """The judge's JSON reply as a `Verdict`, None when it is not that shape.
+
+    The first `{` to the last `}` is read (models wrap JSON in prose or code fences); source
+    numbers outside 1..`sources` are dropped; claims that are not non-empty strings are skipped.
+    """
+    start, end = reply.find("{"), reply.rfind("}")
+    if start < 0 or end < start:
+        return None
+    try:
+        item = json.loads(reply[start : end + 1])
+    except ValueError:
+        return None
+    if not isinstance(item, dict):
+        return None
+    raw_claims, raw_questions = item.get("claims"), item.get("questions", [])
+    if not isinstance(raw_claims, list) or not isinstance(raw_questions, list):
+        return None
+    claims: list[tuple[str, frozenset[int]]] = []
+    for claim in raw_claims:
+        if not isinstance(claim, dict) or not isinstance(claim.get("claim"), str):
+            continue
+        if not claim["claim"].strip():
+            continue
+        support = claim.get("supported_by", [])
+        numbers = support if isinstance(support, list) else []
+        claims.append(
+            (
+                claim["claim"],
+                frozenset(n for n in numbers if type(n) is int and 1 <= n <= sources),
+            )
+        )
+    questions = tuple(q for q in raw_questions if isinstance(q, str) and q.strip())
+    return Verdict(tuple(claims), questions)
+
+
+def cited_sources(answer: str, sources: int) -> frozenset[int]:
+    """The source numbers the answer cites as `[n]`, within 1..`sources`."""
+    return frozenset(n for n in map(int, _CITATION.findall(answer)) if 1 <= n <= sources)
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cosine similarity of two vectors (0.0 if either is zero)."""
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norms if norms else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedAnswer:
+    """One answer's inputs to `score_answers`: the verdict (None: unjudged), the sources it
+    cites, and the similarities of the generated questions to the asked one."""
+
+    verdict: Verdict | None
+    cited: frozenset[int]
+    similarities: tuple[float, ...]
+
+
+def score_answers(judged: Sequence[JudgedAnswer]) -> AnswerScores:
+    """Averages the RAGAS-style metrics of `AnswerScores` over `judged`."""
+    faithful: list[float] = []
+    relevance: list[float] = []
+    precision: list[float] = []
+    usable = 0
+    for item in judged:
+        if item.verdict is None:
+            continue
+        usable += 1
+        claims = item.verdict.claims
+        if claims:
+            faithful.append(sum(1 for _, support in claims if support) / len(claims))
+        if item.similarities:
+            relevance.append(sum(item.similarities) / len(item.similarities))
+        if item.cited:
+            holding = frozenset().union(*(support for _, support in claims))
+            precision.append(len(item.cited & holding) / len(item.cited))
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    return AnswerScores(
+        answers=len(judged),
+        judged=usable,
+        faithfulness=mean(faithful),
+        answer_relevance=mean(relevance),
+        citation_precision=mean(precision),
+    )
+
+
+def format_answer_table(row: AnswerScores) -> str:
+    """The answer scores as an aligned two-line table, ending with a newline."""
+    header = ["answers", "judged", "faithfulness", "answer relevance", "citation precision"]
+    body = [
+        str(row.answers),
+        str(row.judged),
+        *(_or_dash(v) for v in (row.faithfulness, row.answer_relevance, row.citation_precision)),
+    ]
+    return _align([header, body])

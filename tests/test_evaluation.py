@@ -13,22 +13,28 @@ from rag_gql.cli import main, parse_modes
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.errors import InvalidInput
-from rag_gql.eval_command import eval_principal, run_eval, stored_baseline
+from rag_gql.eval_command import eval_principal, run_answer_eval, run_eval, stored_baseline
 from rag_gql.evaluation import (
     BASELINE_BM25,
     BASELINE_FUSED,
     Baseline,
+    JudgedAnswer,
     Outcome,
     Question,
+    cited_sources,
+    format_answer_table,
     format_kind_table,
     format_table,
     hit_at,
+    judge_prompt,
     ndcg_at,
     parse_questions,
+    parse_verdict,
     percentile,
     recall_at,
     reciprocal_rank,
     score,
+    score_answers,
 )
 from rag_gql.services.retrieval import SearchMode
 from tests.support.ollama_standin import StandinState
@@ -212,6 +218,42 @@ def test_baseline_dense_is_cosine_and_fused_is_rrf_60() -> None:
         Baseline(pages, texts, [[1.0]])
 
 
+def test_parse_verdict_reads_the_judges_json_and_drops_what_is_not_that_shape() -> None:
+    reply = (
+        'Sure! ```json\n{"claims": [{"claim": "A is B", "supported_by": [1, 7, "2"]}, '
+        '{"claim": "C", "supported_by": []}, {"claim": ""}, 3], "questions": ["Q?", 4]}\n```'
+    )
+    verdict = parse_verdict(reply, sources=3)
+    assert verdict is not None
+    assert verdict.claims == (("A is B", frozenset({1})), ("C", frozenset()))
+    assert verdict.questions == ("Q?",)
+    for bad in ("no json here", '{"claims": 3}', "[1, 2]", '{"claims": [] ', "{bad json}"):
+        assert parse_verdict(bad, sources=3) is None, bad
+
+
+def test_score_answers_after_ragas() -> None:
+    verdict = parse_verdict(
+        '{"claims": [{"claim": "x", "supported_by": [1]}, {"claim": "y", "supported_by": []}],'
+        ' "questions": ["q1", "q2"]}',
+        sources=2,
+    )
+    judged = [
+        # faithfulness 1/2; cites 1 and 2, only 1 holds a claim: precision 1/2
+        JudgedAnswer(verdict, cited_sources("x [1], y [2] [9]", 2), (0.5, 1.0)),
+        JudgedAnswer(None, frozenset(), ()),  # the judge's reply did not parse
+    ]
+    row = score_answers(judged)
+    assert (row.answers, row.judged, row.unjudged) == (2, 1, 1)
+    assert row.faithfulness == pytest.approx(0.5)
+    assert row.answer_relevance == pytest.approx(0.75)
+    assert row.citation_precision == pytest.approx(0.5)
+    assert format_answer_table(row).splitlines()[1].split() == ["2", "1", "0.500", "0.750", "0.500"]
+    empty = score_answers([JudgedAnswer(None, frozenset(), ())])
+    assert empty.faithfulness is None and "-" in format_answer_table(empty)
+    prompt = judge_prompt("The answer [1].", ["first\n source", "second"])
+    assert "[1] first source\n[2] second" in prompt and "The answer [1]." in prompt
+
+
 # --- end to end: ingest a tiny corpus, search, score ------------------------------------------
 
 CORPUS = {
@@ -345,3 +387,29 @@ async def test_eval_refuses_missing_documents_and_a_bad_k_before_ingesting(
             k=settings.search_max_k + 1,
             workspace_name="e",
         )
+
+
+async def test_eval_answers_are_judged_by_the_chat_model(
+    settings: Settings, ollama: StandinState, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus"
+    questions = _write_corpus(corpus)[:1]
+    # The stand-in gives every chat this reply: as the answer (it cites [1]) and as the verdict
+    # (its one claim is held by source 1; its question is the one asked, word for word).
+    ollama.chat_reply = json.dumps(
+        {
+            "claims": [{"claim": "It flushes the floats [1].", "supported_by": [1]}],
+            "questions": [questions[0].text],
+        }
+    )
+    judged = await run_answer_eval(settings, questions, corpus=corpus, k=3, workspace_name="ans")
+    assert (judged.answers, judged.judged) == (1, 1)
+    assert judged.faithfulness == 1.0 and judged.citation_precision == 1.0
+    assert judged.answer_relevance == pytest.approx(1.0)
+    judge_messages = ollama.last_chat_messages
+    assert "SOURCES:" in judge_messages[-1]["content"]
+    assert "\\flushfloatsnow" in judge_messages[-1]["content"]  # the retrieved source
+
+    ollama.chat_reply = "Not a verdict [1]."
+    judged = await run_answer_eval(settings, questions, corpus=corpus, k=3, workspace_name="ans")
+    assert (judged.answers, judged.judged, judged.faithfulness) == (1, 0, None)
