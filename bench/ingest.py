@@ -132,7 +132,7 @@ def _children(pid: int) -> list[int]:
 
 async def ingest(settings: Settings, paths: list[Path]) -> dict[str, Any]:
     """Submits `paths` like `rag-gql ingest` and runs a worker until all are done."""
-    from rag_gql.cli import eval_principal
+    from rag_gql.eval_command import eval_principal
     from rag_gql.ingestion import bulk
     from rag_gql.ingestion.worker import ingestion_worker
     from rag_gql.resources import open_services

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import signal
 import sys
 import time
@@ -18,20 +17,10 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from rag_gql.config import Settings
-from rag_gql.db import Database, migrate
+from rag_gql.db import migrate
 from rag_gql.db.embedded import start_embedded
-from rag_gql.evaluation import (
-    Outcome,
-    Question,
-    Scores,
-    format_kind_table,
-    format_table,
-    parse_questions,
-    score,
-)
 from rag_gql.observability.logs import LogFormat
-from rag_gql.services.access import Principal
-from rag_gql.services.retrieval import SearchMode, SearchRequest
+from rag_gql.services.retrieval import SearchMode
 
 if TYPE_CHECKING:
     from rag_gql.observability.otel import Tracing
@@ -102,6 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="eval",
         help="the eval user's workspace, created or reused; another name starts afresh",
     )
+    evaluate.add_argument(
+        "--answers",
+        action="store_true",
+        help="also answer every question and have the chat model judge the answers "
+        "(faithfulness, answer relevance, citation precision, after RAGAS)",
+    )
+    evaluate.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the baseline rows (plain BM25, BM25+RRF with the same vectors; need bm25s)",
+    )
     evaluate.add_argument("--log-level", default="info", help="debug, info, warning, error")
     args = parser.parse_args(argv)
 
@@ -134,13 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "reindex":
         return reindex_all(settings)
     if args.command == "eval":
+        from rag_gql.eval_command import evaluate_retrieval
+
         return evaluate_retrieval(
             settings,
+            database=database,
             questions_path=args.questions,
             corpus=args.corpus,
             modes=args.modes,
             k=args.k,
             workspace_name=args.workspace_name,
+            baseline=not args.no_baseline,
+            answers=args.answers,
         )
     with database(settings) as url:
         migrate.upgrade(url, embed_dim=settings.embed_dim)
@@ -264,6 +269,7 @@ def bulk_ingest(
 
     Returns 0 when every file was ingested or a duplicate, 1 when any failed, 2 on bad paths.
     """
+    from rag_gql.eval_command import eval_principal
     from rag_gql.ingestion import bulk
     from rag_gql.services import operators
 
@@ -384,156 +390,6 @@ def _positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return number
-
-
-def evaluate_retrieval(
-    settings: Settings,
-    *,
-    questions_path: Path,
-    corpus: Path,
-    modes: Sequence[SearchMode],
-    k: int,
-    workspace_name: str,
-) -> int:
-    """Runs `rag-gql eval` on the configured database and Ollama; prints the tables to stdout."""
-    try:
-        questions = parse_questions(questions_path.read_text(encoding="utf-8").splitlines())
-    except (OSError, ValueError) as exc:
-        log.error("cannot read the questions in %s: %s", questions_path, exc)
-        return 2
-    if not questions:
-        log.error("%s holds no questions", questions_path)
-        return 2
-    from rag_gql.errors import DomainError
-    from rag_gql.resources import StartupError
-
-    with database(settings) as url:
-        migrate.upgrade(url, embed_dim=settings.embed_dim)
-        try:
-            rows = asyncio.run(
-                run_eval(
-                    settings.model_copy(update={"database_url": url}),
-                    questions,
-                    corpus=corpus,
-                    modes=modes,
-                    k=k,
-                    workspace_name=workspace_name,
-                )
-            )
-        except (OSError, DomainError, StartupError) as exc:
-            log.error("eval failed: %s", exc)
-            return 1
-    header = f"{len(questions)} questions, k={k}"
-    if SearchMode.HYBRID in modes:
-        s = settings
-        header += (
-            f"; HYBRID: RRF_K={s.rrf_k:g}, vector:keyword weights "
-            f"{s.hybrid_vector_weight:g}:{s.hybrid_keyword_weight:g}, "
-            f"{s.hybrid_candidates} candidates per list"
-        )
-    sys.stdout.write(header + "\n\n" + format_table(rows, k=k))
-    kinds = format_kind_table(rows)
-    if kinds:
-        sys.stdout.write("\n" + kinds)
-    return 0
-
-
-async def run_eval(
-    settings: Settings,
-    questions: Sequence[Question],
-    *,
-    corpus: Path,
-    modes: Sequence[SearchMode],
-    k: int,
-    workspace_name: str,
-) -> list[Scores]:
-    """Ingests the questions' documents from `corpus`, searches every question in every mode.
-
-    Documents go into the eval workspace (see `eval_principal`); ones already there (same
-    SHA-256) are not embedded again. Each search is timed, Ollama's query embedding included.
-
-    Returns:
-        One `Scores` per mode, in the order of `modes`.
-
-    Raises:
-        FileNotFoundError: a question's document is not in `corpus`.
-        InvalidInput: `k` is outside 1..SEARCH_MAX_K.
-        DomainError: ingestion or search failed (e.g. Ollama unreachable).
-        StartupError: EMBED_DIM disagrees with the database or the model.
-    """
-    from rag_gql.errors import InvalidInput
-    from rag_gql.ingestion import bulk
-    from rag_gql.ingestion.worker import ingestion_worker
-    from rag_gql.resources import open_services
-
-    if not 1 <= k <= settings.search_max_k:  # before ingesting, not after
-        raise InvalidInput(f"k must be between 1 and {settings.search_max_k} (SEARCH_MAX_K)")
-    paths = [corpus / name for name in dict.fromkeys(q.document for q in questions)]
-    missing = [path.name for path in paths if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"not in {corpus}: {', '.join(missing)}")
-    # Every search embeds its question, as a new question does: with the cache, modes after
-    # the first would reuse the vectors and their latencies would not compare.
-    settings = settings.model_copy(update={"query_embedding_cache_size": 0})
-    async with open_services(settings) as services:
-        principal = await eval_principal(services.db, workspace_name)
-        async with ingestion_worker(services):
-            started = time.perf_counter()
-            outcomes_in = await bulk.submit_all(services, principal, paths, None)
-            await bulk.wait_for(services.db, principal.workspace_id, outcomes_in)
-        for outcome in outcomes_in:
-            if outcome.status in ("FAILED", "REJECTED"):
-                raise InvalidInput(f"{outcome.path.name} could not be ingested: {outcome.reason}")
-        log.info(
-            "%d documents ready (%d already there) in %.1f s",
-            len(outcomes_in),
-            sum(o.status == "DUPLICATE" for o in outcomes_in),
-            time.perf_counter() - started,
-        )
-        rows: list[Scores] = []
-        for mode in modes:
-            # One unmeasured search first: it opens the connections and warms the caches.
-            await services.retrieval.search(principal, SearchRequest(questions[0].text, k, mode))
-            outcomes: list[Outcome] = []
-            for question in questions:
-                started = time.perf_counter()
-                hits = await services.retrieval.search(
-                    principal, SearchRequest(question.text, k, mode)
-                )
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                ranking = tuple((hit.document.filename, hit.page) for hit in hits)
-                outcomes.append(Outcome(question, ranking, elapsed_ms))
-            rows.append(score(mode.value, outcomes, k=k))
-    return rows
-
-
-async def eval_principal(db: Database, workspace_name: str) -> Principal:
-    """The OWNER of the eval user's personal workspace; creates the user and workspace if new.
-
-    The user is `<slug of workspace_name>@eval.invalid`: the API refuses the reserved
-    `.invalid` domain (RFC 2606), and the password hash is unusable, so nobody can register,
-    log in or reset a password as this user.
-    """
-    from datetime import UTC, datetime
-
-    from rag_gql.db.models import Role
-    from rag_gql.db.session import scope
-    from rag_gql.repositories import users, workspaces
-
-    slug = re.sub(r"[^a-z0-9]+", "-", workspace_name.lower()).strip("-")[:64] or "eval"
-    email = f"{slug}@eval.invalid"
-    async with db.transaction() as session:
-        user = await users.get_by_email(session, email)
-        if user is None:
-            user = await users.add(session, email=email, password_hash="!")  # noqa: S106 - no hash
-            user.verified_at = datetime.now(UTC)
-        await scope(session, user_id=user.id)
-        workspace_id = await workspaces.personal_workspace_id(session, user.id)
-        if workspace_id is None:
-            workspace = await workspaces.create_personal_workspace(session, user)
-            workspace.name = workspace_name[:200]
-            workspace_id = workspace.id
-    return Principal(workspace_id=workspace_id, role=Role.OWNER, user_id=user.id, email=email)
 
 
 class _Stop(Exception):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -236,3 +237,262 @@ def _align(table: list[list[str]]) -> str:
         for row in table
     ]
     return "\n".join(lines) + "\n"
+
+
+BASELINE_BM25 = "baseline BM25"
+"""The mode name of the plain Okapi BM25 row."""
+BASELINE_FUSED = "baseline BM25+RRF"
+"""The mode name of the row fusing plain BM25 with the dense ranking (RRF k 60, 1:1)."""
+
+
+class Baseline:
+    """Textbook retrieval over a fixed list of passages, to compare rag-gql's modes with.
+
+    `bm25` is Okapi BM25 (Robertson & Zaragoza, "The Probabilistic Relevance Framework: BM25
+    and Beyond", FnTIR 3(4), 2009) as the `bm25s` library computes it (Lù, "BM25S", 2024):
+    k1 = 1.2, b = 0.75, Lucene's form: the non-negative IDF ln(1 + (N - df + 0.5) / (df + 0.5))
+    and no constant (k1 + 1) factor in the term weight, which does not change the order;
+    scikit-learn's tokens (runs of ≥ 2 word characters, lowercased; `\\DeclareFixedFont` is
+    `declarefixedfont`, `read.fwf` is `read` `fwf`), English stop words dropped, no stemming;
+    each distinct query term counts once. `dense` is exact cosine similarity against the
+    passages' vectors. `fused` is Reciprocal Rank Fusion of the two (Cormack, Clarke &
+    Büttcher, SIGIR 2009), k = 60, weights 1:1, over the first `depth` of each list.
+
+    Rankings are indices into the passages, best first; ties keep passage order. Only
+    passages with a positive BM25 score enter the BM25 list.
+
+    Needs `bm25s` and `numpy` (the `eval` extra).
+
+    Raises:
+        ValueError: `pages`, `texts` and `vectors` differ in length, or are empty.
+    """
+
+    def __init__(
+        self,
+        pages: Sequence[Page],
+        texts: Sequence[str],
+        vectors: Sequence[Sequence[float]],
+        *,
+        k1: float = 1.2,
+        b: float = 0.75,
+    ) -> None:
+        import logging
+
+        import bm25s
+        import numpy as np
+        from bm25s.tokenization import Tokenizer
+
+        # bm25s sets its logger to DEBUG when imported; let it follow the application's level.
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)
+
+        if not (len(pages) == len(texts) == len(vectors)) or not pages:
+            raise ValueError("pages, texts and vectors must be non-empty and of one length")
+        self.pages = tuple(pages)
+        self._tokenizer = Tokenizer(stopwords="en")
+        tokens = self._tokenizer.tokenize(list(texts), show_progress=False, return_as="tuple")
+        self._bm25 = bm25s.BM25(method="lucene", k1=k1, b=b)
+        self._bm25.index(tokens, show_progress=False)
+        matrix = np.asarray(vectors, dtype=np.float32)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        self._unit = matrix / np.where(norms == 0, 1.0, norms)
+
+    def bm25_scores(self, query: str) -> list[float]:
+        """Each passage's BM25 score for `query`, in passage order (0.0 where no term occurs)."""
+        (terms,) = self._tokenizer.tokenize(
+            [query], update_vocab=False, return_as="string", show_progress=False
+        )
+        terms = [term for term in dict.fromkeys(terms) if term]
+        if not terms:
+            return [0.0] * len(self.pages)
+        return [float(value) for value in self._bm25.get_scores(terms)]
+
+    def bm25(self, query: str, depth: int) -> list[int]:
+        """The first `depth` passages by BM25 score of `query` (those scoring above 0)."""
+        import numpy as np
+
+        scores = np.asarray(self.bm25_scores(query))
+        order = np.argsort(-scores, kind="stable")[:depth]
+        return [int(i) for i in order if scores[i] > 0]
+
+    def dense(self, vector: Sequence[float], depth: int) -> list[int]:
+        """The first `depth` passages by cosine similarity to `vector`."""
+        import numpy as np
+
+        query = np.asarray(vector, dtype=np.float32)
+        norm = float(np.linalg.norm(query))
+        similarities = self._unit @ (query / (norm or 1.0))
+        return [int(i) for i in np.argsort(-similarities, kind="stable")[:depth]]
+
+    def fused(self, query: str, vector: Sequence[float], depth: int) -> list[int]:
+        """RRF (k 60, 1:1) of `bm25(query, depth)` and `dense(vector, depth)`."""
+        scores: dict[int, float] = {}
+        for ranking in (self.bm25(query, depth), self.dense(vector, depth)):
+            for rank, index in enumerate(ranking, start=1):
+                scores[index] = scores.get(index, 0.0) + 1.0 / (60 + rank)
+        return sorted(scores, key=lambda index: -scores[index])
+
+    def ranking(self, indices: Iterable[int], k: int) -> tuple[Page, ...]:
+        """The pages of the first `k` of `indices`."""
+        return tuple(self.pages[i] for i in list(indices)[:k])
+
+
+# --- answer quality, judged by the chat model (`rag-gql eval --answers`) ----------------------
+
+JUDGE_PROMPT = """You check an ANSWER against the numbered SOURCES it was written from.
+1. Break the ANSWER into short, self-contained factual claims (leave out the citation marks).
+2. For each claim, list the numbers of the SOURCES whose text supports it ([] if none does).
+3. Write 3 questions that the ANSWER answers.
+Reply with JSON only, in this shape:
+{{"claims": [{{"claim": "...", "supported_by": [1]}}], "questions": ["...", "...", "..."]}}
+
+SOURCES:
+{sources}
+
+ANSWER:
+{answer}
+"""
+"""The judge's prompt; `format(sources=..., answer=...)`, sources as `[n] text` lines."""
+
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The judge's reading of one answer: its claims with the sources supporting each
+    (1-based source numbers), and the questions it says the answer answers."""
+
+    claims: tuple[tuple[str, frozenset[int]], ...]
+    questions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerScores:
+    """Answer quality over a set, after RAGAS (Es, James, Espinosa-Anke & Schockaert, "RAGAS:
+    Automated Evaluation of Retrieval Augmented Generation", 2023), each a mean over the
+    answers where it is defined (None when it is defined for none):
+
+    - `faithfulness`: claims supported by at least one source / claims (RAGAS's F = |V| / |S|);
+    - `answer_relevance`: mean cosine similarity between the question and each question the
+      judge generated from the answer (RAGAS's AR);
+    - `citation_precision`: sources the answer cites (`[n]`) that support one of its claims /
+      sources it cites (answers citing none are left out).
+
+    `judged` answers had a verdict that parsed; `unjudged` did not (or the answer failed).
+    """
+
+    answers: int
+    judged: int
+    faithfulness: float | None
+    answer_relevance: float | None
+    citation_precision: float | None
+
+    @property
+    def unjudged(self) -> int:
+        """Answers without a usable verdict."""
+        return self.answers - self.judged
+
+
+def judge_prompt(answer: str, sources: Sequence[str]) -> str:
+    """`JUDGE_PROMPT` for `answer` and its sources (numbered from 1 in this order)."""
+    listed = "\n".join(f"[{i}] {' '.join(text.split())}" for i, text in enumerate(sources, 1))
+    return JUDGE_PROMPT.format(sources=listed, answer=answer)
+
+
+def parse_verdict(reply: str, sources: int) -> Verdict | None:
+    """The judge's JSON reply as a `Verdict`, None when it is not that shape.
+
+    The first `{` to the last `}` is read (models wrap JSON in prose or code fences); source
+    numbers outside 1..`sources` are dropped; claims that are not non-empty strings are skipped.
+    """
+    start, end = reply.find("{"), reply.rfind("}")
+    if start < 0 or end < start:
+        return None
+    try:
+        item = json.loads(reply[start : end + 1])
+    except ValueError:
+        return None
+    if not isinstance(item, dict):
+        return None
+    raw_claims, raw_questions = item.get("claims"), item.get("questions", [])
+    if not isinstance(raw_claims, list) or not isinstance(raw_questions, list):
+        return None
+    claims: list[tuple[str, frozenset[int]]] = []
+    for claim in raw_claims:
+        if not isinstance(claim, dict) or not isinstance(claim.get("claim"), str):
+            continue
+        if not claim["claim"].strip():
+            continue
+        support = claim.get("supported_by", [])
+        numbers = support if isinstance(support, list) else []
+        claims.append(
+            (
+                claim["claim"],
+                frozenset(n for n in numbers if type(n) is int and 1 <= n <= sources),
+            )
+        )
+    questions = tuple(q for q in raw_questions if isinstance(q, str) and q.strip())
+    return Verdict(tuple(claims), questions)
+
+
+def cited_sources(answer: str, sources: int) -> frozenset[int]:
+    """The source numbers the answer cites as `[n]`, within 1..`sources`."""
+    return frozenset(n for n in map(int, _CITATION.findall(answer)) if 1 <= n <= sources)
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cosine similarity of two vectors (0.0 if either is zero)."""
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norms if norms else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedAnswer:
+    """One answer's inputs to `score_answers`: the verdict (None: unjudged), the sources it
+    cites, and the similarities of the generated questions to the asked one."""
+
+    verdict: Verdict | None
+    cited: frozenset[int]
+    similarities: tuple[float, ...]
+
+
+def score_answers(judged: Sequence[JudgedAnswer]) -> AnswerScores:
+    """Averages the RAGAS-style metrics of `AnswerScores` over `judged`."""
+    faithful: list[float] = []
+    relevance: list[float] = []
+    precision: list[float] = []
+    usable = 0
+    for item in judged:
+        if item.verdict is None:
+            continue
+        usable += 1
+        claims = item.verdict.claims
+        if claims:
+            faithful.append(sum(1 for _, support in claims if support) / len(claims))
+        if item.similarities:
+            relevance.append(sum(item.similarities) / len(item.similarities))
+        if item.cited:
+            holding = frozenset().union(*(support for _, support in claims))
+            precision.append(len(item.cited & holding) / len(item.cited))
+
+    def mean(values: list[float]) -> float | None:
+        return sum(values) / len(values) if values else None
+
+    return AnswerScores(
+        answers=len(judged),
+        judged=usable,
+        faithfulness=mean(faithful),
+        answer_relevance=mean(relevance),
+        citation_precision=mean(precision),
+    )
+
+
+def format_answer_table(row: AnswerScores) -> str:
+    """The answer scores as an aligned two-line table, ending with a newline."""
+    header = ["answers", "judged", "faithfulness", "answer relevance", "citation precision"]
+    body = [
+        str(row.answers),
+        str(row.judged),
+        *(_or_dash(v) for v in (row.faithfulness, row.answer_relevance, row.citation_precision)),
+    ]
+    return _align([header, body])

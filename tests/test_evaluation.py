@@ -9,22 +9,32 @@ from pathlib import Path
 
 import pytest
 
-from rag_gql.cli import eval_principal, main, parse_modes, run_eval
+from rag_gql.cli import main, parse_modes
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.errors import InvalidInput
+from rag_gql.eval_command import eval_principal, run_answer_eval, run_eval, stored_baseline
 from rag_gql.evaluation import (
+    BASELINE_BM25,
+    BASELINE_FUSED,
+    Baseline,
+    JudgedAnswer,
     Outcome,
     Question,
+    cited_sources,
+    format_answer_table,
     format_kind_table,
     format_table,
     hit_at,
+    judge_prompt,
     ndcg_at,
     parse_questions,
+    parse_verdict,
     percentile,
     recall_at,
     reciprocal_rank,
     score,
+    score_answers,
 )
 from rag_gql.services.retrieval import SearchMode
 from tests.support.ollama_standin import StandinState
@@ -118,6 +128,19 @@ def test_the_shipped_question_set_parses() -> None:
     assert {q.document for q in questions} == set(corpus)
 
 
+def test_the_shipped_sqlite_question_set_parses_and_is_half_identifiers() -> None:
+    path = Path(__file__).parent / "data" / "eval_questions_sqlite.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    questions = parse_questions(lines)
+    assert len(questions) >= 40
+    assert sum(q.kind == "identifier" for q in questions) * 2 >= len(questions)
+    assert all(q.document.endswith(".html") for q in questions)
+    assert len({q.text for q in questions}) == len(questions)
+    assert all(json.loads(line)["section"] for line in lines)  # the heading, for readers
+    script = (path.parent / "get-sqlite-docs.sh").read_text()
+    assert "apt-get download" in script and "sqlite3-doc" in script
+
+
 def test_score_averages_and_splits_mrr_by_kind() -> None:
     outcomes = [
         Outcome(Question("q1", "a.pdf", (1,), "id"), (A1, B1), 10.0),  # RR 1
@@ -155,6 +178,80 @@ def test_eval_command_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) 
         main(["eval", "q.jsonl", "--corpus", ".", "--modes", "FUZZY"])
     assert exited.value.code == 2
     assert "--modes" in capsys.readouterr().err
+
+
+def test_baseline_bm25_ranks_by_okapi_bm25_and_ignores_stop_words() -> None:
+    pages = [A1, A2, A3, B1]
+    texts = [
+        "The cat sat on the mat.",
+        "Use \\DeclareFixedFont to declare a fixed font.",
+        "A dog and a cat and another cat.",
+        "Nothing of interest here.",
+    ]
+    index = Baseline(pages, texts, [[1.0, 0.0]] * 4)
+    # "cat" twice in a short passage beats once; the stop words match nothing.
+    assert index.bm25("the cat", 10) == [2, 0]
+    assert index.bm25("DeclareFixedFont", 10) == [1]
+    assert index.bm25("the and of", 10) == []
+    assert index.bm25("unknownword", 10) == []
+    assert index.ranking(index.bm25("cat", 10), 1) == (A3,)
+    # Textbook scores (k1 1.2, b 0.75): idf = ln(1 + (N - df + 0.5) / (df + 0.5)) with N 4,
+    # df 2 for "cat"; the passages have 3, 5, 4 and 3 terms once the stop words are gone.
+    idf = math.log(1 + (4 - 2 + 0.5) / (2 + 0.5))
+
+    def bm25(tf: int, length: int) -> float:
+        return idf * tf / (tf + 1.2 * (0.25 + 0.75 * length / 3.75))  # no (k1 + 1) factor
+
+    scores = index.bm25_scores("cats? The cat!")  # a term counts once, however often asked
+    assert scores == pytest.approx([bm25(1, 3), 0.0, bm25(2, 4), 0.0], rel=1e-5)
+
+
+def test_baseline_dense_is_cosine_and_fused_is_rrf_60() -> None:
+    pages = [A1, A2, A3]
+    texts = ["alpha beta", "gamma", "delta"]
+    index = Baseline(pages, texts, [[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    assert index.dense([0.0, 5.0], 10) == [1, 2, 0]  # the norm does not count
+    assert index.dense([0.0, 5.0], 2) == [1, 2]
+    # BM25 ranks passage 0 alone; dense ranks 1, 2, 0: scores 1/61 + 1/63, 1/61, 1/62.
+    assert index.fused("alpha", [0.0, 1.0], 10) == [0, 1, 2]
+    with pytest.raises(ValueError, match="one length"):
+        Baseline(pages, texts, [[1.0]])
+
+
+def test_parse_verdict_reads_the_judges_json_and_drops_what_is_not_that_shape() -> None:
+    reply = (
+        'Sure! ```json\n{"claims": [{"claim": "A is B", "supported_by": [1, 7, "2"]}, '
+        '{"claim": "C", "supported_by": []}, {"claim": ""}, 3], "questions": ["Q?", 4]}\n```'
+    )
+    verdict = parse_verdict(reply, sources=3)
+    assert verdict is not None
+    assert verdict.claims == (("A is B", frozenset({1})), ("C", frozenset()))
+    assert verdict.questions == ("Q?",)
+    for bad in ("no json here", '{"claims": 3}', "[1, 2]", '{"claims": [] ', "{bad json}"):
+        assert parse_verdict(bad, sources=3) is None, bad
+
+
+def test_score_answers_after_ragas() -> None:
+    verdict = parse_verdict(
+        '{"claims": [{"claim": "x", "supported_by": [1]}, {"claim": "y", "supported_by": []}],'
+        ' "questions": ["q1", "q2"]}',
+        sources=2,
+    )
+    judged = [
+        # faithfulness 1/2; cites 1 and 2, only 1 holds a claim: precision 1/2
+        JudgedAnswer(verdict, cited_sources("x [1], y [2] [9]", 2), (0.5, 1.0)),
+        JudgedAnswer(None, frozenset(), ()),  # the judge's reply did not parse
+    ]
+    row = score_answers(judged)
+    assert (row.answers, row.judged, row.unjudged) == (2, 1, 1)
+    assert row.faithfulness == pytest.approx(0.5)
+    assert row.answer_relevance == pytest.approx(0.75)
+    assert row.citation_precision == pytest.approx(0.5)
+    assert format_answer_table(row).splitlines()[1].split() == ["2", "1", "0.500", "0.750", "0.500"]
+    empty = score_answers([JudgedAnswer(None, frozenset(), ())])
+    assert empty.faithfulness is None and "-" in format_answer_table(empty)
+    prompt = judge_prompt("The answer [1].", ["first\n source", "second"])
+    assert "[1] first source\n[2] second" in prompt and "The answer [1]." in prompt
 
 
 # --- end to end: ingest a tiny corpus, search, score ------------------------------------------
@@ -206,12 +303,14 @@ async def test_eval_ingests_searches_and_scores_every_mode(
     modes = [SearchMode.VECTOR, SearchMode.KEYWORD, SearchMode.HYBRID]
 
     rows = await run_eval(
-        settings, questions, corpus=corpus, modes=modes, k=5, workspace_name="eval"
+        settings, questions, corpus=corpus, modes=modes, k=5, workspace_name="eval", baseline=True
     )
 
-    assert [row.mode for row in rows] == ["VECTOR", "KEYWORD", "HYBRID"]
+    assert [row.mode for row in rows] == [
+        "VECTOR", "KEYWORD", "HYBRID", BASELINE_BM25, BASELINE_FUSED
+    ]  # fmt: skip
     by_mode = {row.mode: row for row in rows}
-    for mode in ("KEYWORD", "HYBRID"):
+    for mode in ("KEYWORD", "HYBRID", BASELINE_BM25, BASELINE_FUSED):
         # The command's name is one rare lexeme: full text search puts its page first.
         assert by_mode[mode].mrr_by_kind["identifier"] == 1.0, mode
     for row in rows:
@@ -227,6 +326,31 @@ async def test_eval_ingests_searches_and_scores_every_mode(
     )
     assert ollama.embed_inputs - embedded == 1  # the start-up dimension probe only
     assert again[0].mrr == by_mode["KEYWORD"].mrr
+
+
+async def test_the_baseline_reads_only_the_eval_workspace_chunks(
+    settings: Settings, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus"
+    questions = _write_corpus(corpus)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "other.pdf").write_bytes(make_pdf(["The \\flushfloatsnow command, elsewhere."]))
+    other_question = [Question("What does \\flushfloatsnow do?", "other.pdf", (1,))]
+    for name, folder, asked in (("iso-a", corpus, questions), ("iso-b", other, other_question)):
+        await run_eval(
+            settings, asked, corpus=folder, modes=[], k=5, workspace_name=name, baseline=True
+        )
+    db = Database(settings.database_url or "")
+    try:
+        first = await stored_baseline(db, await eval_principal(db, "iso-a"))
+        second = await stored_baseline(db, await eval_principal(db, "iso-b"))
+    finally:
+        await db.dispose()
+    assert {name for name, _ in first.pages} == set(CORPUS)
+    assert len(first.pages) == sum(len(pages) for pages in CORPUS.values())
+    assert second.pages == (("other.pdf", 1),)
+    assert first.ranking(first.bm25("flushfloatsnow", 10), 10) == (("floats.pdf", 1),)
 
 
 async def test_eval_principal_is_created_once_per_workspace_name(settings: Settings) -> None:
@@ -263,3 +387,29 @@ async def test_eval_refuses_missing_documents_and_a_bad_k_before_ingesting(
             k=settings.search_max_k + 1,
             workspace_name="e",
         )
+
+
+async def test_eval_answers_are_judged_by_the_chat_model(
+    settings: Settings, ollama: StandinState, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus"
+    questions = _write_corpus(corpus)[:1]
+    # The stand-in gives every chat this reply: as the answer (it cites [1]) and as the verdict
+    # (its one claim is held by source 1; its question is the one asked, word for word).
+    ollama.chat_reply = json.dumps(
+        {
+            "claims": [{"claim": "It flushes the floats [1].", "supported_by": [1]}],
+            "questions": [questions[0].text],
+        }
+    )
+    judged = await run_answer_eval(settings, questions, corpus=corpus, k=3, workspace_name="ans")
+    assert (judged.answers, judged.judged) == (1, 1)
+    assert judged.faithfulness == 1.0 and judged.citation_precision == 1.0
+    assert judged.answer_relevance == pytest.approx(1.0)
+    judge_messages = ollama.last_chat_messages
+    assert "SOURCES:" in judge_messages[-1]["content"]
+    assert "\\flushfloatsnow" in judge_messages[-1]["content"]  # the retrieved source
+
+    ollama.chat_reply = "Not a verdict [1]."
+    judged = await run_answer_eval(settings, questions, corpus=corpus, k=3, workspace_name="ans")
+    assert (judged.answers, judged.judged, judged.faithfulness) == (1, 0, None)

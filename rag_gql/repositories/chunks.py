@@ -288,3 +288,15 @@ def _document(values: Sequence[Any]) -> Document:
     document: Document = Document.__mapper__.class_manager.new_instance()
     document.__dict__.update(zip(search_sql.DOCUMENT_COLUMNS, values, strict=True))
     return document
+
+
+async def workspace_chunks(session: AsyncSession, workspace_id: uuid.UUID) -> Sequence[Any]:
+    """Every chunk of the workspace as rows of (filename, page, text, embedding), in chunk id
+    order (`rag-gql eval`'s baseline reads the chunks rag-gql stored)."""
+    statement = (
+        select(Document.filename, Chunk.page, Chunk.text, Chunk.embedding)
+        .join(Document, Document.id == Chunk.document_id)
+        .where(Chunk.workspace_id == workspace_id)
+        .order_by(Chunk.id)
+    )
+    return (await session.execute(statement)).all()
