@@ -7,6 +7,7 @@ primary and unique keys that do not are exactly the ones that page lists as stil
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from alembic import command
+from rag_gql.db.migrate import alembic_config
 from rag_gql.db.models import Base
+from tests.conftest import TEST_EMBED_DIM
 
 OPERATIONS = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
 
@@ -237,3 +241,16 @@ async def test_models_declare_the_keys_the_migrations_make(database_url: str) ->
             assert await conn.run_sync(key_differences) == []
     finally:
         await engine.dispose()
+
+
+async def test_the_migration_reverts_to_single_column_references(
+    database_url: str, owner: asyncpg.Connection
+) -> None:
+    config = alembic_config(database_url, embed_dim=TEST_EMBED_DIM)
+    await asyncio.to_thread(command.downgrade, config, "0016-1")
+    keys = {k["conname"]: k for k in await tenant_keys(owner)}
+    assert keys["fk_chunk_document_id_document"]["columns"] == ["document_id"]
+    assert "uq_document_id_workspace_id" not in keys
+    await asyncio.to_thread(command.upgrade, config, "head")
+    keys = {k["conname"]: k for k in await tenant_keys(owner)}
+    assert keys["fk_chunk_document_id_document"]["columns"] == ["document_id", "workspace_id"]
