@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -49,6 +50,24 @@ class Base(DeclarativeBase):
 
 def _now() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+def _referenced_in_workspace(table: str) -> UniqueConstraint:
+    """`UNIQUE (id, workspace_id)`: what `_in_workspace` keys reference (`id` alone is the
+    primary key; this only names the pair)."""
+    return UniqueConstraint("id", "workspace_id", name=f"uq_{table}_id_workspace_id")
+
+
+def _in_workspace(table: str, column: str, parent: str) -> ForeignKeyConstraint:
+    """`(column, workspace_id)` references `parent (id, workspace_id)`, deletes cascading: a
+    row cannot point at a parent in another workspace, and the key includes the column a
+    distributed PostgreSQL would shard on (migration 0011)."""
+    return ForeignKeyConstraint(
+        [column, "workspace_id"],
+        [f"{parent}.id", f"{parent}.workspace_id"],
+        name=f"fk_{table}_{column}_{parent}",
+        ondelete="CASCADE",
+    )
 
 
 class Role(enum.StrEnum):
@@ -156,6 +175,7 @@ class Collection(Base):
     __tablename__ = "collection"
     __table_args__ = (
         UniqueConstraint("workspace_id", "name", name="uq_collection_workspace_id_name"),
+        _referenced_in_workspace("collection"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -186,6 +206,7 @@ class ApiKey(Base):
     """A workspace's key for services: `prefix` is shown, the secret is stored hashed."""
 
     __tablename__ = "api_key"
+    __table_args__ = (_referenced_in_workspace("api_key"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     workspace_id: Mapped[uuid.UUID] = mapped_column(
@@ -227,6 +248,8 @@ class Document(Base):
     __tablename__ = "document"
     __table_args__ = (
         UniqueConstraint("workspace_id", "sha256", name="uq_document_workspace_id_sha256"),
+        _referenced_in_workspace("document"),
+        _in_workspace("document", "collection_id", "collection"),
         Index("ix_document_workspace_id_created_at", "workspace_id", "created_at", "id"),
         # What the sweep of unfinished documents scans (`ingestion.recovery`).
         Index(
@@ -241,9 +264,7 @@ class Document(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspace.id", ondelete="CASCADE"))
-    collection_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("collection.id", ondelete="CASCADE"), index=True
-    )
+    collection_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     filename: Mapped[str] = mapped_column(String(1024))
     sha256: Mapped[str] = mapped_column(String(64))
     media_type: Mapped[str] = mapped_column(String(255))
@@ -273,10 +294,9 @@ class DocumentFilePart(Base):
     """Up to 1 MiB of an uploaded file's bytes; parts `seq` 0, 1, ... in order."""
 
     __tablename__ = "document_file_part"
+    __table_args__ = (_in_workspace("document_file_part", "document_id", "document"),)
 
-    document_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("document.id", ondelete="CASCADE"), primary_key=True
-    )
+    document_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspace.id", ondelete="CASCADE"))
     data: Mapped[bytes] = mapped_column(LargeBinary)
@@ -293,15 +313,14 @@ class Chunk(Base):
             postgresql_using="hnsw",
             postgresql_ops={"embedding": "vector_cosine_ops"},
         ),
+        _in_workspace("chunk", "document_id", "document"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     workspace_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("workspace.id", ondelete="CASCADE"), index=True
     )
-    document_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("document.id", ondelete="CASCADE"), index=True
-    )
+    document_id: Mapped[uuid.UUID] = mapped_column(index=True)
     # Copied from the document so filtered vector search filters inside the index scan.
     collection_id: Mapped[uuid.UUID | None] = mapped_column()
     ordinal: Mapped[int] = mapped_column(Integer)
@@ -320,13 +339,15 @@ class Conversation(Base):
     """A thread of questions and answers, owned by a user or an API key, in a workspace."""
 
     __tablename__ = "conversation"
+    __table_args__ = (
+        _referenced_in_workspace("conversation"),
+        _in_workspace("conversation", "api_key_id", "api_key"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspace.id", ondelete="CASCADE"))
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
-    api_key_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("api_key.id", ondelete="CASCADE")
-    )
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column()
     title: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
@@ -339,12 +360,11 @@ class Message(Base):
     """
 
     __tablename__ = "message"
+    __table_args__ = (_in_workspace("message", "conversation_id", "conversation"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspace.id", ondelete="CASCADE"))
-    conversation_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("conversation.id", ondelete="CASCADE")
-    )
+    conversation_id: Mapped[uuid.UUID] = mapped_column()
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))

@@ -117,9 +117,11 @@ async def add_messages(session: AsyncSession, rows: Sequence[Message]) -> None:
     """Stores messages and marks their conversation as active now."""
     session.add_all(rows)
     await session.flush()
-    ids = {m.conversation_id for m in rows}
+    keys = {(m.conversation_id, m.workspace_id) for m in rows}
     await session.execute(
-        update(Conversation).where(Conversation.id.in_(ids)).values(updated_at=func.now())
+        update(Conversation)
+        .where(tuple_(Conversation.id, Conversation.workspace_id).in_(keys))
+        .values(updated_at=func.now())
     )
 
 

@@ -240,7 +240,12 @@ async def delete_unless_held(
     try:
         async with session.begin_nested():
             await session.execute(text("SELECT set_config('lock_timeout', '1000', true)"))
-            await session.execute(delete(Document).where(Document.id.in_(free.scalar_subquery())))
+            await session.execute(
+                delete(Document).where(
+                    Document.workspace_id == workspace_id,
+                    Document.id.in_(free.scalar_subquery()),
+                )
+            )
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
             raise
@@ -398,7 +403,9 @@ async def file_parts(
     ).scalars()
     for seq in list(seqs):
         stmt = select(DocumentFilePart.data).where(
-            DocumentFilePart.document_id == document_id, DocumentFilePart.seq == seq
+            DocumentFilePart.workspace_id == workspace_id,
+            DocumentFilePart.document_id == document_id,
+            DocumentFilePart.seq == seq,
         )
         yield (await session.execute(stmt)).scalar_one()
 

@@ -290,7 +290,10 @@ def load_statement(
     documents = ", ".join(f"d.{name}" for name in DOCUMENT_COLUMNS)
     sql = (
         f"SELECT c.id, c.ordinal, c.text, {snippet}, c.page, c.char_start, c.char_end,"  # noqa: S608
-        f" {documents} FROM chunk c JOIN document d ON d.id = c.document_id"
+        f" {documents} FROM chunk c"
+        # The join names the workspace on both sides, as a PostgreSQL sharded by workspace
+        # needs to keep it on one shard (docs/operations.md, "Scaling out").
+        " JOIN document d ON d.id = c.document_id AND d.workspace_id = c.workspace_id"
         f" WHERE c.workspace_id = {ws} AND c.id = ANY({wanted})"
         # A document marked for deletion keeps its chunks until its worker lets go of it.
         " AND d.delete_requested_at IS NULL"
