@@ -60,6 +60,7 @@ def replica_env(settings: Settings, redis_url: str) -> dict[str, str]:
         RATE_LIMIT_SEARCH_PER_USER=f"{SEARCHES_PER_MINUTE}/minute",
         MAX_ANSWER_STREAMS_PER_USER="1",
         MAX_WEBSOCKETS_PER_USER="2",
+        WS_MAX_OPERATIONS_PER_USER="2",
         SHARED_SLOTS_LEASE_TTL="3",
         SHUTDOWN_GRACE="1",
         # Small steps, so that a kill lands in the middle; quick failure detection.
@@ -160,10 +161,21 @@ async def test_two_replicas_and_a_worker_act_as_one_service(
             statuses = await until_event(events, document_id, "READY")
             assert statuses[-1] == "READY" and "FAILED" not in statuses, statuses
 
-            # 2. MAX_WEBSOCKETS_PER_USER=2 counts both replicas: this socket on B and one on
-            # A are open, a third on B is refused (4429).
+            # 2. MAX_WEBSOCKETS_PER_USER=2 counts both replicas: with this socket on B and one
+            # on A open, a third on B is refused (4429).
             async with gql_a.websocket() as on_a, gql_b.websocket() as third:
                 assert (await init(on_a, auth))["type"] == "connection_ack"
+                # WS_MAX_OPERATIONS_PER_USER=2 too: B's documentEvents and one on A are live,
+                # another on A is refused (and the socket carries on).
+                for op_id in ("2", "3"):
+                    payload = {"query": EVENTS}
+                    await on_a.send(
+                        json.dumps({"id": op_id, "type": "subscribe", "payload": payload})
+                    )
+                refusal = json.loads(await asyncio.wait_for(on_a.recv(), 20))
+                assert (refusal["id"], refusal["type"]) == ("3", "error"), refusal
+                assert refusal["payload"][0]["extensions"]["code"] == "RATE_LIMITED", refusal
+                assert "WS_MAX_OPERATIONS_PER_USER" in refusal["payload"][0]["message"], refusal
                 await third.send(json.dumps({"type": "connection_init", "payload": auth}))
                 with pytest.raises(ConnectionClosed) as closed:
                     await asyncio.wait_for(third.recv(), 20)
