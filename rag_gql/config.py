@@ -150,7 +150,16 @@ class Settings(BaseSettings):
     rate_limit_storage_uri: str = Field(
         default="memory://",
         description="Where rate limits count (`limits` storage URI): `memory://` per "
-        "process; `redis://host:6379` to share them between replicas.",
+        "process; `redis://host:6379` (the `rag-gql[redis]` extra) to share them between "
+        "replicas, and with them the caps on what runs at once (MAX_ANSWER_STREAMS_PER_USER, "
+        "WS_MAX_OPERATIONS_PER_USER, MAX_WEBSOCKETS_PER_USER, MAX_WEBSOCKETS_PER_IP).",
+    )
+    shared_slots_lease_ttl: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="With Redis: seconds a replica's hold on a cap (a stream, a connection) "
+        "lives without its refresh; a replica that dies gives its places back this long after.",
     )
     rate_limit_auth_per_ip: str = Field(
         default="30/minute",
@@ -272,17 +281,18 @@ class Settings(BaseSettings):
     max_websockets_per_user: int = Field(
         default=10,
         ge=1,
-        description="Open WebSocket connections of one user (with their API keys), per process, "
-        "HTTP subscription streams included; one more is closed at connection_init with 4429 "
+        description="Open WebSocket connections of one user (with their API keys), HTTP "
+        "subscription streams included (all replicas together with Redis, see "
+        "RATE_LIMIT_STORAGE_URI); one more is closed at connection_init with 4429 "
         "(a stream: RATE_LIMITED).",
     )
     max_websockets_per_ip: int = Field(
         default=50,
         ge=1,
-        description="Open WebSocket connections from one client IP, per process, HTTP "
-        "subscription streams included; one more is closed at connection_init with 4429 (a "
-        "stream: RATE_LIMITED). The IP is the one uvicorn sees: behind a proxy, set "
-        "FORWARDED_ALLOW_IPS to its address.",
+        description="Open WebSocket connections from one client IP, HTTP subscription "
+        "streams included (all replicas together with Redis); one more is closed at "
+        "connection_init with 4429 (a stream: RATE_LIMITED). The IP is the one uvicorn "
+        "sees: behind a proxy, set FORWARDED_ALLOW_IPS to its address.",
     )
     ws_send_timeout: float = Field(
         default=30.0,

@@ -33,6 +33,7 @@ from rag_gql.services.documents import DocumentService
 from rag_gql.services.generation import GenerationService
 from rag_gql.services.rate_limits import Quotas, RateLimiter, Slots
 from rag_gql.services.retrieval import RetrievalService
+from rag_gql.services.shared_caps import SharedSlots, open_leases
 from rag_gql.services.workspaces import WorkspaceService
 
 if TYPE_CHECKING:
@@ -64,12 +65,13 @@ class Services:
     conversations: ConversationService
     collections: CollectionService
     quotas: Quotas
-    ws_operations: Slots
-    """Live WebSocket operations per caller, all sockets of this process together."""
-    websockets_per_user: Slots
-    """Open WebSocket connections per caller (`caller_key`), in this process."""
-    websockets_per_ip: Slots
-    """Open WebSocket connections per client IP, in this process."""
+    ws_operations: SharedSlots
+    """Live WebSocket operations per caller, all sockets together (of every replica, with
+    Redis)."""
+    websockets_per_user: SharedSlots
+    """Open WebSocket connections per caller (`caller_key`)."""
+    websockets_per_ip: SharedSlots
+    """Open WebSocket connections per client IP."""
     metrics: Metrics = field(default_factory=Metrics)
 
 
@@ -105,9 +107,12 @@ async def open_services(
     if tracing is not None:
         transport = tracing.http_transport(transport)
         tracing.instrument_engine(db.engine)
-    async with httpx.AsyncClient(
-        base_url=settings.ollama_url, timeout=timeout, transport=transport
-    ) as http:
+    async with (
+        open_leases(settings) as leases,
+        httpx.AsyncClient(
+            base_url=settings.ollama_url, timeout=timeout, transport=transport
+        ) as http,
+    ):
         try:
             ollama = OllamaClient(
                 http,
@@ -138,26 +143,38 @@ async def open_services(
                 ingestion=IngestionService(settings=settings, db=db),
                 retrieval=retrieval,
                 generation=GenerationService(
-                    settings=settings, db=db, retrieval=retrieval, ollama=ollama
+                    settings=settings, db=db, retrieval=retrieval, ollama=ollama, leases=leases
                 ),
                 conversations=ConversationService(db=db),
                 workspaces=WorkspaceService(settings=settings, db=db, mailer=mailer),
                 collections=CollectionService(db=db),
                 quotas=Quotas.from_settings(settings),
-                ws_operations=Slots(
-                    settings.ws_max_operations_per_user,
-                    what="live operations",
-                    setting="WS_MAX_OPERATIONS_PER_USER",
+                ws_operations=SharedSlots(
+                    Slots(
+                        settings.ws_max_operations_per_user,
+                        what="live operations",
+                        setting="WS_MAX_OPERATIONS_PER_USER",
+                    ),
+                    name="operations",
+                    leases=leases,
                 ),
-                websockets_per_user=Slots(
-                    settings.max_websockets_per_user,
-                    what="WebSocket connections of this user",
-                    setting="MAX_WEBSOCKETS_PER_USER",
+                websockets_per_user=SharedSlots(
+                    Slots(
+                        settings.max_websockets_per_user,
+                        what="WebSocket connections of this user",
+                        setting="MAX_WEBSOCKETS_PER_USER",
+                    ),
+                    name="connections-user",
+                    leases=leases,
                 ),
-                websockets_per_ip=Slots(
-                    settings.max_websockets_per_ip,
-                    what="WebSocket connections from this address",
-                    setting="MAX_WEBSOCKETS_PER_IP",
+                websockets_per_ip=SharedSlots(
+                    Slots(
+                        settings.max_websockets_per_ip,
+                        what="WebSocket connections from this address",
+                        setting="MAX_WEBSOCKETS_PER_IP",
+                    ),
+                    name="connections-ip",
+                    leases=leases,
                 ),
                 metrics=metrics,
             )

@@ -175,6 +175,6 @@ def test_the_image_and_ci_install_the_pinned_versions() -> None:
         assert name in pins, name
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "COPY pyproject.toml README.md constraints.txt" in dockerfile
-    assert "pip install -c constraints.txt -e '.[otel]'" in dockerfile
+    assert "pip install -c constraints.txt -e '.[otel,redis]'" in dockerfile
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip install -c constraints.txt -e '.[dev]'" in ci

@@ -17,8 +17,8 @@ from rag_gql.errors import Forbidden, NotFound, Unauthenticated
 from rag_gql.resources import Services
 from rag_gql.services.access import Principal
 from rag_gql.services.api_keys import API_KEY_PREFIX, INVALID
-from rag_gql.services.rate_limits import Slots
 from rag_gql.services.records import Document
+from rag_gql.services.shared_caps import SharedSlots
 
 HTTP_CREDENTIALS = "send the header `Authorization: Bearer <token>` or `X-API-Key: <key>`"
 WS_CREDENTIALS = (
@@ -42,7 +42,7 @@ class Context:
     connection_params: dict[str, Any] | None = None
     principal: Principal | None = field(default=None)
     caller: str | None = None
-    held: list[tuple[Slots, Hashable]] = field(default_factory=list)
+    held: list[tuple[SharedSlots, Hashable]] = field(default_factory=list)
     _elsewhere: dict[uuid.UUID, Principal] = field(default_factory=dict, init=False, repr=False)
     _documents: DataLoader[uuid.UUID, Document | None] | None = field(
         default=None, init=False, repr=False

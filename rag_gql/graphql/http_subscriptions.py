@@ -49,7 +49,8 @@ from rag_gql.errors import DomainError, RateLimited
 from rag_gql.graphql.context import Context
 from rag_gql.graphql.extensions import as_graphql_error
 from rag_gql.graphql.websocket import release_connections
-from rag_gql.services.rate_limits import Slots, caller_key
+from rag_gql.services.rate_limits import caller_key
+from rag_gql.services.shared_caps import SharedSlots
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +91,18 @@ async def admit(context: Context) -> GraphQLError | None:
         client = context.request.client
         if client is not None:
             # Before authenticating: a flood from one address costs no database work.
-            _hold(context, services.websockets_per_ip, client.host, "from this address")
+            await _hold(context, services.websockets_per_ip, client.host, "from this address")
         principal = await context.require_principal()
         context.caller = caller_key(principal)
-        _hold(context, services.websockets_per_user, context.caller, "of this user")
-        _hold(context, services.ws_operations, context.caller, None)
+        await _hold(context, services.websockets_per_user, context.caller, "of this user")
+        await _hold(context, services.ws_operations, context.caller, None)
     except DomainError as exc:
         release_connections(context)
         return as_graphql_error(exc)
     return None
 
 
-def _hold(context: Context, slots: Slots, key: Hashable, whose: str | None) -> None:
+async def _hold(context: Context, slots: SharedSlots, key: Hashable, whose: str | None) -> None:
     """Holds one of `slots` for `key` in `context.held`.
 
     Raises:
@@ -110,7 +111,7 @@ def _hold(context: Context, slots: Slots, key: Hashable, whose: str | None) -> N
             slots' own when `whose` is None.
     """
     try:
-        slots.acquire(key)
+        await slots.acquire(key)
     except RateLimited as exc:
         if whose is None:
             raise

@@ -204,7 +204,7 @@ class GraphQLView(GraphQL[Context, None]):
         client = context.request.client
         if client is not None:
             # Before authenticating: a flood from one address costs no database work.
-            hold_connection(context, services.websockets_per_ip, client.host)
+            await hold_connection(context, services.websockets_per_ip, client.host)
         try:
             # Refuses the socket at once for bad credentials; each operation checks them again.
             principal = await context.require_principal()
@@ -212,7 +212,7 @@ class GraphQLView(GraphQL[Context, None]):
             release_connections(context)
             raise ConnectionRejectionError({"message": str(exc)}) from exc
         context.caller = caller_key(principal)
-        hold_connection(context, services.websockets_per_user, context.caller)
+        await hold_connection(context, services.websockets_per_user, context.caller)
         return None
 
 

@@ -9,7 +9,8 @@ What a client meets:
 - a `connection_init` while `MAX_WEBSOCKETS_PER_IP` sockets from the client's IP, or
   `MAX_WEBSOCKETS_PER_USER` of the user's (their API keys included), are acknowledged and
   open: closed with 4429 and the reason `Too many WebSocket connections of this user (at
-  most 10, MAX_WEBSOCKETS_PER_USER)`. Counted in this process only.
+  most 10, MAX_WEBSOCKETS_PER_USER)`. Counted over every replica when Redis is configured
+  (`rag_gql.services.shared_caps`), in this process otherwise.
 - a `subscribe` past `WS_MAX_OPERATIONS_PER_CONNECTION` live operations on the socket, or
   past `WS_MAX_OPERATIONS_PER_USER` on all the user's sockets: an `error` message for that
   operation, `[{"message": ..., "extensions": {"code": "RATE_LIMITED", "retryAfter": 1}}]`;
@@ -44,7 +45,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 from rag_gql.errors import DomainError, RateLimited
 from rag_gql.graphql.context import Context
 from rag_gql.graphql.extensions import as_graphql_error
-from rag_gql.services.rate_limits import Slots
+from rag_gql.services.shared_caps import SharedSlots
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,14 @@ class SocketRefused(Exception):
         self.reason = reason
 
 
-def hold_connection(context: Context, slots: Slots, key: Hashable) -> None:
+async def hold_connection(context: Context, slots: SharedSlots, key: Hashable) -> None:
     """Holds one of `slots` for `key` until the socket of `context` closes.
 
     Raises:
         SocketRefused: `key` already holds `slots.limit` (code 4429).
     """
     try:
-        slots.acquire(key)
+        await slots.acquire(key)
     except RateLimited:
         reason = f"Too many {slots.what} (at most {slots.limit}, {slots.setting})"
         raise SocketRefused(TOO_MANY_CONNECTIONS, reason) from None
@@ -121,7 +122,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         caller = self.context.caller
         if caller is not None:
             try:
-                services.ws_operations.acquire(caller)
+                await services.ws_operations.acquire(caller)
             except RateLimited as exc:
                 await self._refuse(message["id"], exc)
                 return

@@ -43,6 +43,7 @@ from rag_gql.services.retrieval import (
     SearchHit,
     SearchRequest,
 )
+from rag_gql.services.shared_caps import RedisLeases, SharedSlots
 
 TITLE_LENGTH = 80
 
@@ -176,15 +177,21 @@ class GenerationService:
         db: Database,
         retrieval: RetrievalService,
         ollama: OllamaClient,
+        leases: RedisLeases | None = None,
     ) -> None:
+        """`leases`: where the cap on answers at once is shared with the other replicas."""
         self._settings = settings
         self._db = db
         self._retrieval = retrieval
         self._ollama = ollama
-        self.streams = Slots(
-            settings.max_answer_streams_per_user,
-            what="answers running",
-            setting="MAX_ANSWER_STREAMS_PER_USER",
+        self.streams = SharedSlots(
+            Slots(
+                settings.max_answer_streams_per_user,
+                what="answers running",
+                setting="MAX_ANSWER_STREAMS_PER_USER",
+            ),
+            name="answers",
+            leases=leases,
         )
         """The answers running now, per caller (a graceful shutdown waits for them)."""
         self._retrieving = asyncio.Semaphore(settings.max_answers_retrieving)
@@ -206,7 +213,7 @@ class GenerationService:
             UpstreamUnavailable, UpstreamError: the question could not be embedded/rewritten.
         Failures after `Sources` end the stream with a `Failed` event instead.
         """
-        with self.streams.hold(caller_key(principal)):
+        async with self.streams.hold(caller_key(principal)):
             events = self._answer(principal, request)
             # Closed here, not whenever it is collected: its `finally` stores the answer.
             async with aclosing(events):
