@@ -29,6 +29,12 @@ COPY rag_gql ./rag_gql
 RUN python -m compileall -q rag_gql alembic
 
 FROM ${PYTHON}
+# Tesseract's English language data, for OCR of pages without a text layer (OCR=auto); PyMuPDF
+# links Tesseract itself, and finds the data through the `tesseract` command. More languages:
+# tesseract-ocr-LANG, and OCR_LANGUAGES.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng \
+    && rm -rf /var/lib/apt/lists/*
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     DATA_DIR=/data \
