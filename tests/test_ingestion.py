@@ -94,6 +94,8 @@ async def test_upload_returns_queued_and_events_follow_it_to_ready(
         ("sample.docx", "velvet compass", 2, "SECTION"),
         ("sample.epub", "cobalt harbour", 2, "PAGE"),
         ("sample.csv", "marble falcon", 2, "ROWS"),
+        ("sample.xlsx", "coral meridian", 2, "ROWS"),
+        ("sample.pptx", "indigo quarry", 2, "PAGE"),
         ("sample.md", "silver thistle", 2, "SECTION"),
         ("sample.html", "amber glacier", 2, "SECTION"),
         ("sample.xps", "saffron lantern", 2, "PAGE"),

@@ -88,6 +88,8 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
         ("sample.md", MARKDOWN, Unit.SECTION, 2, "silver thistle", 1),
         ("sample.txt", TEXT, Unit.SECTION, 2, "copper willow", 1),
         ("sample.csv", CSV, Unit.ROWS, 3, "marble falcon", 1),
+        ("sample.xlsx", XLSX, Unit.ROWS, 3, "coral meridian", 1),
+        ("sample.pptx", PPTX, Unit.PAGE, 2, "indigo quarry", 1),
         # A PDF wearing a .txt name is still a PDF.
         ("bad-pdf-named.txt", PDF, Unit.PAGE, 3, "quartz meadow", 1),
     ],
