@@ -28,6 +28,12 @@ COPY alembic.ini ./
 COPY alembic ./alembic
 COPY rag_gql ./rag_gql
 RUN python -m compileall -q rag_gql alembic
+# Tesseract's language data for OCR of pages without a text layer (OCR=auto): PyMuPDF links
+# Tesseract itself and needs only these files, copied into the final stage (TESSDATA_PREFIX).
+# More languages: add tesseract-ocr-LANG here, and set OCR_LANGUAGES.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng \
+    && rm -rf /var/lib/apt/lists/*
 
 FROM ${PYTHON}
 ENV PATH=/opt/venv/bin:$PATH \
@@ -39,6 +45,8 @@ RUN groupadd --gid 10001 app \
     && mkdir /data && chown 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
+COPY --from=build /usr/share/tesseract-ocr/5/tessdata /usr/share/tesseract-ocr/5/tessdata
+ENV TESSDATA_PREFIX=/usr/share/tesseract-ocr/5/tessdata
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8000

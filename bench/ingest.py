@@ -10,6 +10,9 @@ Prints, in one run, side by side:
   in a process pool, chunk, batched `/api/embed`, `COPY` into PostgreSQL, one transaction a
   document), with embeddings from the loopback Ollama stand-in in its own process answering
   at once (pages/s, chunks/s), and the ratio to the floor (goal >= 1.2x on 2 cores);
+- OCR: the first `--ocr-pages` pages of the corpus rendered to images (150 dpi, grayscale)
+  as an image-only PDF, read back by `extract_units` with OCR at the defaults (300 dpi, eng)
+  on ONE core (pages/s); `--ocr-only` prints just that;
 - peak RSS (VmHWM) of the worker process and of its extraction processes while ingesting the
   smallest and the largest PDF alone, each in a fresh process: the largest must not need
   more memory than a page batch's worth over the smallest.
@@ -55,6 +58,32 @@ def raw_extract(paths: list[Path]) -> tuple[int, float]:
                 page.get_text("text")
                 pages += 1
     return pages, time.perf_counter() - started
+
+
+def ocr_rate(paths: list[Path], pages: int, folder: Path) -> tuple[int, float, int]:
+    """OCR on one core: the first `pages` pages of `paths` as scans, read by `extract_units`.
+    Returns (pages, seconds, characters read)."""
+    from rag_gql.services import parsing
+
+    scan = _open()
+    for path in paths:
+        with _open(path) as doc:
+            for page in doc:
+                if len(scan) >= pages:
+                    break
+                png = page.get_pixmap(dpi=150, colorspace=pymupdf.csGRAY).tobytes("png")
+                new = scan.new_page(width=page.rect.width, height=page.rect.height)
+                new.insert_image(new.rect, stream=png)
+        if len(scan) >= pages:
+            break
+    target = folder / "scan.pdf"
+    scan.save(target)
+    count = len(scan)
+    started = time.perf_counter()
+    extracted = parsing.extract_units(target, parsing.PDF, 0, count)
+    seconds = time.perf_counter() - started
+    assert extracted.ocr_pages == count, extracted.ocr_pages
+    return count, seconds, sum(len(text) for text in extracted.texts)
 
 
 def _free_port() -> int:
@@ -239,6 +268,10 @@ def main() -> None:
         action="store_true",
         help="drop the HNSW index first: shows what maintaining it costs (search then scans)",
     )
+    parser.add_argument(
+        "--ocr-pages", type=int, default=8, help="pages for the OCR rate (default 8; 0: none)"
+    )
+    parser.add_argument("--ocr-only", action="store_true", help="only the OCR rate")
     parser.add_argument("--rss-of", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_of:  # the child of `rss_in_fresh_process`, configured by its environment
@@ -253,6 +286,14 @@ def main() -> None:
         parser.error(f"no PDFs under {args.corpus}")
 
     folder = Path(tempfile.mkdtemp(prefix="rag-gql-bench-ingest-"))
+    if args.ocr_pages:
+        ocr_pages, ocr_seconds, characters = ocr_rate(paths, args.ocr_pages, folder)
+        print(
+            f"OCR, 1 core: {ocr_pages} image-only pages in {ocr_seconds:.1f} s = "
+            f"{ocr_pages / ocr_seconds:.2f} pages/s ({characters} characters read)"
+        )
+        if args.ocr_only:
+            return
     url = os.environ.get("DATABASE_URL")
     pg = None if url else start_embedded(folder / "pg", delete_on_stop=True)
     url = url or (pg.url if pg else "")

@@ -409,6 +409,40 @@ class Settings(BaseSettings):
         description="Most uncompressed bytes per compressed byte of a ZIP member of 1 MiB or "
         "more (zip bombs).",
     )
+    ocr: Literal["auto", "off", "force"] = Field(
+        default="auto",
+        description="OCR with Tesseract of PDF, XPS and CBZ pages: `auto` reads the pages that "
+        "have no extractable text but show something (a scan, outlined text); `off` never "
+        "(such a document fails with `no text layer`); `force` reads every page by OCR, "
+        "ignoring its text layer. OCR runs in the extraction processes, under PARSE_TIMEOUT "
+        "and PARSE_MAX_MEMORY.",
+    )
+    ocr_languages: str = Field(
+        default="eng",
+        pattern=r"^[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*$",
+        description="Tesseract languages, `+`-separated (`eng+deu`); each needs its language "
+        "data (Debian: `tesseract-ocr-LANG`).",
+    )
+    ocr_dpi: int = Field(
+        default=300, ge=72, le=1200, description="Resolution pages are rendered at for OCR."
+    )
+    ocr_max_pixels: int = Field(
+        default=25_000_000,
+        gt=0,
+        description="Most pixels of a page rendered for OCR: a larger page (a poster, a huge "
+        "image) is rendered at the highest resolution up to OCR_DPI that fits, not refused.",
+    )
+    ocr_page_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds OCR of one page may take; past it the document is FAILED and "
+        "the extraction process replaced (not enforced with PARSE_PROCESSES=0).",
+    )
+    tessdata_prefix: str | None = Field(
+        default=None,
+        description="Folder of Tesseract's language data (`eng.traineddata`, ...); unset: "
+        "found from the installed `tesseract` (Debian: /usr/share/tesseract-ocr/5/tessdata).",
+    )
     ingest_page_batch: int = Field(
         default=32, gt=0, description="Pages extracted, embedded and written per step."
     )

@@ -14,6 +14,13 @@ The Ollama check fails with `error`: `timeout`, `upstream_unavailable` (unreacha
 `rag_gql.providers.ollama`), `upstream_error` (it answered with an error), or
 `models_missing` (with `missingModels`: `ollama pull` them).
 
+With OCR on (`OCR` not `off`), the body also says whether Tesseract's language data was found
+at start-up, without counting in the status (a missing OCR fails only the documents that need
+it, with a message saying what to install)::
+
+    "capabilities": {"ocr": {"available": false, "error": "tesseract_missing",
+                             "missingLanguages": ["eng"]}}
+
 Errors are named, not described: the endpoint is unauthenticated, and the details (hosts,
 driver messages) go to the log instead.
 """
@@ -31,6 +38,7 @@ from rag_gql.db.migrate import alembic_config
 from rag_gql.errors import DomainError
 from rag_gql.providers.ollama import CircuitOpen, OllamaClient
 from rag_gql.repositories import catalog
+from rag_gql.services.ocr import OcrAvailability
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +53,22 @@ def migration_heads() -> frozenset[str]:
 
 
 async def readiness(
-    db: Database, ollama: OllamaClient, heads: frozenset[str]
+    db: Database, ollama: OllamaClient, heads: frozenset[str], ocr: OcrAvailability | None = None
 ) -> tuple[bool, dict[str, Any]]:
-    """Runs the checks concurrently; returns (all passed, the JSON body above)."""
+    """Runs the checks concurrently; returns (all passed, the JSON body above). `ocr`: what
+    start-up found of Tesseract (None: OCR is off)."""
     database, ollama_check = await asyncio.gather(
         _database(db, heads), _ollama(ollama), return_exceptions=False
     )
     checks = {**database, "ollama": ollama_check}
     ready = all(check["ok"] for check in checks.values())
-    return ready, {"status": "ready" if ready else "unavailable", "checks": checks}
+    body: dict[str, Any] = {"status": "ready" if ready else "unavailable", "checks": checks}
+    if ocr is not None:
+        found: dict[str, Any] = {"available": ocr.available}
+        if not ocr.available:
+            found |= {"error": "tesseract_missing", "missingLanguages": list(ocr.missing_languages)}
+        body["capabilities"] = {"ocr": found}
+    return ready, body
 
 
 async def _database(db: Database, heads: frozenset[str]) -> dict[str, dict[str, Any]]:

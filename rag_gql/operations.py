@@ -59,7 +59,7 @@ def create_operations_app(services: Services, listener: OperationsListener) -> S
     async def readyz(request: Request) -> Response:
         if listener.draining:
             return JSONResponse({"status": "stopping", "checks": {}}, status_code=503)
-        ready, body = await readiness(services.db, services.ollama, heads)
+        ready, body = await readiness(services.db, services.ollama, heads, services.ocr)
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:

@@ -6,6 +6,7 @@ services over them, and closes them on exit. Tests and tools build their own wit
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from rag_gql.services.conversations import ConversationService
 from rag_gql.services.document_events import DocumentEvents
 from rag_gql.services.documents import DocumentService
 from rag_gql.services.generation import GenerationService
+from rag_gql.services.ocr import OcrAvailability, OcrMode, OcrOptions, availability, install_hint
 from rag_gql.services.rate_limits import Quotas, RateLimiter, Slots
 from rag_gql.services.retrieval import RetrievalService
 from rag_gql.services.shared_caps import SharedSlots, open_leases
@@ -73,6 +75,8 @@ class Services:
     websockets_per_ip: SharedSlots
     """Open WebSocket connections per client IP."""
     metrics: Metrics = field(default_factory=Metrics)
+    ocr: OcrAvailability | None = None
+    """Whether Tesseract's language data was found at start-up; None with `OCR=off`."""
 
 
 @asynccontextmanager
@@ -90,6 +94,7 @@ async def open_services(
     """
     if not settings.database_url:
         raise StartupError("No database URL: set DATABASE_URL or use `rag-gql serve`")
+    ocr = await _check_ocr(settings)
     db = Database(
         settings.database_url,
         pool_size=settings.db_pool_size,
@@ -177,12 +182,37 @@ async def open_services(
                     leases=leases,
                 ),
                 metrics=metrics,
+                ocr=ocr,
             )
         finally:
             if auth is not None:
                 await auth.aclose()  # emails still being sent in the background
             await events.aclose()
             await db.dispose()
+
+
+async def _check_ocr(settings: Settings) -> OcrAvailability | None:
+    """Looks for Tesseract's language data; logs a warning, with what to install, when the
+    pages that need OCR would fail."""
+    options = OcrOptions.from_settings(settings)
+    if options.mode is OcrMode.OFF:
+        return None
+    found = await asyncio.to_thread(availability, options)
+    if found.available:
+        log.info(
+            "OCR=%s with Tesseract's data in %s (%s)",
+            options.mode,
+            found.tessdata,
+            options.languages,
+        )
+    else:
+        log.warning(
+            "TESSERACT NOT FOUND (language data for %s): documents with pages that need "
+            "OCR will fail; %s",
+            "+".join(found.missing_languages),
+            install_hint(options),
+        )
+    return found
 
 
 async def _check_database(db: Database, settings: Settings) -> None:

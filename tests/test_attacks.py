@@ -63,6 +63,7 @@ Probe = Callable[["World"], Awaitable[None]]
 
 ME = "{ me { id email } }"
 DOCUMENT = "query($id: ID!) { document(id: $id) { id filename collectionId } }"
+DOCUMENT_OCR = "query($id: ID!) { document(id: $id) { ocrPages } }"
 DOCUMENTS = (
     "query($first: Int, $after: String) { documents(first: $first, after: $after) "
     "{ edges { cursor node { id filename collectionId } } "
@@ -875,6 +876,10 @@ async def attack_document(w: World) -> None:
         }
     outsiders = [w.user("mallory"), w.mallory_key(), w.user("removed"), *w.outsiders_at_t()]
     await w.refuse_all(outsiders, DOCUMENT, {"id": w.secret_doc}, "NOT_FOUND")
+    # `ocrPages` (issue 18): T's text document read no page by OCR; outsiders learn nothing.
+    data = await w.ok(w.key("VIEWER"), DOCUMENT_OCR, {"id": w.secret_doc})
+    assert data["document"] == {"ocrPages": 0}, data
+    await w.refuse_all(outsiders, DOCUMENT_OCR, {"id": w.secret_doc}, "NOT_FOUND")
     # T's callers cannot read M's document; nor can a member without X-Workspace-Id: T.
     await w.refuse_all(
         [w.user("owner", w.team), w.key("OWNER")], DOCUMENT, {"id": w.m_doc}, "NOT_FOUND"

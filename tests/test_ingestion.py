@@ -18,7 +18,7 @@ from rag_gql.resources import open_services
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init
 from tests.support.ollama_standin import StandinState
-from tests.support.pdfs import long_page, make_pdf
+from tests.support.pdfs import long_page, make_image_only_pdf, make_pdf
 from tests.support.serving import environment, serve_client
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
@@ -94,6 +94,8 @@ async def test_upload_returns_queued_and_events_follow_it_to_ready(
         ("sample.docx", "velvet compass", 2, "SECTION"),
         ("sample.epub", "cobalt harbour", 2, "PAGE"),
         ("sample.csv", "marble falcon", 2, "ROWS"),
+        ("sample.xlsx", "coral meridian", 2, "ROWS"),
+        ("sample.pptx", "indigo quarry", 2, "PAGE"),
         ("sample.md", "silver thistle", 2, "SECTION"),
         ("sample.html", "amber glacier", 2, "SECTION"),
         ("sample.xps", "saffron lantern", 2, "PAGE"),
@@ -114,15 +116,21 @@ async def test_each_format_is_searchable_at_its_position(
     assert (hits[0]["page"], hits[0]["document"]["unit"]) == (page, unit)
 
 
-async def test_a_scan_and_a_comic_fail_with_a_reason(gql: GraphQLClient, inbox: Inbox) -> None:
-    token = await sign_up(gql, inbox, "ada@example.com")
-    fields = "id status error chunkCount"
-    for name, reason in (("bad-scan.pdf", "no text layer"), ("sample.cbz", "only images")):
-        response = await gql.upload(name, (FORMATS / name).read_bytes(), token=token, fields=fields)
-        document = response.json()["data"]["uploadDocument"]
-        assert document["status"] == "FAILED", document
-        assert reason in document["error"] and name in document["error"], document
-        assert document["chunkCount"] == 0
+async def test_with_ocr_off_a_scan_and_a_comic_fail_with_a_reason(
+    inbox: Inbox, settings: Settings
+) -> None:
+    async with serve_client(settings.model_copy(update={"ocr": "off"})) as gql:
+        token = await sign_up(gql, inbox, "ada@example.com")
+        fields = "id status error chunkCount ocrPages"
+        for name, reason in (("bad-scan.pdf", "no text layer"), ("sample.cbz", "only images")):
+            response = await gql.upload(
+                name, (FORMATS / name).read_bytes(), token=token, fields=fields
+            )
+            document = response.json()["data"]["uploadDocument"]
+            assert document["status"] == "FAILED", document
+            assert reason in document["error"] and name in document["error"], document
+            assert "OCR=off" in document["error"], document
+            assert (document["chunkCount"], document["ocrPages"]) == (0, 0)
 
 
 async def test_limits_are_enforced_with_the_limit_in_the_message(
@@ -201,7 +209,7 @@ async def test_bulk_ingest_command(settings: Settings, tmp_path: Path) -> None:
     (folder / "sub" / "b.md").write_bytes((FORMATS / "sample.md").read_bytes())
     (folder / "sub" / "copy-of-a.pdf").write_bytes((folder / "a.pdf").read_bytes())
     (folder / "broken.pdf").write_bytes((FORMATS / "bad-truncated.pdf").read_bytes())
-    (folder / "scan.pdf").write_bytes((FORMATS / "bad-scan.pdf").read_bytes())
+    (folder / "scan.pdf").write_bytes(make_image_only_pdf())  # a drawing: OCR finds no text
     (folder / ".hidden.txt").write_text("skipped")
     env = environment(settings, PARSE_PROCESSES="0")
     command = [sys.executable, "-m", "rag_gql.cli", "ingest", str(folder)]

@@ -139,3 +139,39 @@ async def test_metrics_port_0_opens_no_listener(settings: Settings, ollama: Stan
         operations_listener(services) as listener,
     ):
         assert listener is None
+
+
+async def test_readiness_says_whether_tesseract_was_found_without_failing_for_it(
+    settings: Settings, ollama: StandinState, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OCR is a capability, not a dependency of serving: its absence is reported (and logged
+    at start-up with what to install), the status stays ready."""
+    listening = {"metrics_port": free_port(), "metrics_host": "127.0.0.1"}
+    cases = [
+        (
+            {"tessdata_prefix": str(tmp_path / "nowhere")},
+            {
+                "ocr": {
+                    "available": False,
+                    "error": "tesseract_missing",
+                    "missingLanguages": ["eng"],
+                }
+            },
+        ),
+        ({}, {"ocr": {"available": True}}),
+        ({"ocr": "off"}, None),
+    ]
+    for update, capabilities in cases:
+        changed = settings.model_copy(update={**listening, **update})
+        async with (
+            open_services(changed) as services,
+            operations_listener(services) as listener,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            assert listener is not None
+            ready = await http.get(f"{listener.url}/readyz")
+        body = ready.json()
+        assert (ready.status_code, body["status"]) == (200, "ready"), body
+        assert body.get("capabilities") == capabilities, body
+    assert "TESSERACT NOT FOUND" in caplog.text
+    assert "apt-get install tesseract-ocr tesseract-ocr-eng" in caplog.text

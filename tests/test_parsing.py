@@ -12,12 +12,21 @@ import re
 import shutil
 import struct
 import zipfile
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import docx
+import openpyxl
+import pptx
+import pptx.util
 import pytest
 
+from rag_gql.config import Settings
 from rag_gql.errors import InvalidInput
+from rag_gql.services.chunking import chunk_pages, normalize_page
+from rag_gql.services.extraction import ExtractionLimit, ExtractionPool
+from rag_gql.services.ocr import OcrMode, OcrOptions, availability, render_dpi
 from rag_gql.services.parsing import (
     CBZ,
     CSV,
@@ -28,17 +37,25 @@ from rag_gql.services.parsing import (
     MARKDOWN,
     MOBI,
     PDF,
+    PPTX,
     ROWS_PER_UNIT,
     SECTION_CHARS,
     TEXT,
+    XLSX,
     XPS,
+    Extracted,
     Inspection,
     Unit,
     extract_units,
     inspect_file,
     no_text_message,
-    parse_document,
 )
+from rag_gql.services.tables import markdown_table
+from tests.support.accounts import sign_up
+from tests.support.graphql_client import GraphQLClient, Json
+from tests.support.pdfs import make_pdf, make_scanned_pdf, make_table_pdf
+from tests.support.serving import serve_client
+from tests.support.smtp import Inbox
 
 SAMPLES = Path(__file__).parent / "data" / "formats"
 
@@ -49,7 +66,7 @@ def sample(name: str) -> Path:
 
 def units_of(path: Path, filename: str | None = None) -> tuple[Inspection, list[str]]:
     inspection = inspect_file(path, filename or path.name, max_pages=100)
-    return inspection, extract_units(path, inspection.media_type, 0, inspection.unit_count)
+    return inspection, extract_units(path, inspection.media_type, 0, inspection.unit_count).texts
 
 
 def write(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -71,6 +88,8 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
         ("sample.md", MARKDOWN, Unit.SECTION, 2, "silver thistle", 1),
         ("sample.txt", TEXT, Unit.SECTION, 2, "copper willow", 1),
         ("sample.csv", CSV, Unit.ROWS, 3, "marble falcon", 1),
+        ("sample.xlsx", XLSX, Unit.ROWS, 3, "coral meridian", 1),
+        ("sample.pptx", PPTX, Unit.PAGE, 2, "indigo quarry", 1),
         # A PDF wearing a .txt name is still a PDF.
         ("bad-pdf-named.txt", PDF, Unit.PAGE, 3, "quartz meadow", 1),
     ],
@@ -83,8 +102,8 @@ def test_each_format_gives_its_units(
     assert len(texts) == count
     assert [number for number, text in enumerate(texts) if phrase in text] == [at]
     # A batch of one unit is the same text as that unit read with the others.
-    assert extract_units(sample(name), media_type, at, at + 1) == [texts[at]]
-    assert extract_units(sample(name), media_type, count, count) == []
+    assert extract_units(sample(name), media_type, at, at + 1).texts == [texts[at]]
+    assert extract_units(sample(name), media_type, count, count).texts == []
 
 
 def test_binary_formats_ignore_the_name(tmp_path: Path) -> None:
@@ -110,13 +129,14 @@ def test_text_formats_are_sniffed_and_the_extension_breaks_ties(tmp_path: Path) 
         assert inspect_file(path, filename, max_pages=10).media_type == media_type, filename
 
 
-def test_csv_units_repeat_the_header() -> None:
+def test_csv_units_are_markdown_tables_with_the_header_on_each() -> None:
     _, texts = units_of(sample("sample.csv"))
-    assert all(text.startswith("id,package,note,pages\n") for text in texts)
-    assert [len(text.splitlines()) - 1 for text in texts] == [ROWS_PER_UNIT, ROWS_PER_UNIT, 20]
-    # Row 75 is the 25th data row of the second block, its quoted comma kept.
-    assert texts[1].splitlines()[25].startswith('75,afterpage,"The sample phrase')
-    assert "marble falcon., row 75" in texts[1]
+    header = "| id | package | note | pages |\n| --- | --- | --- | --- |\n"
+    assert all(text.startswith(header) for text in texts)
+    assert [len(text.splitlines()) - 2 for text in texts] == [ROWS_PER_UNIT, ROWS_PER_UNIT, 20]
+    # Row 75 is the 25th data row of the second block, its quoted comma kept in its cell.
+    assert texts[1].splitlines()[26].startswith("| 75 | afterpage | The sample phrase")
+    assert "marble falcon., row 75 |" in texts[1]
 
 
 def test_html_keeps_the_text_and_drops_the_rest() -> None:
@@ -137,7 +157,7 @@ def test_markdown_sections_split_at_headings_only() -> None:
 def test_docx_sections_include_tables() -> None:
     _, texts = units_of(sample("sample.docx"))
     assert texts[0].startswith("The afterpage package")
-    assert texts[1].endswith("Command | Meaning\n\n\\sp | superscript")
+    assert texts[1].endswith("| Command | Meaning |\n| --- | --- |\n| \\sp | superscript |")
 
 
 def test_text_encoding_is_detected() -> None:
@@ -156,16 +176,20 @@ def test_long_text_is_cut_into_bounded_sections(tmp_path: Path) -> None:
     assert " ".join(" ".join(texts).split()) == " ".join([*paragraphs, one_line])
 
 
-def test_image_only_documents_read_as_blank() -> None:
-    inspection, texts = units_of(sample("sample.cbz"))
+def test_image_only_documents_read_as_blank_with_ocr_off() -> None:
+    off = OcrOptions(mode=OcrMode.OFF)
+    inspection = inspect_file(sample("sample.cbz"), "comic.cbz", max_pages=10)
     assert inspection == Inspection(media_type=CBZ, unit=Unit.PAGE, unit_count=2)
-    assert texts == ["", ""]
-    assert "only images" in no_text_message("comic.cbz", CBZ)
+    assert extract_units(sample("sample.cbz"), CBZ, 0, 2, ocr=off) == Extracted(["", ""], 0)
+    assert "only images" in no_text_message("comic.cbz", CBZ, ocr=OcrMode.OFF)
 
-    inspection, texts = units_of(sample("bad-scan.pdf"))
-    assert inspection.unit_count == 1 and not texts[0].strip()
+    extracted = extract_units(sample("bad-scan.pdf"), PDF, 0, 1, ocr=off)
+    assert not extracted.texts[0].strip() and extracted.ocr_pages == 0
+    assert no_text_message("bad-scan.pdf", PDF, ocr=OcrMode.OFF) == (
+        "'bad-scan.pdf' has no text layer (a scanned PDF?); OCR is off (OCR=off)"
+    )
     assert no_text_message("bad-scan.pdf", PDF) == (
-        "'bad-scan.pdf' has no text layer (a scanned PDF?); OCR is not supported yet"
+        "'bad-scan.pdf' has no text layer, and OCR found no text in it (blank or pictures only?)"
     )
 
 
@@ -182,7 +206,10 @@ def test_blank_text_is_one_empty_unit(tmp_path: Path) -> None:
         ("bad-encrypted.pdf", ("encrypted", "without a password")),
         ("bad-truncated.pdf", ("not a readable PDF", "corrupt or truncated")),
         ("bad-zero-pages.pdf", ("has no pages",)),
-        ("bad-random.pdf", ("not supported", "supported: PDF, EPUB, XPS, MOBI, FB2, CBZ, DOCX")),
+        (
+            "bad-random.pdf",
+            ("not supported", "supported: PDF, EPUB, XPS, MOBI, FB2, CBZ, DOCX, XLSX, PPTX"),
+        ),
         ("bad-broken.docx", ("damaged", "corrupt or truncated")),
     ],
 )
@@ -283,13 +310,299 @@ def test_extract_units_runs_in_a_process_pool() -> None:
         futures = [pool.submit(extract_units, sample(n), t, a, b) for n, t, a, b in jobs]
         results = [future.result(timeout=60) for future in futures]
     assert results == [extract_units(sample(n), t, a, b) for n, t, a, b in jobs]
-    assert "quartz meadow" in results[0][0] and "marble falcon" in results[1][0]
+    assert "quartz meadow" in results[0].texts[0] and "marble falcon" in results[1].texts[0]
 
 
-def test_parse_document_stays_pdf_only() -> None:
-    parsed = parse_document(sample("sample.pdf").read_bytes(), "a.pdf")
-    assert parsed.page_count == 3 and "quartz meadow" in parsed.pages[1]
-    with pytest.raises(InvalidInput, match="not a PDF"):
-        parse_document(sample("sample.md").read_bytes(), "a.md")
-    with pytest.raises(InvalidInput, match="no text layer"):
-        parse_document(sample("bad-scan.pdf").read_bytes(), "scan.pdf")
+def test_a_pdf_reads_through_inspection_and_extraction(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.pdf", make_pdf(["first page text", "second page text"]))
+    inspection, texts = units_of(path)
+    assert inspection.unit_count == 2 and "second page text" in texts[1]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [(b"", "empty"), (b"%PDF-1.7\n garbage garbage", "not a readable PDF")],
+)
+def test_bad_pdfs_are_refused(tmp_path: Path, data: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        inspect_file(write(tmp_path, "x.pdf", data), "x.pdf", max_pages=10)
+
+
+# --- OCR, tables, spreadsheets and slides -------------------------------------------------
+
+SCAN_WORDS = "The heron stands motionless in the shallow estuary at dawn."
+SEARCH = (
+    "query($q: String!) { search(query: $q, k: 3, mode: KEYWORD) "
+    "{ text page document { filename unit ocrPages } } }"
+)
+TABLE_HEADER = ["Pigment", "Supplier", "Litres"]
+TABLE_ROWS = [[f"ochre{i}", f"vendor{i}", str(i * 3)] for i in range(60)]
+
+
+def table_chunks_hold_their_header(hits: list[Json], cell: str, header: str) -> None:
+    assert hits, f"{cell!r} not found"
+    assert cell in hits[0]["text"] and header in hits[0]["text"], hits[0]
+
+
+def test_an_image_only_pdf_is_read_by_ocr(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "scan.pdf", make_scanned_pdf([SCAN_WORDS, "", "Kingfishers nest in riverbanks."])
+    )
+    inspection = inspect_file(path, "scan.pdf", max_pages=10)
+    extracted = extract_units(path, PDF, 0, inspection.unit_count)
+    assert "heron stands motionless" in extracted.texts[0]
+    assert "Kingfishers" in extracted.texts[2]
+    assert extracted.ocr_pages == 3  # the blank page too: it is a picture (of nothing)
+
+    off = extract_units(path, PDF, 0, 3, ocr=OcrOptions(mode=OcrMode.OFF))
+    assert off == Extracted(["", "", ""], 0)
+    # force reads a page with a text layer by OCR too.
+    text_pdf = write(tmp_path, "text.pdf", make_pdf(["Plain text layer words here."]))
+    forced = extract_units(text_pdf, PDF, 0, 1, ocr=OcrOptions(mode=OcrMode.FORCE))
+    assert forced.ocr_pages == 1 and "text layer words" in forced.texts[0]
+    assert extract_units(text_pdf, PDF, 0, 1).ocr_pages == 0
+
+
+def test_a_blank_page_is_not_ocred(tmp_path: Path) -> None:
+    path = write(tmp_path, "blank.pdf", make_pdf(["", "words"]))
+    assert extract_units(path, PDF, 0, 2) == Extracted(["", "words\n"], 0)
+
+
+def test_ocr_renders_a_huge_page_within_the_pixel_cap() -> None:
+    options = OcrOptions(dpi=300, max_pixels=1_000_000)
+    assert render_dpi(595, 842, OcrOptions()) == 300  # A4 at 300 dpi: 8.7 million pixels
+    dpi = render_dpi(14400, 14400, options)  # the largest PDF page, 200 inches square
+    assert (14400 * dpi / 72) ** 2 <= 1_000_000 and dpi >= 1
+
+
+def test_without_tesseract_a_page_that_needs_ocr_fails_saying_what_to_install(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "scan.pdf", make_scanned_pdf([SCAN_WORDS]))
+    nowhere = OcrOptions(tessdata=str(tmp_path / "no-tessdata"))
+    assert not availability(nowhere).available
+    with pytest.raises(InvalidInput) as caught:
+        extract_units(path, PDF, 0, 1, ocr=nowhere)
+    message = str(caught.value)
+    assert "page 1 of the PDF file has no text layer and needs OCR" in message
+    assert "apt-get install tesseract-ocr tesseract-ocr-eng" in message
+    assert "TESSDATA_PREFIX" in message and "OCR=off" in message
+    # A text PDF does not need Tesseract at all.
+    text_pdf = write(tmp_path, "text.pdf", make_pdf(["words"]))
+    assert extract_units(text_pdf, PDF, 0, 1, ocr=nowhere).texts == ["words\n"]
+
+
+async def test_ocr_past_its_page_timeout_fails_the_call_and_the_pool_goes_on(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "scan.pdf", make_scanned_pdf([SCAN_WORDS]))
+    pool = ExtractionPool(processes=1, timeout=60, max_memory=1 << 31)
+    try:
+        slow = OcrOptions(page_timeout=0.001)
+        with pytest.raises(ExtractionLimit, match="OCR_PAGE_TIMEOUT"):
+            await pool.run("'scan.pdf', units 1-1", extract_units, path, PDF, 0, 1, ocr=slow)
+        extracted = await pool.run("'scan.pdf'", extract_units, path, PDF, 0, 1)
+        assert "heron" in extracted.texts[0] and extracted.ocr_pages == 1
+    finally:
+        pool.close()
+
+
+def test_pdf_tables_become_markdown_without_their_words_twice(tmp_path: Path) -> None:
+    data = make_table_pdf("Stock of pigments, spring.", TABLE_HEADER, TABLE_ROWS[:5])
+    (text,) = units_of(write(tmp_path, "t.pdf", data))[1]
+    assert text.startswith("Stock of pigments, spring.\n")
+    assert "| Pigment | Supplier | Litres |\n| --- | --- | --- |\n| ochre0 | vendor0 | 0 |" in text
+    assert text.count("ochre3") == 1 and text.count("Supplier") == 1
+
+
+def test_a_long_table_is_chunked_by_rows_with_its_header() -> None:
+    table = markdown_table([TABLE_HEADER, *TABLE_ROWS])
+    page = f"Before the table.\n\n{table}\n\nAfter the table."
+    chunks = chunk_pages([page], size=300, overlap=50)
+    table_chunks = [c for c in chunks if "ochre" in c.text]
+    assert len(table_chunks) > 3
+    header = "| Pigment | Supplier | Litres |\n| --- | --- | --- |\n"
+    assert all(c.text.startswith(header) and len(c.text) <= 300 for c in table_chunks)
+    rows = [line for c in table_chunks for line in c.text.splitlines()[2:]]
+    assert rows == table.splitlines()[2:], "every row once, in order, none cut"
+    assert chunks[0].text == "Before the table." and chunks[-1].text == "After the table."
+    normalized = normalize_page(page)
+    for chunk in table_chunks[1:]:  # the range is the rows; the header comes first
+        assert chunk.text.endswith(normalized[chunk.char_start : chunk.char_end])
+
+
+def test_a_table_too_wide_for_a_chunk_is_cut_as_prose() -> None:
+    wide = markdown_table([[f"h{i}" for i in range(2000)], [f"v{i}" for i in range(2000)]])
+    chunks = chunk_pages([wide], size=400, overlap=60)
+    assert chunks and all(len(c.text) <= 400 for c in chunks)
+    assert "v1999" in chunks[-1].text
+
+
+def test_docx_html_and_csv_tables_keep_cells_with_their_header(tmp_path: Path) -> None:
+    document = docx.Document()
+    document.add_paragraph("Stock list")
+    grid = document.add_table(rows=1 + len(TABLE_ROWS), cols=3)
+    for r, row in enumerate([TABLE_HEADER, *TABLE_ROWS]):
+        for c, value in enumerate(row):
+            grid.cell(r, c).text = value
+    out = io.BytesIO()
+    document.save(out)
+    html = (
+        "<html><body><h1>Stock</h1><table><thead><tr>"
+        + "".join(f"<th>{h}</th>" for h in TABLE_HEADER)
+        + "</tr></thead><tbody>"
+        + "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" for row in TABLE_ROWS)
+        + "</tbody></table><p>After.</p></body></html>"
+    )
+    csv_text = "\n".join(",".join(row) for row in [TABLE_HEADER, *TABLE_ROWS]) + "\n"
+    for name, data in [
+        ("t.docx", out.getvalue()),
+        ("t.html", html.encode()),
+        ("t.csv", csv_text.encode()),
+    ]:
+        _, texts = units_of(write(tmp_path, name, data))
+        chunks = chunk_pages(texts, size=400, overlap=60)
+        for cell in ("ochre0", "ochre31", "ochre59"):
+            (chunk,) = [c for c in chunks if f"| {cell} |" in c.text]
+            assert "| Pigment | Supplier | Litres |" in chunk.text, (name, chunk)
+
+
+def make_xlsx(sheets: dict[str, Sequence[Sequence[object]]]) -> bytes:
+    book = openpyxl.Workbook()
+    book.remove(book.active)  # type: ignore[arg-type]  # a new workbook has one sheet
+    for title, rows in sheets.items():
+        sheet = book.create_sheet(title)
+        for row in rows:
+            sheet.append(row)
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+def make_pptx() -> bytes:
+    deck = pptx.Presentation()
+    first = deck.slides.add_slide(deck.slide_layouts[1])
+    assert first.shapes.title is not None
+    first.shapes.title.text = "Quarterly pigments"
+    first.placeholders[1].text_frame.text = "Ochre sales rose in the north."
+    notes = first.notes_slide.notes_text_frame
+    assert notes is not None
+    notes.text = "Mention the kiln repairs."
+    second = deck.slides.add_slide(deck.slide_layouts[5])
+    assert second.shapes.title is not None
+    second.shapes.title.text = "Suppliers"
+    shape = second.shapes.add_table(3, 2, *(pptx.util.Inches(1),) * 4)
+    for r, row in enumerate(
+        [["Pigment", "Supplier"], ["umber", "Siena works"], ["ochre", "Roussillon"]]
+    ):
+        for c, value in enumerate(row):
+            shape.table.cell(r, c).text = value
+    out = io.BytesIO()
+    deck.save(out)
+    return out.getvalue()
+
+
+def test_xlsx_sheets_give_blocks_of_rows_with_their_header_and_name(tmp_path: Path) -> None:
+    rows: list[list[object]] = [["Pigment", None, "Litres"]]
+    rows += [[f"ochre{i}", None, i * 1.0] for i in range(70)]
+    data = make_xlsx({"Spring stock": rows, "Empty": [], "Notes": [["Remark"], ["dry by noon"]]})
+    inspection, texts = units_of(write(tmp_path, "stock.bin", data))
+    assert inspection == Inspection(media_type=XLSX, unit=Unit.ROWS, unit_count=3)
+    head = "## Spring stock\n\n| Pigment | Litres |\n| --- | --- |\n"
+    assert texts[0].startswith(head) and texts[1].startswith(head)
+    assert "| ochre69 | 69 |" in texts[1] and "ochre69" not in texts[0]
+    assert texts[2] == "## Notes\n\n| Remark |\n| --- |\n| dry by noon |"
+    chunks = chunk_pages(texts, size=300, overlap=50)
+    (chunk,) = [c for c in chunks if "| ochre55 |" in c.text]
+    assert chunk.text.startswith(head.rstrip("\n")) and chunk.page == 2
+
+
+def test_pptx_slides_are_pages_with_title_body_tables_and_notes(tmp_path: Path) -> None:
+    inspection, texts = units_of(write(tmp_path, "deck", make_pptx()))
+    assert inspection == Inspection(media_type=PPTX, unit=Unit.PAGE, unit_count=2)
+    assert texts[0] == (
+        "# Quarterly pigments\n\nOchre sales rose in the north.\n\nNotes: Mention the kiln repairs."
+    )
+    assert texts[1] == (
+        "# Suppliers\n\n| Pigment | Supplier |\n| --- | --- |\n| umber | Siena works |\n"
+        "| ochre | Roussillon |"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "fragment"),
+    [
+        ("broken.xlsx", _zip_of(**{"xl/workbook.xml": b"<not xml"}), "not a readable XLSX"),
+        ("broken.pptx", _zip_of(**{"ppt/presentation.xml": b"<x/>"}), "not a readable PPTX"),
+    ],
+)
+def test_damaged_spreadsheets_and_slides_are_refused(
+    tmp_path: Path, name: str, data: bytes, fragment: str
+) -> None:
+    with pytest.raises(InvalidInput, match=f"^'{re.escape(name)}' .*{fragment}"):
+        inspect_file(write(tmp_path, name, data), name, max_pages=10)
+
+
+def test_a_sheet_declaring_a_huge_range_reads_only_its_cells(tmp_path: Path) -> None:
+    data = make_xlsx({"S": [["Key", "Value"], ["a", 1]]})
+    # The sheet claims every cell of the grid; read-only mode must not believe it.
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w") as target:
+        for item in source.infolist():
+            body = source.read(item)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                body = re.sub(rb'<dimension ref="[^"]*"', b'<dimension ref="A1:XFD1048576"', body)
+            target.writestr(item, body)
+    _, texts = units_of(write(tmp_path, "huge.xlsx", out.getvalue()))
+    assert texts == ["## S\n\n| Key | Value |\n| --- | --- |\n| a | 1 |"]
+
+
+async def test_a_scan_a_table_a_sheet_and_a_deck_are_found_through_search(
+    gql: GraphQLClient, inbox: Inbox
+) -> None:
+    token = await sign_up(gql, inbox, "ada@example.com")
+    fields = "id status error ocrPages pageCount"
+    uploads = [
+        ("scan.pdf", make_scanned_pdf([SCAN_WORDS])),
+        ("table.pdf", make_table_pdf("Stock of pigments.", TABLE_HEADER, TABLE_ROWS[:30])),
+        ("stock.xlsx", make_xlsx({"Spring stock": [TABLE_HEADER, *TABLE_ROWS]})),
+        ("deck.pptx", make_pptx()),
+    ]
+    documents = {}
+    for name, data in uploads:
+        response = await gql.upload(name, data, token=token, fields=fields)
+        documents[name] = response.json()["data"]["uploadDocument"]
+        assert documents[name]["status"] == "READY", documents[name]
+    assert [documents[name]["ocrPages"] for name, _ in uploads] == [1, 0, 0, 0]
+
+    hits = (await gql.data(SEARCH, {"q": "heron estuary"}, token=token))["search"]
+    assert hits and hits[0]["document"] == {"filename": "scan.pdf", "unit": "PAGE", "ocrPages": 1}
+    assert "motionless" in hits[0]["text"]
+
+    hits = (await gql.data(SEARCH, {"q": "vendor27"}, token=token))["search"]
+    assert hits[0]["document"]["filename"] == "table.pdf"
+    table_chunks_hold_their_header(hits, "| ochre27 | vendor27 | 81 |", "| Pigment | Supplier |")
+
+    hits = (await gql.data(SEARCH, {"q": "ochre58"}, token=token))["search"]
+    assert hits[0]["document"]["filename"] == "stock.xlsx" and hits[0]["page"] == 2
+    table_chunks_hold_their_header(hits, "ochre58", "## Spring stock\n\n| Pigment | Supplier |")
+
+    hits = (await gql.data(SEARCH, {"q": "Roussillon"}, token=token))["search"]
+    assert (hits[0]["document"]["filename"], hits[0]["page"]) == ("deck.pptx", 2)
+    assert (
+        "| ochre | Roussillon |" in hits[0]["text"] and "| Pigment | Supplier |" in hits[0]["text"]
+    )
+
+
+async def test_a_scan_fails_with_the_install_hint_when_tesseract_is_missing(
+    inbox: Inbox, settings: Settings, tmp_path: Path
+) -> None:
+    missing = settings.model_copy(update={"tessdata_prefix": str(tmp_path / "nowhere")})
+    async with serve_client(missing) as gql:
+        token = await sign_up(gql, inbox, "ada@example.com")
+        response = await gql.upload(
+            "scan.pdf", make_scanned_pdf([SCAN_WORDS]), token=token, fields="id status error"
+        )
+        document = response.json()["data"]["uploadDocument"]
+    assert document["status"] == "FAILED"
+    assert "needs OCR" in document["error"] and "tesseract-ocr-eng" in document["error"]

@@ -20,11 +20,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from rag_gql.ingestion.queue import RECOVER_TASK
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from rag_gql.config import Settings
+from rag_gql.ingestion.queue import RECOVER_TASK
 from tests.support.accounts import sign_up
 from tests.support.answers import next_frame, start_answer
 from tests.support.graphql_client import GraphQLClient, Json, init

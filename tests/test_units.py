@@ -25,8 +25,6 @@ from rag_gql.resources import Services
 from rag_gql.services.access import Principal
 from rag_gql.services.chunking import chunk_pages, normalize_page
 from rag_gql.services.documents import decode_cursor, encode_cursor
-from rag_gql.services.parsing import parse_document
-from tests.support.pdfs import make_pdf
 
 
 def test_chunks_keep_page_and_offsets() -> None:
@@ -126,25 +124,6 @@ def test_cursor_round_trip_and_garbage() -> None:
     assert decode_cursor(encode_cursor(when, ident)) == (when, ident)
     with pytest.raises(InvalidInput):
         decode_cursor("not a cursor")
-
-
-def test_parse_document_reads_pages() -> None:
-    parsed = parse_document(make_pdf(["first page text", "second page text"]), "a.pdf")
-    assert parsed.page_count == 2
-    assert "second page text" in parsed.pages[1]
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b"", "empty"),
-        (b"hello, plain text", "not a PDF"),
-        (b"%PDF-1.7\n garbage garbage", "not a readable PDF"),
-    ],
-)
-def test_parse_document_refuses_bad_files(data: bytes, message: str) -> None:
-    with pytest.raises(InvalidInput, match=message):
-        parse_document(data, "x.pdf")
 
 
 async def test_documents_loaded_together_share_one_query() -> None:

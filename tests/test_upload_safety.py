@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import openpyxl
 import pytest
 
 import rag_gql
@@ -161,7 +162,7 @@ def test_xml_entities_are_not_expanded(tmp_path: Path, name: str, data: bytes) -
     except InvalidInput as exc:  # libxml2 refuses the amplification outright
         assert "not a readable DOCX" in str(exc)
         return
-    texts = parsing.extract_units(path, inspection.media_type, 0, inspection.unit_count)
+    texts = parsing.extract_units(path, inspection.media_type, 0, inspection.unit_count).texts
     assert "lollol" not in "".join(texts) and sum(map(len, texts)) < 200, texts
 
 
@@ -268,3 +269,20 @@ async def test_hostile_uploads_never_stall_the_server(inbox: Inbox, settings: Se
     async with connect(limited) as conn:
         names = await conn.fetch("SELECT filename FROM document ORDER BY filename")
     assert "bomb.docx" not in [row["filename"] for row in names]
+
+
+def test_a_sheet_of_thousands_of_columns_gives_bounded_chunks(tmp_path: Path) -> None:
+    """Its rows do not fit a chunk beside their header: they are cut as prose, every chunk
+    within the size, every cell kept."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append([f"h{n}" for n in range(3000)])
+    sheet.append([f"v{n}" for n in range(3000)])
+    path = tmp_path / "wide.xlsx"
+    book.save(path)
+    inspection = parsing.inspect_file(path, "wide.xlsx", max_pages=10)
+    texts = parsing.extract_units(path, inspection.media_type, 0, inspection.unit_count).texts
+    chunks = chunking.chunk_pages(texts, size=400, overlap=60)
+    assert all(len(chunk.text) <= 400 for chunk in chunks)
+    assert "v2999" in chunks[-1].text and "h0" in chunks[0].text

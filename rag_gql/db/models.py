@@ -277,6 +277,8 @@ class Document(Base):
     unit: Mapped[str] = mapped_column(String(16), server_default="PAGE")
     pages_done: Mapped[int] = mapped_column(Integer, server_default="0")
     chunks_done: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Pages read by OCR at the last indexing (`services.ocr`).
+    ocr_pages: Mapped[int] = mapped_column(Integer, server_default="0")
     embed_model: Mapped[str | None] = mapped_column(String(255))
     # Set when a delete found the document held by its ingestion: hidden from then on, and
     # removed by the worker at its next batch (`ingestion.pipeline`).

@@ -43,6 +43,7 @@ from rag_gql.repositories.chunks import ChunkRecord
 from rag_gql.services import parsing
 from rag_gql.services.chunking import chunk_pages
 from rag_gql.services.extraction import ExtractionPool
+from rag_gql.services.ocr import OcrOptions
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class IngestionPipeline:
             timeout=settings.parse_timeout,
             max_memory=settings.parse_max_memory,
         )
+        self._ocr = OcrOptions.from_settings(settings)
 
     def close(self) -> None:
         """Stops the extraction processes."""
@@ -220,7 +222,9 @@ class IngestionPipeline:
                     parts += 1
         return parts > 0
 
-    async def _extracted(self, run: _Run, path: Path) -> AsyncIterator[tuple[int, int, list[str]]]:
+    async def _extracted(
+        self, run: _Run, path: Path
+    ) -> AsyncIterator[tuple[int, int, parsing.Extracted]]:
         """Counts the units (`page_count` is stored then), then yields `(start, stop, texts)`
         page batches in order, extraction running ahead; all in extraction processes."""
         pool = self._extraction
@@ -236,7 +240,7 @@ class IngestionPipeline:
         await self._progress(run, page_count=document.page_count)
         total, step = document.page_count, self._settings.ingest_page_batch
         batches = iter([(start, min(start + step, total)) for start in range(0, total, step)])
-        in_flight: collections.deque[tuple[int, int, asyncio.Future[list[str]]]] = (
+        in_flight: collections.deque[tuple[int, int, asyncio.Future[parsing.Extracted]]] = (
             collections.deque()
         )
 
@@ -252,6 +256,7 @@ class IngestionPipeline:
                         document.media_type,
                         start,
                         stop,
+                        ocr=self._ocr,
                     )
                 )
                 in_flight.append((start, stop, future))
@@ -278,11 +283,16 @@ class IngestionPipeline:
         settings = self._settings
         document = run.document
         embedded: asyncio.Queue[tuple[int, list[ChunkRecord]] | None] = asyncio.Queue(2)
+        ocr_pages = 0
 
         async def produce() -> None:
+            nonlocal ocr_pages
             ordinal = 0
-            async for start, stop, texts in self._extracted(run, path):
-                spans = chunk_pages(texts, size=settings.chunk_size, overlap=settings.chunk_overlap)
+            async for start, stop, extracted in self._extracted(run, path):
+                ocr_pages += extracted.ocr_pages
+                spans = chunk_pages(
+                    extracted.texts, size=settings.chunk_size, overlap=settings.chunk_overlap
+                )
                 records: list[ChunkRecord] = []
                 if spans:
                     with self._metrics.ingest_stage("embed"):
@@ -341,7 +351,9 @@ class IngestionPipeline:
                         )
                 if written == 0:
                     raise InvalidInput(
-                        parsing.no_text_message(document.filename, document.media_type)
+                        parsing.no_text_message(
+                            document.filename, document.media_type, ocr=self._ocr.mode
+                        )
                     )
                 if not await documents.set_state(
                     session,
@@ -352,6 +364,7 @@ class IngestionPipeline:
                     pages_done=document.page_count,
                     chunks_done=written,
                     chunk_count=written,
+                    ocr_pages=ocr_pages,
                     embed_model=self._ollama.embed_model,
                     error=None,
                 ):

@@ -6,6 +6,10 @@ call that passes a limit, or whose process dies (out of memory, a crash in a par
 `ExtractionLimit` naming the limit; pebble replaces the process, so the next call, of this
 document or another, runs in a sound pool. With `processes=0` the calls run in one thread of
 the calling process instead, without either limit (tests, small tools).
+
+Within a call, `page_deadline` bounds one step (the OCR of a page) with a timer of the
+kernel's: `SIGALRM` at its default action ends the process even inside a C library that never
+returns to Python, and the call raises `ExtractionLimit` naming OCR_PAGE_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import multiprocessing
 import os
 import resource
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import pebble
@@ -29,7 +34,25 @@ T = TypeVar("T")
 
 
 class ExtractionLimit(InvalidInput):
-    """A parse passed `PARSE_TIMEOUT` or `PARSE_MAX_MEMORY`, or its process died."""
+    """A parse passed `PARSE_TIMEOUT`, `PARSE_MAX_MEMORY` or `OCR_PAGE_TIMEOUT`, or its
+    process died."""
+
+
+_in_child = False
+
+
+@contextmanager
+def page_deadline(seconds: float) -> Iterator[None]:
+    """In an extraction process, ends the process when the block lasts over `seconds`
+    (the call then raises `ExtractionLimit` for OCR_PAGE_TIMEOUT); elsewhere, no limit."""
+    if not _in_child:
+        yield
+        return
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _start_child(max_memory: int) -> None:
@@ -41,6 +64,10 @@ def _start_child(max_memory: int) -> None:
     # The parsers' import is in the child's baseline, not in what a document may use.
     import rag_gql.services.parsing  # noqa: F401
 
+    global _in_child
+    _in_child = True
+    # The default action of SIGALRM ends the process: `page_deadline`'s watchdog.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
     resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
 
 
@@ -105,6 +132,10 @@ class ExtractionPool:
         except pebble.ProcessExpired as exc:
             if exc.exitcode == -signal.SIGKILL:  # the kernel's OOM killer, most likely
                 raise self._memory_error(what, " (the process was killed)") from None
+            if exc.exitcode == -signal.SIGALRM:  # `page_deadline`'s watchdog
+                raise ExtractionLimit(
+                    f"OCR of a page of {what} took longer than its limit (OCR_PAGE_TIMEOUT)"
+                ) from None
             raise ExtractionLimit(
                 f"the process parsing {what} crashed (exit code {exc.exitcode}); "
                 "the file is probably damaged"

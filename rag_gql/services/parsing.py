@@ -6,8 +6,10 @@ Everything that parses runs in the worker's extraction processes (`extraction.py
 time and memory limit): `count_units` counts the units and enforces MAX_PAGES, then
 `extract_units` reads a batch of units per call, so a big PDF is never held whole. No pattern
 here has nested quantifiers. Parsers: PyMuPDF for PDF, XPS, EPUB, MOBI, FB2 and
-CBZ; python-docx for DOCX; BeautifulSoup for HTML; markdown-it-py for Markdown; the `csv`
-module for CSV; charset-normalizer for the encoding of text files.
+CBZ (OCR of pages without text: `ocr.py`; PDF tables: `Page.find_tables`); python-docx for
+DOCX; openpyxl (read-only) for XLSX; python-pptx for PPTX; BeautifulSoup for HTML;
+markdown-it-py for Markdown; the `csv` module for CSV; charset-normalizer for the encoding of
+text files. Tables of every format become Markdown tables (`tables.py`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import functools
 import io
 import itertools
 import re
-import sys
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -31,11 +31,15 @@ from typing import Any
 import charset_normalizer
 import docx
 import pymupdf
-from bs4 import BeautifulSoup
+from bs4 import BeautifulSoup, Tag
+from bs4.element import NavigableString
 from docx.table import Table
 from markdown_it import MarkdownIt
 
 from rag_gql.errors import InvalidInput
+from rag_gql.services import office
+from rag_gql.services.ocr import OcrMode, OcrOptions, needs_ocr, ocr_page
+from rag_gql.services.tables import markdown_table, split_table, table_spans
 
 PDF = "application/pdf"
 EPUB = "application/epub+zip"
@@ -48,10 +52,12 @@ HTML = "text/html"
 MARKDOWN = "text/markdown"
 TEXT = "text/plain"
 CSV = "text/csv"
+XLSX = office.XLSX
+PPTX = office.PPTX
 
-SUPPORTED = "PDF, EPUB, XPS, MOBI, FB2, CBZ, DOCX, HTML, Markdown, plain text and CSV"
-ROWS_PER_UNIT = 50
-"""Data rows in one CSV unit (the header comes on top of each)."""
+SUPPORTED = "PDF, EPUB, XPS, MOBI, FB2, CBZ, DOCX, XLSX, PPTX, HTML, Markdown, plain text and CSV"
+ROWS_PER_UNIT = office.ROWS_PER_UNIT
+"""Data rows in one CSV or XLSX unit (the header comes on top of each)."""
 SECTION_CHARS = 4000
 """A section longer than this (about a page) is cut between paragraphs into several units."""
 
@@ -63,11 +69,11 @@ class Unit(enum.StrEnum):
     """What `Chunk.page` counts for a document."""
 
     PAGE = "PAGE"
-    """PDF, XPS and CBZ pages; EPUB, MOBI and FB2 pages as PyMuPDF lays them out."""
+    """PDF, XPS and CBZ pages; EPUB, MOBI and FB2 pages as PyMuPDF lays them out; PPTX slides."""
     SECTION = "SECTION"
     """DOCX, HTML, Markdown: heading-delimited sections; plain text: paragraphs up to ~4 KB."""
     ROWS = "ROWS"
-    """CSV: blocks of `ROWS_PER_UNIT` rows."""
+    """CSV: blocks of `ROWS_PER_UNIT` rows; XLSX: such blocks of each sheet in turn."""
 
 
 # PyMuPDF's name for each format it opens.
@@ -75,12 +81,16 @@ _MUPDF = {PDF: "pdf", EPUB: "epub", XPS: "xps", MOBI: "mobi", FB2: "fb2", CBZ: "
 _NAMES = {
     **{media_type: name.upper() for media_type, name in _MUPDF.items()},
     DOCX: "DOCX",
+    XLSX: "XLSX",
+    PPTX: "PPTX",
     HTML: "HTML",
     MARKDOWN: "Markdown",
     TEXT: "plain text",
     CSV: "CSV",
 }
-_UNITS = {**dict.fromkeys(_MUPDF, Unit.PAGE), CSV: Unit.ROWS}
+_UNITS = {**dict.fromkeys((*_MUPDF, PPTX), Unit.PAGE), CSV: Unit.ROWS, XLSX: Unit.ROWS}
+# Formats whose image pages are read by OCR, and whose pages may hold ruled tables.
+_OCR_FORMATS = {PDF, XPS, CBZ}
 _NOUNS = {Unit.PAGE: "pages", Unit.SECTION: "sections", Unit.ROWS: "blocks of rows"}
 # Extensions only choose between text formats; binary formats are told by their content.
 _TEXT_EXTENSIONS = {
@@ -139,20 +149,18 @@ class Inspection:
 
 
 @dataclass(frozen=True, slots=True)
-class ParsedDocument:
-    """The text of each page, in order (`pages[0]` is page 1), and the media type."""
+class Extracted:
+    """What `extract_units` read: the texts of the units in order, and how many of them
+    were read by OCR."""
 
-    pages: list[str]
-    media_type: str
-
-    @property
-    def page_count(self) -> int:
-        """Number of pages."""
-        return len(self.pages)
+    texts: list[str]
+    ocr_pages: int = 0
 
 
-# `pymupdf.open` is `pymupdf.Document`, whose constructor has no type hints.
+# `pymupdf.open` is `pymupdf.Document`, whose constructor has no type hints; nor have these.
 _open: Any = pymupdf.open
+_Rect: Any = pymupdf.Rect
+_Point: Any = pymupdf.Point
 MUPDF_STORE_PAGES = 256
 """Pages after which an extraction process empties MuPDF's object store."""
 
@@ -217,76 +225,111 @@ def inspect_file(
     return Inspection(media_type=media_type, unit=unit_of(media_type), unit_count=count)
 
 
-def extract_units(path: Path, media_type: str, start: int, stop: int) -> list[str]:
-    """Returns the texts of units `[start, stop)` (0-based) of a file `count_units` accepted.
+def extract_units(
+    path: Path, media_type: str, start: int, stop: int, *, ocr: OcrOptions | None = None
+) -> Extracted:
+    """Reads the texts of units `[start, stop)` (0-based) of a file `count_units` accepted.
 
     Picklable and self-contained, for an extraction process (`extraction.py`). PyMuPDF
     formats read just those pages (the last document opened stays open in the process for the
-    next batch). Other formats are parsed whole once: the last file's units stay cached in the
-    process, so counting and consecutive batches of one file parse it once.
-    CBZ pages are images and give empty texts.
+    next batch); a PDF, XPS or CBZ page is read by OCR as `ocr` says (default: `OcrOptions()`,
+    pages without text), and a PDF page's ruled tables come out as Markdown tables in place
+    of their words. Other formats are parsed whole once: the last file's units stay cached in
+    the process, so counting and consecutive batches of one file parse it once.
 
     Raises:
         ValueError: when not `0 <= start <= stop <= unit count`.
-        InvalidInput: the file turned out damaged (a page could not be read).
+        InvalidInput: the file turned out damaged (a page could not be read), or a page
+            needs OCR and Tesseract's language data is missing (the message says what to
+            install).
+        ExtractionLimit: (in an extraction process) OCR of a page passed its timeout.
     """
     label = f"the {_NAMES[media_type]} file"
     if media_type not in _MUPDF:
         units = _cached_text_units(path, media_type, label)
         _check_range(start, stop, len(units))
-        return list(units[start:stop])
+        return Extracted(list(units[start:stop]))
+    options = ocr or OcrOptions()
+    mode = options.mode if media_type in _OCR_FORMATS else OcrMode.OFF
     stat = path.stat()
     # A fresh document every MUPDF_STORE_PAGES pages: MuPDF keeps what it loaded of one.
     epoch = start // MUPDF_STORE_PAGES
     doc = _cached_mupdf(str(path), media_type, stat.st_mtime_ns, stat.st_size, epoch)
     _check_range(start, stop, _page_count(doc, media_type, label))
     texts: list[str] = []
+    ocr_pages = 0
     for number in range(start, stop):
         try:
-            texts.append(doc.load_page(number).get_text("text", sort=False))
+            page = doc.load_page(number)
+            text = _pdf_page_text(page) if media_type == PDF else page.get_text("text", sort=False)
         except MemoryError:  # PARSE_MAX_MEMORY's doing, not a damaged file
             raise
         except Exception as exc:  # a page that fails to parse means a damaged file
             raise InvalidInput(f"{label} is damaged: page {number + 1} could not be read") from exc
+        if needs_ocr(page, text, mode):
+            text = ocr_page(page, options, label)
+            ocr_pages += 1
+        texts.append(text)
     # MuPDF keeps decoded fonts and objects in its store (up to 256 MiB): empty it every
     # `MUPDF_STORE_PAGES` pages, so that memory does not follow the document's size.
     # (Emptying it after every batch of 16 pages doubled the extraction time.)
     if epoch != stop // MUPDF_STORE_PAGES:
         tools: Any = pymupdf.TOOLS
         tools.store_shrink(100)
-    return texts
+    return Extracted(texts, ocr_pages)
 
 
-def no_text_message(filename: str, media_type: str) -> str:
-    """The reason to give when every unit of a document came out blank."""
+def no_text_message(filename: str, media_type: str, *, ocr: OcrMode = OcrMode.AUTO) -> str:
+    """The reason to give when every unit of a document came out blank (`ocr`: the mode
+    the document was read with)."""
+    if media_type in _OCR_FORMATS and ocr is not OcrMode.OFF:
+        what = "holds only images" if media_type == CBZ else "has no text layer"
+        return f"{filename!r} {what}, and OCR found no text in it (blank or pictures only?)"
+    off = "; OCR is off (OCR=off)"
     if media_type == PDF:
-        return f"{filename!r} has no text layer (a scanned PDF?); OCR is not supported yet"
+        return f"{filename!r} has no text layer (a scanned PDF?){off}"
     if media_type == CBZ:
-        return f"{filename!r} holds only images (a comic book archive); OCR is not supported yet"
+        return f"{filename!r} holds only images (a comic book archive){off}"
     if media_type in _MUPDF:
-        return f"{filename!r} has no text (only images?); OCR is not supported yet"
+        return f"{filename!r} has no text (only images?)"
     return f"{filename!r} contains no text"
 
 
-def parse_document(data: bytes, filename: str) -> ParsedDocument:
-    """Extracts the text of every page of a PDF held in memory (`inspect_file` and
-    `extract_units` over a temporary file). Other types are refused.
-
-    Raises:
-        InvalidInput: empty, not a PDF, corrupt, encrypted, or without a text layer.
-    """
-    if not data:
-        raise InvalidInput(f"{filename!r} is empty")
-    if PDF_MAGIC not in data[:1024]:
-        raise InvalidInput(f"{filename!r} is not a PDF; only PDF documents are supported for now")
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "upload.pdf"
-        path.write_bytes(data)
-        inspection = inspect_file(path, filename, max_pages=sys.maxsize)
-        pages = extract_units(path, inspection.media_type, 0, inspection.unit_count)
-    if not any(page.strip() for page in pages):
-        raise InvalidInput(no_text_message(filename, PDF))
-    return ParsedDocument(pages=pages, media_type=PDF)
+def _pdf_page_text(page: Any) -> str:
+    """The text of a PDF page, its ruled tables (`find_tables`) as Markdown tables where
+    their first line was, their words not repeated."""
+    text: str = page.get_text("text", sort=False)
+    # Line-based table detection needs drawn lines or rectangles: skip pages without any.
+    if not any(kind.endswith("path") for kind, _ in page.get_bboxlog()):
+        return text
+    # use_layout=False: the line-based finder, not the ONNX layout model of pymupdf-layout.
+    tables = page.find_tables(use_layout=False).tables
+    if not tables:
+        return text
+    areas = []
+    rendered = []
+    for table in tables:
+        rows = table.extract()
+        area = _Rect(table.bbox)
+        if table.header.external:  # the header row sits above the table's box
+            rows = [table.header.names, *rows]
+            area |= _Rect(table.header.bbox)
+        areas.append(area)
+        rendered.append(markdown_table(rows))
+    out: list[str] = []
+    emitted: set[int] = set()
+    for block in page.get_text("dict", sort=False)["blocks"]:
+        for line in block.get("lines", ()):
+            box = _Rect(line["bbox"])
+            centre = _Point((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
+            inside = next((i for i, area in enumerate(areas) if centre in area), None)
+            if inside is None:
+                out.append("".join(span["text"] for span in line["spans"]) + "\n")
+            elif inside not in emitted:
+                emitted.add(inside)
+                out.append(f"\n{rendered[inside]}\n\n")
+    out.extend(f"\n{rendered[i]}\n\n" for i in range(len(rendered)) if i not in emitted)
+    return "".join(out)
 
 
 def _check_range(start: int, stop: int, count: int) -> None:
@@ -405,6 +448,10 @@ def _detect_zip(path: Path, label: str, limits: ZipLimits) -> str:
                 return EPUB
             if "word/document.xml" in names:
                 return DOCX
+            if "xl/workbook.xml" in names:
+                return XLSX
+            if "ppt/presentation.xml" in names:
+                return PPTX
             if any(name.lower().endswith(".fdseq") for name in names) or (
                 "_rels/.rels" in names and b"fixedrepresentation" in _member(archive, "_rels/.rels")
             ):
@@ -418,7 +465,9 @@ def _detect_zip(path: Path, label: str, limits: ZipLimits) -> str:
         raise InvalidInput(
             f"{label} is a damaged ZIP-based document (corrupt or truncated)"
         ) from exc
-    raise _unsupported(label, "a ZIP archive but not an EPUB, DOCX, XPS or CBZ document")
+    raise _unsupported(
+        label, "a ZIP archive but not an EPUB, DOCX, XLSX, PPTX, XPS or CBZ document"
+    )
 
 
 def _check_zip_directory(path: Path, label: str, limits: ZipLimits) -> None:
@@ -588,6 +637,10 @@ def _cached_text_units(path: Path, media_type: str, label: str) -> tuple[str, ..
 def _text_units(path: Path, media_type: str, label: str) -> list[str]:
     if media_type == DOCX:
         return _sections(_docx_blocks(path, label))
+    if media_type == XLSX:
+        return office.xlsx_units(path, label)
+    if media_type == PPTX:
+        return office.pptx_units(path, label)
     text = _read_text(path, label)
     if media_type == CSV:
         return _csv_units(text, label)
@@ -615,6 +668,14 @@ def _sections(blocks: Iterable[tuple[bool, str]]) -> list[str]:
 
 
 def _pieces(text: str) -> Iterator[str]:
+    """`text` cut into pieces of at most `SECTION_CHARS`; a table (a block that is one) by
+    whole rows with its header repeated."""
+    spans = table_spans(text) if text.startswith("|") else []
+    if len(text) > SECTION_CHARS and len(spans) == 1 and spans[0].start == 0:
+        pieces = split_table(text, spans[0], SECTION_CHARS)
+        if pieces is not None:
+            yield from (piece for _, _, piece in pieces)
+            return
     while len(text) > SECTION_CHARS:
         cut = max(text.rfind("\n", 0, SECTION_CHARS), text.rfind(" ", 0, SECTION_CHARS))
         cut = cut if cut > SECTION_CHARS // 2 else SECTION_CHARS
@@ -630,11 +691,7 @@ def _docx_blocks(path: Path, label: str) -> list[tuple[bool, str]]:
         blocks: list[tuple[bool, str]] = []
         for item in document.iter_inner_content():
             if isinstance(item, Table):
-                for row in item.rows:
-                    cells = [cell.text.strip() for cell in row.cells]
-                    # A merged cell repeats in each grid column it spans.
-                    unique = [c for i, c in enumerate(cells) if c and (i == 0 or c != cells[i - 1])]
-                    blocks.append((False, " | ".join(unique)))
+                blocks.append((False, markdown_table(_docx_rows(item))))
             else:
                 style = item.style.name if item.style is not None else ""
                 blocks.append((bool(style) and style.startswith(("Heading", "Title")), item.text))
@@ -645,10 +702,38 @@ def _docx_blocks(path: Path, label: str) -> list[tuple[bool, str]]:
     return blocks
 
 
+def _docx_rows(table: Table) -> list[list[str]]:
+    rows = []
+    for row in table.rows:
+        cells: list[str] = []
+        previous = None
+        for cell in row.cells:
+            # A merged cell repeats in each grid column it spans: its text goes in the first.
+            cells.append("" if cell._tc is previous else cell.text)
+            previous = cell._tc
+        rows.append(cells)
+    return rows
+
+
+def _html_rows(table: Tag) -> list[list[str]]:
+    rows = []
+    for row in table.find_all("tr"):
+        if row.find_parent("table") is table:
+            cells = row.find_all(["th", "td"])
+            rows.append([cell.get_text(" ") for cell in cells if cell.find_parent("tr") is row])
+    return rows
+
+
 def _html_blocks(text: str) -> Iterator[tuple[bool, str]]:
     soup = BeautifulSoup(text, "html.parser")
     for tag in soup.find_all(["head", "script", "style", "noscript", "template", "svg"]):
         tag.decompose()
+    # Each outermost table becomes a Markdown table, its place kept by a \x03 marker.
+    tables: list[str] = []
+    for table in soup.find_all("table"):
+        if table.find_parent("table") is None:
+            tables.append(markdown_table(_html_rows(table)))
+            table.replace_with(NavigableString(f"\x02\x03{len(tables) - 1}\x02"))
     # \x02 separates blocks and \x01 marks headings; source line breaks are only spaces.
     for tag in soup.find_all(_BLOCK_TAGS):
         tag.insert_before("\x02")
@@ -658,6 +743,9 @@ def _html_blocks(text: str) -> Iterator[tuple[bool, str]]:
     for tag in soup.find_all("br"):
         tag.replace_with("\x02")
     for block in soup.get_text().split("\x02"):
+        if block.startswith("\x03") and block[1:].isdecimal() and int(block[1:]) < len(tables):
+            yield False, tables[int(block[1:])]
+            continue
         yield "\x01" in block, " ".join(block.replace("\x01", " ").split())
 
 
@@ -682,11 +770,7 @@ def _csv_units(text: str, label: str) -> list[str]:
     if not rows:
         return [""]
     header, body = rows[0], rows[1:]
-    units = []
-    for start in range(0, max(len(body), 1), ROWS_PER_UNIT):
-        out = io.StringIO()
-        csv.writer(out, delimiter=dialect.delimiter, lineterminator="\n").writerows(
-            [header, *body[start : start + ROWS_PER_UNIT]]
-        )
-        units.append(out.getvalue())
-    return units
+    return [
+        markdown_table([header, *body[start : start + ROWS_PER_UNIT]])
+        for start in range(0, max(len(body), 1), ROWS_PER_UNIT)
+    ]

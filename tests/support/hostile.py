@@ -16,6 +16,8 @@ ZIP_SAMPLES = {
     "epub": "sample.epub",
     "cbz": "sample.cbz",
     "xps": "sample.xps",
+    "xlsx": "sample.xlsx",
+    "pptx": "sample.pptx",
 }
 
 

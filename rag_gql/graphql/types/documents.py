@@ -35,6 +35,10 @@ class Document:
     pages_done: int = strawberry.field(description="Pages parsed and embedded so far.")
     chunk_count: int = strawberry.field(description="Chunks searchable (0 until READY).")
     chunks_done: int = strawberry.field(description="Chunks embedded so far in this run.")
+    ocr_pages: int = strawberry.field(
+        description="Pages whose text was read by OCR (Tesseract) when the document was last "
+        "indexed: pages without a text layer, or every page with `OCR=force`; 0 until READY."
+    )
     status: DocumentStatus = strawberry.field(description="Where it is in ingestion.")
     error: str | None = strawberry.field(
         description="Why ingestion FAILED (or, while QUEUED again, why it will retry)."
@@ -60,6 +64,7 @@ class Document:
             pages_done=doc.pages_done,
             chunk_count=doc.chunk_count,
             chunks_done=doc.chunks_done,
+            ocr_pages=doc.ocr_pages,
             status=DocumentStatus(doc.status),
             error=doc.error,
             embed_model=doc.embed_model,

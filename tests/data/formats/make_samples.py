@@ -425,6 +425,45 @@ def make_csv() -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def make_xlsx() -> bytes:
+    """A workbook of two sheets; the phrase is in the second block of rows of the first."""
+    import datetime
+
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.title = "Packages"
+    sheet.append(["id", "package", "note"])
+    for n in range(1, 71):
+        note = "The sample phrase of this xlsx file is coral meridian." if n == 60 else f"row {n}"
+        sheet.append([n, "afterpage" if n % 2 else "alltt", note])
+    book.create_sheet("Notes").append(["remark"])
+    book.properties.created = book.properties.modified = datetime.datetime(2026, 1, 1)
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+def make_pptx() -> bytes:
+    """A deck of two slides; the phrase is on the second one."""
+    import pptx
+
+    deck = pptx.Presentation()
+    for title, body in [
+        ("The afterpage package", "It expands commands after the current page."),
+        ("The alltt environment", "The sample phrase of this pptx file is indigo quarry."),
+    ]:
+        slide = deck.slides.add_slide(deck.slide_layouts[1])
+        assert slide.shapes.title is not None
+        slide.shapes.title.text = title
+        slide.placeholders[1].text_frame.text = body
+    out = io.BytesIO()
+    deck.save(out)
+    return out.getvalue()
+
+
 def main() -> None:
     pdf = make_pdf(pdf_pages())
     docx_bytes = make_docx()
@@ -440,6 +479,8 @@ def main() -> None:
         "sample.md": make_markdown(),
         "sample.txt": make_text(),
         "sample.csv": make_csv(),
+        "sample.xlsx": make_xlsx(),
+        "sample.pptx": make_pptx(),
         "bad-encrypted.pdf": make_encrypted(pdf),
         "bad-truncated.pdf": pdf[: len(pdf) * 6 // 10],
         "bad-empty.pdf": b"",
