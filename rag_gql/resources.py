@@ -23,6 +23,7 @@ from rag_gql.observability.upstream import ObservedTransport
 from rag_gql.providers.mail import Mailer, make_mailer
 from rag_gql.providers.ollama import EmbeddingSizeMismatch, OllamaClient
 from rag_gql.queue import conninfo
+from rag_gql.services.answer_runs import AnswerRuns
 from rag_gql.services.api_keys import ApiKeyService
 from rag_gql.services.auth import AuthService
 from rag_gql.services.collections import CollectionService
@@ -99,6 +100,7 @@ async def open_services(
         idle_in_transaction_timeout=settings.db_idle_in_transaction_timeout,
     )
     events = DocumentEvents(conninfo(settings.database_url), db=db)
+    runs = AnswerRuns(settings=settings, db=db, dsn=conninfo(settings.database_url))
     timeout = httpx.Timeout(settings.ollama_timeout, connect=settings.ollama_connect_timeout)
     auth: AuthService | None = None
     metrics = Metrics()
@@ -139,7 +141,7 @@ async def open_services(
                 ingestion=IngestionService(settings=settings, db=db),
                 retrieval=retrieval,
                 generation=GenerationService(
-                    settings=settings, db=db, retrieval=retrieval, ollama=ollama
+                    settings=settings, db=db, retrieval=retrieval, ollama=ollama, runs=runs
                 ),
                 conversations=ConversationService(db=db),
                 workspaces=WorkspaceService(settings=settings, db=db, mailer=mailer),
@@ -165,6 +167,7 @@ async def open_services(
         finally:
             if auth is not None:
                 await auth.aclose()  # emails still being sent in the background
+            await runs.aclose()  # answers still running: stored `interrupted`
             await events.aclose()
             await db.dispose()
 

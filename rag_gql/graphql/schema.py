@@ -18,6 +18,7 @@ from strawberry.types.execution import ExecutionContext
 from rag_gql.graphql.extensions import DomainErrors, Observe
 from rag_gql.graphql.inputs import RejectNulCharacters
 from rag_gql.graphql.limits import CheckedDocuments, Limits, QueryLimits
+from rag_gql.graphql.resolvers.answers import AnswerStreamSubscription
 from rag_gql.graphql.resolvers.api_keys import ApiKeyMutation, ApiKeyQuery
 from rag_gql.graphql.resolvers.auth import AuthMutation, AuthQuery
 from rag_gql.graphql.resolvers.conversations import ConversationMutation, ConversationQuery
@@ -60,8 +61,8 @@ Subscription = _root(
     "Subscription",
     "Live streams over WebSocket (`graphql-transport-ws`; authenticate in `connection_init`) "
     "or over HTTP (`Accept: multipart/mixed;subscriptionSpec=1.0`; the usual headers): "
-    "answers as they are written, and documents' ingestion progress.",
-    (AnswerSubscription, DocumentSubscription),
+    "answers as they are written (and resumed by id), and documents' ingestion progress.",
+    (AnswerSubscription, AnswerStreamSubscription, DocumentSubscription),
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -15,6 +16,7 @@ from rag_gql.graphql import types
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.resolvers.common import parse_id, selects
 from rag_gql.repositories.chunks import ChunkScope
+from rag_gql.services.answers import Failed, Sources
 from rag_gql.services.quotas import Operation
 from rag_gql.services.retrieval import MAX_QUERY_LENGTH, SearchMode
 
@@ -97,8 +99,11 @@ class SearchQuery:
 class AnswerSubscription:
     @strawberry.subscription(
         description="Answers from the workspace's documents: sources, tokens as they stream, "
-        "done. A credential that expires or is revoked while it streams (checked every "
-        "SUBSCRIPTION_REAUTH_SECONDS) ends it with an AnswerError (UNAUTHENTICATED, FORBIDDEN)."
+        "done, each event numbered (`seq`). The answer does not depend on this stream: if the "
+        "connection drops it goes on to its end and is stored (ANSWER_CONTINUE_ON_DISCONNECT); "
+        "resume it with `answerStream(messageId, afterSeq)`. A credential that expires or is "
+        "revoked while it streams (checked every SUBSCRIPTION_REAUTH_SECONDS) stops the answer "
+        "with an AnswerError (UNAUTHENTICATED, FORBIDDEN)."
     )
     async def answer(
         self,
@@ -121,22 +126,27 @@ class AnswerSubscription:
             conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
         )
         metrics = info.context.services.metrics
+        runs = info.context.services.generation.runs
         every = info.context.services.settings.subscription_reauth_seconds
         loop = asyncio.get_running_loop()
         recheck_at = loop.time() + every
         with metrics.live_subscription("answer"):
             async with aclosing(events):
-                async for event in events:
-                    if loop.time() >= recheck_at:
+                message_id: uuid.UUID | None = None
+                async for item in events:
+                    if isinstance(item.event, Sources):  # the first
+                        message_id = item.event.message_id
+                    if loop.time() >= recheck_at and message_id is not None:
                         try:
                             await info.context.reauthorize(principal)
+                            recheck_at = loop.time() + every
                         except DomainError as exc:
-                            # Then `aclosing` closes `events`: the answer is stored as interrupted.
-                            yield types.AnswerError(code=exc.code, message=str(exc))
-                            return
-                        recheck_at = loop.time() + every
-                    metrics.observe_answer_event(event)
-                    yield types.answer_event(event)
+                            # The run stops with this error as its end (stored interrupted),
+                            # which comes next in `events`.
+                            recheck_at = math.inf
+                            await runs.stop(message_id, Failed(exc.code, str(exc)))
+                    metrics.observe_answer_event(item.event)
+                    yield types.answer_event(item)
 
 
 @strawberry.type
