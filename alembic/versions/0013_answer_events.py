@@ -2,8 +2,10 @@
 
 - `answer_event`: an answer's events in batches, `seq` to `last_seq` within the answer (1: its
   sources; then one per token; the last: its end), written while the answer streams and
-  deleted with its message. Row-level security, enabled and forced like the other tenant
-  tables: the current workspace's rows only, read and written (WITH CHECK).
+  deleted with its message, and kept in its message's workspace by a foreign key on
+  (workspace_id, message_id) (`uq_message_workspace_id_id` is its target). Row-level
+  security, enabled and forced like the other tenant tables: the current workspace's rows
+  only, read and written (WITH CHECK).
 - `message.status` gains the value `streaming` (no constraint to change: a string column):
   the answer's run is writing it.
 
@@ -29,6 +31,7 @@ APP_ROLE = "rag_gql_app"
 
 
 def upgrade() -> None:
+    op.create_unique_constraint("uq_message_workspace_id_id", "message", ["workspace_id", "id"])
     op.create_table(
         "answer_event",
         sa.Column("message_id", sa.Uuid(), nullable=False),
@@ -41,10 +44,12 @@ def upgrade() -> None:
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.PrimaryKeyConstraint("message_id", "seq", name="pk_answer_event"),
+        # With the workspace: an event stays in its message's workspace (a foreign key is
+        # checked without row-level security).
         sa.ForeignKeyConstraint(
-            ["message_id"],
-            ["message.id"],
-            name="fk_answer_event_message_id_message",
+            ["workspace_id", "message_id"],
+            ["message.workspace_id", "message.id"],
+            name="fk_answer_event_workspace_id_message",
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
@@ -68,3 +73,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP POLICY IF EXISTS tenant_isolation ON answer_event")
     op.drop_table("answer_event")
+    op.drop_constraint("uq_message_workspace_id_id", "message", type_="unique")

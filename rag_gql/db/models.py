@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -340,6 +341,9 @@ class Message(Base):
     """
 
     __tablename__ = "message"
+    # The target of `answer_event`'s foreign key, which keeps an event in its message's
+    # workspace (a foreign key is checked without row-level security).
+    __table_args__ = (UniqueConstraint("workspace_id", "id", name="uq_message_workspace_id_id"),)
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspace.id", ondelete="CASCADE"))
@@ -368,10 +372,16 @@ class AnswerEvent(Base):
     """
 
     __tablename__ = "answer_event"
-
-    message_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("message.id", ondelete="CASCADE"), primary_key=True
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["workspace_id", "message_id"],
+            ["message.workspace_id", "message.id"],
+            name="fk_answer_event_workspace_id_message",
+            ondelete="CASCADE",
+        ),
     )
+
+    message_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_seq: Mapped[int] = mapped_column(Integer)
     workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspace.id", ondelete="CASCADE"))
