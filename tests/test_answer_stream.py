@@ -273,3 +273,21 @@ async def test_another_callers_answer_is_not_found_as_an_unknown_id(
     assert bad["code"] == "BAD_USER_INPUT"
     # Ada's own answer replays.
     assert (await _stream(gql, ada, message_id))[-1]["__typename"] == "AnswerDone"
+
+
+async def test_an_answer_past_answer_max_seconds_stops_interrupted(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    async with serve_client(settings.model_copy(update={"answer_max_seconds": 1.0})) as app:
+        token = await _user(app, inbox)
+        ollama.chat_reply = REPLY
+        ollama.token_delay = 0.1  # 4 s of tokens
+        async with _socket(app, token) as ws:
+            await _send(ws, ANSWER, {"q": QUESTION})
+            got = await _rest(ws)
+    end = got[-1]
+    assert end["__typename"] == "AnswerError" and end["code"] == "INTERRUPTED", end
+    assert "ANSWER_MAX_SECONDS" in end["message"]
+    assert [e["seq"] for e in got] == list(range(1, len(got) + 1))
+    status, content = await _stored(settings, got[0]["messageId"])
+    assert (status, content) == ("interrupted", _texts(got))
