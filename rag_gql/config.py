@@ -223,6 +223,19 @@ class Settings(BaseSettings):
         "line (first come, first served), so a burst queues instead of exhausting the "
         "database pool. Their streaming is not limited by this.",
     )
+    answer_continue_on_disconnect: bool = Field(
+        default=True,
+        description="An answer whose client leaves (closed socket, stopped subscription) goes "
+        "on to its end and is stored whole, to be read with `answerStream` from any replica; "
+        "false: it stops there, stored `interrupted`. A running answer holds one of its "
+        "user's MAX_ANSWER_STREAMS_PER_USER places either way.",
+    )
+    answer_max_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds an answer may run from its sources to its end; past them it "
+        "stops, stored `interrupted` (an AnswerError INTERRUPTED).",
+    )
 
     smtp_host: str | None = Field(
         default=None,

@@ -25,6 +25,7 @@ from rag_gql.observability.upstream import ObservedTransport
 from rag_gql.providers.mail import Mailer, make_mailer
 from rag_gql.providers.ollama import EmbeddingSizeMismatch, OllamaClient
 from rag_gql.repositories import catalog
+from rag_gql.services.answer_runs import AnswerRuns
 from rag_gql.services.api_keys import ApiKeyService
 from rag_gql.services.auth import AuthService
 from rag_gql.services.collections import CollectionService
@@ -105,6 +106,7 @@ async def open_services(
         idle_in_transaction_timeout=settings.db_idle_in_transaction_timeout,
     )
     events = DocumentEvents(conninfo(settings.database_url), db=db)
+    runs = AnswerRuns(settings=settings, db=db, dsn=conninfo(settings.database_url))
     timeout = httpx.Timeout(settings.ollama_timeout, connect=settings.ollama_connect_timeout)
     auth: AuthService | None = None
     metrics = Metrics()
@@ -148,7 +150,12 @@ async def open_services(
                 ingestion=IngestionService(settings=settings, db=db),
                 retrieval=retrieval,
                 generation=GenerationService(
-                    settings=settings, db=db, retrieval=retrieval, ollama=ollama, leases=leases
+                    settings=settings,
+                    db=db,
+                    retrieval=retrieval,
+                    ollama=ollama,
+                    runs=runs,
+                    leases=leases,
                 ),
                 conversations=ConversationService(db=db),
                 workspaces=WorkspaceService(settings=settings, db=db, mailer=mailer),
@@ -187,6 +194,7 @@ async def open_services(
         finally:
             if auth is not None:
                 await auth.aclose()  # emails still being sent in the background
+            await runs.aclose()  # answers still running: stored `interrupted`
             await events.aclose()
             await db.dispose()
 

@@ -5,14 +5,14 @@ On SIGTERM (or SIGINT) `GracefulServer`, in this order:
 
 1. stops accepting connections (the listening sockets close: new clients are refused), and
    `/readyz` on the operations listener (`rag_gql.operations`) answers 503 from now on;
-2. waits up to `SHUTDOWN_GRACE` seconds for the answers being streamed to finish (sockets
-   stay open meanwhile, so their `AnswerDone` and `complete` reach the clients);
-3. closes every WebSocket with a close frame, 1012 ("service restart"): an answer still
-   running is cut there and stored as `interrupted`; HTTP requests in progress get what is
-   left of the grace period to finish;
+2. waits up to `SHUTDOWN_GRACE` seconds for the answers running to finish, those whose
+   client left included (sockets stay open meanwhile, so their `AnswerDone` and `complete`
+   reach the clients);
+3. closes every WebSocket with a close frame, 1012 ("service restart"); HTTP requests in
+   progress get what is left of the grace period to finish;
 4. runs the lifespan's shutdown (the ingestion worker gives its jobs `SHUTDOWN_GRACE` too,
-   the operations listener stops, then the database pool closes); `rag-gql serve` stops the
-   embedded PostgreSQL last.
+   the operations listener stops, the answers still running stop, stored `interrupted`, then
+   the database pool closes); `rag-gql serve` stops the embedded PostgreSQL last.
 """
 
 from __future__ import annotations

@@ -1695,6 +1695,83 @@ async def attack_conversation(w: World) -> None:
     w.assert_no_leak(as_text(data), w.t_secrets(), "mallory")
 
 
+ANSWER_STREAM = """
+subscription($id: ID!, $after: Int) {
+  answerStream(messageId: $id, afterSeq: $after) {
+    __typename
+    ... on AnswerSources { seq messageId sources { text document { id filename } } }
+    ... on AnswerToken { seq text }
+    ... on AnswerDone { seq messageId citations { documentId } }
+    ... on AnswerError { seq code message }
+  }
+}
+"""
+
+
+async def ensure_answers(w: World) -> dict[str, str]:
+    """The answer (message id) in each of `ensure_conversations`' conversations, private to
+    its caller as its conversation is."""
+    await ensure_conversations(w)
+    answers: dict[str, str] = {}
+    for name, conversation in w.conversations.items():
+        found = await w.sql.fetchval(
+            "SELECT id FROM message WHERE conversation_id = $1 AND role = 'assistant'",
+            uuid.UUID(conversation),
+        )
+        answers[name] = str(found)
+        w.labels[answers[name]] = f"answer:{name}"
+        w.home[answers[name]] = f"private:{name}"
+    return answers
+
+
+@probe("Subscription", "answerStream", "access")
+async def attack_answer_stream(w: World) -> None:
+    answers = await ensure_answers(w)
+    await w.refuse_streamed(
+        w.unauthenticated() + w.more_unauthenticated(),
+        ANSWER_STREAM,
+        {"id": answers["viewer"]},
+        "UNAUTHENTICATED",
+    )
+    # Another caller's answer reads as a made-up id, over HTTP and over a socket.
+    for name in ("viewer", "T-VIEWER-key", "mallory"):
+        strangers = (
+            not_the_owner_of(w, name)
+            if name != "mallory"
+            else [w.user("viewer", w.team), w.key("VIEWER"), w.key("OWNER"), w.user("owner")]
+        )
+        await w.refuse_streamed(
+            [c for c in strangers if c.name != "mallory" or name != "mallory"],
+            ANSWER_STREAM,
+            {"id": answers[name]},
+            "NOT_FOUND",
+        )
+    mallory = {"authorization": f"Bearer {w.accounts['mallory'].token}"}
+
+    async def over_socket(message_id: str, after: int = 0) -> list[Json]:
+        async with w.gql.websocket() as ws:
+            assert (await init(ws, mallory))["type"] == "connection_ack"
+            return await ws_operation(ws, ANSWER_STREAM, {"id": message_id, "after": after}, "1")
+
+    made_up = await over_socket(str(uuid.uuid4()))
+    for after in (0, 1, 10_000):
+        theirs = await over_socket(answers["viewer"], after)
+        assert theirs == made_up, theirs
+        assert theirs[0]["errors"][0]["extensions"] == {"code": "NOT_FOUND"}, theirs
+        w.assert_no_leak(json.dumps(theirs), w.t_secrets(), "mallory (answerStream)")
+    w.log.append(f"answerStream(viewer's answer) as mallory over a socket: {made_up[0]}")
+    # The owner replays it whole, with T's sources only; mallory replays her own.
+    body = await w.stream(w.user("viewer", w.team), ANSWER_STREAM, {"id": answers["viewer"]})
+    events = [d["answerStream"] for d in body["data"]]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), events
+    assert events[0]["__typename"] == "AnswerSources" and events[-1]["__typename"] == "AnswerDone"
+    assert {s["document"]["id"] for s in events[0]["sources"]} <= {w.secret_doc, w.loose_doc}
+    w.assert_no_leak(json.dumps(body), w.m_secrets(), "viewer (answerStream)")
+    body = await w.stream(w.user("mallory"), ANSWER_STREAM, {"id": answers["mallory"]})
+    assert body["data"][-1]["answerStream"]["__typename"] == "AnswerDone", body
+    w.assert_no_leak(json.dumps(body), w.t_secrets(), "mallory (answerStream)")
+
+
 @probe("Mutation", "deleteConversation", "access")
 async def attack_delete_conversation(w: World) -> None:
     await ensure_conversations(w)

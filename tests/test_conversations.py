@@ -11,6 +11,7 @@ from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init
 from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import make_pdf
+from tests.support.serving import serve_client
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 from tests.support.uploads import assert_error
@@ -234,6 +235,16 @@ async def test_follow_ups_are_rewritten_and_keep_history(
 
 
 async def test_a_client_leaving_mid_answer_leaves_it_interrupted(
+    inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    """With ANSWER_CONTINUE_ON_DISCONNECT=false (by default the answer runs on:
+    tests/test_answer_stream.py)."""
+    update = {"answer_continue_on_disconnect": False}
+    async with serve_client(settings.model_copy(update=update)) as gql:
+        await _leave_mid_answer(gql, inbox, ollama, settings)
+
+
+async def _leave_mid_answer(
     gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
 ) -> None:
     token = await sign_up(gql, inbox, "leaver@example.com")
@@ -255,7 +266,7 @@ async def test_a_client_leaving_mid_answer_leaves_it_interrupted(
             row = await conn.fetchrow(
                 "SELECT status, content FROM message WHERE role = 'assistant'"
             )
-        if row is not None:
+        if row is not None and row["status"] != "streaming":  # stored while it streams
             break
         await asyncio.sleep(0.05)
     assert row is not None

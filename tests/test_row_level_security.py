@@ -535,3 +535,54 @@ async def test_the_auth_tables_refuse_writes_outside_the_scope(
     async with connect(settings) as conn:
         counts = [await conn.fetchval(f"SELECT count(*) FROM {t}") for t in AUTH_TABLES]
     assert counts == [3, 2, 2, 2]
+
+
+async def test_answer_events_show_and_take_only_the_workspace_s_rows(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
+) -> None:
+    ask = 'mutation { ask(question: "What is in my notes?") { messageId } }'
+    answers: dict[uuid.UUID, uuid.UUID] = {}
+    for email in ("a@example.com", "b@example.com"):
+        token = await sign_up(gql, inbox, email)
+        message_id = (await gql.data(ask, token=token))["ask"]["messageId"]
+        answers[await workspace_of(settings, email)] = uuid.UUID(message_id)
+    (ws_a, answer_a), (ws_b, answer_b) = answers.items()
+    async with connect(settings) as conn:
+        flags = await conn.fetchrow(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class "
+            "WHERE relname = 'answer_event'"
+        )
+        assert flags is not None and tuple(flags) == (True, True)
+        assert await conn.fetchval("SELECT count(DISTINCT workspace_id) FROM answer_event") == 2
+
+    # No WHERE clause: the policy alone keeps B's events out; none without a workspace.
+    async with app_db.transaction(ws_a) as session:
+        seen = (
+            await session.execute(text("SELECT DISTINCT message_id FROM answer_event"))
+        ).scalars()
+        assert list(seen) == [answer_a]
+        changed = await session.execute(
+            text("UPDATE answer_event SET payload = '{}' WHERE message_id = :m"), {"m": answer_b}
+        )
+        assert changed.rowcount == 0  # type: ignore[attr-defined]
+        deleted = await session.execute(
+            text("DELETE FROM answer_event WHERE workspace_id = :ws"), {"ws": ws_b}
+        )
+        assert deleted.rowcount == 0  # type: ignore[attr-defined]
+    async with app_db.transaction() as session:
+        assert (await session.execute(text("SELECT count(*) FROM answer_event"))).scalar_one() == 0
+    # Events written into B's answer from A's transaction, with either workspace, are refused:
+    # B's workspace by the policy's WITH CHECK, A's by the foreign key on (workspace, message):
+    # B's message is not in A's workspace (a foreign key is checked without the policies).
+    for workspace in (ws_b, ws_a):
+        with pytest.raises(DBAPIError):
+            async with app_db.transaction(ws_a) as session:
+                await session.execute(
+                    text(
+                        "INSERT INTO answer_event (message_id, seq, last_seq, workspace_id, kind,"
+                        " payload) VALUES (:m, 99, 99, :ws, 'tokens', '{\"texts\": [\"x\"]}')"
+                    ),
+                    {"m": answer_b, "ws": workspace},
+                )
+    async with connect(settings) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM answer_event WHERE seq = 99") == 0

@@ -358,11 +358,17 @@ class Conversation(Base):
 class Message(Base):
     """One turn: the user's question, or the assistant's answer with its sources and usage.
 
-    `status` is `complete`, `interrupted` (the client left mid-answer) or `failed`.
+    `status` is `streaming` (its run is writing it: `content` grows batch by batch),
+    `complete`, `interrupted` (stopped before its end) or `failed`.
     """
 
     __tablename__ = "message"
-    __table_args__ = (_in_workspace("message", "conversation_id", "conversation"),)
+    # The unique key is the target of `answer_event`'s foreign key, which keeps an event in its
+    # message's workspace (a foreign key is checked without row-level security).
+    __table_args__ = (
+        _in_workspace("message", "conversation_id", "conversation"),
+        UniqueConstraint("workspace_id", "id", name="uq_message_workspace_id_id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspace.id", ondelete="CASCADE"))
@@ -377,4 +383,31 @@ class Message(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     time_to_first_token_ms: Mapped[float | None] = mapped_column(Float)
     total_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = _now()
+
+
+class AnswerEvent(Base):
+    """A batch of an answer's events, `seq` to `last_seq` (1 is its sources; then one seq per
+    token; the last is its end): what `answerStream` replays (`services.answer_runs`).
+
+    `kind` is `sources`, `tokens`, `done` or `error`; `payload` is the batch's JSON (the
+    sources with their documents as they were, the tokens' texts, the end's figures).
+    """
+
+    __tablename__ = "answer_event"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["workspace_id", "message_id"],
+            ["message.workspace_id", "message.id"],
+            name="fk_answer_event_workspace_id_message",
+            ondelete="CASCADE",
+        ),
+    )
+
+    message_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer)
+    workspace_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("workspace.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _now()

@@ -18,7 +18,11 @@ from strawberry.types.execution import ExecutionContext
 from rag_gql.graphql.extensions import DomainErrors, Observe
 from rag_gql.graphql.inputs import RejectNulCharacters
 from rag_gql.graphql.limits import CheckedDocuments, Limits, QueryLimits
-from rag_gql.graphql.resolvers.answers import AnswerSubscription, AskMutation
+from rag_gql.graphql.resolvers.answers import (
+    AnswerStreamSubscription,
+    AnswerSubscription,
+    AskMutation,
+)
 from rag_gql.graphql.resolvers.api_keys import ApiKeyMutation, ApiKeyQuery
 from rag_gql.graphql.resolvers.auth import AuthMutation, AuthQuery
 from rag_gql.graphql.resolvers.collections import CollectionMutation, CollectionQuery
@@ -71,8 +75,8 @@ Subscription = _root(
     "Subscription",
     "Live streams over WebSocket (`graphql-transport-ws`; authenticate in `connection_init`) "
     "or over HTTP (`Accept: multipart/mixed;subscriptionSpec=1.0`; the usual headers): "
-    "answers as they are written, and documents' ingestion progress.",
-    (AnswerSubscription, DocumentSubscription),
+    "answers as they are written (and resumed by id), and documents' ingestion progress.",
+    (AnswerSubscription, AnswerStreamSubscription, DocumentSubscription),
 )
 
 

@@ -1,16 +1,20 @@
 """Grounded answers: (rewrite a follow-up,) retrieve, stream the reply, cite, store.
 
-The events, in order: one `Sources`, a `Token` per streamed piece, then `Done` — or `Failed`
-in place of the rest when something breaks after the sources (a subscription yields its
-errors rather than raising them). No transaction is held across an Ollama call or a yield.
+The events (`services.answers`), in order and numbered from 1: one `Sources`, a `Token` per
+streamed piece, then `Done` — or `Failed` in place of the rest when something breaks after
+the sources (a subscription yields its errors rather than raising them). No transaction is
+held across an Ollama call or a yield.
 
 Every answer belongs to a conversation (a new one unless `conversation_id` is given) and is
-stored with its question, sources, citations, timings and token counts; a client that leaves
-mid-answer leaves the partial answer stored as `interrupted`, one that Ollama broke off as
-`failed`; a question that fails before its sources leaves nothing (not even the new
-conversation). A user runs at most `MAX_ANSWER_STREAMS_PER_USER` answers at once; the
-process runs at most `MAX_ANSWERS_RETRIEVING` of its answers' database steps at once, the
-rest waiting in line, so a burst of questions is served in order rather than refused.
+stored with its question, sources, citations, timings and token counts: from its sources on
+it is a run of its own (`services.answer_runs`), stored while it streams and followed from
+any process with `answerStream`; a client that leaves does not stop it (unless
+ANSWER_CONTINUE_ON_DISCONNECT=false: then it is stored `interrupted`); one that Ollama broke
+off is stored `failed`; a question that fails before its sources leaves nothing (not even the
+new conversation). A user runs at most `MAX_ANSWER_STREAMS_PER_USER` answers at once, a run
+whose client left included; the process runs at most `MAX_ANSWERS_RETRIEVING` of its
+answers' database steps at once, the rest waiting in line, so a burst of questions is served
+in order rather than refused.
 """
 
 from __future__ import annotations
@@ -19,12 +23,9 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import resources
 from string import Template
-from typing import Any
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
@@ -33,6 +34,15 @@ from rag_gql.errors import DomainError
 from rag_gql.providers.ollama import ChatMessage, OllamaClient
 from rag_gql.repositories import conversations
 from rag_gql.services.access import Action, Principal
+from rag_gql.services.answer_runs import AnswerRuns
+from rag_gql.services.answers import INTERRUPTED, Sequenced
+from rag_gql.services.answers import AnswerEvent as AnswerEvent
+from rag_gql.services.answers import Citation as Citation
+from rag_gql.services.answers import Done as Done
+from rag_gql.services.answers import Failed as Failed
+from rag_gql.services.answers import Sources as Sources
+from rag_gql.services.answers import Token as Token
+from rag_gql.services.answers import citation as _citation
 from rag_gql.services.citations import cited_numbers, estimate_tokens
 from rag_gql.services.conversations import find_thread
 from rag_gql.services.rate_limits import Slots, caller_key
@@ -46,70 +56,6 @@ from rag_gql.services.retrieval import (
 from rag_gql.services.shared_caps import RedisLeases, SharedSlots
 
 TITLE_LENGTH = 80
-
-
-@dataclass(frozen=True, slots=True)
-class Citation:
-    """A numbered source the answer cites, and where it is: document, page, character span."""
-
-    number: int
-    document_id: uuid.UUID
-    filename: str
-    page: int
-    char_start: int
-    char_end: int
-
-    def as_json(self) -> dict[str, Any]:
-        """The form stored with the message."""
-        return {
-            "number": self.number,
-            "documentId": str(self.document_id),
-            "filename": self.filename,
-            "page": self.page,
-            "charStart": self.char_start,
-            "charEnd": self.char_end,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Sources:
-    """The passages the answer is grounded in, numbered from 1 in this order, and the
-    stand-alone question they were retrieved for."""
-
-    hits: list[SearchHit]
-    conversation_id: uuid.UUID
-    standalone_question: str
-
-
-@dataclass(frozen=True, slots=True)
-class Token:
-    """One piece of the answer, as the model streamed it."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """The end: citations, whether any source was cited, token counts, times in ms."""
-
-    message_id: uuid.UUID
-    citations: list[Citation]
-    grounded: bool
-    prompt_tokens: int
-    completion_tokens: int
-    time_to_first_token_ms: float
-    total_ms: float
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """The answer stopped: `code` is a GraphQL error code, `message` says why."""
-
-    code: str
-    message: str
-
-
-AnswerEvent = Sources | Token | Done | Failed
 
 
 @dataclass
@@ -177,6 +123,7 @@ class GenerationService:
         db: Database,
         retrieval: RetrievalService,
         ollama: OllamaClient,
+        runs: AnswerRuns,
         leases: RedisLeases | None = None,
     ) -> None:
         """`leases`: where the cap on answers at once is shared with the other replicas."""
@@ -184,6 +131,8 @@ class GenerationService:
         self._db = db
         self._retrieval = retrieval
         self._ollama = ollama
+        self.runs = runs
+        """The answers' runs: they outlive the stream that started them (`answer`)."""
         self.streams = SharedSlots(
             Slots(
                 settings.max_answer_streams_per_user,
@@ -200,10 +149,15 @@ class GenerationService:
 
     async def answer(
         self, principal: Principal, request: SearchRequest
-    ) -> AsyncGenerator[AnswerEvent, None]:
-        """Yields `Sources`, then `Token`s as they arrive (never buffered), then `Done`, for
-        the question `request.query` (retrieved as `request` says, in the conversation
-        `request.conversation_id`, or a new one).
+    ) -> AsyncGenerator[Sequenced, None]:
+        """Yields `Sources`, then `Token`s as they arrive (never buffered), then `Done`, each
+        with its `seq` (1, 2, ...), for the question `request.query` (retrieved as `request`
+        says, in the conversation `request.conversation_id`, or a new one).
+
+        The answer is a run of its own (`AnswerRuns.start`): when the caller stops reading
+        before the end, it goes on to its end and is stored whole, unless
+        ANSWER_CONTINUE_ON_DISCONNECT is false (then it stops, stored `interrupted`). It holds
+        one of the caller's `MAX_ANSWER_STREAMS_PER_USER` places until it ends.
 
         Raises (before the first event):
             RateLimited: the caller already has `MAX_ANSWER_STREAMS_PER_USER` answers running.
@@ -213,12 +167,31 @@ class GenerationService:
             UpstreamUnavailable, UpstreamError: the question could not be embedded/rewritten.
         Failures after `Sources` end the stream with a `Failed` event instead.
         """
-        async with self.streams.hold(caller_key(principal)):
+        key = caller_key(principal)
+        await self.streams.acquire(key)
+        try:
             events = self._answer(principal, request)
-            # Closed here, not whenever it is collected: its `finally` stores the answer.
-            async with aclosing(events):
-                async for event in events:
-                    yield event
+            try:
+                sources = await anext(events)
+            except BaseException:
+                await events.aclose()
+                raise
+            assert isinstance(sources, Sources)  # `_answer` yields its sources first
+            run = await self.runs.start(
+                principal, sources, events, on_end=lambda: self.streams.release(key)
+            )
+        except BaseException:
+            self.streams.release(key)
+            raise
+        ended = False
+        try:
+            async for item in run.follow(0):
+                ended = item.terminal
+                yield item
+        finally:
+            if not ended and not self._settings.answer_continue_on_disconnect:
+                reason = Failed(INTERRUPTED, "The client left before the answer's end")
+                await asyncio.shield(self.runs.stop(run.message_id, reason))
 
     async def _answer(
         self, principal: Principal, request: SearchRequest
@@ -250,24 +223,24 @@ class GenerationService:
             answer_tokens=s.answer_max_tokens,
             history_tokens=s.history_token_budget,
         )
-        yield Sources(hits, conv_id, standalone)
+        message_id = uuid.uuid4()
+        yield Sources(hits, conv_id, standalone, message_id, question=question)
 
-        record = _Record(principal, conv_id, question, standalone, hits, message_id=uuid.uuid4())
         first_token_at: float | None = None
+        parts: list[str] = []
         try:
             options = {"num_ctx": s.num_ctx, "num_predict": s.answer_max_tokens}
             async for delta in self._ollama.chat_stream(prompt, options=options):
                 if delta.text:
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
-                    record.parts.append(delta.text)
+                    parts.append(delta.text)
                     yield Token(delta.text)
                 if delta.done:
                     now = time.perf_counter()
-                    text = "".join(record.parts)
-                    numbers = cited_numbers(text, len(hits))
-                    done = Done(
-                        message_id=record.message_id,
+                    numbers = cited_numbers("".join(parts), len(hits))
+                    yield Done(
+                        message_id=message_id,
                         citations=[_citation(n, hits[n - 1]) for n in numbers],
                         grounded=bool(numbers) or not hits,
                         prompt_tokens=delta.prompt_tokens,
@@ -275,32 +248,25 @@ class GenerationService:
                         time_to_first_token_ms=((first_token_at or now) - started) * 1000,
                         total_ms=(now - started) * 1000,
                     )
-                    await self._store(record, "complete", done)
-                    yield done
                     return
         except DomainError as exc:
-            await self._store(record, "failed", None)
             yield Failed(code=exc.code, message=str(exc))
-        finally:
-            if not record.stored:
-                # The client left mid-answer: keep what it had received.
-                await asyncio.shield(self._store(record, "interrupted", None))
 
     async def ask(self, principal: Principal, request: SearchRequest) -> AskResult:
         """The same answer as `answer`, collected into one result (for clients that don't
         stream). Raises as `answer` does before its first event."""
         result = AskResult()
         events = self.answer(principal, request)
-        async for event in events:
-            match event:
-                case Sources():
-                    result.sources = event
+        async for item in events:
+            match item.event:
+                case Sources() as sources:
+                    result.sources = sources
                 case Token(text=text):
                     result.tokens.append(text)
-                case Done():
-                    result.done = event
-                case Failed():
-                    result.failed = event
+                case Done() as done:
+                    result.done = done
+                case Failed() as failed:
+                    result.failed = failed
         result.text = "".join(result.tokens)
         return result
 
@@ -349,67 +315,3 @@ class GenerationService:
         )
         rewritten = " ".join(reply.text.split()).strip("\"'")
         return rewritten[:MAX_QUERY_LENGTH] or question
-
-    async def _store(self, record: _Record, status: str, done: Done | None) -> None:
-        """Stores the question and the (possibly partial) answer in one transaction."""
-        if record.stored:
-            return
-        record.stored = True
-        ws = record.principal.workspace_id
-        sources = [
-            {**_citation(n, hit).as_json(), "score": hit.score}
-            for n, hit in enumerate(record.hits, start=1)
-        ]
-        question = Message(
-            id=uuid.uuid4(),
-            workspace_id=ws,
-            conversation_id=record.conversation_id,
-            role="user",
-            content=record.question,
-            status="complete",
-            created_at=record.asked_at,
-        )
-        answer = Message(
-            id=record.message_id,
-            workspace_id=ws,
-            conversation_id=record.conversation_id,
-            role="assistant",
-            content="".join(record.parts),
-            status=status,
-            standalone_question=record.standalone,
-            sources=sources,
-            citations=[c.as_json() for c in done.citations] if done else [],
-            prompt_tokens=done.prompt_tokens if done else None,
-            completion_tokens=done.completion_tokens if done else None,
-            time_to_first_token_ms=done.time_to_first_token_ms if done else None,
-            total_ms=done.total_ms if done else None,
-            created_at=datetime.now(UTC),
-        )
-        async with self._db.transaction(ws) as session:
-            await conversations.add_messages(session, [question, answer])
-
-
-@dataclass
-class _Record:
-    """What an answer in progress will store."""
-
-    principal: Principal
-    conversation_id: uuid.UUID
-    question: str
-    standalone: str
-    hits: list[SearchHit]
-    message_id: uuid.UUID
-    parts: list[str] = field(default_factory=list)
-    stored: bool = False
-    asked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-
-def _citation(number: int, hit: SearchHit) -> Citation:
-    return Citation(
-        number=number,
-        document_id=hit.document.id,
-        filename=hit.document.filename,
-        page=hit.page,
-        char_start=hit.char_start,
-        char_end=hit.char_end,
-    )

@@ -12,6 +12,7 @@ from rag_gql.graphql.context import Info
 from rag_gql.graphql.types.documents import Document
 from rag_gql.graphql.types.search import SearchHit
 from rag_gql.services import generation
+from rag_gql.services.answers import Sequenced
 
 
 @strawberry.type(description="A numbered source an answer cites, and where it is.")
@@ -47,8 +48,19 @@ class Citation:
         )
 
 
+SEQ = (
+    "The event's number in its answer: 1 (the sources), 2, 3... Keep the last one received; "
+    "`answerStream(messageId, afterSeq)` resumes after it."
+)
+
+
 @strawberry.type(description="First event of an answer: the numbered sources, [1] first.")
 class AnswerSources:
+    seq: int = strawberry.field(description=SEQ)
+    message_id: strawberry.ID = strawberry.field(
+        description="The answer's id (its message in the conversation): follow it, or resume "
+        "it after a dropped connection, with `answerStream(messageId: ...)`."
+    )
     sources: list[SearchHit] = strawberry.field(
         description="The passages the answer is grounded in, numbered [1], [2]... in this order."
     )
@@ -62,6 +74,7 @@ class AnswerSources:
 
 @strawberry.type(description="A piece of the answer, as the model streamed it.")
 class AnswerToken:
+    seq: int = strawberry.field(description=SEQ)
     text: str = strawberry.field(description="The next piece of the answer's text.")
 
 
@@ -73,6 +86,7 @@ DURATION_MS = "Milliseconds from the question to the answer's end."
 
 @strawberry.type(description="Last event of a complete answer.")
 class AnswerDone:
+    seq: int = strawberry.field(description=SEQ)
     message_id: strawberry.ID = strawberry.field(
         description="The stored answer's id in its conversation."
     )
@@ -90,8 +104,14 @@ class AnswerDone:
 
 @strawberry.type(description="The answer stopped; `code` is an error code like UPSTREAM_ERROR.")
 class AnswerError:
+    seq: int = strawberry.field(
+        description=SEQ + " An error that ends only this stream, not the answer (the "
+        "credential of an `answerStream` expired), repeats the seq of the last event it sent."
+    )
     code: str = strawberry.field(
-        description="The error code, as in errors' `extensions.code` (UPSTREAM_ERROR...)."
+        description="The error code, as in errors' `extensions.code` (UPSTREAM_ERROR...), or "
+        "INTERRUPTED: the answer stopped before its end (the server stopped, it ran past "
+        "ANSWER_MAX_SECONDS, or its client left with ANSWER_CONTINUE_ON_DISCONNECT=false)."
     )
     message: str = strawberry.field(description="What went wrong, for people.")
 
@@ -163,23 +183,30 @@ def ask_result(result: generation.AskResult) -> AskResult:
         )
         if done
         else None,
-        error=AnswerError(code=failed.code, message=failed.message) if failed else None,
+        # Its sources are event 1, then each token: the error is the one after them.
+        error=AnswerError(seq=len(result.tokens) + 2, code=failed.code, message=failed.message)
+        if failed
+        else None,
     )
 
 
-def answer_event(event: generation.AnswerEvent) -> AnswerEvent:
-    """Converts a service event to its GraphQL type."""
+def answer_event(item: Sequenced) -> AnswerEvent:
+    """Converts a service event, with its number, to its GraphQL type."""
+    seq, event = item.seq, item.event
     match event:
         case generation.Sources(hits=hits):
             return AnswerSources(
+                seq=seq,
+                message_id=strawberry.ID(str(event.message_id)),
                 sources=[SearchHit.from_hit(h) for h in hits],
                 conversation_id=strawberry.ID(str(event.conversation_id)),
                 standalone_question=event.standalone_question,
             )
         case generation.Token(text=text):
-            return AnswerToken(text=text)
+            return AnswerToken(seq=seq, text=text)
         case generation.Done():
             return AnswerDone(
+                seq=seq,
                 message_id=strawberry.ID(str(event.message_id)),
                 citations=[_citation(c) for c in event.citations],
                 grounded=event.grounded,
@@ -189,4 +216,4 @@ def answer_event(event: generation.AnswerEvent) -> AnswerEvent:
                 total_ms=event.total_ms,
             )
         case generation.Failed(code=code, message=message):
-            return AnswerError(code=code, message=message)
+            return AnswerError(seq=seq, code=code, message=message)

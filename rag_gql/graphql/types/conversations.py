@@ -26,7 +26,8 @@ class ConversationMessage:
         "not `complete`)."
     )
     status: str = strawberry.field(
-        description="`complete`, `interrupted` (the client left mid-answer) or `failed`."
+        description="`streaming` (being written now: follow it with `answerStream`), "
+        "`complete`, `interrupted` (stopped before its end) or `failed`."
     )
     standalone_question: str | None = strawberry.field(
         description="An answer's question as retrieval used it; null for a question."
