@@ -43,7 +43,8 @@ def upgrade() -> None:
         sa.Column(
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
-        sa.PrimaryKeyConstraint("message_id", "seq", name="pk_answer_event"),
+        # The workspace leads the key, as a PostgreSQL sharded by workspace needs.
+        sa.PrimaryKeyConstraint("workspace_id", "message_id", "seq", name="pk_answer_event"),
         # With the workspace: an event stays in its message's workspace (a foreign key is
         # checked without row-level security).
         sa.ForeignKeyConstraint(
