@@ -248,3 +248,54 @@ async def test_a_workspace_s_ranking_ignores_another_workspace_s_chunks(
     after = await gql.data(SEARCH, {"q": "kettle fish", "k": 3}, token=token)
     assert after == before
     assert before["search"][0]["page"] == 1, "both words first"
+
+
+async def test_maxscore_pruning_returns_the_full_ranking(
+    gql: GraphQLClient,
+    inbox: Inbox,
+    settings: Settings,
+    app_db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pruned first pass (rarest lexemes only) returns exactly what scoring every match
+    returns, and falls back to that when the common lexemes' bound is not below the list."""
+    token = await sign_up(gql, inbox, "ada@example.com")
+    ws = await workspace_of(settings, "ada@example.com")
+    doc = await upload_ok(gql, "seed.pdf", make_pdf(["a zeppelin over a garden"]), token)
+    assert (await gql.wait_for_document(doc["id"], token=token))["status"] == "READY"
+    async with connect(settings) as conn:
+        document = await conn.fetchval("SELECT id FROM document WHERE workspace_id = $1", ws)
+        await conn.execute(
+            "INSERT INTO chunk (workspace_id, document_id, ordinal, page, char_start, char_end,"
+            " text, embedding) SELECT $1, $2, 10 + n, 1, 0, 10, CASE"
+            " WHEN n % 50 = 0 THEN 'zeppelin garden hangar ' || n"
+            " WHEN n % 7 = 0 THEN 'garden garden walls and gates ' || n"
+            " ELSE 'garden path number ' || n END, $3::vector"
+            " FROM generate_series(1, 400) AS n",
+            ws,
+            document,
+            A_VECTOR,
+        )
+    monkeypatch.setattr(bm25, "RARE_CHUNKS", 20)
+    passes: list[bool] = []
+    statement = bm25.ranking_statement
+
+    def spy(**kwargs: object) -> object:
+        passes.append(kwargs.get("match") is not None)
+        return statement(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bm25, "ranking_statement", spy)
+    # (True: the pruned pass; False: every match scored)
+    for query, limit, expected_passes in (
+        ("zeppelin garden", 5, [True]),  # 9 zeppelin chunks outscore any garden-only chunk
+        ("zeppelin garden", 30, [True, False]),  # fewer than 30 zeppelin chunks
+        ("hangar walls", 5, [True, False]),  # "wall" could still outscore the hangar chunks
+        ("garden", 5, [False]),  # one lexeme: nothing to prune
+    ):
+        passes.clear()
+        async with app_db.driver_transaction(ws) as conn:
+            got = await bm25.ranked(conn, workspace_id=ws, query=query, limit=limit)
+            full = statement(workspace_id=ws, query=query, limit=limit)
+            expected = [(int(r[0]), float(r[1])) for r in await conn.fetch(full.sql, *full.args)]
+        assert got == expected, query
+        assert passes == expected_passes, query

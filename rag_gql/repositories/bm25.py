@@ -23,13 +23,25 @@ the `chunk_fts` view, migration 0006, since `@@` is not LEAKPROOF).
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Sequence
+from functools import partial
 
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.repositories.chunks import _ANY_LEXEME, ChunkScope, Statement, _Args
+
+RARE_CHUNKS = 1000
+"""Chunks of the workspace (by document frequency) the first, pruned pass of `ranked` may
+score: its rarest query lexemes, as many as fit."""
+
+
+def _quoted(lexeme: str) -> str:
+    """A lexeme as a tsquery operand: quoted, its backslashes and quotes escaped."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def ranking_statement(
@@ -40,12 +52,19 @@ def ranking_statement(
     k1: float = 1.2,
     b: float = 0.75,
     scope: ChunkScope | None = None,
+    match: Sequence[str] | None = None,
 ) -> Statement:
-    """The statement of `ranked` (columns: chunk id, BM25 score); see there."""
+    """The statement of `ranked` (columns: chunk id, BM25 score); see there. With `match`,
+    only chunks holding one of those lexemes are scored (still over every query lexeme)."""
     args = _Args()
     query_text = args.add(query)
     where = (scope or ChunkScope()).where(args, workspace_id)
     ws = args.add(workspace_id)
+    matching = (
+        _ANY_LEXEME.format(query_text)
+        if match is None
+        else args.add(" | ".join(_quoted(lexeme) for lexeme in match), "::tsquery")
+    )
     sql = (
         "WITH terms AS (SELECT DISTINCT w AS lexeme FROM"  # noqa: S608
         f" unnest(tsvector_to_array(to_tsvector('english', {query_text}))) AS w),"
@@ -63,7 +82,7 @@ def ranking_statement(
         " CROSS JOIN LATERAL (SELECT sum(i.idf * cardinality(u.positions) * (p.k1 + 1)"
         " / (cardinality(u.positions) + p.k1 * (1 - p.b + p.b * l.len / p.avgdl))) AS score"
         " FROM unnest(c.tsv) AS u JOIN idf i ON i.lexeme = u.lexeme) m"
-        f" WHERE {where} AND c.tsv @@ {_ANY_LEXEME.format(query_text)}"
+        f" WHERE {where} AND c.tsv @@ {matching}"
         f" ORDER BY m.score DESC, c.id LIMIT {args.add(limit)}"
     )
     return Statement(sql, tuple(args.values))
@@ -85,11 +104,63 @@ async def ranked(
     statistics (the scope restricts what is returned, never the statistics). A query without
     lexemes (only stop words) matches nothing. `conn` is in
     `Database.driver_transaction(workspace_id)`.
+
+    Exact, with MaxScore pruning (Turtle & Flood 1995): the chunks holding the query's rarest
+    lexemes (up to `RARE_CHUNKS` by document frequency) are scored first; a lexeme adds less
+    than idf · (k1 + 1) to any chunk, so when the other lexemes' bounds sum below the
+    `limit`-th score found, no chunk holding only those can enter the list and the chunks
+    holding them are never read. Otherwise every matching chunk is scored.
     """
-    statement = ranking_statement(
-        workspace_id=workspace_id, query=query, limit=limit, k1=k1, b=b, scope=scope
+    frequencies = await _frequencies(conn, workspace_id, query)
+    if not frequencies:
+        return []
+    n = frequencies.pop("")
+    by_rarity = sorted(frequencies.items(), key=lambda item: (item[1], item[0]))
+    rare: list[str] = []
+    budget = 0
+    for lexeme, df in by_rarity:
+        if rare and budget + df > RARE_CHUNKS:
+            break
+        rare.append(lexeme)
+        budget += df
+    common = [lexeme for lexeme, _ in by_rarity[len(rare) :]]
+    statement = partial(
+        ranking_statement,
+        workspace_id=workspace_id,
+        query=query,
+        limit=limit,
+        k1=k1,
+        b=b,
+        scope=scope,
     )
-    return [(int(r[0]), float(r[1])) for r in await conn.fetch(statement.sql, *statement.args)]
+    if common:
+        first = statement(match=rare)
+        rows = [(int(r[0]), float(r[1])) for r in await conn.fetch(first.sql, *first.args)]
+        bound = sum(
+            math.log(1 + (n - frequencies[w] + 0.5) / (frequencies[w] + 0.5)) * (k1 + 1)
+            for w in common
+        )
+        if len(rows) == limit and bound * (1 + 1e-9) < rows[-1][1]:
+            return rows
+    full = statement()
+    return [(int(r[0]), float(r[1])) for r in await conn.fetch(full.sql, *full.args)]
+
+
+async def _frequencies(
+    conn: asyncpg.Connection, workspace_id: uuid.UUID, query: str
+) -> dict[str, int]:
+    """The workspace's document frequency of each distinct lexeme of `query`, and its chunk
+    count under `''`; empty when the query has no lexeme."""
+    rows = await conn.fetch(
+        "SELECT w, (SELECT coalesce(sum(d.chunks), 0) FROM bm25_delta d"
+        " WHERE d.workspace_id = $1 AND d.lexeme = w) FROM (SELECT DISTINCT w FROM"
+        " unnest(tsvector_to_array(to_tsvector('english', $2))) AS w"
+        " UNION ALL SELECT '') AS t(w)",
+        workspace_id,
+        query,
+    )
+    found = {str(r[0]): int(r[1]) for r in rows}
+    return found if len(found) > 1 else {}
 
 
 async def statistics(
