@@ -234,6 +234,20 @@ async def _drop_hnsw(url: str) -> None:
     print("HNSW index dropped (--without-hnsw)")
 
 
+async def _drop_bm25_statistics(url: str) -> None:
+    import asyncpg
+
+    from rag_gql.ingestion.queue import conninfo
+
+    conn = await asyncpg.connect(conninfo(url))
+    try:
+        await conn.execute("ALTER TABLE chunk DISABLE TRIGGER bm25_added")
+        await conn.execute("ALTER TABLE chunk DISABLE TRIGGER bm25_removed")
+    finally:
+        await conn.close()
+    print("BM25 statistics triggers disabled (--without-bm25-statistics)")
+
+
 def _cpu_snapshot(standin: int, pgdata: Path | None) -> dict[str, float]:
     """CPU seconds so far: this process (the worker), its exited children (the extraction
     processes, reaped when the worker stops), the Ollama stand-in, PostgreSQL."""
@@ -272,6 +286,11 @@ def main() -> None:
         "--ocr-pages", type=int, default=8, help="pages for the OCR rate (default 8; 0: none)"
     )
     parser.add_argument("--ocr-only", action="store_true", help="only the OCR rate")
+    parser.add_argument(
+        "--without-bm25-statistics",
+        action="store_true",
+        help="disable the triggers that keep the BM25 statistics: shows what they cost",
+    )
     parser.add_argument("--rss-of", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_of:  # the child of `rss_in_fresh_process`, configured by its environment
@@ -302,6 +321,8 @@ def main() -> None:
         migrate.upgrade(url, embed_dim=args.dim)
         if args.without_hnsw:
             asyncio.run(_drop_hnsw(url))
+        if args.without_bm25_statistics:
+            asyncio.run(_drop_bm25_statistics(url))
         env = {
             **os.environ,
             "DATABASE_URL": url,

@@ -285,6 +285,13 @@ HNSW_ALL = (
     "SELECT id, embedding <=> $1::vector AS distance FROM chunk "
     "ORDER BY embedding <=> $1::vector LIMIT $2"
 )
+# The BM25 statistics' delta rows (one per COPY batch, workspace and lexeme) folded into one
+# row per workspace and lexeme, as `bm25.compact` does for one workspace (owner: every one).
+FOLD_BM25 = """
+WITH gone AS (DELETE FROM bm25_delta RETURNING workspace_id, lexeme, chunks, length)
+INSERT INTO bm25_delta (workspace_id, lexeme, chunks, length)
+SELECT workspace_id, lexeme, sum(chunks), sum(length) FROM gone GROUP BY workspace_id, lexeme
+"""
 SET_EF_SEARCH = "SELECT set_config('hnsw.ef_search', $1, true)"
 SIZES = """
 SELECT pg_relation_size('chunk'),
@@ -330,6 +337,7 @@ async def build_indexes(conn: Any, memory: str) -> tuple[float, float]:
     hnsw = time.perf_counter() - started
     await conn.execute("VACUUM ANALYZE chunk")
     await conn.execute("VACUUM ANALYZE document")
+    await conn.execute("VACUUM ANALYZE bm25_delta")
     return gin, hnsw
 
 
@@ -720,6 +728,7 @@ class Served:
     floor: Runs
     request: Stats  # all the request's SQL: authentication, then ranking and loading the hits
     hybrid: Stats  # GraphQL search(mode: HYBRID), the default mode
+    keyword: Stats  # GraphQL search(mode: KEYWORD): Okapi BM25 alone
     agreeing: int  # queries whose GraphQL hits are the floor's rows
     plan: str
 
@@ -749,7 +758,8 @@ async def measure_served(bench: Bench, workspace: uuid.UUID, user: uuid.UUID, to
     search = partial(floor_search, bench.floor, bench.app_sql, workspace)
 
     def steps(i: int) -> list[Callable[[], Awaitable[Any]]]:
-        """Query `i`'s four measurements: GraphQL VECTOR, the floor, all the SQL, HYBRID."""
+        """Query `i`'s five measurements: GraphQL VECTOR, the floor, all the SQL, HYBRID,
+        KEYWORD."""
         question = bench.questions[i]
         over_http = partial(graphql_search, bench.http, token, workspace, question, bench.k)
         return [
@@ -757,6 +767,7 @@ async def measure_served(bench: Bench, workspace: uuid.UUID, user: uuid.UUID, to
             partial(search, bench.queries[i]),
             partial(request_sql, bench, workspace, user, i),
             partial(over_http, SearchMode.HYBRID),
+            partial(over_http, SearchMode.KEYWORD),
         ]
 
     for i in range(len(bench.queries)):
@@ -766,6 +777,7 @@ async def measure_served(bench: Bench, workspace: uuid.UUID, user: uuid.UUID, to
     runs: list[FloorRun] = []
     requests: list[float] = []
     hybrid: list[float] = []
+    keyword: list[float] = []
     hits: list[list[tuple[str, int]]] = []
     for i in range(len(bench.queries)):
         todo = steps(i)
@@ -778,6 +790,7 @@ async def measure_served(bench: Bench, workspace: uuid.UUID, user: uuid.UUID, to
         runs.append(done[1])
         requests.append(done[2])
         hybrid.append(done[3][1])
+        keyword.append(done[4][1])
         hits.append(found)
     places = {
         int(r[0]): (str(r[1]), int(r[2]))
@@ -807,6 +820,7 @@ async def measure_served(bench: Bench, workspace: uuid.UUID, user: uuid.UUID, to
         floor,
         Stats.of(requests),
         Stats.of(hybrid),
+        Stats.of(keyword),
         agreeing,
         " | ".join(plans),
     )
@@ -1085,6 +1099,11 @@ async def measure(
     finally:
         await loader.close()
     load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    delta_rows = await owner.fetchval("SELECT count(*) FROM bm25_delta")
+    await owner.execute(FOLD_BM25)
+    folded_rows = await owner.fetchval("SELECT count(*) FROM bm25_delta")
+    fold_s = time.perf_counter() - started
     gin_s, hnsw_s = await build_indexes(owner, args.build_memory)
     sizes = tenants.sizes
     one_percent = min(range(WORKSPACES), key=lambda j: abs(sizes[j] - 0.01 * n))
@@ -1093,6 +1112,10 @@ async def measure(
         f"load: {n:,} rows by COPY in {load_s:.1f} s ({n / load_s:,.0f} rows/s); "
         f"GIN(tsv) {gin_s:.1f} s; HNSW {hnsw_s:.1f} s (m=16, ef_construction=64, "
         f"maintenance_work_mem {args.build_memory})"
+    )
+    print(
+        f"BM25 statistics: {delta_rows:,} delta rows written by the load's COPY triggers, "
+        f"folded to {folded_rows:,} (one per workspace and lexeme) in {fold_s:.1f} s"
     )
     print(await describe_sizes(owner, n))
     print(
@@ -1216,17 +1239,18 @@ def print_served(
         f"\nGraphQL search(mode: VECTOR, k: {bench.k}) over HTTP vs the app's SQL with asyncpg "
         "(ms, p50 / p95; raw SQL = the ranking transaction, 4 statements; all SQL = every "
         "statement of the request: authentication's transaction, then the ranking's with the "
-        "hits' load; HYBRID = GraphQL search(mode: HYBRID), the default mode, for comparison):"
+        "hits' load; HYBRID = GraphQL search(mode: HYBRID), the default mode, and KEYWORD = "
+        "GraphQL search(mode: KEYWORD), Okapi BM25, for comparison):"
     )
     print(
         f"  {'':>16} {'rows':>8}  {'strategy':<8}{'GraphQL':>16}{'raw SQL':>16}{'ratio':>7}"
         f"{'w/o embed':>10}{'all SQL':>16}{'ratio':>7}{'count+set':>16}{'SELECT':>16}"
-        f"{'HYBRID':>20}{'recall@10':>11}  plan"
+        f"{'HYBRID':>20}{'KEYWORD':>20}{'recall@10':>11}  plan"
     )
     whole_recall = mean_recall(whole.hnsw.results, whole.exact.results)
     print(
         f"  {'whole table':>16} {n:>8,}  {'HNSW':<8}{'-':>16}{whole.hnsw.transaction!s:>16}"
-        f"{'-':>7}{'-':>10}{'-':>16}{'-':>7}{'-':>16}{whole.hnsw.select!s:>16}{'-':>20}"
+        f"{'-':>7}{'-':>10}{'-':>16}{'-':>7}{'-':>16}{whole.hnsw.select!s:>16}{'-':>20}{'-':>20}"
         f"{whole_recall:>11.3f}  "
         f"{whole.hnsw_plan} (owner; exact: {whole.exact.select} ms, {whole.exact_plan})"
     )
@@ -1241,7 +1265,7 @@ def print_served(
             f"  {label:>16} {sizes[rank]:>8,}  {strategy:<8}{result.graphql!s:>16}"
             f"{floor.transaction!s:>16}{ratio:>6.1f}x{without:>9.1f}x{result.request!s:>16}"
             f"{over_all:>6.1f}x{floor.prepare!s:>16}"
-            f"{floor.select!s:>16}{result.hybrid!s:>20}"
+            f"{floor.select!s:>16}{result.hybrid!s:>20}{result.keyword!s:>20}"
             f"{mean_recall(floor.results, truth[rank]):>11.3f}  {result.plan}"
         )
     for rank, result in served.items():

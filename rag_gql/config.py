@@ -513,13 +513,19 @@ class Settings(BaseSettings):
         ge=0,
         description="Chunks in scope above which EXACT_SEARCH_MAX_SHARE no longer applies.",
     )
-    keyword_common_share: float = Field(
-        default=0.02,
-        gt=0,
+    # Robertson & Zaragoza (2009), section 3.4: k1 in [1.2, 2], b 0.75, the usual defaults.
+    bm25_k1: float = Field(
+        default=1.2,
+        ge=0,
+        description="Okapi BM25 k1 of keyword search: how fast a word's repeats in a chunk "
+        "stop adding to its score (0: only presence counts).",
+    )
+    bm25_b: float = Field(
+        default=0.75,
+        ge=0,
         le=1,
-        description="Share of a sample of the scope's chunks (its oldest 500) holding a query "
-        "word, and 10 chunks at least, from which the word is common: it then ranks keyword "
-        "matches but does not make them (1: every word matches).",
+        description="Okapi BM25 b of keyword search: how much a chunk's length, against the "
+        "workspace's average, discounts its score (0: not at all, 1: fully).",
     )
     query_embedding_cache_size: int = Field(
         default=1024,

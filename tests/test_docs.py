@@ -89,7 +89,7 @@ def mapped_modules() -> set[str]:
     """The `*.py` paths in the first column of the tables of architecture.md's Rooms."""
     text = (DOCS / "architecture.md").read_text(encoding="utf-8")
     rooms = text.split("\n## Rooms\n", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `([a-z_/]+\.py)` \|", rooms, re.M))
+    return set(re.findall(r"^\| `([a-z0-9_/]+\.py)` \|", rooms, re.M))
 
 
 def test_architecture_maps_every_module() -> None:

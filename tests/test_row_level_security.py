@@ -17,7 +17,7 @@ from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.migrate import alembic_config
 from rag_gql.db.session import APP_ROLE, SET_TENANT
-from rag_gql.repositories import search_sql
+from rag_gql.repositories import bm25
 from tests.conftest import TEST_EMBED_DIM, with_database
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
@@ -26,7 +26,7 @@ from tests.support.smtp import Inbox
 from tests.support.sql import asyncpg_dsn, connect
 from tests.support.uploads import upload_ok
 
-TENANT_TABLES = ("collection", "document", "chunk")
+TENANT_TABLES = ("collection", "document", "chunk", "bm25_delta")
 A_VECTOR = "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]"
 """An embedding as pgvector text, for chunks written straight into the table."""
 
@@ -66,13 +66,9 @@ async def add_filler_chunks(
     await conn.execute("ANALYZE chunk")
 
 
-async def keyword_plan(
-    db: Database, ws: uuid.UUID, query: str, common_share: float
-) -> tuple[str, int]:
+async def keyword_plan(db: Database, ws: uuid.UUID, query: str) -> tuple[str, int]:
     """The keyword statement's plan as the app role, and how many chunks it returns."""
-    statement = search_sql.keyword_statement(
-        workspace_id=ws, query=query, limit=5, common_share=common_share
-    )
+    statement = bm25.ranking_statement(workspace_id=ws, query=query, limit=5)
     async with db.driver_transaction(ws) as conn:
         assert await conn.fetchval("SELECT current_user") == APP_ROLE
         explained = await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
@@ -111,6 +107,7 @@ async def test_app_role_cannot_bypass_rls(settings: Settings, app_db: Database) 
         "collection": (True, True),
         "document": (True, True),
         "chunk": (True, False),
+        "bm25_delta": (True, True),
     }
 
 
@@ -162,6 +159,47 @@ async def test_a_query_without_its_filter_sees_only_its_workspace(
         assert await conn.fetchval("SELECT count(*) FROM document") == 2
 
 
+async def test_bm25_statistics_show_and_take_only_the_workspace_s_rows(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
+) -> None:
+    """`bm25_delta`: another workspace's statistics are invisible (by id or by word), cannot be
+    written into, skewed, or deleted; and the app role may not UPDATE a row at all."""
+    for email, words in (("sa@example.com", "apples"), ("sb@example.com", "bananas")):
+        token = await sign_up(gql, inbox, email)
+        doc = await upload_ok(gql, f"{words}.pdf", make_pdf([f"All about {words}."]), token=token)
+        await gql.wait_for_document(doc["id"], token=token)
+    ws_a = await workspace_of(settings, "sa@example.com")
+    ws_b = await workspace_of(settings, "sb@example.com")
+    async with app_db.driver_transaction(ws_a) as conn:
+        seen = await conn.fetch("SELECT DISTINCT workspace_id FROM bm25_delta")
+        other = await conn.fetchval(
+            "SELECT count(*) FROM bm25_delta WHERE workspace_id = $1 OR lexeme = 'banana'", ws_b
+        )
+        deleted = await conn.execute("DELETE FROM bm25_delta WHERE workspace_id = $1", ws_b)
+    assert [r[0] for r in seen] == [ws_a]
+    assert other == 0
+    assert deleted == "DELETE 0"
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+        async with app_db.driver_transaction(ws_a) as conn:
+            await conn.execute(
+                "INSERT INTO bm25_delta (workspace_id, lexeme, chunks) VALUES ($1, 'banana', 99)",
+                ws_b,
+            )
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        async with app_db.driver_transaction(ws_a) as conn:
+            await conn.execute("UPDATE bm25_delta SET chunks = 0")
+    async with app_db.driver_transaction() as conn:  # no workspace set: empty
+        assert await conn.fetchval("SELECT count(*) FROM bm25_delta") == 0
+    async with connect(settings) as conn:
+        assert (
+            await conn.fetchval(
+                "SELECT sum(chunks) FROM bm25_delta WHERE workspace_id = $1 AND lexeme = 'banana'",
+                ws_b,
+            )
+            == 1
+        )
+
+
 async def test_vector_search_uses_hnsw_under_rls(
     gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
 ) -> None:
@@ -198,10 +236,10 @@ async def test_keyword_search_uses_the_gin_index_as_the_app_role(
     async with connect(settings) as conn:  # a workspace where the index pays off
         document = await conn.fetchval("SELECT id FROM document WHERE workspace_id = $1", ws)
         await add_filler_chunks(conn, ws, document)
-    for common_share in (1.0, 0.02):
-        plan, found = await keyword_plan(app_db, ws, "gin plans", common_share)
-        assert "Bitmap Index Scan on ix_chunk_tsv" in plan, plan
-        assert found == 2
+    plan, found = await keyword_plan(app_db, ws, "gin plans")
+    assert "Bitmap Index Scan on ix_chunk_tsv" in plan, plan
+    assert "ix_bm25_delta_workspace_lexeme" in plan, plan
+    assert found == 2
 
 
 async def test_the_keyword_view_holds_only_the_current_workspace_and_is_read_only(
@@ -296,7 +334,7 @@ async def test_a_non_superuser_owner_migrates_and_serves(postgres_url: str) -> N
                 )
                 await add_filler_chunks(conn, ws, doc)
         db = Database(owner_url)
-        plan, found = await keyword_plan(db, ws, "gin plans", 0.02)
+        plan, found = await keyword_plan(db, ws, "gin plans")
         assert "Bitmap Index Scan on ix_chunk_tsv" in plan, plan
         assert found == 1
     finally:

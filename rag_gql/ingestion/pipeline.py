@@ -37,8 +37,8 @@ from rag_gql.errors import InvalidInput, UpstreamError, UpstreamUnavailable
 from rag_gql.ingestion import queue
 from rag_gql.observability.metrics import Metrics
 from rag_gql.providers.ollama import OllamaClient
+from rag_gql.repositories import bm25, documents
 from rag_gql.repositories import chunks as chunk_repo
-from rag_gql.repositories import documents
 from rag_gql.repositories.chunks import ChunkRecord
 from rag_gql.services import parsing
 from rag_gql.services.chunking import chunk_pages
@@ -371,6 +371,10 @@ class IngestionPipeline:
                     raise _Stopped
             self._metrics.ingested_pages.inc(document.page_count)
             self._metrics.ingested_chunks.inc(written)
+            async with self._db.transaction(document.workspace_id) as session:
+                await bm25.compact(
+                    session, workspace_id=document.workspace_id, document_id=document.id
+                )
         finally:
             producer.cancel()
             # Its error, if any, was raised above by `next_batch`.

@@ -164,39 +164,6 @@ async def vector_ranked(
     return VectorRanking(rows, strategy, count, threshold)
 
 
-async def keyword_ranked(
-    conn: asyncpg.Connection,
-    *,
-    workspace_id: uuid.UUID,
-    query: str,
-    limit: int,
-    scope: search_sql.ChunkScope | None = None,
-    common_share: float = 1.0,
-) -> list[tuple[int, float]]:
-    """Returns up to `limit` (chunk id, `ts_rank_cd` score), best first.
-
-    Full-text search on the generated `tsv` column (GIN index), read through the `chunk_fts`
-    view: on `chunk` itself the row-level security policy keeps `@@`, which is not LEAKPROOF,
-    out of the index (migration 0006 says why the view is as safe). A chunk matches on any of
-    the query's *rare* words: those in fewer than `common_share` of a sample of the scope's
-    chunks (the oldest `search_sql.KEYWORD_SAMPLE`; a word must be in at least
-    `KEYWORD_COMMON_MIN` to be common), or, when every word is common, on all of them
-    together. Matches are ranked by cover density over all the query's words, normalized by
-    document length (flag 1). `common_share` 1 (the default) makes no word common: any word
-    matches. Matching on rare words only is Elasticsearch's "common terms" query
-    (`cutoff_frequency`), after Sparck Jones's inverse document frequency (1972), which
-    `ts_rank_cd` lacks. `conn` is in `Database.driver_transaction(workspace_id)`.
-    """
-    statement = search_sql.keyword_statement(
-        workspace_id=workspace_id,
-        query=query,
-        limit=limit,
-        scope=scope,
-        common_share=common_share,
-    )
-    return [(int(r[0]), float(r[1])) for r in await conn.fetch(statement.sql, *statement.args)]
-
-
 @dataclass(frozen=True, slots=True)
 class ChunkRow:
     """A chunk with its document and a highlighted snippet (`**` around matches; None: not

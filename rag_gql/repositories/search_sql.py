@@ -218,56 +218,6 @@ def vector_statements(
     return VectorStatements(prepare, ranked(True), ranked(False))
 
 
-KEYWORD_SAMPLE = 500
-"""Chunks of the scope sampled to tell a question's common words from its rare ones: the
-oldest (lowest ids, `ORDER BY c.id`), so the same question picks the same sample, and so
-ranks the same way, whatever the plan (an unordered sample would follow the scan, which
-`synchronize_seqscans` may start anywhere in the table). bench/README.md compares samples."""
-
-KEYWORD_COMMON_MIN = 10
-"""Sampled chunks a word must be in to count as common (so a small scope keeps every word)."""
-
-# A lexeme as tsquery text: quoted, its backslashes and quotes escaped.
-_QUOTED_LEXEME = "'''' || replace(replace(w, '\\', '\\\\'), '''', '''''') || ''''"
-
-
-def keyword_statement(
-    *,
-    workspace_id: uuid.UUID,
-    query: str,
-    limit: int,
-    scope: ChunkScope | None = None,
-    common_share: float = 1.0,
-) -> Statement:
-    """The statement of `chunks.keyword_ranked` (columns: chunk id, rank); see there."""
-    args = _Args()
-    text = args.add(query)
-    tsquery = _ANY_LEXEME.format(text)
-    where = (scope or ChunkScope()).where(args, workspace_id)
-    if common_share >= 1:  # no word is common: any word matches
-        common_words, source, matching = "", "chunk_fts c", tsquery
-    else:
-        common_words = (
-            f"WITH words AS (SELECT w, ({_QUOTED_LEXEME})::tsquery AS q FROM"  # noqa: S608
-            f" unnest(tsvector_to_array(to_tsvector('english', {text}))) AS w),"
-            f" sample AS (SELECT strip(c.tsv) AS tsv FROM chunk_fts c"
-            f" WHERE {where} ORDER BY c.id LIMIT {args.add(KEYWORD_SAMPLE)}),"
-            f" rare AS (SELECT string_agg(q::text, ' | ') AS q FROM words"
-            f" WHERE (SELECT count(*) FROM sample s WHERE s.tsv @@ words.q) < greatest("
-            f"{args.add(KEYWORD_COMMON_MIN)}, {args.add(common_share)}::float8"
-            f" * (SELECT count(*) FROM sample))),"
-            f" matching AS (SELECT coalesce((SELECT q FROM rare)::tsquery,"
-            f" plainto_tsquery('english', {text})) AS q) "
-        )
-        source, matching = "chunk_fts c, matching m", "m.q"
-    sql = (
-        f"{common_words}SELECT c.id, ts_rank_cd(c.tsv, {tsquery}, 1) AS rank"  # noqa: S608
-        f" FROM {source} WHERE {where} AND c.tsv @@ {matching}"
-        f" ORDER BY rank DESC, c.id LIMIT {args.add(limit)}"
-    )
-    return Statement(sql, tuple(args.values))
-
-
 def load_statement(
     *,
     workspace_id: uuid.UUID,

@@ -3,8 +3,8 @@
 - VECTOR: cosine distance, exact for small scopes (up to `EXACT_SEARCH_MAX_ROWS` chunks, or
   a small share of a big table: `EXACT_SEARCH_MAX_SHARE`), pgvector HNSW above; `score` is
   cosine similarity.
-- KEYWORD: PostgreSQL full-text search, `ts_rank_cd`; a chunk matches on any of the query's
-  words that are rare in the scope (`chunks.keyword_ranked`); `score` is that rank.
+- KEYWORD: Okapi BM25 over PostgreSQL's full-text lexemes with the workspace's statistics; a
+  chunk matches on any of the query's words (`bm25.ranked`); `score` is the BM25 score.
 - HYBRID: both lists fused by reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009:
   score(d) = Σ wᵢ / (k + rankᵢ(d))); `score` is the fused score. The keyword list is ranked
   while the query is embedded.
@@ -30,7 +30,7 @@ from rag_gql.db import Database
 from rag_gql.db.models import Document
 from rag_gql.errors import InvalidInput
 from rag_gql.providers.ollama import OllamaClient
-from rag_gql.repositories import chunks, search_sql
+from rag_gql.repositories import bm25, chunks, search_sql
 from rag_gql.repositories.chunks import ChunkRow
 from rag_gql.repositories.search_sql import ChunkScope, ExactScan
 from rag_gql.services.access import Action, Principal
@@ -286,14 +286,16 @@ class RetrievalService:
         depth: int,
         scope: ChunkScope | None,
     ) -> list[tuple[int, float]]:
-        """`chunks.keyword_ranked` with this service's `KEYWORD_COMMON_SHARE`."""
-        return await chunks.keyword_ranked(
+        """`bm25.ranked` with this service's `BM25_K1` and `BM25_B`."""
+        s = self._settings
+        return await bm25.ranked(
             conn,
             workspace_id=workspace_id,
             query=query,
             limit=depth,
+            k1=s.bm25_k1,
+            b=s.bm25_b,
             scope=scope,
-            common_share=self._settings.keyword_common_share,
         )
 
     async def _embed_beside_keywords(
@@ -303,7 +305,7 @@ class RetrievalService:
         hybrid search waits for the longer of the two instead of their sum. Returns the
         query vector and the keyword ranking ((chunk id, rank), best first).
 
-        Raises: what `OllamaClient.embed` and `chunks.keyword_ranked` raise; when the
+        Raises: what `OllamaClient.embed` and `bm25.ranked` raise; when the
         embedding fails, the keyword ranking is cancelled first. (A query whose embedding is
         kept, `QueryEmbeddingCache`, is ranked by keyword in the search's one transaction.)
         """

@@ -1,0 +1,301 @@
+"""Okapi BM25 keyword search: exact per-workspace statistics, scores against a reference."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from rag_gql.config import Settings
+from rag_gql.db import Database
+from rag_gql.repositories import bm25
+from tests.conftest import TEST_EMBED_DIM
+from tests.support.accounts import sign_up
+from tests.support.graphql_client import GraphQLClient
+from tests.support.pdfs import make_pdf
+from tests.support.smtp import Inbox
+from tests.support.sql import connect
+from tests.support.uploads import upload_ok
+
+A_VECTOR = "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]"
+DELETE = "mutation($id: ID!) { deleteDocument(id: $id) }"
+REINDEX = "mutation($id: ID!) { reindexDocument(id: $id) { id status } }"
+SEARCH = (
+    "query($q: String!, $k: Int!) { search(query: $q, mode: KEYWORD, k: $k)"
+    " { page score document { filename } } }"
+)
+
+
+@pytest.fixture
+async def app_db(settings: Settings) -> AsyncIterator[Database]:
+    db = Database(str(settings.database_url))
+    yield db
+    await db.dispose()
+
+
+async def workspace_of(settings: Settings, email: str) -> uuid.UUID:
+    async with connect(settings) as conn:
+        ws: uuid.UUID = await conn.fetchval(
+            'SELECT m.workspace_id FROM membership m JOIN "user" u ON u.id = m.user_id '
+            "WHERE u.email = $1",
+            email,
+        )
+    return ws
+
+
+Statistics = tuple[int, int, dict[str, int]]
+
+
+async def stored(conn: asyncpg.Connection, ws: uuid.UUID) -> Statistics:
+    """The workspace's statistics as `bm25_delta` sums them (lexemes of non-zero df)."""
+    totals = await conn.fetchrow(
+        "SELECT coalesce(sum(chunks), 0), coalesce(sum(length), 0) FROM bm25_delta"
+        " WHERE workspace_id = $1 AND lexeme = ''",
+        ws,
+    )
+    rows = await conn.fetch(
+        "SELECT lexeme, sum(chunks) FROM bm25_delta WHERE workspace_id = $1 AND lexeme <> ''"
+        " GROUP BY lexeme HAVING sum(chunks) <> 0",
+        ws,
+    )
+    return int(totals[0]), int(totals[1]), {r[0]: int(r[1]) for r in rows}
+
+
+async def recounted(conn: asyncpg.Connection, ws: uuid.UUID) -> Statistics:
+    """The same statistics counted from the chunks themselves."""
+    n, total = await conn.fetchrow(
+        "SELECT count(*), coalesce(sum((SELECT sum(cardinality(u.positions))"
+        " FROM unnest(c.tsv) u)), 0) FROM chunk c WHERE c.workspace_id = $1",
+        ws,
+    )
+    rows = await conn.fetch(
+        "SELECT u.lexeme, count(*) FROM chunk c, unnest(c.tsv) u WHERE c.workspace_id = $1"
+        " GROUP BY u.lexeme",
+        ws,
+    )
+    return int(n), int(total), {r[0]: int(r[1]) for r in rows}
+
+
+async def assert_exact(settings: Settings, ws: uuid.UUID) -> Statistics:
+    async with connect(settings) as conn:
+        now = await stored(conn, ws)
+        assert now == await recounted(conn, ws)
+    return now
+
+
+async def test_statistics_stay_exact_through_ingestion_deletion_and_reindexing(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
+) -> None:
+    token = await sign_up(gql, inbox, "ada@example.com")
+    ws = await workspace_of(settings, "ada@example.com")
+    first = await upload_ok(gql, "a.pdf", make_pdf(["apples and pears", "apples again"]), token)
+    second = await upload_ok(gql, "b.pdf", make_pdf(["pears only here", "zebra crossing"]), token)
+    for doc in (first, second):
+        assert (await gql.wait_for_document(doc["id"], token=token))["status"] == "READY"
+    n, total, df = await assert_exact(settings, ws)
+    assert (n, df["appl"], df["pear"], df["zebra"]) == (4, 2, 2, 1)
+
+    doc = (await gql.data(REINDEX, {"id": first["id"]}, token=token))["reindexDocument"]
+    assert (await gql.wait_for_document(doc["id"], token=token))["status"] == "READY"
+    assert await assert_exact(settings, ws) == (n, total, df), "the same chunks again"
+
+    assert (await gql.data(DELETE, {"id": second["id"]}, token=token))["deleteDocument"]
+    n, total, df = await assert_exact(settings, ws)
+    assert (n, df["appl"], df.get("pear"), df.get("zebra")) == (2, 2, 1, None)
+
+    # Compaction leaves the sums as they were, one row per lexeme.
+    async with app_db.transaction(ws) as session:
+        await bm25.compact(session, workspace_id=ws)
+    assert await assert_exact(settings, ws) == (n, total, df)
+    async with connect(settings) as conn:
+        assert (
+            await conn.fetchval(
+                "SELECT max(c) FROM (SELECT count(*) AS c FROM bm25_delta WHERE workspace_id = $1"
+                " GROUP BY lexeme) x",
+                ws,
+            )
+            == 1
+        )
+
+
+async def test_concurrent_ingestions_in_one_workspace_neither_wait_nor_deadlock(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
+) -> None:
+    """Two long transactions write chunks of the same words into one workspace, interleaved,
+    while a compaction runs: none waits for another, and the sums are exact afterwards."""
+    token = await sign_up(gql, inbox, "ada@example.com")
+    ws = await workspace_of(settings, "ada@example.com")
+    seed = await upload_ok(gql, "seed.pdf", make_pdf(["shared words here", "more shared"]), token)
+    assert (await gql.wait_for_document(seed["id"], token=token))["status"] == "READY"
+    async with connect(settings) as conn:
+        documents = [uuid.uuid4(), uuid.uuid4()]
+        for doc in documents:
+            await conn.execute(
+                "INSERT INTO document (id, workspace_id, filename, sha256, media_type,"
+                " size_bytes, page_count, chunk_count, status) VALUES"
+                " ($1, $2, $3, $3, 'application/pdf', 1, 1, 0, 'READY')",
+                doc,
+                ws,
+                f"{doc}.pdf",
+            )
+    both_wrote = asyncio.Barrier(2)
+
+    async def ingest(doc: uuid.UUID, words: str) -> None:
+        async with app_db.driver_transaction(ws) as conn:
+            await conn.execute("SET LOCAL lock_timeout = '5s'")
+            for round_ in range(3):
+                await conn.execute(
+                    "INSERT INTO chunk (workspace_id, document_id, ordinal, page, char_start,"
+                    " char_end, text, embedding) SELECT $1, $2, $4 * 10 + n, 1, 0, 10,"
+                    " $3 || ' ' || n, $5::vector FROM generate_series(1, 5) AS n",
+                    ws,
+                    doc,
+                    words,
+                    round_,
+                    A_VECTOR,
+                )
+                if round_ == 0:
+                    await both_wrote.wait()  # both transactions are open and have written
+            await conn.execute("DELETE FROM chunk WHERE document_id = $1 AND ordinal = 1", doc)
+
+    async def compaction() -> None:
+        async with app_db.transaction(ws) as session:
+            await bm25.compact(session, workspace_id=ws)
+
+    await asyncio.wait_for(
+        asyncio.gather(
+            ingest(documents[0], "shared apples"),
+            ingest(documents[1], "shared bananas"),
+            compaction(),
+        ),
+        timeout=30,
+    )
+    n, _total, df = await assert_exact(settings, ws)
+    assert (n, df["share"], df["appl"], df["banana"]) == (2 + 28, 2 + 28, 14, 14)
+
+
+async def test_scores_equal_okapi_bm25_computed_by_hand(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
+) -> None:
+    pages = [
+        "the quick brown fox jumps over the lazy dog",
+        "a fox and another fox and a third fox",
+        "dogs are loyal; a dog is a friend",
+        "nothing relevant in this passage at all, only words",
+        "brown bread, brown rice, brown sugar and a brown dog",
+    ]
+    token = await sign_up(gql, inbox, "ada@example.com")
+    ws = await workspace_of(settings, "ada@example.com")
+    doc = await upload_ok(gql, "corpus.pdf", make_pdf(pages), token)
+    assert (await gql.wait_for_document(doc["id"], token=token))["status"] == "READY"
+    query = "brown fox dog"
+    async with connect(settings) as conn:
+        tokens = {
+            r["id"]: Counter(
+                {
+                    u["lexeme"]: len(u["positions"])
+                    for u in await conn.fetch(
+                        "SELECT u.lexeme, u.positions FROM chunk c, unnest(c.tsv) u"
+                        " WHERE c.id = $1",
+                        r["id"],
+                    )
+                }
+            )
+            for r in await conn.fetch("SELECT id FROM chunk WHERE workspace_id = $1", ws)
+        }
+        terms = set(
+            await conn.fetchval("SELECT tsvector_to_array(to_tsvector('english', $1))", query)
+        )
+    assert terms == {"brown", "fox", "dog"}
+    k1, b = 1.3, 0.6
+    n = len(tokens)
+    avgdl = sum(sum(t.values()) for t in tokens.values()) / n
+    expected: dict[int, float] = {}
+    for cid, tf in tokens.items():
+        length = sum(tf.values())
+        score = 0.0
+        for term in terms:
+            df = sum(1 for t in tokens.values() if t[term])
+            if tf[term]:
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                score += idf * tf[term] * (k1 + 1) / (tf[term] + k1 * (1 - b + b * length / avgdl))
+        if score:
+            expected[cid] = score
+    async with app_db.driver_transaction(ws) as conn:
+        got = await bm25.ranked(conn, workspace_id=ws, query=query, limit=10, k1=k1, b=b)
+    assert [cid for cid, _ in got] == sorted(expected, key=lambda c: (-expected[c], c))
+    for cid, score in got:
+        assert score == pytest.approx(expected[cid], rel=1e-9)
+
+
+async def test_a_workspace_s_ranking_ignores_another_workspace_s_chunks(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings
+) -> None:
+    """Same chunks, same scores, whatever another tenant holds (its own statistics)."""
+    pages = ["a kettle of fish", "fish and chips", "a kettle on the stove"]
+    token = await sign_up(gql, inbox, "a@example.com")
+    doc = await upload_ok(gql, "k.pdf", make_pdf(pages), token)
+    assert (await gql.wait_for_document(doc["id"], token=token))["status"] == "READY"
+    before = await gql.data(SEARCH, {"q": "kettle fish", "k": 3}, token=token)
+    other = await sign_up(gql, inbox, "b@example.com")
+    doc = await upload_ok(gql, "f.pdf", make_pdf(["fish"] * 30 + ["kettle"]), other)
+    assert (await gql.wait_for_document(doc["id"], token=other))["status"] == "READY"
+    after = await gql.data(SEARCH, {"q": "kettle fish", "k": 3}, token=token)
+    assert after == before
+    assert before["search"][0]["page"] == 1, "both words first"
+
+
+async def test_maxscore_pruning_returns_the_full_ranking(
+    gql: GraphQLClient,
+    inbox: Inbox,
+    settings: Settings,
+    app_db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pruned first pass (rarest lexemes only) returns exactly what scoring every match
+    returns, and falls back to that when the common lexemes' bound is not below the list."""
+    token = await sign_up(gql, inbox, "ada@example.com")
+    ws = await workspace_of(settings, "ada@example.com")
+    doc = await upload_ok(gql, "seed.pdf", make_pdf(["a zeppelin over a garden"]), token)
+    assert (await gql.wait_for_document(doc["id"], token=token))["status"] == "READY"
+    async with connect(settings) as conn:
+        document = await conn.fetchval("SELECT id FROM document WHERE workspace_id = $1", ws)
+        await conn.execute(
+            "INSERT INTO chunk (workspace_id, document_id, ordinal, page, char_start, char_end,"
+            " text, embedding) SELECT $1, $2, 10 + n, 1, 0, 10, CASE"
+            " WHEN n % 50 = 0 THEN 'zeppelin garden hangar ' || n"
+            " WHEN n % 7 = 0 THEN 'garden garden walls and gates ' || n"
+            " ELSE 'garden path number ' || n END, $3::vector"
+            " FROM generate_series(1, 400) AS n",
+            ws,
+            document,
+            A_VECTOR,
+        )
+    monkeypatch.setattr(bm25, "RARE_CHUNKS", 20)
+    passes: list[bool] = []
+    statement = bm25.ranking_statement
+
+    def spy(**kwargs: object) -> object:
+        passes.append(kwargs.get("match") is not None)
+        return statement(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bm25, "ranking_statement", spy)
+    # (True: the pruned pass; False: every match scored)
+    for query, limit, expected_passes in (
+        ("zeppelin garden", 5, [True]),  # 9 zeppelin chunks outscore any garden-only chunk
+        ("zeppelin garden", 30, [True, False]),  # fewer than 30 zeppelin chunks
+        ("hangar walls", 5, [True, False]),  # "wall" could still outscore the hangar chunks
+        ("garden", 5, [False]),  # one lexeme: nothing to prune
+    ):
+        passes.clear()
+        async with app_db.driver_transaction(ws) as conn:
+            got = await bm25.ranked(conn, workspace_id=ws, query=query, limit=limit)
+            full = statement(workspace_id=ws, query=query, limit=limit)
+            expected = [(int(r[0]), float(r[1])) for r in await conn.fetch(full.sql, *full.args)]
+        assert got == expected, query
+        assert passes == expected_passes, query
