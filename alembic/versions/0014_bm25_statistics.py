@@ -76,11 +76,13 @@ END $$
 def upgrade() -> None:
     op.execute(
         "CREATE TABLE bm25_delta ("
-        " id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        " id bigint GENERATED ALWAYS AS IDENTITY,"
         " workspace_id uuid NOT NULL REFERENCES workspace (id) ON DELETE CASCADE,"
         " lexeme text NOT NULL,"
         " chunks bigint NOT NULL,"
-        " length bigint NOT NULL DEFAULT 0)"
+        " length bigint NOT NULL DEFAULT 0,"
+        # The workspace leads the key, as a PostgreSQL sharded by workspace needs.
+        " CONSTRAINT pk_bm25_delta PRIMARY KEY (workspace_id, id))"
     )
     op.execute(
         "CREATE INDEX ix_bm25_delta_workspace_lexeme ON bm25_delta"
