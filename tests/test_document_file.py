@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import httpx
@@ -14,6 +15,7 @@ import pymupdf
 from starlette.types import ASGIApp, Message, Scope
 
 from rag_gql.config import Settings
+from rag_gql.errors import NotFound
 from rag_gql.graphql.files import content_disposition
 from rag_gql.ingestion.submit import PART_SIZE
 from tests.support.accounts import sign_up
@@ -211,10 +213,38 @@ async def test_a_large_file_streams_part_by_part(
     assert [len(b) for b in across] == [10, PART_SIZE, 10]
 
 
+async def test_a_file_deleted_while_it_streams_ends_short(
+    gql: GraphQLClient, inbox: Inbox, served: Served, settings: Settings
+) -> None:
+    """The parts are read one transaction each, so a delete between two goes through, and
+    the response stops short rather than mixing in anything else."""
+    token = await sign_up(gql, inbox, "ada@example.com")
+    pdf = big_pdf(2 * PART_SIZE)
+    doc = await upload(gql, "big.pdf", pdf, token)
+
+    async def delete_after_first(body: bytes) -> None:
+        assert (await gql.data(DELETE, {"id": doc["id"]}, token=token))["deleteDocument"]
+
+    try:
+        bodies = await asgi_bodies(served, doc["fileUrl"], token, on_body=delete_after_first)
+    except NotFound:
+        pass
+    else:
+        raise AssertionError(f"the response did not stop: {len(bodies)} parts sent")
+    async with connect(settings) as sql:
+        assert await sql.fetchval("SELECT count(*) FROM document_file_part") == 0
+
+
 async def asgi_bodies(
-    served: Served, path: str, token: str, *, range_: str | None = None
+    served: Served,
+    path: str,
+    token: str,
+    *,
+    range_: str | None = None,
+    on_body: Callable[[bytes], Awaitable[None]] | None = None,
 ) -> list[bytes]:
-    """The non-empty `http.response.body` messages the served app sends for `GET path`."""
+    """The non-empty `http.response.body` messages the served app sends for `GET path`
+    (`on_body` is awaited with the first, before the app goes on)."""
     app = cast(ASGIApp, served.server.config.app)  # `create_app`'s Starlette app
     headers = [(b"host", b"127.0.0.1"), (b"authorization", f"Bearer {token}".encode())]
     if range_ is not None:
@@ -248,6 +278,8 @@ async def asgi_bodies(
 
     async def send(message: Message) -> None:
         sent.append(message)
+        if on_body is not None and message.get("body") and len(sent) == 2:
+            await on_body(message["body"])
 
     await app(scope, receive, send)
     assert sent[0]["type"] == "http.response.start"
