@@ -1,5 +1,6 @@
 """The Starlette application: `/graphql` (HTTP + WebSocket, GraphiQL and its assets under
-`/graphql/static`) and `/healthz` (the process is up). Readiness and metrics are not here:
+`/graphql/static`), `/documents/{id}/file` (a document's original file,
+`rag_gql.graphql.files`) and `/healthz` (the process is up). Readiness and metrics are not here:
 the lifespan opens them on the operations listener (`rag_gql.operations`, `METRICS_PORT`)."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from rag_gql.body_limits import BodyLimitMiddleware
 from rag_gql.config import Settings
+from rag_gql.graphql import files
 from rag_gql.graphql.view import STATIC_PATH, GraphQLView
 from rag_gql.ingestion.worker import ingestion_worker
 from rag_gql.observability.requests import RequestIdMiddleware
@@ -71,6 +73,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
     routes = [
         Route("/graphql", view, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", view),
+        Route(files.ROUTE, files.document_file, methods=["GET", "HEAD"]),
         Mount(STATIC_PATH, StaticFiles(packages=[("rag_gql", "static/graphiql")])),
         Route("/healthz", healthz),
         Route("/", index),

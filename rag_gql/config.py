@@ -181,6 +181,15 @@ class Settings(BaseSettings):
     rate_limit_search_per_workspace: str = Field(
         default="600/minute", description="`search` calls per workspace (each alias counts)."
     )
+    rate_limit_file_per_user: str = Field(
+        default="600/minute",
+        description="`GET /documents/{id}/file` requests per user (a PDF viewer asks for "
+        "ranges of a file, several requests per document opened).",
+    )
+    rate_limit_file_per_workspace: str = Field(
+        default="6000/minute",
+        description="`GET /documents/{id}/file` requests per workspace.",
+    )
     rate_limit_answer_per_user: str = Field(
         default="20/minute", description="`answer` and `ask` calls together, per user."
     )

@@ -38,7 +38,7 @@ LOOSE_GRAPHQL_LIMITS = {
 the production defaults."""
 LOOSE_RATE_LIMITS = {
     f"rate_limit_{operation}_per_{scope}": "100000/minute"
-    for operation in ("search", "answer", "upload", "reindex", "invite")
+    for operation in ("search", "file", "answer", "upload", "reindex", "invite")
     for scope in ("user", "workspace")
 } | {
     f"rate_limit_{operation}_per_user": "100000/minute"

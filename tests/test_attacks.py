@@ -64,6 +64,7 @@ Probe = Callable[["World"], Awaitable[None]]
 ME = "{ me { id email } }"
 DOCUMENT = "query($id: ID!) { document(id: $id) { id filename collectionId } }"
 DOCUMENT_OCR = "query($id: ID!) { document(id: $id) { ocrPages } }"
+DOCUMENT_FILE_URL = "query($id: ID!) { document(id: $id) { fileUrl } }"
 DOCUMENTS = (
     "query($first: Int, $after: String) { documents(first: $first, after: $after) "
     "{ edges { cursor node { id filename collectionId } } "
@@ -71,7 +72,7 @@ DOCUMENTS = (
 )
 SEARCH = (
     "query($q: String!, $c: [ID!]) "
-    "{ search(query: $q, k: 50, collectionIds: $c) { text page document { id filename } } }"
+    "{ search(query: $q, k: 50, collectionIds: $c) { text page url document { id filename } } }"
 )
 SEARCH_FILTER = (
     "query($q: String!, $f: SearchFilter) "
@@ -137,8 +138,8 @@ subscription($q: String!, $c: [ID!]) {
 ASK = """
 mutation($q: String!, $c: [ID!], $conv: ID) {
   ask(question: $q, k: 50, collectionIds: $c, conversationId: $conv) {
-    text conversationId sources { text document { id filename } }
-    citations { documentId document { id filename } }
+    text conversationId sources { text url document { id filename } }
+    citations { documentId url document { id filename } }
     error { code message }
   }
 }
@@ -886,6 +887,92 @@ async def attack_document(w: World) -> None:
     )
     await w.refused(w.user("owner"), DOCUMENT, {"id": w.secret_doc}, "NOT_FOUND")
     await w.refused(w.user("mallory"), DOCUMENT, {"id": "not-an-id"}, "NOT_FOUND")
+    # `fileUrl` (issue 18): the path of the file route, for T's callers only.
+    data = await w.ok(w.key("VIEWER"), DOCUMENT_FILE_URL, {"id": w.secret_doc})
+    assert data["document"] == {"fileUrl": f"/documents/{w.secret_doc}/file"}, data
+    await w.refuse_all(outsiders, DOCUMENT_FILE_URL, {"id": w.secret_doc}, "NOT_FOUND")
+    await attack_document_file(w)
+
+
+FILE_ROUTE = "GET /documents/{id}/file"
+
+
+async def get_file(w: World, caller: Caller, path: str, **headers: str) -> httpx.Response:
+    """`GET path` on the served app as `caller`; `path` is sent as it is (no dot segments
+    removed, nothing re-encoded)."""
+    w.requests += 1
+    url = httpx.URL(w.gql.base_url).copy_with(raw_path=path.encode())
+    return await w.gql.http.get(url, headers={**caller.headers(), **headers})
+
+
+async def file_refused(
+    w: World, caller: Caller, document_id: str, status: int, code: str, path: str | None = None
+) -> None:
+    """`caller` gets `status` with the JSON error `code`, no byte of any file, and nothing of
+    T or M; a 404 reads exactly like the one for a random id."""
+    path = path or f"/documents/{document_id}/file"
+    response = await get_file(w, caller, path)
+    assert response.status_code == status, (caller.name, path, response.status_code)
+    assert b"%PDF" not in response.content, (caller.name, path)
+    assert response.headers["content-type"] == "application/json", (caller.name, path)
+    body = response.json()
+    assert body["errors"][0]["extensions"]["code"] == code, (caller.name, path, body)
+    w.assert_no_leak(response.text, w.t_secrets() + w.m_secrets(), caller.name)
+    w.assert_no_leak(str(response.headers), w.t_secrets() + w.m_secrets(), caller.name)
+    outcome = f"{status} {code}"
+    if status == 404:
+        random = await get_file(w, caller, f"/documents/{uuid.uuid4()}/file")
+        assert random.status_code == 404
+        assert random.content == response.content, (caller.name, path)
+        outcome += ", the same as for a random id"
+    shown = path.replace(document_id, w.describe(document_id))
+    w.log.append(f"{FILE_ROUTE} {shown} as {caller.name}: {outcome}")
+
+
+async def attack_document_file(w: World) -> None:
+    """The file route (issue 18): the /graphql credentials, the workspace's documents only,
+    another workspace's id by id or by a guessed path read like a random id."""
+    doc = w.secret_doc
+    callers = w.unauthenticated() + w.more_unauthenticated()
+    await asyncio.gather(*(file_refused(w, c, doc, 401, "UNAUTHENTICATED") for c in callers))
+    for caller in (
+        w.user("viewer", w.team),
+        w.user("owner", w.team),
+        w.key("VIEWER"),
+        w.key("VIEWER", header=True),
+    ):
+        response = await get_file(w, caller, f"/documents/{doc}/file")
+        assert response.status_code == 200, (caller.name, response.text)
+        assert response.content == w.secret_pdf
+        assert response.headers["content-disposition"] == f'inline; filename="{SECRET_FILE}"'
+        ranged = await get_file(w, caller, f"/documents/{doc}/file", Range="bytes=0-4")
+        assert ranged.status_code == 206 and ranged.content == b"%PDF-"
+        w.log.append(f"{FILE_ROUTE} T.doc as {caller.name}: 200, 206 for a range")
+    outsiders = [w.user("mallory"), w.mallory_key(), w.user("removed"), *w.outsiders_at_t()]
+    await asyncio.gather(*(file_refused(w, c, doc, 404, "NOT_FOUND") for c in outsiders))
+    # T's callers cannot read M's file; nor a member without X-Workspace-Id: T.
+    for caller in (w.user("owner", w.team), w.key("OWNER")):
+        await file_refused(w, caller, w.m_doc, 404, "NOT_FOUND")
+    await file_refused(w, w.user("owner"), doc, 404, "NOT_FOUND")
+    # Guessed paths: dot segments, encoded separators, a non-id, T's id in other spellings.
+    mallory = w.user("mallory")
+    for path in (
+        f"/documents/{doc}/file/..",
+        "/documents/../file",
+        f"/documents/%2e%2e%2f{doc}/file",
+        f"/documents/..%2F{doc}/file",
+        f"/documents/{doc}%00/file",
+        f"/documents/{doc.upper()}/file",
+        f"/documents/{{{doc}}}/file",
+        f"/documents/{doc.replace('-', '')}/file",
+        f"/documents/urn:uuid:{doc}/file",
+        "/documents/not-an-id/file",
+    ):
+        response = await get_file(w, mallory, path)
+        assert response.status_code == 404, (path, response.status_code)
+        assert b"%PDF" not in response.content, path
+        w.assert_no_leak(response.text, w.t_secrets(), f"mallory at {path}")
+        w.log.append(f"{FILE_ROUTE} {path.replace(doc, 'T.doc')} as mallory: 404")
 
 
 @probe("Query", "documents", "data")
@@ -955,6 +1042,9 @@ async def attack_search(w: World) -> None:
     for caller in (w.user("viewer", w.team), w.key("VIEWER")):
         hits = (await w.ok(caller, SEARCH, variables))["search"]
         assert {h["document"]["id"] for h in hits} == {w.secret_doc, w.loose_doc}
+        # `url` (issue 18): each hit's own document's file, at its page.
+        for hit in hits:
+            assert hit["url"] == f"/documents/{hit['document']['id']}/file#page={hit['page']}"
         only = (await w.ok(caller, SEARCH, {**variables, "c": [w.collection]}))["search"]
         assert {h["document"]["id"] for h in only} == {w.secret_doc}
         # M's collection filters T's search down to nothing.

@@ -410,6 +410,42 @@ async def file_parts(
         yield (await session.execute(stmt)).scalar_one()
 
 
+async def file_part_sizes(
+    session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
+) -> list[int]:
+    """The byte length of each stored part of the document's file, in `seq` order (no part's
+    bytes are read: `octet_length` of a stored value reads its header)."""
+    stmt = (
+        select(func.octet_length(DocumentFilePart.data))
+        .where(
+            DocumentFilePart.workspace_id == workspace_id,
+            DocumentFilePart.document_id == document_id,
+        )
+        .order_by(DocumentFilePart.seq)
+    )
+    return [int(size) for size in (await session.execute(stmt)).scalars()]
+
+
+async def file_part_slice(
+    session: AsyncSession,
+    *,
+    workspace_id: uuid.UUID,
+    document_id: uuid.UUID,
+    seq: int,
+    start: int,
+    length: int,
+) -> bytes | None:
+    """Bytes `start` (0-based) to `start + length` of part `seq` of the document's file (fewer
+    past the part's end); None when the part is gone (the document was deleted)."""
+    stmt = select(func.substring(DocumentFilePart.data, start + 1, length)).where(
+        DocumentFilePart.workspace_id == workspace_id,
+        DocumentFilePart.document_id == document_id,
+        DocumentFilePart.seq == seq,
+    )
+    data = (await session.execute(stmt)).scalar_one_or_none()
+    return None if data is None else bytes(data)
+
+
 async def set_state(
     session: AsyncSession,
     *,

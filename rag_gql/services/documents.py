@@ -1,11 +1,12 @@
-"""Reading, paging and deleting the caller's documents."""
+"""Reading, paging and deleting the caller's documents, and reading back their stored files
+(`GET /documents/{id}/file`, `rag_gql.graphql.files`)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import uuid
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -14,8 +15,39 @@ from rag_gql.db.models import Document
 from rag_gql.errors import InvalidInput, NotFound
 from rag_gql.repositories import documents
 from rag_gql.services.access import Action, Principal
+from rag_gql.services.parsing import PDF
 
 MAX_PAGE_SIZE = 100
+FILE_PATH = "/documents/{id}/file"
+"""Where a document's original file is served (relative to the API's origin)."""
+PAGED_MEDIA_TYPES = frozenset({PDF})
+"""Formats whose viewers open a page from the URL's fragment `#page=N` (PDF open parameters,
+RFC 8118 section 3)."""
+
+
+def file_url(document_id: uuid.UUID | str) -> str:
+    """The path of the document's original file: `/documents/{id}/file`."""
+    return FILE_PATH.format(id=document_id)
+
+
+def page_url(document_id: uuid.UUID | str, media_type: str | None, page: int) -> str:
+    """`file_url` with `#page=N` (1-based) for a paged format (`PAGED_MEDIA_TYPES`); without a
+    fragment for the others, and when the format is unknown (None)."""
+    url = file_url(document_id)
+    return f"{url}#page={page}" if media_type in PAGED_MEDIA_TYPES and page >= 1 else url
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A document's stored file: the document and the byte length of each part, in order."""
+
+    document: Document
+    part_sizes: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """The file's length in bytes."""
+        return sum(self.part_sizes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +76,62 @@ class DocumentService:
         if document is None:
             raise NotFound("Document not found")
         return document
+
+    async def open_file(self, principal: Principal, document_id: uuid.UUID) -> StoredFile:
+        """The caller's document and the layout of its stored file (no file bytes are read).
+
+        Raises:
+            NotFound: no such document in the caller's workspace (another workspace's too), one
+                marked for deletion, or one whose file is not stored whole.
+        """
+        async with self._db.transaction(principal.workspace_id) as session:
+            document = await documents.get(
+                session, workspace_id=principal.workspace_id, document_id=document_id
+            )
+            sizes = (
+                []
+                if document is None
+                else await documents.file_part_sizes(
+                    session, workspace_id=principal.workspace_id, document_id=document_id
+                )
+            )
+        if document is None:
+            raise NotFound("Document not found")
+        stored = StoredFile(document=document, part_sizes=tuple(sizes))
+        if stored.size != document.size_bytes:
+            raise NotFound("This document's file is not stored; upload it again")
+        return stored
+
+    async def read_file(
+        self, principal: Principal, stored: StoredFile, *, start: int, end: int
+    ) -> AsyncIterator[bytes]:
+        """Yields bytes `start` to `end` (exclusive, 0 <= start <= end <= `stored.size`) of the
+        file, at most one stored part (1 MiB) per piece, each read in a transaction of its own
+        that ends before the piece is yielded: a slow reader holds no connection.
+
+        Raises:
+            NotFound: a part is gone (the document was deleted while it was read).
+        """
+        workspace_id, document_id = principal.workspace_id, stored.document.id
+        offset = 0
+        for seq, size in enumerate(stored.part_sizes):
+            part_start, part_end = max(start, offset), min(end, offset + size)
+            if part_start < part_end:
+                async with self._db.transaction(workspace_id) as session:
+                    data = await documents.file_part_slice(
+                        session,
+                        workspace_id=workspace_id,
+                        document_id=document_id,
+                        seq=seq,
+                        start=part_start - offset,
+                        length=part_end - part_start,
+                    )
+                if data is None or len(data) != part_end - part_start:
+                    raise NotFound("Document not found")
+                yield data
+            offset += size
+            if offset >= end:
+                return
 
     async def get_many(
         self, principal: Principal, document_ids: Collection[uuid.UUID]

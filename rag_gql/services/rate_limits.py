@@ -4,14 +4,15 @@ much a workspace may store.
 
 `RateLimiter` counts attempts at the account endpoints (register, log in, codes, password
 resets) per `(action, client IP)` and per `(action, account)`. `Quotas` counts `search`,
-`answer` (with `ask`), `upload`, `reindex`, `createWorkspace`, `createApiKey` and
-`inviteMember` requests per user and per workspace. Both use moving windows (`limits`'
-`MovingWindowRateLimiter`: each attempt counts for the window, so a burst at a window's edge
-cannot double the allowance), kept in `RATE_LIMIT_STORAGE_URI`: `memory://` is one
-process's memory; several processes share them in Redis (`redis://host:6379`) or another
-`limits` storage. `Slots` counts what is running now, in this process only: a user's answers
-being streamed, a user's live WebSocket operations, the WebSockets of a user and of an IP.
-`StorageQuota` bounds a workspace's stored bytes and documents, counted in the database.
+`answer` (with `ask`), `file` (`GET /documents/{id}/file`), `upload`, `reindex`,
+`createWorkspace`, `createApiKey` and `inviteMember` requests per user and per workspace.
+Both use moving windows (`limits`' `MovingWindowRateLimiter`: each attempt counts for the
+window, so a burst at a window's edge cannot double the allowance), kept in
+`RATE_LIMIT_STORAGE_URI`: `memory://` is one process's memory; several processes share them
+in Redis (`redis://host:6379`) or another `limits` storage. `Slots` counts what is running
+now, in this process only: a user's answers being streamed, a user's live WebSocket
+operations, the WebSockets of a user and of an IP. `StorageQuota` bounds a workspace's
+stored bytes and documents, counted in the database.
 (GraphQL's own limits, depth and cost, are `graphql/limits.py`'s.)
 """
 
@@ -42,6 +43,7 @@ class Operation(StrEnum):
     """The rate-limited operations; `answer` covers the `answer` subscription and `ask`."""
 
     SEARCH = "search"
+    FILE = "file"
     ANSWER = "answer"
     UPLOAD = "upload"
     REINDEX = "reindex"
@@ -144,13 +146,14 @@ class Quotas:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Quotas:
-        """The limits `RATE_LIMIT_{SEARCH,ANSWER,UPLOAD,REINDEX,INVITE}_PER_{USER,WORKSPACE}`
+        """The limits `RATE_LIMIT_{SEARCH,FILE,ANSWER,UPLOAD,REINDEX,INVITE}_PER_{USER,WORKSPACE}`
         and `RATE_LIMIT_{CREATE_WORKSPACE,CREATE_API_KEY}_PER_USER` describe."""
         s = settings
         return cls(
             storage_uri=s.rate_limit_storage_uri,
             rates={
                 Operation.SEARCH: (s.rate_limit_search_per_user, s.rate_limit_search_per_workspace),
+                Operation.FILE: (s.rate_limit_file_per_user, s.rate_limit_file_per_workspace),
                 Operation.ANSWER: (s.rate_limit_answer_per_user, s.rate_limit_answer_per_workspace),
                 Operation.UPLOAD: (s.rate_limit_upload_per_user, s.rate_limit_upload_per_workspace),
                 Operation.REINDEX: (

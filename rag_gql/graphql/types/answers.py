@@ -11,7 +11,7 @@ import strawberry
 from rag_gql.graphql.context import Info
 from rag_gql.graphql.types.documents import Document
 from rag_gql.graphql.types.search import SearchHit
-from rag_gql.services import generation
+from rag_gql.services import documents, generation
 from rag_gql.services.answers import Sequenced
 
 
@@ -35,6 +35,16 @@ class Citation:
     async def document(self, info: Info) -> Document | None:
         found = await info.context.load_document(uuid.UUID(str(self.document_id)))
         return Document.from_model(found) if found is not None else None
+
+    @strawberry.field(
+        description="The cited document's `fileUrl`, with `#page=N` for a paged format (PDF: "
+        "its open parameters, RFC 8118) so that a viewer opens the cited page; without a "
+        "fragment for the other formats, and for a document deleted since."
+    )
+    async def url(self, info: Info) -> str:
+        found = await info.context.load_document(uuid.UUID(str(self.document_id)))
+        media_type = found.media_type if found is not None else None
+        return documents.page_url(self.document_id, media_type, self.page)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Citation:

@@ -8,6 +8,7 @@ import strawberry
 
 from rag_gql.graphql.types.common import CURSOR, PageInfo
 from rag_gql.graphql.types.enums import DocumentStatus, Unit
+from rag_gql.services import documents as document_files
 from rag_gql.services.document_events import DocumentState
 from rag_gql.services.records import Document as DocumentRecord
 
@@ -49,6 +50,14 @@ class Document:
     )
     created_at: datetime = strawberry.field(description="When it was uploaded.")
     updated_at: datetime = strawberry.field(description="When its status or progress last changed.")
+
+    @strawberry.field(
+        description="The path of the original file, `/documents/{id}/file`, relative to this "
+        "API's origin: `GET` it with the same credentials as `/graphql` (`Range` requests "
+        "are answered; see docs/api.md)."
+    )
+    def file_url(self) -> str:
+        return document_files.file_url(self.id)
 
     @classmethod
     def from_model(cls, doc: DocumentRecord, *, duplicate: bool = False) -> Document:

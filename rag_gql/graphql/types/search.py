@@ -7,7 +7,7 @@ from datetime import datetime
 import strawberry
 
 from rag_gql.graphql.types.documents import Document
-from rag_gql.services import retrieval
+from rag_gql.services import documents, retrieval
 
 
 @strawberry.input(description="Restricts a search; unset fields do not restrict.")
@@ -67,6 +67,14 @@ class SearchHit:
         description="End offset (exclusive) in the page's normalized text."
     )
     document: Document = strawberry.field(description="The document the passage is from.")
+
+    @strawberry.field(
+        description="The document's `fileUrl`, with `#page=N` for a paged format (PDF: "
+        "its open parameters, RFC 8118) so that a viewer opens the passage's page; without a "
+        "fragment for the other formats."
+    )
+    def url(self) -> str:
+        return documents.page_url(self.document.id, self.document.media_type, self.page)
 
     @classmethod
     def from_hit(cls, hit: retrieval.SearchHit) -> SearchHit:
