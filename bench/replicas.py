@@ -13,7 +13,9 @@ serve` with `WORKER_IN_PROCESS=false`; the clients (this process) spread over th
 round-robin. The rate limits and the per-user caps are raised (tests/support/limits.py): the
 run measures the servers, not their limits. On a machine with few cores the replicas share
 the CPUs with PostgreSQL, the stand-in and the clients: two replicas then show that the
-deployment is correct and what sharing costs, not how it scales. Exits 1 when a round failed.
+deployment is correct and what sharing costs, not how it scales. With two replicas or more,
+the run also checks, once, that an answer dropped on one replica resumes on another
+(`answerStream`, `resume_across`). Exits 1 when a round or that check failed.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
@@ -40,6 +43,12 @@ sys.path.insert(0, str(ROOT))
 
 from rag_gql.db.embedded import start_embedded  # noqa: E402 - after sys.path
 from tests.support.accounts import sign_up  # noqa: E402
+from tests.support.answers import (  # noqa: E402
+    ANSWER_STREAM,
+    SEQUENCED_ANSWER,
+    answer_event,
+    token_text,
+)
 from tests.support.graphql_client import GraphQLClient  # noqa: E402
 from tests.support.limits import as_environment, raised_limits  # noqa: E402
 from tests.support.processes import app_environment, running  # noqa: E402
@@ -54,6 +63,9 @@ ANSWER = (
 )
 QUESTION = "Which bird hovers over the dunes at dawn?"
 WIDTHS = (8, 7, 9, 8, 8, 7)
+DROP_AFTER = 3
+"""Tokens read on the first replica before the resume check drops its socket."""
+CONVERSATION = "query($id: ID!) { conversation(id: $id) { messages { role status content } } }"
 
 
 def document(seed: int) -> bytes:
@@ -123,6 +135,68 @@ async def one_answer(ws: ClientConnection, op_id: str) -> None:
         event = frame["payload"]["data"]["answer"]
         if event["__typename"] == "AnswerError":
             raise RuntimeError(f"{event['code']}: {event['message']}")
+
+
+async def operation(
+    ws: ClientConnection, op_id: str, query: str, variables: dict[str, Any]
+) -> AsyncIterator[dict[str, Any]]:
+    """Subscribes `op_id` and yields its events until its `complete`."""
+    payload = {"query": query, "variables": variables}
+    await ws.send(json.dumps({"id": op_id, "type": "subscribe", "payload": payload}))
+    while True:
+        async with asyncio.timeout(60):
+            frame = json.loads(await ws.recv())
+        if frame.get("id") != op_id:
+            continue
+        if frame["type"] == "complete":
+            return
+        yield answer_event(frame)
+
+
+async def resume_across(http: httpx.AsyncClient, urls: Sequence[str], token: str) -> str:
+    """An answer started on `urls[0]` whose socket drops after `DROP_AFTER` tokens, resumed
+    with `answerStream` on `urls[-1]`: the events after the last `seq` received, numbered on,
+    to `AnswerDone`, and the text stored (`conversation` through `urls[-1]`) is what the two
+    streams delivered together. Returns a line saying so.
+
+    Raises:
+        RuntimeError: any of that does not hold.
+    """
+    ws = await open_socket(urls[0], token)
+    first: list[dict[str, Any]] = []
+    try:
+        async for event in operation(ws, "resume", SEQUENCED_ANSWER, {"question": QUESTION}):
+            first.append(event)
+            if len(first) > DROP_AFTER or event["__typename"] in ("AnswerDone", "AnswerError"):
+                break
+    finally:
+        await ws.close()
+    sources, after = first[0], first[-1]["seq"]
+    if sources["__typename"] != "AnswerSources" or len(first) != DROP_AFTER + 1:
+        raise RuntimeError(f"resume: the first stream was {first}")
+    ws = await open_socket(urls[-1], token)
+    variables = {"messageId": sources["messageId"], "afterSeq": after}
+    try:
+        rest = [e async for e in operation(ws, "rest", ANSWER_STREAM, variables)]
+    finally:
+        await ws.close()
+    seqs = [e["seq"] for e in rest]
+    if not rest or seqs != list(range(after + 1, after + 1 + len(rest))):
+        raise RuntimeError(f"resume: answerStream after {after} gave seqs {seqs}")
+    if rest[-1]["__typename"] != "AnswerDone":
+        raise RuntimeError(f"resume: answerStream ended with {rest[-1]}")
+    delivered = token_text(first) + token_text(rest)
+    data = await GraphQLClient(http, urls[-1]).data(
+        CONVERSATION, {"id": sources["conversationId"]}, token=token
+    )
+    answer = data["conversation"]["messages"][-1]
+    if (answer["status"], answer["content"]) != ("complete", delivered):
+        raise RuntimeError(f"resume: stored {answer}, delivered {delivered!r}")
+    return (
+        f"resume across replicas: {DROP_AFTER} tokens on one replica, the socket dropped, "
+        f"{len(rest)} events after seq {after} by answerStream on another; stored text = "
+        "both streams together"
+    )
 
 
 async def client(
@@ -227,6 +301,7 @@ async def run(args: argparse.Namespace) -> int:
                     )
                 )
                 tokens: list[str] = []
+                resumed: str | None = None
                 for count in args.replicas:
                     async with AsyncExitStack() as servers:
                         urls = []
@@ -249,6 +324,13 @@ async def run(args: argparse.Namespace) -> int:
                         result = Result(count)
                         await measure(urls, tokens, args.clients, args.duration, result)
                         results.append(result)
+                        if count > 1 and resumed is None:
+                            async with httpx.AsyncClient(timeout=60) as http:
+                                try:
+                                    resumed = await resume_across(http, urls, tokens[0])
+                                except (RuntimeError, AssertionError) as exc:
+                                    result.errors.append(str(exc)[:300])
+                                    resumed = "resume across replicas: FAILED"
     finally:
         smtp.stop()
         pg.stop()
@@ -265,6 +347,8 @@ async def run(args: argparse.Namespace) -> int:
         print(result.row())
         for error in sorted(set(result.errors))[:5]:
             print(f"    {error}")
+    if resumed is not None:
+        print(resumed)
     return 1 if any(result.errors for result in results) else 0
 
 

@@ -5,6 +5,8 @@ the lifespan opens them on the operations listener (`rag_gql.operations`, `METRI
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -39,7 +41,8 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
     and passes its URL in. With `tracing` (from `rag_gql.observability.tracing.setup_tracing`;
     its owner shuts it down), requests, GraphQL operations, SQL statements and Ollama calls
     are traced. The lifespan also serves `/readyz` and `/metrics` on `METRICS_HOST` and
-    `METRICS_PORT` (`rag_gql.operations`; not traced), with these services.
+    `METRICS_PORT` (`rag_gql.operations`; not traced), with these services, and sweeps the
+    answers lost by a process that died (`AnswerRuns.sweep_lost_every`).
     """
 
     @asynccontextmanager
@@ -54,6 +57,9 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             app.state.operations = await stack.enter_async_context(operations_listener(services))
             if settings.worker_in_process:
                 await stack.enter_async_context(ingestion_worker(services))
+            # Answers left `streaming` by a process that died: stored `interrupted`.
+            sweeper = asyncio.create_task(services.generation.runs.sweep_lost_every())
+            stack.push_async_callback(_cancel, sweeper)
             log.info("rag-gql ready: GraphQL at /graphql")
             yield
 
@@ -90,3 +96,10 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
     if tracing is not None:
         middleware.append(tracing.asgi_middleware())  # inside: the request id is bound
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancels `task` and waits for it to end."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

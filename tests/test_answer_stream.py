@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -291,3 +292,51 @@ async def test_an_answer_past_answer_max_seconds_stops_interrupted(
     assert [e["seq"] for e in got] == list(range(1, len(got) + 1))
     status, content = await _stored(settings, got[0]["messageId"])
     assert (status, content) == ("interrupted", _texts(got))
+
+
+async def test_an_answer_left_streaming_by_a_dead_process_is_swept_interrupted(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    token = await _user(gql, inbox)
+    ollama.chat_reply = REPLY
+    answers = []
+    for _ in range(2):
+        async with _socket(gql, token) as ws:
+            await _send(ws, ANSWER, {"q": QUESTION})
+            answers.append(await _rest(ws))
+    lost, recent = (events[0]["messageId"] for events in answers)
+    # As a process killed (kill -9) after storing its last tokens leaves its answers: still
+    # `streaming`, without their end; one started a day ago, one 5 minutes ago.
+    async with sql(settings) as conn:
+        for message_id, age in ((lost, timedelta(days=1)), (recent, timedelta(minutes=5))):
+            await conn.execute(
+                "UPDATE message SET status = 'streaming', created_at = now() - $2::interval"
+                " WHERE id = $1",
+                uuid.UUID(message_id),
+                age,
+            )
+            await conn.execute(
+                "DELETE FROM answer_event WHERE message_id = $1 AND kind = 'done'",
+                uuid.UUID(message_id),
+            )
+    # Another API process starts: it sweeps at once.
+    async with serve_client(settings) as other:
+        status, content = await _until_stored(settings, lost)
+        replay = await _stream(other, token, lost)
+    assert (status, content) == ("interrupted", REPLY)
+    assert replay[:-1] == answers[0][:-1]
+    end = replay[-1]
+    assert (end["__typename"], end["code"], end["seq"]) == (
+        "AnswerError",
+        "INTERRUPTED",
+        answers[0][-1]["seq"],
+    ), end
+    # Younger than ANSWER_MAX_SECONDS + the margin: its run may still be writing it.
+    assert (await _stored(settings, recent))[0] == "streaming"
+    conversation = await gql.data(
+        "query($id: ID!) { conversation(id: $id) { messages { role status content } } }",
+        {"id": answers[0][0]["conversationId"]},
+        token=token,
+    )
+    (answer,) = [m for m in conversation["conversation"]["messages"] if m["role"] == "assistant"]
+    assert answer == {"role": "assistant", "status": "interrupted", "content": REPLY}

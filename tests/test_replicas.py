@@ -6,7 +6,10 @@ What a user sees through either replica is one service: an upload through A is f
 READY on B; the rate limits and the caps on what runs at once count both replicas together;
 SIGTERM on A in the middle of an answer leaves B serving and the answer stored whole as
 `interrupted`; `kill -9` on the worker in the middle of a document, then another worker: the
-document completes once, each chunk once."""
+document completes once, each chunk once. An answer whose socket on A drops is resumed by
+`answerStream` on B, live; SIGTERM on A while B follows two answers with `answerStream`: the
+one that ends within the grace ends `AnswerDone` on B, the other `AnswerError INTERRUPTED`,
+each stored as B received it."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import asyncio
 import json
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +30,15 @@ from websockets.exceptions import ConnectionClosed
 from rag_gql.config import Settings
 from rag_gql.ingestion.queue import RECOVER_TASK
 from tests.support.accounts import sign_up
-from tests.support.answers import next_frame, start_answer
+from tests.support.answers import (
+    ANSWER_STREAM,
+    SEQUENCED_ANSWER,
+    Follower,
+    answer_event,
+    next_frame,
+    start_answer,
+    token_text,
+)
 from tests.support.graphql_client import GraphQLClient, Json, init
 from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import long_page, make_pdf
@@ -300,10 +312,161 @@ async def test_two_replicas_and_a_worker_act_as_one_service(
         assert (await gql_b.data(SEARCH, token=token_2))["search"] == []  # not her workspace
 
 
-@pytest.mark.skip(
-    reason="TODO(issue 20, section 1): needs `answerStream` (durable answers, another branch): "
-    "start an answer on A, drop the socket after a few tokens, `answerStream(messageId, "
-    "afterSeq)` on B gets the rest, and the stored text equals the two streams together"
-)
-async def test_an_answer_dropped_on_one_replica_resumes_on_the_other() -> None:
-    raise NotImplementedError
+DROP_AFTER = 5
+"""Tokens the first client reads on A before its socket drops."""
+RESUMED_REPLY = " ".join(f"tern{n}" for n in range(100)) + " [1]."
+"""~100 tokens: at 0.05 s a token, ~5 s, most of it left when A's client drops."""
+SHORT_REPLY = " ".join(f"gull{n}" for n in range(50)) + " [1]."
+"""~50 tokens (~2.5 s): it ends within A's SHUTDOWN_GRACE (6 s) after SIGTERM."""
+CONVERSATION = "query($id: ID!) { conversation(id: $id) { messages { role status content } } }"
+
+
+async def subscribe(ws: ClientConnection, op_id: str, query: str, variables: Json) -> None:
+    payload = {"query": query, "variables": variables}
+    await ws.send(json.dumps({"id": op_id, "type": "subscribe", "payload": payload}))
+
+
+def assert_follows(events: list[Json], after: int) -> None:
+    """`events` are numbered `after + 1`, `after + 2`, ... and only the last one is an end."""
+    assert [e["seq"] for e in events] == list(range(after + 1, after + 1 + len(events))), events
+    kinds = [e["__typename"] for e in events]
+    assert kinds[:-1] == ["AnswerToken"] * (len(events) - 1), kinds
+    assert kinds[-1] in ("AnswerDone", "AnswerError"), kinds
+
+
+async def stored_answer(gql: GraphQLClient, token: str, conversation_id: str) -> tuple[str, str]:
+    """(status, content) of the conversation's answer, read through the API."""
+    data = await gql.data(CONVERSATION, {"id": conversation_id}, token=token)
+    messages = data["conversation"]["messages"]
+    question, answer = messages
+    assert (question["role"], question["status"], answer["role"]) == (
+        "user",
+        "complete",
+        "assistant",
+    ), messages
+    return answer["status"], answer["content"]
+
+
+async def test_an_answer_dropped_on_one_replica_resumes_on_the_other(
+    inbox: Inbox, ollama: StandinState, settings: Settings, redis_url: str, tmp_path: Path
+) -> None:
+    env = {
+        **replica_env(settings, redis_url),
+        "MAX_ANSWER_STREAMS_PER_USER": "4",
+        "MAX_WEBSOCKETS_PER_USER": "4",
+        "WS_MAX_OPERATIONS_PER_USER": "8",
+        "SHUTDOWN_GRACE": "6",
+    }
+    log = tmp_path / "processes.log"
+    async with (
+        replica(env, log, free_port()) as a,
+        replica(env, log, free_port()) as b,
+        child(env, log, "worker"),
+        httpx.AsyncClient(timeout=30) as http,
+        connect(settings) as conn,
+    ):
+        assert a.url is not None and b.url is not None
+        gql_a, gql_b = GraphQLClient(http, a.url), GraphQLClient(http, b.url)
+        token = await sign_up(gql_a, inbox, "ada@example.com")
+        auth = {"authorization": f"Bearer {token}"}
+        pdf = make_pdf([f"The tern dives for fish off cape {n}." for n in range(3)])
+        body = (await gql_a.upload("terns.pdf", pdf, token=token)).json()
+        assert body["data"]["uploadDocument"]["status"] == "READY", body
+        ollama.token_delay = 0.05
+
+        # 1. A few tokens on A, the socket drops; answerStream on B gets the rest, live.
+        ollama.chat_reply = RESUMED_REPLY
+        async with gql_a.websocket() as on_a:
+            assert (await init(on_a, auth))["type"] == "connection_ack"
+            await subscribe(on_a, "1", SEQUENCED_ANSWER, {"question": "What do terns do?"})
+            first = [answer_event(await read(on_a, "1")) for _ in range(1 + DROP_AFTER)]
+        sources = first[0]
+        assert sources["__typename"] == "AnswerSources", first
+        assert [e["seq"] for e in first] == list(range(1, 2 + DROP_AFTER)), first
+        assert {e["__typename"] for e in first[1:]} == {"AnswerToken"}, first
+        after = first[-1]["seq"]
+        async with gql_b.websocket() as on_b:
+            assert (await init(on_b, auth))["type"] == "connection_ack"
+            variables = {"messageId": sources["messageId"], "afterSeq": after}
+            await subscribe(on_b, "2", ANSWER_STREAM, variables)
+            rest = [answer_event(await read(on_b, "2"))]
+            # B follows it while A still writes it (not a replay of a finished answer).
+            status = await conn.fetchval(
+                "SELECT status FROM message WHERE id = $1", uuid.UUID(sources["messageId"])
+            )
+            assert status == "streaming"
+            while (message := await read(on_b, "2"))["type"] != "complete":
+                rest.append(answer_event(message))
+        assert_follows(rest, after)
+        assert rest[-1]["__typename"] == "AnswerDone", rest
+        assert rest[-1]["messageId"] == sources["messageId"]
+        delivered = token_text(first) + token_text(rest)
+        assert delivered == RESUMED_REPLY
+        stored = await stored_answer(gql_b, token, sources["conversationId"])
+        assert stored == ("complete", delivered)
+
+        # 2. Two answers on A, followed by answerStream on B; SIGTERM on A: the short one
+        # ends within the grace (AnswerDone on B), the long one cannot (AnswerError
+        # INTERRUPTED on B); each is stored as B received it.
+        async with gql_a.websocket() as on_a, gql_b.websocket() as on_b:
+            assert (await init(on_a, auth))["type"] == "connection_ack"
+            assert (await init(on_b, auth))["type"] == "connection_ack"
+            reader_a, reader_b = Follower(on_a), Follower(on_b)
+            tasks = [asyncio.create_task(reader_a.run()), asyncio.create_task(reader_b.run())]
+            ollama.chat_reply = LONG_REPLY
+            await subscribe(on_a, "long", SEQUENCED_ANSWER, {"question": "Do terns dive?"})
+            await reader_a.until(lambda: len(reader_a.of("long")) >= 3)
+            ollama.chat_reply = SHORT_REPLY
+            await subscribe(on_a, "short", SEQUENCED_ANSWER, {"question": "Do terns fish?"})
+            await reader_a.until(lambda: len(reader_a.of("short")) >= 2)
+            seen = {op: list(reader_a.of(op)) for op in ("long", "short")}
+            for op, events in seen.items():
+                variables = {"messageId": events[0]["messageId"], "afterSeq": events[-1]["seq"]}
+                await subscribe(on_b, op, ANSWER_STREAM, variables)
+            await reader_b.until(lambda: bool(reader_b.of("long") and reader_b.of("short")))
+            assert not reader_b.done, "an answer ended before A was stopped"
+            a.process.send_signal(signal.SIGTERM)
+            await reader_b.until(lambda: reader_b.done == {"long", "short"})
+            async with asyncio.timeout(30):
+                assert await a.process.wait() == 0, log_text(log)
+            await reader_a.until(lambda: reader_a.ended)
+            assert reader_a.closed is not None and reader_a.closed.code == 1012
+            assert reader_b.closed is None, "B kept serving"
+            for task in tasks:
+                task.cancel()
+        ollama.chat_reply = None
+        ollama.token_delay = 0.0
+
+        outcomes = {}
+        for op, events in seen.items():
+            followed = reader_b.of(op)
+            assert_follows(followed, events[-1]["seq"])
+            text = token_text(events) + token_text(followed)
+            status = await stored_answer(gql_b, token, events[0]["conversationId"])
+            outcomes[op] = (followed[-1]["__typename"], followed[-1].get("code"), status)
+            end_status = "complete" if followed[-1]["__typename"] == "AnswerDone" else "interrupted"
+            assert status == (end_status, text), (op, status, text)
+        assert outcomes["short"][:2] == ("AnswerDone", None), outcomes
+        assert outcomes["long"][:2] == ("AnswerError", "INTERRUPTED"), outcomes
+        assert outcomes["short"][2][1] == SHORT_REPLY
+        long_text = outcomes["long"][2][1]
+        assert LONG_REPLY.startswith(long_text) and long_text != LONG_REPLY
+        # What A delivered of the short answer, it delivered whole before closing (1012).
+        assert token_text(reader_a.of("short")) == SHORT_REPLY
+        # Nothing half-written: no answer left `streaming`, no conversation without its
+        # answer.
+        rows = await conn.fetch("SELECT role, status FROM message ORDER BY created_at")
+        assert sorted((r["role"], r["status"]) for r in rows) == sorted(
+            [("user", "complete")] * 3
+            + [("assistant", "complete")] * 2
+            + [("assistant", "interrupted")]
+        ), rows
+
+
+async def read(ws: ClientConnection, op_id: str) -> Json:
+    """The next message for `op_id` (others skipped)."""
+    async with asyncio.timeout(30):
+        while True:
+            message: Json = json.loads(await ws.recv())
+            if message.get("id") == op_id:
+                return message

@@ -157,3 +157,32 @@ async def finish(
         .values(updated_at=func.now())
     )
     return True
+
+
+async def interrupt_lost(
+    session: AsyncSession, *, workspace_id: uuid.UUID, older_than: float
+) -> list[uuid.UUID]:
+    """Marks `interrupted` the workspace's answers still `streaming` that were started more
+    than `older_than` seconds ago (their run cannot still be writing them); returns their ids.
+    The text stored so far stays. A run that writes again after this finds its answer no
+    longer streaming (`append_text`, `finish`) and stops."""
+    stmt = (
+        update(Message)
+        .where(
+            Message.workspace_id == workspace_id,
+            Message.role == "assistant",
+            Message.status == STREAMING,
+            Message.created_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than),
+        )
+        .values(status="interrupted")
+        .returning(Message.id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def last_seq(session: AsyncSession, *, workspace_id: uuid.UUID, message_id: uuid.UUID) -> int:
+    """The last stored event's `seq` of the answer (0 when none is stored)."""
+    stmt = select(func.coalesce(func.max(AnswerEvent.last_seq), 0)).where(
+        AnswerEvent.workspace_id == workspace_id, AnswerEvent.message_id == message_id
+    )
+    return int((await session.execute(stmt)).scalar_one())

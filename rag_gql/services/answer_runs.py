@@ -16,6 +16,13 @@ answers — from the run itself when it runs in this process, else from the stor
 read again on each notification (`services.notifications`) and every `POLL_SECONDS`, until
 the end. An answer still `streaming` past its run's longest life (its process died) ends
 there with `Failed(INTERRUPTED)`.
+
+`AnswerRuns.sweep_lost` stores that end: every API process sweeps, at start-up and every
+`SWEEP_SECONDS` (`sweep_lost_every`, in the app's lifespan), the answers of every workspace
+still `streaming` `ANSWER_MAX_SECONDS` + `LOST_MARGIN` after they started, marking each
+`interrupted` with its text as stored and storing its `Failed(INTERRUPTED)` end (announced
+like any other), in one transaction per workspace; replicas sweeping at once mark each answer
+once (the update's condition is checked again under the row's lock).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import Message
 from rag_gql.errors import InvalidInput, NotFound
-from rag_gql.repositories import answer_events, conversations
+from rag_gql.repositories import answer_events, conversations, workspaces
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.answers import (
     INTERRUPTED,
@@ -63,6 +70,9 @@ when no notification came (one lost while the listening connection was down)."""
 LOST_MARGIN = 60.0
 """Seconds past ANSWER_MAX_SECONDS after which an answer still `streaming` is taken as lost
 (its process stopped without storing its end)."""
+SWEEP_SECONDS = 300.0
+"""Seconds between two sweeps of lost answers in an API process (`sweep_lost_every`)."""
+LOST = "The answer's server stopped before the answer's end"
 
 
 @dataclass(eq=False)
@@ -350,6 +360,48 @@ class AnswerRuns:
             except Exception:
                 log.exception("answer run %s: cannot store its end", run.message_id)
 
+    # --- lost answers -------------------------------------------------------------------------
+
+    async def sweep_lost(self) -> int:
+        """Ends the lost answers of every workspace (see the module); returns how many."""
+        older_than = self._settings.answer_max_seconds + LOST_MARGIN
+        async with self._db.transaction() as session:
+            workspace_ids = await workspaces.all_ids(session)
+        swept = 0
+        for ws in workspace_ids:
+            async with self._db.transaction(ws) as session:
+                lost = await answer_events.interrupt_lost(
+                    session, workspace_id=ws, older_than=older_than
+                )
+                for message_id in lost:
+                    seq = await answer_events.last_seq(
+                        session, workspace_id=ws, message_id=message_id
+                    )
+                    kind, data = payload(Failed(INTERRUPTED, LOST))
+                    row = answer_events.batch(
+                        workspace_id=ws,
+                        message_id=message_id,
+                        seq=seq + 1,
+                        last_seq=seq + 1,
+                        kind=kind,
+                        payload=data,
+                    )
+                    await answer_events.add(session, [row])
+            for message_id in lost:
+                log.warning("answer %s: its server stopped before its end: interrupted", message_id)
+            swept += len(lost)
+        return swept
+
+    async def sweep_lost_every(self, interval: float = SWEEP_SECONDS) -> None:
+        """`sweep_lost` now and every `interval` seconds, until cancelled (a failed sweep is
+        logged and tried again at the next)."""
+        while True:
+            try:
+                await self.sweep_lost()
+            except Exception:
+                log.exception("the sweep of lost answers failed; trying again later")
+            await asyncio.sleep(interval)
+
     # --- answerStream -------------------------------------------------------------------------
 
     async def stream(
@@ -404,8 +456,7 @@ class AnswerRuns:
                     seconds=self._settings.answer_max_seconds + LOST_MARGIN
                 )
                 if datetime.now(UTC) > lost_at:
-                    message_ = "The answer's server stopped before the answer's end"
-                    yield Sequenced(seen + 1, Failed(INTERRUPTED, message_))
+                    yield Sequenced(seen + 1, Failed(INTERRUPTED, LOST))
                     return
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_SECONDS):
