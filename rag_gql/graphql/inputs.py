@@ -10,7 +10,8 @@ from typing import Any
 from graphql import DocumentNode, GraphQLError, StringValueNode, Visitor, visit
 from strawberry.extensions import SchemaExtension
 
-NUL = "\x00"
+from rag_gql.services.pgtext import NUL
+
 MESSAGE = "Text must not contain NUL characters (U+0000)"
 
 

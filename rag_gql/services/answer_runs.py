@@ -57,6 +57,7 @@ from rag_gql.services.answers import (
     tokens_payload,
 )
 from rag_gql.services.notifications import Listener
+from rag_gql.services.pgtext import replace_nul
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ class AnswerRuns:
                         async for event in rest:
                             if isinstance(event, Token):
                                 # PostgreSQL text cannot hold NUL.
-                                run.publish(Token(event.text.replace("\x00", "\ufffd")))
+                                run.publish(Token(replace_nul(event.text, "\ufffd")))
                                 if len(run.pending) >= FLUSH_TOKENS:
                                     await asyncio.shield(self._flush(run))
                                 if run.gone:

@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rag_gql.services.pgtext import replace_nul
 from rag_gql.services.tables import split_table, table_spans
 
 _WHITESPACE_RUN = re.compile(r"[ \t\r\f\v]+")
@@ -34,7 +35,7 @@ class ChunkSpan:
 
 def normalize_page(text: str) -> str:
     """Collapses runs of spaces and blank lines; offsets refer to this normalized text."""
-    text = _WHITESPACE_RUN.sub(" ", text.replace("\x00", ""))
+    text = _WHITESPACE_RUN.sub(" ", replace_nul(text))
     return _BLANK_LINES.sub("\n\n", text).strip()
 
 

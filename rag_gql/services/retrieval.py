@@ -35,6 +35,7 @@ from rag_gql.repositories.chunks import ChunkRow
 from rag_gql.repositories.search_sql import ChunkScope, ExactScan
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.fusion import maximal_marginal_relevance, reciprocal_rank_fusion
+from rag_gql.services.pgtext import replace_nul
 from rag_gql.services.query_embeddings import QueryEmbeddingCache
 
 MAX_QUERY_LENGTH = 4000
@@ -327,7 +328,7 @@ class RetrievalService:
 
 
 def _clean(query: str) -> str:
-    return query.replace("\x00", " ").strip()
+    return replace_nul(query, " ").strip()
 
 
 def _scope(filter: SearchFilter | None, collection_ids: Sequence[str] | None) -> ChunkScope | None:
