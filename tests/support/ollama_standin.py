@@ -656,14 +656,14 @@ def create_app(state: StandinState) -> Starlette:
         request: Request, field: str
     ) -> Response | tuple[str, list[str], list[float], int | None]:
         state.rerank_requests += 1
-        if state.rerank_delay > 0:
-            await asyncio.sleep(state.rerank_delay)
-        if state.rerank_fail_status is not None:
-            return _error(state.rerank_fail_status, state.fail_message)
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(400, "invalid JSON request body")
+        if state.rerank_delay > 0:
+            await asyncio.sleep(state.rerank_delay)
+        if state.rerank_fail_status is not None:
+            return _error(state.rerank_fail_status, state.fail_message)
         if not isinstance(body, dict):
             return _error(400, "request body must be a JSON object")
         query, documents, top_n = body.get("query"), body.get(field), body.get("top_n")
