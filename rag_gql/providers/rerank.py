@@ -5,8 +5,9 @@ Wire formats:
 - `v1` — the rerank API llama.cpp's server, vLLM, Infinity, Jina and Cohere serve:
   `POST /v1/rerank` `{"model", "query", "documents": [...], "top_n"}` →
   `{"results": [{"index", "relevance_score"}, ...]}`.
-- `tei` — Hugging Face Text Embeddings Inference: `POST /rerank` `{"query", "texts": [...]}`
-  → `[{"index", "score"}, ...]` (every text scored; `top_n` is applied here).
+- `tei` — Hugging Face Text Embeddings Inference: `POST /rerank` `{"query", "texts": [...],
+  "truncate": true}` → `[{"index", "score"}, ...]` (every text scored; `top_n` is applied
+  here).
 
 Resilience as for Ollama (`providers.breaker`): every call passes a circuit breaker of its
 own, and a call that could not reach the reranker, timed out (`timeout` seconds for the whole
@@ -91,7 +92,8 @@ class RerankClient:
             return []
         if self.api == "tei":
             path = "/rerank"
-            payload: dict[str, Any] = {"query": query, "texts": list(documents)}
+            # TEI refuses inputs past the model's length unless told to truncate them.
+            payload: dict[str, Any] = {"query": query, "texts": list(documents), "truncate": True}
         else:
             path = "/v1/rerank"
             payload = {"query": query, "documents": list(documents), "top_n": top_n}
