@@ -567,6 +567,54 @@ class Settings(BaseSettings):
         description="Weight w of the keyword list in HYBRID search (tuned with `rag-gql eval`).",
     )
     hybrid_candidates: int = Field(default=50, gt=0, description="Depth of each ranked list.")
+    rerank_url: str | None = Field(
+        default=None,
+        description="Base URL of a reranking server (a cross-encoder behind the rerank API of "
+        "llama.cpp's server, vLLM, Infinity, Jina or Cohere: `POST /v1/rerank`; TEI: "
+        "RERANK_API=tei). Unset: no reranking stage.",
+    )
+    rerank_model: str | None = Field(
+        default=None,
+        description="The model named in `v1` rerank requests (e.g. bge-reranker-v2-m3); "
+        "unset: none is named (the server's own).",
+    )
+    rerank_api: Literal["v1", "tei"] = Field(
+        default="v1",
+        description="The reranker's wire format: `v1` (`POST /v1/rerank` with `documents`, "
+        "answering `results` of `index` and `relevance_score`) or `tei` (Hugging Face Text "
+        "Embeddings Inference: `POST /rerank` with `texts`, answering `index` and `score`).",
+    )
+    rerank_candidates: int = Field(
+        default=50,
+        gt=0,
+        le=1000,
+        description="How many of the best fused hits the reranker re-scores; the k returned "
+        "are the best of them by its scores.",
+    )
+    rerank_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds one rerank request may take in all; past it (or on a 5xx, or "
+        "while the circuit is open) hits come back in fused order with `reranked: false`.",
+    )
+    rerank_attempts: int = Field(
+        default=2,
+        ge=1,
+        description="Tries of a rerank request that could not reach the reranker or got a "
+        "5xx (exponential backoff with jitter).",
+    )
+    rerank_breaker_threshold: int = Field(
+        default=5,
+        ge=1,
+        description="Failed rerank calls in a row (unreachable, timed out, 5xx) that open its "
+        "circuit.",
+    )
+    rerank_breaker_reset: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds the reranker's open circuit skips reranking before one call is "
+        "let through.",
+    )
 
     @field_validator("jwt_secret")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from rag_gql.observability.metrics import Metrics
 from rag_gql.observability.upstream import ObservedTransport
 from rag_gql.providers.mail import Mailer, make_mailer
 from rag_gql.providers.ollama import EmbeddingSizeMismatch, OllamaClient
+from rag_gql.providers.rerank import RerankClient
 from rag_gql.repositories import catalog
 from rag_gql.services.answer_runs import AnswerRuns
 from rag_gql.services.api_keys import ApiKeyService
@@ -119,6 +120,7 @@ async def open_services(
         httpx.AsyncClient(
             base_url=settings.ollama_url, timeout=timeout, transport=transport
         ) as http,
+        AsyncExitStack() as stack,
     ):
         try:
             ollama = OllamaClient(
@@ -134,7 +136,10 @@ async def open_services(
             if check_upstream:
                 await _check_database(db, settings)
                 await _check_ollama(ollama, settings)
-            retrieval = RetrievalService(settings=settings, db=db, ollama=ollama)
+            reranker = await _open_reranker(settings, stack, tracing)
+            retrieval = RetrievalService(
+                settings=settings, db=db, ollama=ollama, reranker=reranker, metrics=metrics
+            )
             mailer = make_mailer(settings)
             limiter = RateLimiter.from_settings(settings)
             auth = AuthService(settings=settings, db=db, mailer=mailer, ratelimiter=limiter)
@@ -197,6 +202,34 @@ async def open_services(
             await runs.aclose()  # answers still running: stored `interrupted`
             await events.aclose()
             await db.dispose()
+
+
+async def _open_reranker(
+    settings: Settings, stack: AsyncExitStack, tracing: Tracing | None
+) -> RerankClient | None:
+    """The reranking client of `RERANK_URL` (its HTTP client closed by `stack`), or None."""
+    if not settings.rerank_url:
+        return None
+    transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport()
+    if tracing is not None:
+        transport = tracing.http_transport(transport)
+    http = await stack.enter_async_context(
+        httpx.AsyncClient(
+            base_url=settings.rerank_url,
+            timeout=httpx.Timeout(settings.rerank_timeout),
+            transport=transport,
+        )
+    )
+    log.info("Reranking with %r at %s", settings.rerank_model, settings.rerank_url)
+    return RerankClient(
+        http,
+        model=settings.rerank_model,
+        api=settings.rerank_api,
+        timeout=settings.rerank_timeout,
+        attempts=settings.rerank_attempts,
+        breaker_threshold=settings.rerank_breaker_threshold,
+        breaker_reset=settings.rerank_breaker_reset,
+    )
 
 
 async def _check_ocr(settings: Settings) -> OcrAvailability | None:

@@ -55,7 +55,7 @@ from tests.support.pdfs import make_pdf
 from tests.support.serving import free_port, serve
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
-from tests.support.uploads import assert_error
+from tests.support.uploads import assert_error, upload_ok
 
 Probe = Callable[["World"], Awaitable[None]]
 
@@ -73,6 +73,10 @@ DOCUMENTS = (
 SEARCH = (
     "query($q: String!, $c: [ID!]) "
     "{ search(query: $q, k: 50, collectionIds: $c) { text page url document { id filename } } }"
+)
+SEARCH_RERANK = (
+    "query($q: String!, $r: Boolean) "
+    "{ search(query: $q, k: 50, rerank: $r) { text rerankScore reranked document { id } } }"
 )
 SEARCH_FILTER = (
     "query($q: String!, $f: SearchFilter) "
@@ -1070,6 +1074,17 @@ async def attack_search(w: World) -> None:
         ):
             data = await w.ok(w.user("mallory"), SEARCH_FILTER, {"q": QUESTION, "f": f})
             assert data["search"] == [], data
+    # No reranker here (RERANK_URL): asking for one is BAD_USER_INPUT, after authentication
+    # and membership; null and false search plainly, nothing reranked.
+    await w.unauthenticated_everywhere(SEARCH_RERANK, {"q": QUESTION, "r": True})
+    await w.refuse_all(w.outsiders_at_t(), SEARCH_RERANK, {"q": QUESTION, "r": True}, "NOT_FOUND")
+    for caller in (w.user("viewer", w.team), w.user("mallory")):
+        await w.refused(caller, SEARCH_RERANK, {"q": QUESTION, "r": True}, "BAD_USER_INPUT")
+        for rerank in (None, False):
+            hits = (await w.ok(caller, SEARCH_RERANK, {"q": QUESTION, "r": rerank}))["search"]
+            assert hits and all(h["reranked"] is False for h in hits), hits
+            assert all(h["rerankScore"] is None for h in hits), hits
+    assert w.ollama.rerank_requests == 0
 
 
 @probe("Mutation", "uploadDocument", "data")
@@ -2310,3 +2325,52 @@ async def test_the_operations_listener_binds_loopback_by_default(
         if outside is not None:  # a machine with loopback only has no other way in
             with pytest.raises(httpx.ConnectError):
                 await http.get(f"http://{outside}:{port}/metrics")
+
+
+async def test_the_reranker_sees_only_the_callers_passages_and_cannot_break_a_search(
+    settings: Settings, inbox: Inbox, ollama: StandinState
+) -> None:
+    """The reranker is sent the caller's own candidates only (its workspace), and one that
+    fails (a 5xx; scores it cannot send, NaN; extreme scores) never fails the search: the hits
+    are the same, in fused order or its own. Malformed bodies: tests/test_rerank.py."""
+    reranking = settings.model_copy(
+        update=NO_RATE_LIMITS
+        | {"rerank_url": settings.ollama_url, "rerank_timeout": 1.0, "rerank_attempts": 1}
+    )
+    async with serve(reranking) as url, httpx.AsyncClient(timeout=30) as http:
+        gql = GraphQLClient(http, url)
+        ada = await sign_up(gql, inbox, "ada@example.com")
+        mallory = await sign_up(gql, inbox, "mallory@example.com")
+        await upload_ok(gql, "secret.pdf", make_pdf(SECRET_PAGES), ada)
+        await upload_ok(
+            gql, "kites.pdf", make_pdf(["Kites fly in the wind on the beach."]), mallory
+        )
+        for query in (SECRET_PAGES[0], QUESTION, "kites wind"):
+            data = await gql.data(SEARCH_RERANK, {"q": query, "r": True}, token=mallory)
+            for secret in SECRET_PAGES:
+                assert secret not in json.dumps(data)
+            if ollama.last_rerank is not None:
+                sent = json.dumps(ollama.last_rerank[1])
+                assert not any(secret[:40] in sent for secret in SECRET_PAGES), sent
+        hits = await gql.data(SEARCH_RERANK, {"q": "kites wind", "r": True}, token=mallory)
+        assert hits["search"][0]["reranked"] is True
+
+        plain = (await gql.data(SEARCH_RERANK, {"q": QUESTION, "r": False}, token=ada))["search"]
+        for hostile in (
+            lambda q, d: float("nan"),
+            lambda q, d: float("inf"),
+            lambda q, d: 1e308,
+        ):
+            ollama.rerank_scorer = hostile
+            body = await gql.execute(SEARCH_RERANK, {"q": QUESTION, "r": True}, token=ada)
+            assert not body.get("errors"), body
+            got = body["data"]["search"]
+            assert sorted(h["text"] for h in got) == sorted(h["text"] for h in plain)
+            assert [h["text"] for h in got] == [h["text"] for h in plain] or all(
+                h["reranked"] for h in got
+            )
+        ollama.rerank_scorer = None
+        ollama.rerank_fail_status = 502
+        body = await gql.execute(SEARCH_RERANK, {"q": QUESTION, "r": True}, token=ada)
+        assert not body.get("errors"), body
+        assert [h["text"] for h in body["data"]["search"]] == [h["text"] for h in plain]

@@ -15,6 +15,9 @@ renders its registry. Names, labels and units:
   token of the answer.
 - `rag_gql_ollama_errors_total{endpoint, kind}`: failed Ollama HTTP calls; `kind` is
   `timeout`, `connection` or `http_<status>`.
+- `rag_gql_reranks_total{outcome}`: searches that asked the reranker; `outcome` is `ok`,
+  or why the hits came back in fused order: `unavailable` (unreachable, timed out, 5xx),
+  `circuit_open`, `error` (a 4xx or a malformed answer).
 - `rag_gql_ingest_queue_depth`: ingestion jobs waiting or running (set when scraped).
 - `rag_gql_ingest_stage_seconds_total{stage}`: ingestion time per stage (extract, embed,
   write); `rag_gql_ingest_jobs_total{outcome}`, `rag_gql_ingested_pages_total`,
@@ -82,6 +85,13 @@ class Metrics:
             ["endpoint", "kind"],
             registry=r,
         )
+        self.reranks = Counter(
+            "rag_gql_reranks",
+            "Searches that asked the reranker, by outcome (ok; unavailable, circuit_open or "
+            "error: hits in fused order).",
+            ["outcome"],
+            registry=r,
+        )
         self.ingest_queue_depth = Gauge(
             "rag_gql_ingest_queue_depth", "Ingestion jobs waiting or running.", registry=r
         )
@@ -132,6 +142,10 @@ class Metrics:
         """Counts a failed Ollama call to `path` (other paths count as `other`)."""
         endpoint = path if path in OLLAMA_ENDPOINTS else "other"
         self.ollama_errors.labels(endpoint=endpoint, kind=kind).inc()
+
+    def rerank(self, outcome: str) -> None:
+        """Counts one search's rerank call by `outcome` (ok, unavailable, circuit_open, error)."""
+        self.reranks.labels(outcome=outcome).inc()
 
     @contextmanager
     def ingest_stage(self, stage: str) -> Iterator[None]:

@@ -6,7 +6,7 @@ token counters. The client is an injected `httpx.AsyncClient` (built once in the
 lifespan, with its connect and read timeouts), so connections are pooled and tests can aim it
 at a loopback stand-in.
 
-Resilience: every call passes one circuit breaker (`purgatory`): after
+Resilience: every call passes one circuit breaker (`providers.breaker.Breaker`): after
 `breaker_threshold` calls in a row that could not reach Ollama (refused, timed out, dropped),
 calls fail at once with `CircuitOpen` for `breaker_reset` seconds; then calls are let through
 again, and the first to fail opens the circuit anew, the first to succeed closes it. HTTP
@@ -19,24 +19,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 import stamina
-from purgatory import AsyncCircuitBreakerFactory
-from purgatory.domain.model import OpenedState
 
 from rag_gql.errors import UpstreamError, UpstreamUnavailable
+from rag_gql.providers.breaker import Breaker, CircuitOpen, retryable
+
+__all__ = ["ChatDelta", "ChatMessage", "CircuitOpen", "EmbeddingSizeMismatch", "OllamaClient"]
 
 CIRCUIT = "ollama"
 PING_TIMEOUT = 2.5
 """Seconds `ping` (`/readyz`) waits for Ollama, below the readiness check's own 3 s."""
-
-
-class CircuitOpen(UpstreamUnavailable):
-    """Ollama failed too often in a row: calls fail at once until the circuit resets."""
 
 
 class EmbeddingSizeMismatch(UpstreamError):
@@ -105,12 +102,11 @@ class OllamaClient:
         self.batch_size = batch_size
         self.embed_dim = embed_dim
         self._embed_attempts = embed_attempts
-        self._breakers = AsyncCircuitBreakerFactory(
-            default_threshold=breaker_threshold,
-            default_ttl=breaker_reset,
-            # Only unreachability counts against Ollama; anything else (its HTTP errors, a
-            # client that left: GeneratorExit, CancelledError) ends the call as a success.
-            exclude=[(BaseException, lambda exc: not isinstance(exc, UpstreamUnavailable))],
+        self._breaker = Breaker(
+            CIRCUIT,
+            threshold=breaker_threshold,
+            reset=breaker_reset,
+            refusal="Ollama is unavailable (it failed repeatedly; calls are refused for a while)",
         )
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
@@ -139,7 +135,7 @@ class OllamaClient:
     async def _embed_batch(self, batch: list[str]) -> dict[str, Any]:
         payload = {"model": self.embed_model, "input": batch, "truncate": True}
         async for attempt in stamina.retry_context(
-            on=_retryable,
+            on=retryable,
             attempts=self._embed_attempts,
             timeout=None,
             wait_initial=0.2,
@@ -225,24 +221,13 @@ class OllamaClient:
             raise UpstreamError("Ollama returned a malformed /api/tags response") from exc
         return [str(m.get("name", "")) for m in models if isinstance(m, dict)]
 
-    @asynccontextmanager
-    async def _guarded(self) -> AsyncIterator[None]:
+    def _guarded(self) -> AbstractAsyncContextManager[None]:
         """Runs the block through the circuit breaker (see the module's docstring).
 
         Raises:
             CircuitOpen: the circuit is open; the block does not run.
         """
-        breaker = await self._breakers.get_breaker(CIRCUIT)
-        try:
-            async with breaker:
-                yield
-        except OpenedState as exc:
-            # purgatory raises the same exception object each time: drop its traceback, or
-            # every refused call would add its frames to it.
-            exc.with_traceback(None)
-            raise CircuitOpen(
-                "Ollama is unavailable (it failed repeatedly; calls are refused for a while)"
-            ) from None
+        return self._breaker.guarded()
 
     async def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         async with self._guarded():
@@ -259,11 +244,6 @@ class OllamaClient:
         if not isinstance(body, dict):
             raise UpstreamError(f"Ollama returned a malformed {path} response")
         return body
-
-
-def _retryable(exc: Exception) -> bool:
-    """Retry what did not reach Ollama, unless the circuit is open (retrying cannot help)."""
-    return isinstance(exc, UpstreamUnavailable) and not isinstance(exc, CircuitOpen)
 
 
 async def _coalesced(chunks: AsyncIterator[str]) -> AsyncIterator[ChatDelta]:

@@ -167,6 +167,8 @@ def _hit_json(hit: SearchHit) -> dict[str, Any]:
         "keyword_rank": hit.keyword_rank,
         "ordinal": hit.ordinal,
         "last_ordinal": hit.last_ordinal,
+        "rerank_score": hit.rerank_score,
+        "reranked": hit.reranked,
         "document": document,
     }
 
@@ -195,6 +197,9 @@ def _hit_from_json(data: dict[str, Any]) -> SearchHit:
         keyword_rank=data["keyword_rank"],
         ordinal=int(data["ordinal"]),
         last_ordinal=data["last_ordinal"],
+        # Sources stored before reranking existed have neither.
+        rerank_score=data.get("rerank_score"),
+        reranked=bool(data.get("reranked", False)),
     )
 
 

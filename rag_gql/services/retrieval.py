@@ -10,8 +10,13 @@
   while the query is embedded.
 
 Adjacent chunks of one document that both made the list are merged into one hit, so results
-are not five slices of one paragraph. A query's embedding is kept a while per workspace
-(`QueryEmbeddingCache`): the same words searched again skip the Ollama call.
+are not five slices of one paragraph. With a reranker configured (`RERANK_URL`), the best
+`RERANK_CANDIDATES` hits are then re-scored by it (a cross-encoder, `providers.rerank`), after
+the transaction closed, and the k returned are its best; when it fails they come back in the
+order above, marked `reranked=False`, and `rag_gql_reranks_total` counts why. With
+`diversity`, the reranker orders maximal marginal relevance's picks. A query's embedding is
+kept a while per workspace (`QueryEmbeddingCache`): the same words searched again skip the
+Ollama call.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import asyncpg
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.models import Document
-from rag_gql.errors import InvalidInput
+from rag_gql.errors import InvalidInput, UpstreamError, UpstreamUnavailable
+from rag_gql.observability.metrics import Metrics
+from rag_gql.providers.breaker import CircuitOpen
 from rag_gql.providers.ollama import OllamaClient
+from rag_gql.providers.rerank import RerankClient
 from rag_gql.repositories import bm25, chunks, search_sql
 from rag_gql.repositories.chunks import ChunkRow
 from rag_gql.repositories.search_sql import ChunkScope, ExactScan
@@ -72,9 +80,9 @@ class SearchFilter:
 @dataclass(frozen=True, slots=True)
 class SearchRequest:
     """What `search`, `answer` and `ask` are asked: the query (an answer's question), `k`
-    hits, the mode, a filter, `collection_ids` (narrows `filter.collection_ids`) and, for an
-    answer, the conversation to follow up in (None: a new one). Checked by
-    `RetrievalService.check`, once."""
+    hits, the mode, a filter, `collection_ids` (narrows `filter.collection_ids`), whether to
+    rerank (None: when a reranker is configured) and, for an answer, the conversation to
+    follow up in (None: a new one). Checked by `RetrievalService.check`, once."""
 
     query: str
     k: int = DEFAULT_K
@@ -82,6 +90,7 @@ class SearchRequest:
     filter: SearchFilter | None = None
     collection_ids: Sequence[str] | None = None
     conversation_id: uuid.UUID | None = None
+    rerank: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,7 @@ class Search:
     mode: SearchMode
     scope: ChunkScope | None
     conversation_id: uuid.UUID | None
+    rerank: bool = False
 
     def rephrased(self, query: str) -> Search:
         """This search for `query` (a follow-up rewritten to stand alone, at most
@@ -106,7 +116,9 @@ class SearchHit:
     """A passage that matches: its score (see the module doc), ranks, text and place.
 
     `vector_rank` / `keyword_rank` are 1-based positions in each list (None: not in it).
-    `char_start`/`char_end` index the page's normalized text.
+    `char_start`/`char_end` index the page's normalized text. `rerank_score` is the
+    reranker's score (None: not reranked); `reranked` tells whether the search's hits are in
+    the reranker's order (the same for all the hits of one search).
     """
 
     chunk_id: int
@@ -121,6 +133,8 @@ class SearchHit:
     keyword_rank: int | None = None
     ordinal: int = 0
     last_ordinal: int | None = None  # a merged hit's last chunk (None: just `ordinal`)
+    rerank_score: float | None = None
+    reranked: bool = False
 
     @property
     def ordinals(self) -> tuple[int, int]:
@@ -131,10 +145,20 @@ class SearchHit:
 class RetrievalService:
     """Finds the chunks of the caller's workspace that best match a query."""
 
-    def __init__(self, *, settings: Settings, db: Database, ollama: OllamaClient) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        ollama: OllamaClient,
+        reranker: RerankClient | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._settings = settings
         self._db = db
         self._ollama = ollama
+        self._reranker = reranker
+        self._metrics = metrics or Metrics()
         self._exact = ExactScan(
             settings.exact_search_max_rows,
             settings.exact_search_max_share,
@@ -151,7 +175,7 @@ class RetrievalService:
 
         Raises:
             InvalidInput: empty or over-long query (called `what` in the message), `k`
-                outside 1..SEARCH_MAX_K.
+                outside 1..SEARCH_MAX_K, `rerank` asked for where no reranker is configured.
         """
         query = _clean(request.query)
         if not query:
@@ -160,12 +184,16 @@ class RetrievalService:
             raise InvalidInput(f"The {what} is longer than {MAX_QUERY_LENGTH} characters")
         if not 1 <= request.k <= self._settings.search_max_k:
             raise InvalidInput(f"k must be between 1 and {self._settings.search_max_k}")
+        if request.rerank and self._reranker is None:
+            raise InvalidInput("rerank: no reranker is configured on this server (RERANK_URL)")
+        rerank = self._reranker is not None and request.rerank is not False
         return Search(
             query=query,
             k=request.k,
             mode=request.mode,
             scope=_scope(request.filter, request.collection_ids),
             conversation_id=request.conversation_id,
+            rerank=rerank,
         )
 
     async def search(
@@ -212,6 +240,10 @@ class RetrievalService:
         query, k, mode, scope = search.query, search.k, search.mode, search.scope
         s = self._settings
         depth = candidate_depth(mode, k, hybrid_candidates=s.hybrid_candidates, diversity=diversity)
+        # Reranking: the best `keep` merged hits go to the reranker, highlighted after it.
+        rerank = search.rerank and self._reranker is not None
+        keep = max(k, s.rerank_candidates) if rerank else k
+        depth = max(depth, keep) if rerank else depth
         ws = principal.workspace_id
         vector = None if mode is SearchMode.KEYWORD else self._queries.get(ws, query)
         by_keyword: list[tuple[int, float]] | None = None
@@ -251,9 +283,9 @@ class RetrievalService:
                 ranked = [pool[i] for i in order]
             # Load twice k for the merge; highlight (the costly part) the first k, and
             # afterwards any other chunk a returned hit is.
-            top = ranked[: k * 2]
+            top = ranked[: keep * 2]
             ids = [cid for cid, *_ in top]
-            highlight = ids[:k] if snippets else []
+            highlight = ids[:k] if snippets and not rerank else []
             rows = await chunks.load(
                 conn, workspace_id=ws, ids=ids, query=query, highlight=highlight
             )
@@ -263,15 +295,42 @@ class RetrievalService:
                     for cid, score, v_rank, k_rank in top
                     if cid in rows
                 ]
-            )[:k]
+            )[:keep]
             late = [hit.chunk_id for hit in hits if rows[hit.chunk_id].snippet is None]
-            if snippets and late:
+            if snippets and late and not rerank:
                 found = await chunks.snippets(conn, workspace_id=ws, ids=late, query=query)
                 hits = [
                     replace(hit, snippet=found[hit.chunk_id]) if hit.chunk_id in found else hit
                     for hit in hits
                 ]
+        if rerank:
+            hits = await self._rerank(query, hits, k)
+            if snippets and hits:
+                async with self._db.driver_transaction(ws) as conn:
+                    found = await chunks.snippets(
+                        conn, workspace_id=ws, ids=[hit.chunk_id for hit in hits], query=query
+                    )
+                hits = [replace(hit, snippet=found.get(hit.chunk_id, hit.snippet)) for hit in hits]
         return hits
+
+    async def _rerank(self, query: str, hits: list[SearchHit], k: int) -> list[SearchHit]:
+        """The best `k` of `hits` by the reranker's scores, `reranked`; when it fails (counted
+        in `rag_gql_reranks_total`), the first `k` in their order, not reranked."""
+        assert self._reranker is not None
+        if not hits:
+            return hits
+        try:
+            ranked = await self._reranker.rerank(query, [hit.text for hit in hits], top_n=k)
+        except CircuitOpen:
+            self._metrics.rerank("circuit_open")
+        except UpstreamUnavailable:
+            self._metrics.rerank("unavailable")
+        except UpstreamError:
+            self._metrics.rerank("error")
+        else:
+            self._metrics.rerank("ok")
+            return [replace(hits[r.index], rerank_score=r.score, reranked=True) for r in ranked]
+        return hits[:k]
 
     async def _embed(self, workspace_id: uuid.UUID, query: str) -> list[float]:
         """The query's embedding from Ollama, kept for the next search of the same words."""

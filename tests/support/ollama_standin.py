@@ -3,14 +3,18 @@
 The stand-in speaks the wire format documented in the Ollama API docs
 (https://github.com/ollama/ollama/blob/main/docs/api.md): ``GET /api/version``,
 ``GET /api/tags``, ``POST /api/embed`` and ``POST /api/chat`` (NDJSON streaming or a single JSON
-object), with Ollama's error bodies (``{"error": "..."}``) and status codes. It needs no model
-weights and answers in milliseconds:
+object), with Ollama's error bodies (``{"error": "..."}``) and status codes. It serves a
+reranker too: ``POST /v1/rerank`` (the rerank API of llama.cpp's server, vLLM, Infinity, Jina
+and Cohere) and ``POST /rerank`` (Hugging Face TEI's shape). It needs no model weights and
+answers in milliseconds:
 
 * Embeddings are hashed bag-of-words vectors (signed feature hashing with BLAKE2b, weight
   ``1 + ln(tf)``, L2-normalised), so texts that share content words are close in cosine
   distance and retrieval behaves sensibly. They are identical across processes and runs.
   A real model can be plugged in instead through :attr:`StandinState.embedder` (or
   ``--embedder minilm`` on the command line, which needs the ``eval`` extra).
+* Rerank scores are the cosine similarity of the stand-in's own embeddings of the query and
+  each document (:attr:`StandinState.rerank_scorer` can replace it).
 * Chat replies are "grounded": the reply quotes the first words of the source numbered ``[1]``
   in the prompt and cites it, or says the answer was not found when there is no such source.
 
@@ -153,6 +157,14 @@ class StandinState:
             previous one was written, so a reader that stops reading stops the count.
         last_chat_messages: ``messages`` of the last valid ``/api/chat`` request, as
             ``[{"role": str, "content": str}, ...]``.
+        rerank_scorer: If set, ``(query, document) -> score`` for the rerank routes instead of
+            the cosine of their embeddings.
+        rerank_delay: Seconds the rerank routes wait before answering.
+        rerank_fail_status: If set, the rerank routes answer this status (the Ollama routes
+            are not affected).
+        rerank_requests: Rerank requests received (including failed ones).
+        last_rerank: ``(query, documents, top_n)`` of the last valid rerank request (``top_n``
+            None for TEI's shape or when not sent).
     """
 
     dim: int = 768
@@ -177,6 +189,11 @@ class StandinState:
     chat_requests: int = 0
     chat_tokens_sent: int = 0
     last_chat_messages: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    rerank_scorer: Callable[[str, str], float] | None = None
+    rerank_delay: float = 0.0
+    rerank_fail_status: int | None = None
+    rerank_requests: int = 0
+    last_rerank: tuple[str, list[str], int | None] | None = None
 
     def reset(self) -> None:
         """Restore every knob to its default and zero the counters.
@@ -251,6 +268,12 @@ def embed_text(text: str, dim: int) -> list[float]:
         vector[0] = 1.0
         return vector
     return [x / norm for x in vector]
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cosine similarity; 0 when either vector is zero."""
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return sum(x * y for x, y in zip(a, b, strict=True)) / norm if norm else 0.0
 
 
 def _count_words(text: str) -> int:
@@ -411,8 +434,8 @@ def create_app(state: StandinState) -> Starlette:
         state: Knobs and counters, read and updated on every request.
 
     Returns:
-        A Starlette app serving ``/``, ``/api/version``, ``/api/tags``, ``/api/embed`` and
-        ``/api/chat``.
+        A Starlette app serving ``/``, ``/api/version``, ``/api/tags``, ``/api/embed``,
+        ``/api/chat``, ``/v1/rerank`` and ``/rerank``.
     """
     _install_log_filter()
 
@@ -629,6 +652,55 @@ def create_app(state: StandinState) -> Starlette:
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
+    async def rerank_scores(
+        request: Request, field: str
+    ) -> Response | tuple[str, list[str], list[float], int | None]:
+        state.rerank_requests += 1
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "invalid JSON request body")
+        if state.rerank_delay > 0:
+            await asyncio.sleep(state.rerank_delay)
+        if state.rerank_fail_status is not None:
+            return _error(state.rerank_fail_status, state.fail_message)
+        if not isinstance(body, dict):
+            return _error(400, "request body must be a JSON object")
+        query, documents, top_n = body.get("query"), body.get(field), body.get("top_n")
+        if not isinstance(query, str) or not isinstance(documents, list):
+            return _error(400, f"query and {field} are required")
+        if not all(isinstance(d, str) for d in documents):
+            return _error(400, f"{field} must be strings")
+        if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
+            return _error(400, "top_n must be a positive integer")
+        state.last_rerank = (query, list(documents), top_n)
+        scorer = state.rerank_scorer or (
+            lambda q, d: _cosine(embed_text(q, state.dim), embed_text(d, state.dim))
+        )
+        return query, documents, [float(scorer(query, d)) for d in documents], top_n
+
+    async def rerank_v1(request: Request) -> Response:
+        scored = await rerank_scores(request, "documents")
+        if isinstance(scored, Response):
+            return scored
+        _, documents, scores, top_n = scored
+        order = sorted(range(len(documents)), key=lambda i: -scores[i])[: top_n or len(documents)]
+        return JSONResponse(
+            {
+                "model": "standin-reranker",
+                "results": [{"index": i, "relevance_score": scores[i]} for i in order],
+                "usage": {"total_tokens": sum(_count_words(d) for d in documents)},
+            }
+        )
+
+    async def rerank_tei(request: Request) -> Response:
+        scored = await rerank_scores(request, "texts")
+        if isinstance(scored, Response):
+            return scored
+        _, documents, scores, _ = scored
+        order = sorted(range(len(documents)), key=lambda i: -scores[i])
+        return JSONResponse([{"index": i, "score": scores[i]} for i in order])
+
     return Starlette(
         routes=[
             Route("/", root, methods=["GET", "HEAD"]),
@@ -636,6 +708,8 @@ def create_app(state: StandinState) -> Starlette:
             Route("/api/tags", tags, methods=["GET"]),
             Route("/api/embed", embed, methods=["POST"]),
             Route("/api/chat", chat, methods=["POST"]),
+            Route("/v1/rerank", rerank_v1, methods=["POST"]),
+            Route("/rerank", rerank_tei, methods=["POST"]),
         ]
     )
 

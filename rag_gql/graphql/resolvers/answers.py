@@ -24,6 +24,7 @@ from rag_gql.graphql.resolvers.search import (
     K,
     Mode,
     Question,
+    Rerank,
     search_request,
 )
 from rag_gql.observability.metrics import Metrics
@@ -52,11 +53,15 @@ class AnswerSubscription:
         filter: Filter = None,
         collection_ids: CollectionIds = None,
         conversation_id: ConversationId = None,
+        rerank: Rerank = None,
     ) -> AsyncGenerator[types.AnswerEvent, None]:
         principal = await info.context.require_principal()
         await info.context.services.quotas.hit(Operation.ANSWER, principal)
         events = info.context.services.generation.answer(
-            principal, search_request(question, k, mode, filter, collection_ids, conversation_id)
+            principal,
+            search_request(
+                question, k, mode, filter, collection_ids, conversation_id, rerank=rerank
+            ),
         )
         metrics = info.context.services.metrics
         runs = info.context.services.generation.runs
@@ -97,11 +102,15 @@ class AskMutation:
         filter: Filter = None,
         collection_ids: CollectionIds = None,
         conversation_id: ConversationId = None,
+        rerank: Rerank = None,
     ) -> types.AskResult:
         principal = await info.context.require_principal()
         await info.context.services.quotas.hit(Operation.ANSWER, principal)
         result = await info.context.services.generation.ask(
-            principal, search_request(question, k, mode, filter, collection_ids, conversation_id)
+            principal,
+            search_request(
+                question, k, mode, filter, collection_ids, conversation_id, rerank=rerank
+            ),
         )
         return types.ask_result(result)
 

@@ -39,6 +39,15 @@ CollectionIds = Annotated[
         description="Only these collections (narrows `filter.collectionIds`); null: all."
     ),
 ]
+Rerank = Annotated[
+    bool | None,
+    strawberry.argument(
+        description="Re-score the best RERANK_CANDIDATES passages with the server's reranker "
+        "(a cross-encoder) and keep its best k; null: when one is configured (RERANK_URL). "
+        "True where none is configured is BAD_USER_INPUT. A reranker that fails does not fail "
+        "the request: the passages come in fused order with `reranked: false`."
+    ),
+]
 ConversationId = Annotated[
     strawberry.ID | None,
     strawberry.argument(
@@ -75,12 +84,13 @@ class SearchQuery:
                 "(maximal marginal relevance); 0 or null: off."
             ),
         ] = None,
+        rerank: Rerank = None,
     ) -> list[types.SearchHit]:
         principal = await info.context.require_principal()
         await info.context.services.quotas.hit(Operation.SEARCH, principal)
         hits = await info.context.services.retrieval.search(
             principal,
-            search_request(query, k, mode, filter, collection_ids),
+            search_request(query, k, mode, filter, collection_ids, rerank=rerank),
             diversity=diversity or 0.0,
             snippets=selects(info.selected_fields, "snippet"),
         )
@@ -94,6 +104,8 @@ def search_request(
     filter: types.SearchFilter | None,
     collection_ids: list[strawberry.ID] | None,
     conversation_id: strawberry.ID | None = None,
+    *,
+    rerank: bool | None = None,
 ) -> SearchRequest:
     """The service's request from the arguments `search`, `answer` and `ask` share (checked
     by the retrieval service). A malformed `conversationId` is "Conversation not found"."""
@@ -104,4 +116,5 @@ def search_request(
         filter=None if filter is None else filter.to_filter(),
         collection_ids=None if collection_ids is None else [str(c) for c in collection_ids],
         conversation_id=parse_id(conversation_id, "Conversation") if conversation_id else None,
+        rerank=rerank,
     )

@@ -67,6 +67,17 @@ class SearchHit:
         description="End offset (exclusive) in the page's normalized text."
     )
     document: Document = strawberry.field(description="The document the passage is from.")
+    rerank_score: float | None = strawberry.field(
+        default=None,
+        description="The reranker's relevance score (its own scale, higher is better); null "
+        "when the search was not reranked.",
+    )
+    reranked: bool = strawberry.field(
+        default=False,
+        description="Whether this search's hits are in the reranker's order (the same for "
+        "every hit of one search): false when no reranking was asked for, or when the "
+        "reranker failed and the hits are in fused order.",
+    )
 
     @strawberry.field(
         description="The document's `fileUrl`, with `#page=N` for a paged format (PDF: "
@@ -88,6 +99,8 @@ class SearchHit:
             char_start=hit.char_start,
             char_end=hit.char_end,
             document=Document.from_model(hit.document),
+            rerank_score=hit.rerank_score,
+            reranked=hit.reranked,
         )
 
 
