@@ -137,9 +137,8 @@ IDENTIFIER_QUESTIONS = [
     ("what is --disable-nls for", ("build.pdf", 1), ("**disable**", "**nls**")),
 ]
 
-# Identifiers and paraphrases. KEYWORD misses the sourdough question (the tomato page says
-# "water" five times and ts_rank_cd counts every occurrence); VECTOR misses the loaf question
-# (no word in common without stemming). Fusion gets both.
+# Identifiers and paraphrases. VECTOR misses the loaf question (no word in common without
+# stemming); fusion finds it by its keywords.
 LABELLED = [
     (r"what does \DeclareFixedFont do?", ("latex.pdf", 1)),
     ("how to use read.fwf", ("r-io.pdf", 1)),

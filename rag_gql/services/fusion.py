@@ -31,7 +31,7 @@ def maximal_marginal_relevance(
     Carbonell and Goldstein (1998), "The use of MMR, diversity-based reranking for reordering
     documents and producing summaries": each next pick maximises
     `(1 - diversity) * rel(d) - diversity * max cos(d, s)` over the picks `s` so far, with
-    `rel` the candidates' scores scaled to [0, 1] (any scale: cosine, RRF, ts_rank_cd) and
+    `rel` the candidates' scores scaled to [0, 1] (any scale: cosine, RRF, BM25) and
     `cos` the cosine similarity of their embeddings. `diversity` 0 keeps the input order.
 
     Raises:

@@ -69,8 +69,8 @@ _enum(
     "by reciprocal rank fusion.",
     values={
         "VECTOR": "Passages whose embeddings are nearest the query's (cosine similarity).",
-        "KEYWORD": "Passages that match the query's words (PostgreSQL full-text search, "
-        "ranked by ts_rank_cd).",
+        "KEYWORD": "Passages that match any of the query's words (PostgreSQL full-text "
+        "search), ranked by Okapi BM25 over the workspace's own statistics.",
         "HYBRID": "Both lists, fused by reciprocal rank fusion; the default.",
     },
 )

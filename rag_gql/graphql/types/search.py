@@ -51,7 +51,8 @@ class SearchFilter:
 @strawberry.type(description="A passage that matches a query.")
 class SearchHit:
     score: float = strawberry.field(
-        description="VECTOR: cosine similarity; KEYWORD: ts_rank_cd; HYBRID: the fused score."
+        description="VECTOR: cosine similarity; KEYWORD: the Okapi BM25 score; HYBRID: the "
+        "fused score."
     )
     vector_rank: int | None = strawberry.field(
         description="1-based rank in the vector list, null when not in it."
