@@ -43,6 +43,10 @@ DOCUMENTS = (
     "query($m: [MetadataCondition!], $first: Int) { documents(metadata: $m, first: $first) "
     "{ edges { node { filename } } } }"
 )
+ASK = (
+    "mutation($q: String!, $f: SearchFilter) { ask(question: $q, k: 5, filter: $f) "
+    "{ sources { document { filename } } error { code } } }"
+)
 UPDATE = (
     "mutation($id: ID!, $m: JSON!) { updateDocumentMetadata(id: $id, metadata: $m) "
     "{ id metadata } }"
@@ -283,6 +287,10 @@ async def test_metadata_over_graphql_filters_search_and_documents(
         assert await filenames(gql, token, {"metadata": conditions}) == expected, conditions
         assert await listed(gql, token, conditions) == expected, conditions
     assert await listed(gql, token, None) == everything
+    # `ask` (and `answer`) share the filter: sources only from the documents it keeps.
+    only_ocean = {"metadata": [{"key": "team", "eq": "ocean"}]}
+    asked = (await gql.data(ASK, {"q": "tides of the sea", "f": only_ocean}, token=token))["ask"]
+    assert {s["document"]["filename"] for s in asked["sources"]} == {"a.pdf"}, asked
 
     # Replaced at once, searchable without reindexing; the file's own properties stay.
     data = await gql.data(UPDATE, {"id": c["id"], "m": {"team": "ocean"}}, token=token)
