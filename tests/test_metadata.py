@@ -333,8 +333,9 @@ async def test_metadata_over_graphql_filters_search_and_documents(
 async def test_recall_under_a_selective_metadata_filter(
     gql: GraphQLClient, inbox: Inbox, settings: Settings
 ) -> None:
-    """A filter keeping 4 of 40 documents: the exact scan and the HNSW index (forced) both
-    return all 4 documents' chunks nearest first, and none outside the filter."""
+    """A filter keeping 4 of 40 documents (4 of ~3,040 chunks, the others nearer the query):
+    the exact scan and the HNSW index (forced, `ef_search` 10) both return all 4 documents'
+    chunks nearest first, and none outside the filter."""
     token = await sign_up(gql, inbox, "ada@example.com")
     topics = ["harbour", "glacier", "orchard", "volcano", "meadow"]
     kept: set[str] = set()
@@ -355,11 +356,27 @@ async def test_recall_under_a_selective_metadata_filter(
         if ready == 40:
             break
         await asyncio.sleep(0.1)
+    query = "the glacier and the orchard"
+    q = embed_text(query, settings.embed_dim)
     async with connect(settings) as conn:
         workspace: uuid.UUID = await conn.fetchval("SELECT workspace_id FROM document LIMIT 1")
         texts = dict(await conn.fetch("SELECT id, text FROM chunk"))
-    query = "the glacier and the orchard"
-    q = embed_text(query, settings.embed_dim)
+        # 3,000 chunks outside the filter, nearer the query than any inside it: the index's
+        # first candidates all fail the filter, so only its iterative scan finds the 4.
+        filler = [
+            "[" + ",".join(f"{x:.6f}" for x in embed_text(f"{query} {w}", settings.embed_dim)) + "]"
+            for w in (f"w{n % 97} w{n % 89}" for n in range(3000))
+        ]
+        other = await conn.fetchval("SELECT id FROM document WHERE filename = 'n1.pdf'")
+        await conn.execute(
+            "INSERT INTO chunk (workspace_id, document_id, ordinal, page, char_start, char_end,"
+            " text, embedding) SELECT $1, $2, 10 + n, 1, 0, 6, 'filler', v::vector"
+            " FROM unnest($3::text[]) WITH ORDINALITY AS t(v, n)",
+            workspace,
+            other,
+            filler,
+        )
+        await conn.execute("ANALYZE chunk")
     truth = [cid for cid, text in texts.items() if text.strip() in kept]  # the filter's
     assert len(truth) == 4  # notes 0, 13, 26, 39
     (condition,) = check_conditions([ConditionInput("set", eq="keep")])
@@ -373,12 +390,26 @@ async def test_recall_under_a_selective_metadata_filter(
                 workspace_id=workspace,
                 embedding=q,
                 limit=10,
-                ef_search=40,
+                ef_search=10,
                 exact=exact,
                 scope=scope,
             )
             async with db.driver_transaction(workspace) as conn:
                 ranking = await chunks.vector_ranked(conn, statements)
+                if strategy is VectorStrategy.HNSW:
+                    # PostgreSQL may rank a selective scope without the index; made to use
+                    # it, the iterative scan still finds all 4, and without that scan the
+                    # index's 10 candidates (all filler) leave fewer: the filter is selective.
+                    hnsw = statements.hnsw
+                    await conn.execute("SET LOCAL enable_sort = off")
+                    await conn.execute("SET LOCAL enable_seqscan = off")
+                    plan = await conn.fetch("EXPLAIN " + hnsw.sql, *hnsw.args)
+                    assert "ix_chunk_embedding_hnsw" in "\n".join(r[0] for r in plan)
+                    indexed = await conn.fetch(hnsw.sql, *hnsw.args)
+                    assert sorted(r[0] for r in indexed) == sorted(truth)
+                    await conn.execute("SET LOCAL hnsw.iterative_scan = off")
+                    plain = await conn.fetch(hnsw.sql, *hnsw.args)
+                    assert len(plain) < len(truth), plain
             assert ranking.strategy is strategy
             # The filter's chunks, nearest first (equal distances in either order).
             assert sorted(cid for cid, _ in ranking.rows) == sorted(truth), strategy
