@@ -316,6 +316,14 @@ async def test_metadata_over_graphql_filters_search_and_documents(
             "d.pdf", make_pdf(["new"]), token=token, metadata=bad, wait=False
         )
         assert_error(response.json(), "BAD_USER_INPUT", fragment)
+    # NUL anywhere in the variables is refused before any resolver. (A 10 MB value never
+    # gets this far: GRAPHQL_MAX_BODY_BYTES and the multipart parser's 1 MiB a part stop its
+    # body, tests/test_body_limits.py.)
+    nul = {"a": "x\x00y"}
+    body = await gql.execute(UPDATE, {"id": b["id"], "m": nul}, token=token)
+    assert_error(body, "BAD_USER_INPUT", "NUL")
+    response = await gql.upload("d.pdf", make_pdf(["new"]), token=token, metadata=nul, wait=False)
+    assert_error(response.json(), "BAD_USER_INPUT", "NUL")
     assert await listed(gql, token, None) == everything, "no document stored"
     doc = await gql.wait_for_document(b["id"], fields=FIELDS, token=token)
     assert doc["metadata"]["team"] == "coast"
