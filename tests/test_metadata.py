@@ -317,8 +317,8 @@ async def test_metadata_over_graphql_filters_search_and_documents(
         )
         assert_error(response.json(), "BAD_USER_INPUT", fragment)
     # NUL anywhere in the variables is refused before any resolver. (A 10 MB value never
-    # gets this far: GRAPHQL_MAX_BODY_BYTES and the multipart parser's 1 MiB a part stop its
-    # body, tests/test_body_limits.py.)
+    # gets this far: GRAPHQL_MAX_BODY_BYTES stops a JSON body, and Starlette's multipart
+    # parser a form part over 1 MiB.)
     nul = {"a": "x\x00y"}
     body = await gql.execute(UPDATE, {"id": b["id"], "m": nul}, token=token)
     assert_error(body, "BAD_USER_INPUT", "NUL")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, text
+from sqlalchemy import TextClause, text
 
 Scalar = str | int | float | bool
 """A metadata value's element: a JSON string, number or boolean."""
@@ -91,7 +91,7 @@ def conditions_sql(conditions: Sequence[MetadataCondition], add: AddParameter, c
     return " AND ".join(c.sql(add, column) for c in conditions) or "TRUE"
 
 
-def conditions_clause(conditions: Sequence[MetadataCondition], column: str) -> ColumnElement[bool]:
+def conditions_clause(conditions: Sequence[MetadataCondition], column: str) -> TextClause:
     """`conditions_sql` as a SQLAlchemy clause with bound parameters (`:m0`, `:m1`, ...)."""
     params: dict[str, Any] = {}
 
@@ -101,4 +101,4 @@ def conditions_clause(conditions: Sequence[MetadataCondition], column: str) -> C
         return f"CAST(:{name} AS {sql_type})"
 
     sql = conditions_sql(conditions, add, column)
-    return text(sql).bindparams(**params)  # type: ignore[return-value]
+    return text(sql).bindparams(**params)
