@@ -287,6 +287,16 @@ async def test_metadata_over_graphql_filters_search_and_documents(
         assert await filenames(gql, token, {"metadata": conditions}) == expected, conditions
         assert await listed(gql, token, conditions) == expected, conditions
     assert await listed(gql, token, None) == everything
+    # A hit's document carries its metadata and properties (read by the search's own SQL).
+    hit_query = (
+        'query($f: SearchFilter) { search(query: "tides", mode: VECTOR, filter: $f) '
+        "{ document { title metadata } } }"
+    )
+    only_a = {"metadata": [{"key": "team", "eq": "ocean"}]}
+    hits = (await gql.data(hit_query, {"f": only_a}, token=token))["search"]
+    assert hits and all(
+        h["document"] == {"title": "Tides", "metadata": a["metadata"]} for h in hits
+    ), hits
     # `ask` (and `answer`) share the filter: sources only from the documents it keeps.
     only_ocean = {"metadata": [{"key": "team", "eq": "ocean"}]}
     asked = (await gql.data(ASK, {"q": "tides of the sea", "f": only_ocean}, token=token))["ask"]
