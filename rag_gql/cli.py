@@ -51,6 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ingest.add_argument("--collection", help="collection id or name (created if new)")
     ingest.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="user metadata of every file (repeatable; a number, true or false is typed, a "
+        "key given twice is a list); a sidecar NAME.meta.json beside a file adds its own keys",
+    )
+    ingest.add_argument(
         "--no-worker",
         action="store_true",
         help="only queue the files: other workers (`rag-gql serve`, `rag-gql worker`) ingest them",
@@ -130,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workspace=args.workspace,
             collection=args.collection,
             run_worker=not args.no_worker,
+            metadata=args.metadata,
         )
     if args.command == "reindex":
         return reindex_all(settings)
@@ -264,10 +273,13 @@ def bulk_ingest(
     workspace: str,
     collection: str | None,
     run_worker: bool,
+    metadata: Sequence[str] = (),
 ) -> int:
-    """`rag-gql ingest`: queues every file under `paths`, shows progress, prints a summary.
+    """`rag-gql ingest`: queues every file under `paths` with `metadata` (`key=value`
+    arguments, `bulk.parse_metadata_args`), shows progress, prints a summary.
 
-    Returns 0 when every file was ingested or a duplicate, 1 when any failed, 2 on bad paths.
+    Returns 0 when every file was ingested or a duplicate, 1 when any failed, 2 on bad paths
+    or bad metadata arguments.
     """
     from rag_gql.eval_command import eval_principal
     from rag_gql.ingestion import bulk
@@ -276,6 +288,11 @@ def bulk_ingest(
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
         log.error("no such file or folder: %s", ", ".join(missing))
+        return 2
+    try:
+        common = bulk.parse_metadata_args(metadata)
+    except ValueError as exc:
+        log.error("%s", exc)
         return 2
     files = list(bulk.walk(paths))
     if not files:
@@ -297,7 +314,9 @@ def bulk_ingest(
             )
             if run_worker:
                 await stack.enter_async_context(ingestion_worker(services))
-            outcomes = await bulk.submit_all(services, principal, files, collection_id)
+            outcomes = await bulk.submit_all(
+                services, principal, files, collection_id, metadata=common
+            )
             with bulk.progress_bar(True) as show:
                 await bulk.wait_for(services.db, principal.workspace_id, outcomes, show)
             return outcomes

@@ -367,6 +367,14 @@ class Settings(BaseSettings):
         description="Bytes of one uploaded file (BAD_USER_INPUT past it); a multipart body "
         "past it plus 64 KiB gets HTTP 413 as it streams, before authentication.",
     )
+    max_metadata_bytes: int = Field(
+        default=16 * 1024,
+        gt=0,
+        le=1024 * 1024,
+        description="Bytes of a document's user metadata as compact UTF-8 JSON (`uploadDocument`'s "
+        "and `updateDocumentMetadata`'s `metadata`, `rag-gql ingest --metadata` and sidecars); "
+        "past it, BAD_USER_INPUT.",
+    )
     graphql_max_body_bytes: int = Field(
         default=1024 * 1024,
         gt=0,

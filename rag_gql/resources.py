@@ -150,7 +150,7 @@ async def open_services(
                 mailer=mailer,
                 auth=auth,
                 api_keys=ApiKeyService(db=db),
-                documents=DocumentService(db=db),
+                documents=DocumentService(db=db, max_metadata_bytes=settings.max_metadata_bytes),
                 document_events=events,
                 ingestion=IngestionService(settings=settings, db=db),
                 retrieval=retrieval,

@@ -65,6 +65,17 @@ ME = "{ me { id email } }"
 DOCUMENT = "query($id: ID!) { document(id: $id) { id filename collectionId } }"
 DOCUMENT_OCR = "query($id: ID!) { document(id: $id) { ocrPages } }"
 DOCUMENT_FILE_URL = "query($id: ID!) { document(id: $id) { fileUrl } }"
+DOCUMENT_META = "query($id: ID!) { document(id: $id) { title author authoredAt metadata } }"
+DOCUMENTS_META = (
+    "query($m: [MetadataCondition!]) { documents(first: 100, metadata: $m) "
+    "{ edges { node { id metadata } } } }"
+)
+UPDATE_METADATA = (
+    "mutation($id: ID!, $m: JSON!) { updateDocumentMetadata(id: $id, metadata: $m) "
+    "{ id metadata } }"
+)
+T_TAG = {"project": "tidal-secret", "level": 7}
+"""The metadata the updateDocumentMetadata probe gives T's document for a while."""
 DOCUMENTS = (
     "query($first: Int, $after: String) { documents(first: $first, after: $after) "
     "{ edges { cursor node { id filename collectionId } } "
@@ -362,6 +373,7 @@ class World:
             *(a.email for a in members),
             *(c for n, c in self.conversations.items() if n != "mallory"),
             T_QUESTION,
+            str(T_TAG["project"]),
         ]
 
     def m_secrets(self) -> list[str]:
@@ -885,6 +897,10 @@ async def attack_document(w: World) -> None:
     data = await w.ok(w.key("VIEWER"), DOCUMENT_OCR, {"id": w.secret_doc})
     assert data["document"] == {"ocrPages": 0}, data
     await w.refuse_all(outsiders, DOCUMENT_OCR, {"id": w.secret_doc}, "NOT_FOUND")
+    # The file's properties and the user's metadata (issue 18): the same, for T only.
+    data = await w.ok(w.key("VIEWER"), DOCUMENT_META, {"id": w.secret_doc})
+    assert data["document"]["metadata"] == {}, data
+    await w.refuse_all(outsiders, DOCUMENT_META, {"id": w.secret_doc}, "NOT_FOUND")
     # T's callers cannot read M's document; nor can a member without X-Workspace-Id: T.
     await w.refuse_all(
         [w.user("owner", w.team), w.key("OWNER")], DOCUMENT, {"id": w.m_doc}, "NOT_FOUND"
@@ -1125,6 +1141,54 @@ async def attack_upload(w: World) -> None:
         document = body["data"]["uploadDocument"]
         w.note(UPLOAD, caller, {"c": w.collection}, "ok")
         await w.ok(caller, DELETE_DOCUMENT, {"id": document["id"]})
+
+
+@probe("Mutation", "updateDocumentMetadata", "data")
+async def attack_update_document_metadata(w: World) -> None:
+    meta = {"id": w.secret_doc, "m": {"owned": "mallory"}}
+    await w.unauthenticated_everywhere(UPDATE_METADATA, meta, more=True)
+    for caller in (w.user("viewer", w.team), w.key("VIEWER")):
+        # FORBIDDEN whether or not the id exists: a VIEWER learns nothing from it.
+        for doc in (w.secret_doc, str(uuid.uuid4()), w.m_doc):
+            await w.refused(caller, UPDATE_METADATA, {**meta, "id": doc}, "FORBIDDEN")
+    outsiders = [w.user("mallory"), w.mallory_key(), w.user("removed"), *w.outsiders_at_t()]
+    await w.refuse_all(outsiders, UPDATE_METADATA, meta, "NOT_FOUND")
+    await w.refuse_all(
+        [w.user("editor", w.team), w.key("EDITOR")],
+        UPDATE_METADATA,
+        {"id": w.m_doc, "m": T_TAG},
+        "NOT_FOUND",
+    )
+    # The legit update; then T's tag filters nothing of T in for M's callers, by search or
+    # listing, whichever operator they try.
+    data = await w.ok(w.key("EDITOR"), UPDATE_METADATA, {"id": w.secret_doc, "m": T_TAG})
+    assert data["updateDocumentMetadata"] == {"id": w.secret_doc, "metadata": T_TAG}
+    conditions: list[list[Json]] = [
+        [{"key": "project", "eq": "tidal-secret"}],
+        [{"key": "project", "exists": True}],
+        [{"key": "level", "gte": 0}],
+        [{"key": "project", "in": ["tidal-secret", "x"]}],
+    ]
+    for caller in (w.user("mallory"), w.mallory_key()):
+        for condition in conditions:
+            found = await w.ok(caller, SEARCH_FILTER, {"q": QUESTION, "f": {"metadata": condition}})
+            assert found["search"] == [], found
+            listed = (await w.ok(caller, DOCUMENTS_META, {"m": condition}))["documents"]
+            assert listed["edges"] == [], listed
+    await w.refuse_all(w.outsiders_at_t(), DOCUMENTS_META, {"m": conditions[0]}, "NOT_FOUND")
+    for caller in (w.user("viewer", w.team), w.key("VIEWER")):
+        found = await w.ok(caller, SEARCH_FILTER, {"q": QUESTION, "f": {"metadata": conditions[0]}})
+        assert {h["document"]["id"] for h in found["search"]} == {w.secret_doc}, found
+        listed = (await w.ok(caller, DOCUMENTS_META, {"m": conditions[2]}))["documents"]
+        assert [e["node"]["id"] for e in listed["edges"]] == [w.secret_doc], listed
+    # A bad shape from an outsider is refused for its shape, naming nothing of T.
+    await w.refused(
+        w.user("mallory"),
+        UPDATE_METADATA,
+        {"id": w.secret_doc, "m": {"a": {"b": 1}}},
+        "BAD_USER_INPUT",
+    )
+    await w.ok(w.key("EDITOR"), UPDATE_METADATA, {"id": w.secret_doc, "m": {}})
 
 
 @probe("Mutation", "deleteDocument", "data")

@@ -240,6 +240,53 @@ async def test_bulk_ingest_command(settings: Settings, tmp_path: Path) -> None:
     ]
 
 
+async def test_bulk_ingest_sets_metadata_from_arguments_and_sidecars(
+    settings: Settings, tmp_path: Path
+) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.pdf").write_bytes(make_pdf(["Ospreys dive for fish."]))
+    (folder / "a.pdf.meta.json").write_text(json.dumps({"team": "birds", "year": 2020}))
+    (folder / "b.pdf").write_bytes(make_pdf(["Herons wait in the shallows."]))
+    (folder / "c.pdf").write_bytes(make_pdf(["Gulls follow the ferry."]))
+    (folder / "c.pdf.meta.json").write_text(json.dumps({"nested": {"no": 1}}))
+    (folder / "orphan.meta.json").write_text("{}")  # no file `orphan` beside it: a file
+    env = environment(settings, PARSE_PROCESSES="0")
+    command = [sys.executable, "-m", "rag_gql.cli", "ingest", str(folder), "--workspace", "meta"]
+    command += ["--metadata", "source=archive", "--metadata", "year=2024"]
+    command += ["--metadata", "tag=a", "--metadata", "tag=b"]
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(120):
+        stdout, stderr = await process.communicate()
+    out = stdout.decode()
+    assert process.returncode == 1, (out, stderr.decode())  # c.pdf: its sidecar is bad
+    assert "c.pdf: metadata.nested is nested" in out, out
+    assert "a.pdf.meta.json" not in out, "a sidecar is not ingested"
+    async with connect(settings) as conn:
+        rows = await conn.fetch(
+            "SELECT d.filename, d.metadata::text FROM document d "
+            "JOIN workspace w ON w.id = d.workspace_id WHERE w.name = 'meta' ORDER BY 1"
+        )
+    common = {"source": "archive", "year": 2024, "tag": ["a", "b"]}
+    stored = {r[0]: json.loads(r[1]) for r in rows}
+    assert stored == {
+        "a.pdf": {**common, "team": "birds", "year": 2020},  # the sidecar's keys win
+        "b.pdf": common,
+        "orphan.meta.json": common,  # beside no file of its name: an ordinary file
+    }
+
+    bad = [sys.executable, "-m", "rag_gql.cli", "ingest", str(folder), "--metadata", "novalue"]
+    process = await asyncio.create_subprocess_exec(
+        *bad, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(60):
+        _, stderr = await process.communicate()
+    assert process.returncode == 2
+    assert "expected key=value" in stderr.decode()
+
+
 async def test_reindex_all_and_documents_without_a_stored_file(
     gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
 ) -> None:

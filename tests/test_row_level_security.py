@@ -17,7 +17,7 @@ from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.db.migrate import alembic_config
 from rag_gql.db.session import APP_ROLE, SET_TENANT
-from rag_gql.repositories import bm25
+from rag_gql.repositories import bm25, search_sql
 from tests.conftest import TEST_EMBED_DIM, with_database
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
@@ -624,3 +624,65 @@ async def test_answer_events_show_and_take_only_the_workspace_s_rows(
                 )
     async with connect(settings) as conn:
         assert await conn.fetchval("SELECT count(*) FROM answer_event WHERE seq = 99") == 0
+
+
+async def test_document_metadata_is_read_and_written_only_in_its_workspace(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
+) -> None:
+    """`document.metadata` is under `document`'s policy: a filter on it, a raw `@>` or `?`,
+    and an UPDATE of it from another workspace's transaction see and touch nothing; the
+    metadata filter's own SQL, run for A, finds none of B's tagged documents."""
+    from rag_gql.repositories.metadata_sql import MetadataCondition, MetadataOp
+
+    for email, words in (("a@example.com", "apples"), ("b@example.com", "bananas")):
+        token = await sign_up(gql, inbox, email)
+        response = await gql.upload(
+            f"{words}.pdf",
+            make_pdf([f"All about {words}."]),
+            token=token,
+            metadata={"fruit": words, "shared": "yes"},
+        )
+        assert "errors" not in response.json(), response.text
+    ws_a = await workspace_of(settings, "a@example.com")
+    ws_b = await workspace_of(settings, "b@example.com")
+
+    async with app_db.transaction(ws_a) as session:
+        tagged = await session.execute(
+            text('SELECT filename FROM document WHERE metadata @> \'{"fruit": "bananas"}\'')
+        )
+        assert list(tagged.scalars()) == []
+        shared = await session.execute(
+            text("SELECT filename FROM document WHERE metadata ? 'shared'")
+        )
+        assert list(shared.scalars()) == ["apples.pdf"]
+        updated = await session.execute(
+            text("UPDATE document SET metadata = '{\"owned\": true}' WHERE workspace_id = :ws"),
+            {"ws": ws_b},
+        )
+        assert updated.rowcount == 0  # type: ignore[attr-defined]
+    # The search's scope with a metadata condition, for A, without naming B at all.
+    scope = search_sql.ChunkScope(metadata=[MetadataCondition("shared", MetadataOp.EQ, ("yes",))])
+    statements = search_sql.vector_statements(
+        workspace_id=ws_a,
+        embedding=[0.1] * TEST_EMBED_DIM,
+        limit=10,
+        ef_search=40,
+        exact=search_sql.ExactScan(1000),
+        scope=scope,
+    )
+    async with app_db.driver_transaction(ws_a) as conn:
+        rows = await conn.fetch(statements.exact.sql, *statements.exact.args)
+        owners = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT DISTINCT workspace_id FROM chunk WHERE id = ANY($1::bigint[])",
+                [r[0] for r in rows],
+            )
+        }
+    assert rows and owners == {ws_a}
+    async with connect(settings) as conn:
+        stored = dict(await conn.fetch("SELECT filename, metadata::text FROM document"))
+    assert stored == {
+        "apples.pdf": '{"fruit": "apples", "shared": "yes"}',
+        "bananas.pdf": '{"fruit": "bananas", "shared": "yes"}',
+    }

@@ -26,7 +26,7 @@ from rag_gql.errors import InvalidInput
 from rag_gql.graphql import view
 from rag_gql.ingestion.pipeline import IngestionPipeline
 from rag_gql.observability import logs
-from rag_gql.services import chunking, citations, parsing
+from rag_gql.services import chunking, citations, parsing, properties
 from rag_gql.services.extraction import ExtractionLimit, ExtractionPool
 from tests.support import hostile
 from tests.support.accounts import sign_up
@@ -77,6 +77,10 @@ ADVERSARIAL: list[tuple[str, Callable[[int], object]]] = [
     ),
     ("graphql.view._HOST", lambda n: view._HOST.fullmatch("a." * n + ":")),
     ("evaluation._CITATION", lambda n: evaluation._CITATION.findall("[12" * n + "]")),
+    (
+        "services.properties._PDF_DATE",  # a PDF's creationDate, as the file says it
+        lambda n: properties._PDF_DATE.match("D:2024" + " " * n + "+" + "'" * n),
+    ),
 ]
 # Module-level patterns that never see what a user sends.
 NOT_ON_USER_TEXT = {

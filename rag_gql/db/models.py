@@ -251,6 +251,8 @@ class Document(Base):
         _referenced_in_workspace("document"),
         _in_workspace("document", "collection_id", "collection"),
         Index("ix_document_workspace_id_created_at", "workspace_id", "created_at", "id"),
+        # What the metadata filters' `@>` and `?` use (`repositories.metadata_sql`).
+        Index("ix_document_metadata", "metadata", postgresql_using="gin"),
         # What the sweep of unfinished documents scans (`ingestion.recovery`).
         Index(
             "ix_document_unfinished",
@@ -279,6 +281,13 @@ class Document(Base):
     chunks_done: Mapped[int] = mapped_column(Integer, server_default="0")
     # Pages read by OCR at the last indexing (`services.ocr`).
     ocr_pages: Mapped[int] = mapped_column(Integer, server_default="0")
+    # The file's own properties, read at indexing (`services.properties`); null when absent.
+    title: Mapped[str | None] = mapped_column(Text)
+    author: Mapped[str | None] = mapped_column(Text)
+    authored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The user's metadata: a flat JSON object (`services.metadata.check_metadata`). The
+    # attribute is `meta`: `metadata` is the declarative base's.
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default="{}")
     embed_model: Mapped[str | None] = mapped_column(String(255))
     # Set when a delete found the document held by its ingestion: hidden from then on, and
     # removed by the worker at its next batch (`ingestion.pipeline`).

@@ -3,16 +3,21 @@
 Files are submitted like uploads (type from content, SHA-256 duplicates skipped), then the
 caller watches them reach READY or FAILED while workers (an in-process one by default) do
 the work; progress is read from the documents' own progress columns.
+
+Metadata: `--metadata key=value` (`parse_metadata_args`) applies to every file, and a sidecar
+`NAME.meta.json` beside a file `NAME` (a JSON object, `services.metadata`'s shape) adds its
+keys to that file's, replacing those of the same name; sidecars are not ingested themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +28,8 @@ from rag_gql.repositories import documents
 from rag_gql.resources import Services
 from rag_gql.services.access import Principal
 
+SIDECAR_SUFFIX = ".meta.json"
+"""`NAME` + this, beside a file `NAME`: that file's metadata."""
 POLL_INTERVAL = 0.5
 """Seconds between two looks at the documents' progress."""
 SUBMIT_CONCURRENCY = 4
@@ -53,22 +60,79 @@ class Progress:
 
 
 def walk(paths: Iterable[Path]) -> Iterator[Path]:
-    """Every regular file under `paths` (folders recursively, sorted; hidden entries skipped)."""
+    """Every regular file under `paths` (folders recursively, sorted; hidden entries and
+    the sidecars of files beside them skipped)."""
     for path in paths:
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                names = set(files)
                 for name in sorted(files):
-                    if not name.startswith("."):
+                    if not name.startswith(".") and not _is_sidecar(name, names):
                         yield Path(root) / name
         elif path.is_file():
             yield path
 
 
+def _is_sidecar(name: str, names: set[str]) -> bool:
+    return name.endswith(SIDECAR_SUFFIX) and name.removesuffix(SIDECAR_SUFFIX) in names
+
+
+def parse_metadata_args(pairs: Sequence[str]) -> dict[str, object]:
+    """`key=value` arguments as a metadata object: a value that reads as a JSON number,
+    `true` or `false` is that, any other is the string; a key given twice gets a list.
+
+    Raises:
+        ValueError: an argument without `=` or with an empty key (the message names it).
+    """
+    found: dict[str, list[object]] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--metadata {pair!r}: expected key=value")
+        value: object = raw
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(raw)
+            if isinstance(parsed, bool | int | float):
+                value = parsed
+        found.setdefault(key.strip(), []).append(value)
+    return {key: values[0] if len(values) == 1 else values for key, values in found.items()}
+
+
+def file_metadata(path: Path, common: Mapping[str, object]) -> dict[str, object]:
+    """`common`, with the keys of `path`'s sidecar (`NAME.meta.json`) when it has one.
+
+    Raises:
+        ValueError: the sidecar is not a JSON object (the message names it).
+        OSError: the sidecar cannot be read.
+    """
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    if not sidecar.is_file():
+        return dict(common)
+    try:
+        own = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{sidecar.name} is not JSON: {exc}") from None
+    if not isinstance(own, dict):
+        raise ValueError(f"{sidecar.name} must hold a JSON object")
+    return {**common, **own}
+
+
 async def submit_file(
-    services: Services, principal: Principal, path: Path, collection_id: uuid.UUID | None
+    services: Services,
+    principal: Principal,
+    path: Path,
+    collection_id: uuid.UUID | None,
+    metadata: Mapping[str, object] | None = None,
 ) -> FileOutcome:
-    """Stores and queues one file like an upload; REJECTED with the reason when refused."""
+    """Stores and queues one file like an upload, with `metadata` and its sidecar's
+    (`file_metadata`); REJECTED with the reason when refused (a bad sidecar too)."""
+    try:
+        own = file_metadata(path, metadata or {})
+    except ValueError as exc:
+        return FileOutcome(path, "REJECTED", reason=str(exc))
+    except OSError as exc:
+        return FileOutcome(path, "REJECTED", reason=f"cannot read its sidecar: {exc}")
     try:
         with path.open("rb") as source:
 
@@ -79,7 +143,11 @@ async def submit_file(
                 read, filename=path.name, max_bytes=services.settings.max_upload_bytes
             ) as received:
                 result = await services.ingestion.submit(
-                    principal, filename=path.name, upload=received, collection_id=collection_id
+                    principal,
+                    filename=path.name,
+                    upload=received,
+                    collection_id=collection_id,
+                    metadata=own,
                 )
     except DomainError as exc:
         return FileOutcome(path, "REJECTED", reason=str(exc))
@@ -97,9 +165,11 @@ async def submit_all(
     paths: Sequence[Path],
     collection_id: uuid.UUID | None,
     *,
+    metadata: Mapping[str, object] | None = None,
     concurrency: int = SUBMIT_CONCURRENCY,
 ) -> list[FileOutcome]:
-    """`submit_file` for every path, `concurrency` at a time; outcomes in the order of `paths`.
+    """`submit_file` for every path (each with `metadata` and its sidecar's), `concurrency`
+    at a time; outcomes in the order of `paths`.
 
     Files with the same bytes submitted at once still make one document: the other is a
     DUPLICATE (the database's unique SHA-256 per workspace decides).
@@ -108,7 +178,7 @@ async def submit_all(
 
     async def one(path: Path) -> FileOutcome:
         async with gate:
-            return await submit_file(services, principal, path, collection_id)
+            return await submit_file(services, principal, path, collection_id, metadata)
 
     return list(await asyncio.gather(*(one(path) for path in paths)))
 

@@ -40,10 +40,11 @@ from rag_gql.providers.ollama import OllamaClient
 from rag_gql.repositories import bm25, documents
 from rag_gql.repositories import chunks as chunk_repo
 from rag_gql.repositories.chunks import ChunkRecord
-from rag_gql.services import parsing
+from rag_gql.services import parsing, properties
 from rag_gql.services.chunking import chunk_pages
 from rag_gql.services.extraction import ExtractionPool
 from rag_gql.services.ocr import OcrOptions
+from rag_gql.services.properties import FileProperties
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,19 @@ class IngestionPipeline:
             # Let the cancelled calls stop their processes (and retrieve their errors).
             await asyncio.gather(*(pending for *_, pending in in_flight), return_exceptions=True)
 
+    async def _properties(self, document: Document, path: Path) -> FileProperties:
+        """The file's title, author and date, read in an extraction process; none when that
+        process fails (over its time or memory): properties never fail a document."""
+        try:
+            return await self._extraction.run(
+                f"{document.filename!r}, properties",
+                properties.file_properties,
+                path,
+                document.media_type,
+            )
+        except InvalidInput:
+            return FileProperties()
+
     async def _index(self, run: _Run, path: Path) -> None:
         """Two stages joined by a short queue: extract + chunk + embed a batch while the
         previous one is written, all writes in the one transaction that ends READY."""
@@ -355,6 +369,7 @@ class IngestionPipeline:
                             document.filename, document.media_type, ocr=self._ocr.mode
                         )
                     )
+                found = await self._properties(document, path)
                 if not await documents.set_state(
                     session,
                     workspace_id=document.workspace_id,
@@ -365,6 +380,9 @@ class IngestionPipeline:
                     chunks_done=written,
                     chunk_count=written,
                     ocr_pages=ocr_pages,
+                    title=found.title,
+                    author=found.author,
+                    authored_at=found.authored_at,
                     embed_model=self._ollama.embed_model,
                     error=None,
                 ):

@@ -33,6 +33,7 @@ from rag_gql.repositories import documents
 from rag_gql.repositories import workspaces as workspace_repo
 from rag_gql.services import parsing
 from rag_gql.services.access import Action, Principal
+from rag_gql.services.metadata import check_metadata
 from rag_gql.services.rate_limits import StorageQuota
 
 MAX_FILENAME_LENGTH = 255
@@ -105,16 +106,19 @@ class IngestionService:
         filename: str,
         upload: ReceivedFile,
         collection_id: uuid.UUID | None = None,
+        metadata: object = None,
     ) -> IngestResult:
-        """Stores the file and queues its ingestion; returns the QUEUED document at once.
+        """Stores the file with its user `metadata` (None: `{}`) and queues its ingestion;
+        returns the QUEUED document at once.
 
         The same bytes already in the workspace (same SHA-256) return that document with
-        `duplicate=True`, and queue nothing.
+        `duplicate=True` (its metadata unchanged), and queue nothing.
 
         Raises:
             Forbidden: the caller's role cannot write (VIEWER).
             NotFound: `collection_id` is not a collection of the workspace.
-            InvalidInput: empty, unsupported type, a damaged or encrypted ZIP, over a ZIP
+            InvalidInput: `metadata` not a flat object within MAX_METADATA_BYTES
+                (`check_metadata`); empty, unsupported type, a damaged or encrypted ZIP, over a ZIP
                 limit. What only parsing tells (unreadable, encrypted PDF, no pages, over
                 MAX_PAGES) ends the document FAILED in the worker instead.
             QuotaExceeded: the workspace's WORKSPACE_MAX_DOCUMENTS or WORKSPACE_MAX_BYTES
@@ -122,6 +126,11 @@ class IngestionService:
             Conflict: the same bytes are a document being deleted.
         """
         principal.require(Action.WRITE)
+        checked = (
+            {}
+            if metadata is None
+            else check_metadata(metadata, max_bytes=self._settings.max_metadata_bytes)
+        )
         filename = clean_filename(filename)
         workspace_id = principal.workspace_id
         async with self._db.transaction(workspace_id) as session:
@@ -159,6 +168,7 @@ class IngestionService:
             page_count=0,  # counted by the worker
             chunk_count=0,
             status=DocumentStatus.QUEUED.value,
+            meta=checked,
         )
         try:
             async with self._db.transaction(workspace_id) as session:

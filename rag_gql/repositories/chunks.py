@@ -10,6 +10,7 @@ hot path skips the ORM.
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -253,7 +254,9 @@ def _document(values: Sequence[Any]) -> Document:
     """
     configure_mappers()  # a no-op once done; a fresh process may reach here first
     document: Document = Document.__mapper__.class_manager.new_instance()
-    document.__dict__.update(zip(search_sql.DOCUMENT_COLUMNS, values, strict=True))
+    document.__dict__.update(zip(search_sql.DOCUMENT_ATTRIBUTES, values, strict=True))
+    if isinstance(document.meta, str):  # jsonb as text: SQLAlchemy's codec on the connection
+        document.__dict__["meta"] = json.loads(document.meta)
     return document
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.db.models import Document, DocumentFilePart, DocumentStatus
+from rag_gql.repositories.metadata_sql import MetadataCondition, conditions_clause
 
 EVENTS_CHANNEL = "rag_gql_document_events"
 """`LISTEN` channel of document status and progress changes (payload: `DocumentState` JSON)."""
@@ -117,14 +118,19 @@ async def list_page(
     workspace_id: uuid.UUID,
     limit: int,
     before: tuple[datetime, uuid.UUID] | None = None,
+    metadata: Sequence[MetadataCondition] = (),
 ) -> list[Document]:
-    """Returns up to `limit` documents, newest first, strictly after the keyset `before`.
+    """Returns up to `limit` documents, newest first, strictly after the keyset `before`,
+    whose user metadata meets every condition of `metadata`.
 
-    Keyset pagination on (created_at, id), served by `ix_document_workspace_id_created_at`.
+    Keyset pagination on (created_at, id), served by `ix_document_workspace_id_created_at`
+    (and `ix_document_metadata` for the conditions it serves).
     """
     stmt = select(Document).where(
         Document.workspace_id == workspace_id, Document.delete_requested_at.is_(None)
     )
+    if metadata:
+        stmt = stmt.where(conditions_clause(metadata, "document.metadata"))
     if before is not None:
         stmt = stmt.where(tuple_(Document.created_at, Document.id) < tuple_(*before))
     stmt = stmt.order_by(Document.created_at.desc(), Document.id.desc()).limit(limit)
@@ -132,15 +138,44 @@ async def list_page(
 
 
 async def any_newer(
-    session: AsyncSession, *, workspace_id: uuid.UUID, than: tuple[datetime, uuid.UUID]
+    session: AsyncSession,
+    *,
+    workspace_id: uuid.UUID,
+    than: tuple[datetime, uuid.UUID],
+    metadata: Sequence[MetadataCondition] = (),
 ) -> bool:
     """Whether the workspace has a document before the keyset `than` in `list_page`'s order
-    (newer); one probe of `ix_document_workspace_id_created_at`."""
+    (newer) meeting `metadata`; one probe of `ix_document_workspace_id_created_at`."""
     newer = select(Document.id).where(
         Document.workspace_id == workspace_id,
         tuple_(Document.created_at, Document.id) > tuple_(*than),
     )
+    if metadata:
+        newer = newer.where(conditions_clause(metadata, "document.metadata"))
     return bool((await session.execute(select(newer.exists()))).scalar())
+
+
+async def set_metadata(
+    session: AsyncSession,
+    *,
+    workspace_id: uuid.UUID,
+    document_id: uuid.UUID,
+    metadata: dict[str, Any],
+) -> Document | None:
+    """Replaces the user metadata of the workspace's document (not one marked for deletion);
+    returns it, None when there is none."""
+    stmt = (
+        update(Document)
+        .where(
+            Document.workspace_id == workspace_id,
+            Document.id == document_id,
+            Document.delete_requested_at.is_(None),
+        )
+        .values(meta=metadata)
+        .returning(Document)
+        .execution_options(synchronize_session=False)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 async def add(session: AsyncSession, document: Document) -> None:

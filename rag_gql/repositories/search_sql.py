@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from rag_gql.db.models import Document
+from rag_gql.repositories.metadata_sql import MetadataCondition, conditions_sql
 
 # Questions are natural language: a chunk matches on ANY of the query's lexemes
 # (`plainto_tsquery` alone ANDs every word and finds nothing for most questions).
@@ -29,6 +30,10 @@ _ANY_LEXEME = "replace(plainto_tsquery('english', {})::text, ' & ', ' | ')::tsqu
 HEADLINE_OPTIONS = "StartSel=**, StopSel=**, MaxWords=35, MinWords=12, MaxFragments=2"
 DOCUMENT_COLUMNS = tuple(column.name for column in Document.__table__.columns)
 """The document's columns `load_statement` selects after the chunk's, in this order."""
+DOCUMENT_ATTRIBUTES = tuple(
+    Document.__mapper__.get_property_by_column(column).key for column in Document.__table__.columns
+)
+"""The `Document` attributes of `DOCUMENT_COLUMNS`, in the same order (`metadata` is `meta`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +57,8 @@ class _Args:
 
 @dataclass(frozen=True, slots=True)
 class ChunkScope:
-    """Restricts a search; `None` fields do not restrict. Pages are 1-based, inclusive."""
+    """Restricts a search; `None` fields do not restrict. Pages are 1-based, inclusive.
+    `metadata`: conditions on the documents' user metadata, all of which must hold."""
 
     collection_ids: Sequence[uuid.UUID] | None = None
     document_ids: Sequence[uuid.UUID] | None = None
@@ -61,6 +67,7 @@ class ChunkScope:
     page_to: int | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    metadata: Sequence[MetadataCondition] | None = None
 
     def where(self, args: _Args, workspace_id: uuid.UUID) -> str:
         """SQL conditions on `chunk c` for this scope inside `workspace_id` (ANDed)."""
@@ -81,6 +88,10 @@ class ChunkScope:
             documents.append(f"d.created_at >= {args.add(self.created_after)}")
         if self.created_before is not None:
             documents.append(f"d.created_at < {args.add(self.created_before)}")
+        if self.metadata:
+            documents.append(
+                conditions_sql(self.metadata, lambda v, t: args.add(v, f"::{t}"), "d.metadata")
+            )
         if documents:
             where.append(
                 "c.document_id IN (SELECT d.id FROM document d WHERE "  # noqa: S608

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -15,6 +15,7 @@ from rag_gql.db.models import Document
 from rag_gql.errors import InvalidInput, NotFound
 from rag_gql.repositories import documents
 from rag_gql.services.access import Action, Principal
+from rag_gql.services.metadata import ConditionInput, check_conditions, check_metadata
 from rag_gql.services.parsing import PDF
 
 MAX_PAGE_SIZE = 100
@@ -64,8 +65,9 @@ class DocumentPage:
 class DocumentService:
     """The caller's documents; every lookup is scoped to the caller's workspace in SQL."""
 
-    def __init__(self, *, db: Database) -> None:
+    def __init__(self, *, db: Database, max_metadata_bytes: int = 16 * 1024) -> None:
         self._db = db
+        self._max_metadata_bytes = max_metadata_bytes
 
     async def get(self, principal: Principal, document_id: uuid.UUID) -> Document:
         """Returns the caller's document. Raises `NotFound`, also for another's document."""
@@ -144,22 +146,34 @@ class DocumentService:
         return {document.id: document for document in found}
 
     async def list_page(
-        self, principal: Principal, *, first: int, after: str | None
+        self,
+        principal: Principal,
+        *,
+        first: int,
+        after: str | None,
+        metadata: Sequence[ConditionInput] | None = None,
     ) -> DocumentPage:
-        """Returns up to `first` (1..100) documents after the cursor `after`, newest first.
+        """Returns up to `first` (1..100) documents after the cursor `after`, newest first,
+        those whose user metadata meets every condition of `metadata`.
 
         Raises:
-            InvalidInput: `first` out of range or a malformed cursor.
+            InvalidInput: `first` out of range, a malformed cursor, a bad condition
+                (`check_conditions`).
         """
         if not 1 <= first <= MAX_PAGE_SIZE:
             raise InvalidInput(f"first must be between 1 and {MAX_PAGE_SIZE}")
         before = decode_cursor(after) if after else None
+        conditions = check_conditions(metadata) if metadata else []
         async with self._db.transaction(principal.workspace_id) as session:
             rows = await documents.list_page(
-                session, workspace_id=principal.workspace_id, limit=first + 1, before=before
+                session,
+                workspace_id=principal.workspace_id,
+                limit=first + 1,
+                before=before,
+                metadata=conditions,
             )
             newer = before is not None and await documents.any_newer(
-                session, workspace_id=principal.workspace_id, than=before
+                session, workspace_id=principal.workspace_id, than=before, metadata=conditions
             )
         items = rows[:first]
         return DocumentPage(
@@ -168,6 +182,30 @@ class DocumentService:
             has_next_page=len(rows) > first,
             has_previous_page=newer,
         )
+
+    async def update_metadata(
+        self, principal: Principal, document_id: uuid.UUID, metadata: object
+    ) -> Document:
+        """Replaces the document's user metadata; returns the document.
+
+        Raises:
+            Forbidden: the caller's role cannot write (VIEWER).
+            InvalidInput: `metadata` is not a flat object within MAX_METADATA_BYTES
+                (`check_metadata`).
+            NotFound: no such document in the workspace.
+        """
+        principal.require(Action.WRITE)
+        checked = check_metadata(metadata, max_bytes=self._max_metadata_bytes)
+        async with self._db.transaction(principal.workspace_id) as session:
+            document = await documents.set_metadata(
+                session,
+                workspace_id=principal.workspace_id,
+                document_id=document_id,
+                metadata=checked,
+            )
+        if document is None:
+            raise NotFound("Document not found")
+        return document
 
     async def delete(self, principal: Principal, document_id: uuid.UUID) -> None:
         """Deletes the workspace's document and its chunks.

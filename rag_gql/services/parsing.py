@@ -186,6 +186,11 @@ def unit_of(media_type: str) -> Unit:
     return _UNITS.get(media_type, Unit.SECTION)
 
 
+def mupdf_filetype(media_type: str) -> str:
+    """PyMuPDF's `filetype` for a media type it reads (`KeyError` for another)."""
+    return _MUPDF[media_type]
+
+
 def count_units(path: Path, filename: str, media_type: str, *, max_pages: int) -> int:
     """Counts the units of a file of `media_type` (from `detect_type`) and enforces the limits.
 

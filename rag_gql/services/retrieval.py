@@ -43,6 +43,7 @@ from rag_gql.repositories.chunks import ChunkRow
 from rag_gql.repositories.search_sql import ChunkScope, ExactScan
 from rag_gql.services.access import Action, Principal
 from rag_gql.services.fusion import maximal_marginal_relevance, reciprocal_rank_fusion
+from rag_gql.services.metadata import ConditionInput, check_conditions
 from rag_gql.services.pgtext import replace_nul
 from rag_gql.services.query_embeddings import QueryEmbeddingCache
 
@@ -66,7 +67,8 @@ class SearchMode(enum.Enum):
 class SearchFilter:
     """Restricts a search; `None` fields do not restrict. Ids are as clients send them: one
     that is not a UUID matches nothing; `collection_ids=[]` matches nothing. Pages are
-    1-based, inclusive; `created_after` is inclusive, `created_before` exclusive."""
+    1-based, inclusive; `created_after` is inclusive, `created_before` exclusive. `metadata`:
+    conditions on the documents' user metadata that must all hold (`services.metadata`)."""
 
     collection_ids: Sequence[str] | None = None
     document_ids: Sequence[str] | None = None
@@ -75,6 +77,7 @@ class SearchFilter:
     page_to: int | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    metadata: Sequence[ConditionInput] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +178,8 @@ class RetrievalService:
 
         Raises:
             InvalidInput: empty or over-long query (called `what` in the message), `k`
-                outside 1..SEARCH_MAX_K, `rerank` asked for where no reranker is configured.
+                outside 1..SEARCH_MAX_K, `rerank` asked for where no reranker is configured, a
+                bad metadata condition (`check_conditions`).
         """
         query = _clean(request.query)
         if not query:
@@ -412,6 +416,7 @@ def _scope(filter: SearchFilter | None, collection_ids: Sequence[str] | None) ->
         page_to=f.page_to,
         created_after=f.created_after,
         created_before=f.created_before,
+        metadata=None if not f.metadata else check_conditions(f.metadata),
     )
 
 

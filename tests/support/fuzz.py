@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import graphql
 import hypothesis
 import requests
 import schemathesis
@@ -38,6 +39,39 @@ TRACEBACK = re.compile(r"Traceback \(most recent call last\)|File \"[^\"]+\", li
 # the server must refuse as it would any other wrong value.
 schemathesis.graphql.scalar(
     "Upload", st.one_of(st.just(nodes.Null), st.text(max_size=40).map(nodes.String))
+)
+
+
+def _json_object(fields: dict[str, graphql.ValueNode]) -> graphql.ValueNode:
+    return nodes.Object(
+        [
+            graphql.ObjectFieldNode(name=graphql.NameNode(value=key), value=value)
+            for key, value in fields.items()
+        ]
+    )
+
+
+# `JSON` (metadata and its filters): scalars, lists, and objects nested a few levels, so both
+# the shapes the server accepts and the ones it must refuse (nesting, null) are drawn.
+_JSON_SCALARS = st.one_of(
+    st.just(nodes.Null),
+    st.booleans().map(nodes.Boolean),
+    st.integers(-(2**40), 2**40).map(nodes.Int),
+    st.floats(allow_nan=False, allow_infinity=False).map(nodes.Float),
+    st.text(max_size=20).map(nodes.String),
+)
+schemathesis.graphql.scalar(
+    "JSON",
+    st.recursive(
+        _JSON_SCALARS,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4).map(nodes.List),
+            st.dictionaries(
+                st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True), inner, max_size=4
+            ).map(_json_object),
+        ),
+        max_leaves=8,
+    ),
 )
 
 MASKED_CODE = "INTERNAL_SERVER_ERROR"

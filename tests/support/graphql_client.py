@@ -67,6 +67,7 @@ class GraphQLClient:
         fields: str = "id filename sha256 pageCount chunkCount status duplicate createdAt",
         workspace: str | None = None,
         collection: str | None = None,
+        metadata: Any = None,
         wait: bool = True,
     ) -> httpx.Response:
         """Sends `uploadDocument` as a GraphQL multipart request; returns the raw response.
@@ -76,9 +77,9 @@ class GraphQLClient:
         body holds that final state (with the upload's own `duplicate` flag).
         """
         operations = {
-            "query": "mutation($file: Upload!, $c: ID) "
-            f"{{ uploadDocument(file: $file, collectionId: $c) {{ {fields} }} }}",
-            "variables": {"file": None, "c": collection},
+            "query": "mutation($file: Upload!, $c: ID, $m: JSON) "
+            f"{{ uploadDocument(file: $file, collectionId: $c, metadata: $m) {{ {fields} }} }}",
+            "variables": {"file": None, "c": collection, "m": metadata},
         }
         headers = _headers(token, workspace)
         if preflight:

@@ -9,6 +9,7 @@ from typing import Annotated
 import strawberry
 from starlette.datastructures import UploadFile
 from strawberry.file_uploads import Upload
+from strawberry.scalars import JSON
 
 from rag_gql.errors import InvalidInput
 from rag_gql.graphql import types
@@ -19,6 +20,11 @@ from rag_gql.services.document_events import DocumentState
 from rag_gql.services.rate_limits import Operation
 
 DocumentId = Annotated[strawberry.ID, strawberry.argument(description="The document's id.")]
+METADATA_SHAPE = (
+    "a flat JSON object of strings, numbers, booleans or lists of them, at most "
+    "MAX_METADATA_BYTES (16 KiB by default) as JSON; nesting, null and NUL are refused "
+    "(BAD_USER_INPUT)"
+)
 
 
 @strawberry.type
@@ -31,11 +37,24 @@ class DocumentQuery:
 
     @strawberry.field(description="The workspace's documents, newest first.")
     async def documents(
-        self, info: Info, first: First = DEFAULT_PAGE_SIZE, after: After = None
+        self,
+        info: Info,
+        first: First = DEFAULT_PAGE_SIZE,
+        after: After = None,
+        metadata: Annotated[
+            list[types.MetadataCondition] | None,
+            strawberry.argument(
+                description="Only documents whose user metadata meets every one of these "
+                "conditions (at most 20), as `SearchFilter.metadata`; null: all."
+            ),
+        ] = None,
     ) -> types.DocumentConnection:
         principal = await info.context.require_principal()
         page = await info.context.services.documents.list_page(
-            principal, first=DEFAULT_PAGE_SIZE if first is None else first, after=after
+            principal,
+            first=DEFAULT_PAGE_SIZE if first is None else first,
+            after=after,
+            metadata=types.conditions(metadata),
         )
         edges = [
             types.DocumentEdge(node=types.Document.from_model(doc), cursor=cursor)
@@ -72,6 +91,13 @@ class DocumentMutation:
             strawberry.ID | None,
             strawberry.argument(description="Put it in this collection; null: in none."),
         ] = None,
+        metadata: Annotated[
+            JSON | None,
+            strawberry.argument(
+                description=f"The user's metadata of the document: {METADATA_SHAPE}; null: "
+                "none. A duplicate upload keeps the existing document's."
+            ),
+        ] = None,
     ) -> types.Document:
         principal = await info.context.require_principal()
         services = info.context.services
@@ -89,9 +115,31 @@ class DocumentMutation:
             upload.read, filename=filename, max_bytes=services.settings.max_upload_bytes
         ) as received:
             result = await services.ingestion.submit(
-                principal, filename=filename, upload=received, collection_id=collection
+                principal,
+                filename=filename,
+                upload=received,
+                collection_id=collection,
+                metadata=metadata,
             )
         return types.Document.from_model(result.document, duplicate=result.duplicate)
+
+    @strawberry.mutation(
+        description="Replaces a document's user metadata (EDITOR or ADMIN); its search "
+        "filters apply at once, without reindexing."
+    )
+    async def update_document_metadata(
+        self,
+        info: Info,
+        id: DocumentId,
+        metadata: Annotated[
+            JSON, strawberry.argument(description=f"The new metadata: {METADATA_SHAPE}.")
+        ],
+    ) -> types.Document:
+        principal = await info.context.require_principal()
+        doc = await info.context.services.documents.update_metadata(
+            principal, parse_id(id, "Document"), metadata
+        )
+        return types.Document.from_model(doc)
 
     @strawberry.mutation(
         description="Parses and embeds a document again with the current model; its current "

@@ -35,7 +35,7 @@ from rag_gql.graphql.types.documents import (
     DocumentEvent,
 )
 from rag_gql.graphql.types.enums import DocumentStatus, Role, SearchMode, Unit
-from rag_gql.graphql.types.search import SearchFilter, SearchHit
+from rag_gql.graphql.types.search import MetadataCondition, SearchFilter, SearchHit, conditions
 from rag_gql.graphql.types.workspaces import Invitation, Member, Workspace
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "DocumentStatus",
     "Invitation",
     "Member",
+    "MetadataCondition",
     "PageInfo",
     "RegisterPayload",
     "Role",
@@ -78,5 +79,6 @@ __all__ = [
     "Workspace",
     "answer_event",
     "ask_result",
+    "conditions",
     "conversation",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import strawberry
+from strawberry.scalars import JSON
 
 from rag_gql.graphql.types.common import CURSOR, PageInfo
 from rag_gql.graphql.types.enums import DocumentStatus, Unit
@@ -40,6 +41,21 @@ class Document:
         description="Pages whose text was read by OCR (Tesseract) when the document was last "
         "indexed: pages without a text layer, or every page with `OCR=force`; 0 until READY."
     )
+    title: str | None = strawberry.field(
+        description="The title the file gives itself (PDF metadata or XMP, Office core "
+        "properties, HTML `<title>`, EPUB OPF), read when indexed; null when absent or not "
+        "yet READY."
+    )
+    author: str | None = strawberry.field(
+        description="The author the file names (as `title`); null when absent."
+    )
+    authored_at: datetime | None = strawberry.field(
+        description="When the file says it was created (as `title`); null when absent."
+    )
+    metadata: JSON = strawberry.field(
+        description="The user's metadata: a flat JSON object of strings, numbers, booleans "
+        "or lists of them (`uploadDocument`, `updateDocumentMetadata`); `{}` when none."
+    )
     status: DocumentStatus = strawberry.field(description="Where it is in ingestion.")
     error: str | None = strawberry.field(
         description="Why ingestion FAILED (or, while QUEUED again, why it will retry)."
@@ -74,6 +90,10 @@ class Document:
             chunk_count=doc.chunk_count,
             chunks_done=doc.chunks_done,
             ocr_pages=doc.ocr_pages,
+            title=doc.title,
+            author=doc.author,
+            authored_at=doc.authored_at,
+            metadata=JSON(dict(doc.meta or {})),
             status=DocumentStatus(doc.status),
             error=doc.error,
             embed_model=doc.embed_model,

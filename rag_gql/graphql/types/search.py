@@ -3,11 +3,51 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import strawberry
+from strawberry.scalars import JSON
 
 from rag_gql.graphql.types.documents import Document
 from rag_gql.services import documents, retrieval
+from rag_gql.services.metadata import ConditionInput
+
+
+@strawberry.input(
+    description="A condition on the documents' user metadata (`Document.metadata`): a key and "
+    "exactly one operator. A list value matches when one of its elements does."
+)
+class MetadataCondition:
+    key: str = strawberry.field(description="The metadata key, 1 to 128 characters.")
+    eq: JSON | None = strawberry.field(
+        default=None,
+        description="The value equals this string, number or boolean (a list value holds "
+        "it), or equals this list.",
+    )
+    in_: list[JSON] | None = strawberry.field(
+        default=None,
+        name="in",
+        description="The value equals one of these 1 to 100 strings, numbers or booleans.",
+    )
+    gte: JSON | None = strawberry.field(
+        default=None,
+        description="The value is at least this number, or this string (compared by code "
+        "point, as ISO 8601 dates sort); values of another JSON type do not match.",
+    )
+    lte: JSON | None = strawberry.field(
+        default=None,
+        description="The value is at most this number or string (as `gte`).",
+    )
+    exists: bool | None = strawberry.field(
+        default=None, description="true: the key is set; false: it is not."
+    )
+
+    def to_input(self) -> ConditionInput:
+        """The service's condition (checked there)."""
+        values: Any = self.in_
+        return ConditionInput(
+            key=self.key, eq=self.eq, in_=values, gte=self.gte, lte=self.lte, exists=self.exists
+        )
 
 
 @strawberry.input(description="Restricts a search; unset fields do not restrict.")
@@ -34,6 +74,11 @@ class SearchFilter:
     created_before: datetime | None = strawberry.field(
         default=None, description="Only documents uploaded before this time (exclusive)."
     )
+    metadata: list[MetadataCondition] | None = strawberry.field(
+        default=None,
+        description="Only documents whose user metadata meets every one of these conditions "
+        "(at most 20).",
+    )
 
     def to_filter(self) -> retrieval.SearchFilter:
         """The retrieval service's filter (ids as sent: it parses them)."""
@@ -45,6 +90,7 @@ class SearchFilter:
             page_to=self.page_to,
             created_after=self.created_after,
             created_before=self.created_before,
+            metadata=conditions(self.metadata),
         )
 
 
@@ -107,3 +153,8 @@ class SearchHit:
 
 def _strings(ids: list[strawberry.ID] | None) -> list[str] | None:
     return None if ids is None else [str(i) for i in ids]
+
+
+def conditions(metadata: list[MetadataCondition] | None) -> list[ConditionInput] | None:
+    """The service's conditions of a metadata filter argument."""
+    return None if metadata is None else [c.to_input() for c in metadata]
