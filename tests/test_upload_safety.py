@@ -23,7 +23,7 @@ import rag_gql
 from rag_gql import evaluation
 from rag_gql.config import Settings
 from rag_gql.errors import InvalidInput
-from rag_gql.graphql import view
+from rag_gql.graphql import files, view
 from rag_gql.ingestion.pipeline import IngestionPipeline
 from rag_gql.observability import logs
 from rag_gql.services import chunking, citations, parsing
@@ -76,6 +76,10 @@ ADVERSARIAL: list[tuple[str, Callable[[int], object]]] = [
         lambda n: [p.sub(r, "bearer eyJ" + "a-" * n) for p, r in logs._SECRETS],
     ),
     ("graphql.view._HOST", lambda n: view._HOST.fullmatch("a." * n + ":")),
+    (
+        "graphql.files._RANGE",
+        lambda n: files._RANGE.fullmatch("bytes=" + "1" * n + "-" + "2" * n + "x"),
+    ),
     ("evaluation._CITATION", lambda n: evaluation._CITATION.findall("[12" * n + "]")),
 ]
 # Module-level patterns that never see what a user sends.
