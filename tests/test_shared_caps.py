@@ -5,6 +5,8 @@ replica killed with `kill -9`."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -113,3 +115,21 @@ def test_only_redis_storage_shares_the_caps() -> None:
     assert RedisLeases.from_uri("memory://", ttl=30) is None
     assert RedisLeases.from_uri("async+memory://", ttl=30) is None
     assert RedisLeases.from_uri("memcached://127.0.0.1:11211", ttl=30) is None
+
+
+def test_the_server_starts_without_the_optional_extras() -> None:
+    """`pip install -e .` (no extras) then `rag-gql serve` must work: nothing the server imports
+    at start needs the `redis`, `otel` or `eval` extras (coredis, opentelemetry, bm25s)."""
+    blocked = ["coredis", "bm25s", "opentelemetry", "sentence_transformers"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None  # import raises ImportError\n"
+        "import rag_gql.app, rag_gql.cli, rag_gql.resources, rag_gql.ingestion.worker\n"
+        "from rag_gql.config import Settings\n"
+        "from rag_gql.app import create_app\n"
+        "create_app(Settings(_env_file=None))\n"
+    )
+    done = subprocess.run(  # noqa: S603 - this interpreter, our own code
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -27,14 +27,15 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
-
-import coredis
-from coredis.exceptions import RedisError
 
 from rag_gql.config import Settings
 from rag_gql.errors import RateLimited
 from rag_gql.services.rate_limits import Slots
+
+if TYPE_CHECKING:
+    import coredis
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ class RedisLeases:
 
     def __init__(self, client: coredis.Redis[bytes], *, ttl: float) -> None:
         """`ttl`: seconds a lease lives without a refresh."""
+        # coredis is the `redis` extra: imported only when Redis is configured.
+        from coredis.exceptions import RedisError
+
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self._client = client
         self._ttl_ms = max(1, round(ttl * 1000))
         self.ttl = ttl
@@ -109,6 +114,13 @@ class RedisLeases:
                     parts.scheme,
                 )
             return None
+        try:
+            import coredis
+        except ImportError as exc:
+            raise ImportError(
+                "RATE_LIMIT_STORAGE_URI is a Redis URI but the Redis client is not installed: "
+                "pip install 'rag-gql[redis]'"
+            ) from exc
         client: coredis.Redis[bytes] = coredis.Redis.from_url(
             urlunsplit(parts._replace(scheme=scheme)),
             connect_timeout=CALL_TIMEOUT,
@@ -131,7 +143,7 @@ class RedisLeases:
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
                 taken = await self._take(keys=[redis_key], args=[limit, self._ttl_ms, lease])
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._errors as exc:
             raise LeaseStoreError(str(exc) or type(exc).__name__) from exc
         if taken != 1:
             return None
@@ -155,7 +167,7 @@ class RedisLeases:
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
                 await self._client.zrem(redis_key, list(leases))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._errors as exc:
             log.warning("could not give a lease back in Redis (it expires by itself): %s", exc)
 
     async def refresh(self) -> None:
@@ -166,7 +178,7 @@ class RedisLeases:
             try:
                 async with asyncio.timeout(CALL_TIMEOUT):
                     await self._refresh(keys=[redis_key], args=[self._ttl_ms, *leases])
-            except (RedisError, OSError, TimeoutError) as exc:
+            except self._errors as exc:
                 log.warning("could not refresh the leases of %s in Redis: %s", redis_key, exc)
 
     async def run(self) -> None:
