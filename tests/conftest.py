@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from rag_gql.config import Settings
-from rag_gql.db import migrate, normalize_url
+from rag_gql.db import Database, migrate, normalize_url
 from rag_gql.db.embedded import EmbeddedPostgres, start_embedded
 from tests.support.graphql_client import GraphQLClient
 from tests.support.ollama_standin import OllamaStandin, StandinState
@@ -193,3 +193,11 @@ async def gql(server_url: str) -> AsyncIterator[GraphQLClient]:
     """A GraphQL client for the running server."""
     async with httpx.AsyncClient(timeout=30) as http:
         yield GraphQLClient(http, server_url)
+
+
+@pytest.fixture
+async def app_db(settings: Settings) -> AsyncIterator[Database]:
+    """The application's own database access: it connects and `SET ROLE`s to the app role."""
+    db = Database(str(settings.database_url))
+    yield db
+    await db.dispose()

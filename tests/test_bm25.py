@@ -6,7 +6,6 @@ import asyncio
 import math
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -19,7 +18,7 @@ from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
 from tests.support.pdfs import make_pdf
 from tests.support.smtp import Inbox
-from tests.support.sql import connect
+from tests.support.sql import connect, workspace_of
 from tests.support.uploads import upload_ok
 
 A_VECTOR = "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]"
@@ -29,23 +28,6 @@ SEARCH = (
     "query($q: String!, $k: Int!) { search(query: $q, mode: KEYWORD, k: $k)"
     " { page score document { filename } } }"
 )
-
-
-@pytest.fixture
-async def app_db(settings: Settings) -> AsyncIterator[Database]:
-    db = Database(str(settings.database_url))
-    yield db
-    await db.dispose()
-
-
-async def workspace_of(settings: Settings, email: str) -> uuid.UUID:
-    async with connect(settings) as conn:
-        ws: uuid.UUID = await conn.fetchval(
-            'SELECT m.workspace_id FROM membership m JOIN "user" u ON u.id = m.user_id '
-            "WHERE u.email = $1",
-            email,
-        )
-    return ws
 
 
 Statistics = tuple[int, int, dict[str, int]]

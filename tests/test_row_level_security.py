@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -23,30 +22,12 @@ from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
 from tests.support.pdfs import make_pdf
 from tests.support.smtp import Inbox
-from tests.support.sql import asyncpg_dsn, connect
+from tests.support.sql import asyncpg_dsn, connect, workspace_of
 from tests.support.uploads import upload_ok
 
 TENANT_TABLES = ("collection", "document", "chunk", "bm25_delta")
 A_VECTOR = "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]"
 """An embedding as pgvector text, for chunks written straight into the table."""
-
-
-@pytest.fixture
-async def app_db(settings: Settings) -> AsyncIterator[Database]:
-    """The application's own database access: it connects and `SET ROLE`s to the app role."""
-    db = Database(str(settings.database_url))
-    yield db
-    await db.dispose()
-
-
-async def workspace_of(settings: Settings, email: str) -> uuid.UUID:
-    async with connect(settings) as conn:
-        ws: uuid.UUID = await conn.fetchval(
-            'SELECT m.workspace_id FROM membership m JOIN "user" u ON u.id = m.user_id '
-            "WHERE u.email = $1",
-            email,
-        )
-    return ws
 
 
 async def add_filler_chunks(

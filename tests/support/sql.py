@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -34,3 +35,14 @@ async def stored_counts(settings: Settings) -> tuple[int, int]:
         documents: int = await conn.fetchval("SELECT count(*) FROM document")
         chunks: int = await conn.fetchval("SELECT count(*) FROM chunk")
         return documents, chunks
+
+
+async def workspace_of(settings: Settings, email: str) -> uuid.UUID:
+    """The workspace the user with `email` is a member of (their personal one, in most tests)."""
+    async with connect(settings) as conn:
+        ws: uuid.UUID = await conn.fetchval(
+            'SELECT m.workspace_id FROM membership m JOIN "user" u ON u.id = m.user_id '
+            "WHERE u.email = $1",
+            email,
+        )
+    return ws
