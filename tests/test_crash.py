@@ -21,7 +21,7 @@ from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
 from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import long_page, make_pdf
-from tests.support.serving import environment, free_port
+from tests.support.serving import SMALL_STEPS, environment, free_port
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 
@@ -35,16 +35,7 @@ def _text(log: Path) -> str:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    # Small steps, so that a kill lands in the middle; quick failure detection.
-    return environment(
-        settings,
-        EMBED_BATCH_SIZE="4",
-        INGEST_PAGE_BATCH="2",
-        PARSE_PROCESSES="0",
-        WORKER_HEARTBEAT_INTERVAL="0.5",
-        WORKER_STALLED_TIMEOUT="2",
-        WORKER_RECOVERY_INTERVAL="1",
-    )
+    return environment(settings, **SMALL_STEPS)
 
 
 @asynccontextmanager

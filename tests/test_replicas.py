@@ -44,7 +44,7 @@ from tests.support.ollama_standin import StandinState
 from tests.support.pdfs import long_page, make_pdf
 from tests.support.redis import redis_server
 from tests.support.replicas import START_TIMEOUT, Child, child, log_text, replica
-from tests.support.serving import environment, free_port
+from tests.support.serving import SMALL_STEPS, environment, free_port
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 
@@ -75,13 +75,7 @@ def replica_env(settings: Settings, redis_url: str) -> dict[str, str]:
         WS_MAX_OPERATIONS_PER_USER="2",
         SHARED_SLOTS_LEASE_TTL="3",
         SHUTDOWN_GRACE="1",
-        # Small steps, so that a kill lands in the middle; quick failure detection.
-        EMBED_BATCH_SIZE="4",
-        INGEST_PAGE_BATCH="2",
-        PARSE_PROCESSES="0",
-        WORKER_HEARTBEAT_INTERVAL="0.5",
-        WORKER_STALLED_TIMEOUT="2",
-        WORKER_RECOVERY_INTERVAL="1",
+        **SMALL_STEPS,
     )
 
 

@@ -33,6 +33,18 @@ def free_port() -> int:
         return port
 
 
+SMALL_STEPS = {
+    "EMBED_BATCH_SIZE": "4",
+    "INGEST_PAGE_BATCH": "2",
+    "PARSE_PROCESSES": "0",
+    "WORKER_HEARTBEAT_INTERVAL": "0.5",
+    "WORKER_STALLED_TIMEOUT": "2",
+    "WORKER_RECOVERY_INTERVAL": "1",
+}
+"""Worker settings for tests that kill one: small steps, so that a kill lands in the middle of
+a document, and quick detection of the dead worker."""
+
+
 def environment(settings: Settings, **overrides: str) -> dict[str, str]:
     """The environment of a child process (`python -m rag_gql.cli ...`) configured like
     `settings` (database, Ollama, SMTP, sizes), plus `overrides` (setting names in capitals).
