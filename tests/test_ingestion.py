@@ -17,7 +17,7 @@ from rag_gql.ingestion.queue import INGEST_TASK
 from rag_gql.resources import open_services
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json, init
-from tests.support.ollama_standin import StandinState
+from tests.support.ollama_standin import StandinState, embed_text
 from tests.support.pdfs import long_page, make_image_only_pdf, make_pdf
 from tests.support.serving import environment, serve_client
 from tests.support.smtp import Inbox
@@ -387,3 +387,73 @@ async def test_deleting_a_document_ends_its_events(
         assert events[-1]["documentId"] == document_id
         # The workspace's stream saw it too (and goes on).
         assert (await everything)[-1]["documentId"] == document_id
+
+
+HANDBOOK_BODY = "\n\n".join(
+    f"Paragraph {i} says the glaze ran thin at cone {i} in the east kiln." for i in range(60)
+)
+HANDBOOK = f"# Kiln handbook\n\n## Zygomorphic crawling\n\n{HANDBOOK_BODY}\n".encode()
+HANDBOOK_CONTEXT = "handbook > Kiln handbook > Zygomorphic crawling"
+
+
+async def _stored_chunks(settings: Settings) -> list[tuple[str, str, bool]]:
+    """(text, context, whether tsv matches 'zygomorphic') of every chunk, in order."""
+    async with connect(settings) as conn:
+        rows = await conn.fetch(
+            "SELECT text, context, tsv @@ to_tsquery('english', 'zygomorphic') AS hit"
+            " FROM chunk ORDER BY ordinal"
+        )
+    return [(str(r["text"]), str(r["context"]), bool(r["hit"])) for r in rows]
+
+
+async def test_a_chunk_is_embedded_and_found_with_its_heading_path_but_shows_its_text(
+    gql: GraphQLClient, inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    embedded: list[str] = []
+
+    def record(texts: list[str]) -> list[list[float]]:
+        embedded.extend(texts)
+        return [embed_text(text, ollama.dim) for text in texts]
+
+    ollama.embedder = record
+    token = await sign_up(gql, inbox, "ada@example.com")
+    document = (await gql.upload("handbook.md", HANDBOOK, token=token)).json()
+    assert document["data"]["uploadDocument"]["status"] == "READY", document
+
+    chunks = await _stored_chunks(settings)
+    assert len(chunks) > 2
+    # The stored text is the passage; the context is apart, and in the keyword text.
+    assert {context for _, context, _ in chunks} == {HANDBOOK_CONTEXT}
+    assert all(hit for *_, hit in chunks)
+    assert not any(text.startswith("handbook") for text, _, _ in chunks)
+    assert embedded == [f"{HANDBOOK_CONTEXT}\n\n{text}" for text, _, _ in chunks]
+    # A heading word finds the chunks under it, those without the word too, showing the text.
+    hits = (await gql.data(SEARCH, {"q": "zygomorphic", "k": 10}, token=token))["search"]
+    # (Adjacent chunks come back merged into one hit.)
+    assert any("Paragraph 59 " in hit["text"] for hit in hits), hits
+    assert not any(hit["text"].startswith("handbook") for hit in hits)
+
+
+async def test_with_context_prefix_off_a_chunk_is_its_text_alone(
+    inbox: Inbox, ollama: StandinState, settings: Settings
+) -> None:
+    embedded: list[str] = []
+
+    def record(texts: list[str]) -> list[list[float]]:
+        embedded.extend(texts)
+        return [embed_text(text, ollama.dim) for text in texts]
+
+    ollama.embedder = record
+    off = settings.model_copy(update={"context_prefix": False})
+    async with serve_client(off) as gql:
+        token = await sign_up(gql, inbox, "ada@example.com")
+        document = (await gql.upload("handbook.md", HANDBOOK, token=token)).json()
+        assert document["data"]["uploadDocument"]["status"] == "READY", document
+        hits = (await gql.data(SEARCH, {"q": "zygomorphic", "k": 10}, token=token))["search"]
+
+    chunks = await _stored_chunks(off)
+    assert {context for _, context, _ in chunks} == {""}
+    probes = ["dimension probe"]  # the start-up check of EMBED_DIM
+    assert [text for text in embedded if text not in probes] == [text for text, _, _ in chunks]
+    assert [hit for *_, hit in chunks].count(True) == 1
+    assert hits and not any("Paragraph 59 " in hit["text"] for hit in hits)

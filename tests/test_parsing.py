@@ -15,11 +15,13 @@ import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import docx
 import openpyxl
 import pptx
 import pptx.util
+import pymupdf
 import pytest
 
 from rag_gql.config import Settings
@@ -58,6 +60,7 @@ from tests.support.serving import serve_client
 from tests.support.smtp import Inbox
 
 SAMPLES = Path(__file__).parent / "data" / "formats"
+pymupdf_open: Any = pymupdf.open  # no type hints
 
 
 def sample(name: str) -> Path:
@@ -606,3 +609,84 @@ async def test_a_scan_fails_with_the_install_hint_when_tesseract_is_missing(
         document = response.json()["data"]["uploadDocument"]
     assert document["status"] == "FAILED"
     assert "needs OCR" in document["error"] and "tesseract-ocr-eng" in document["error"]
+
+
+def _paths(extracted: Extracted) -> list[list[tuple[str, ...]]]:
+    return [[heading.path for heading in unit] for unit in extracted.headings]
+
+
+def test_a_pdf_outline_gives_the_heading_path_of_each_page_and_its_title(
+    tmp_path: Path,
+) -> None:
+    doc: Any = pymupdf_open(stream=make_pdf(["Intro words.", "Usage\n\nOptions words.", "More."]))
+    doc.set_toc([[1, "Intro", 1], [1, "Usage", 2], [2, "Options", 2]])
+    doc.set_metadata({"title": "The  kiln manual"})
+    path = write(tmp_path, "manual.pdf", doc.tobytes())
+    extracted = extract_units(path, PDF, 0, 3)
+    assert extracted.title == "The kiln manual"
+    assert _paths(extracted) == [
+        [("Intro",)],
+        [("Intro",), ("Usage",), ("Usage", "Options")],
+        [("Usage", "Options")],
+    ]
+    assert extracted.headings[1][2].marker == "Options"
+    # Without an outline, no headings.
+    assert (
+        extract_units(write(tmp_path, "plain.pdf", make_pdf(["a", "b"])), PDF, 0, 2).headings == []
+    )
+
+
+def test_docx_html_and_markdown_sections_carry_their_heading_path(tmp_path: Path) -> None:
+    document = docx.Document()
+    document.core_properties.title = "Kiln guide"
+    document.add_heading("Firing", level=1)
+    document.add_paragraph("Heat slowly.")
+    document.add_heading("Cones", level=2)
+    document.add_paragraph("Cone six is mid-fire.")
+    document.add_heading("Glazes", level=1)
+    document.add_paragraph("Stir well.")
+    out = io.BytesIO()
+    document.save(out)
+    html = (
+        "<html><head><title>SELECT</title></head><body><h1>SELECT</h1><p>Intro.</p>"
+        "<h2>The WHERE clause</h2><p>Filters rows.</p><h3>Subqueries</h3><p>Nested.</p>"
+        "<h2>LIMIT</h2><p>Caps rows.</p></body></html>"
+    )
+    markdown = "# Guide\n\nIntro.\n\n## Install ##\n\nRun it.\n\nSetup\n-----\n\nDone.\n"
+    cases = [
+        (
+            "guide.docx",
+            out.getvalue(),
+            "Kiln guide",
+            [("Firing",), ("Firing", "Cones"), ("Glazes",)],
+        ),
+        (
+            "select.html",
+            html.encode(),
+            "SELECT",
+            [
+                ("SELECT",),
+                ("SELECT", "The WHERE clause"),
+                ("SELECT", "The WHERE clause", "Subqueries"),
+                ("SELECT", "LIMIT"),
+            ],
+        ),
+        ("guide.md", markdown.encode(), "", [("Guide",), ("Guide", "Install"), ("Guide", "Setup")]),
+    ]
+    for name, data, title, expected in cases:
+        path = write(tmp_path, name, data)
+        inspection = inspect_file(path, name, max_pages=100)
+        extracted = extract_units(path, inspection.media_type, 0, inspection.unit_count)
+        assert extracted.title == title, name
+        got = [unit[0].path if unit else () for unit in extracted.headings]
+        assert got == expected, (name, extracted.texts, got)
+
+
+def test_sheets_and_slides_sit_under_their_name_and_title(tmp_path: Path) -> None:
+    data = make_xlsx({"Spring stock": [["Pigment"], ["ochre"]], "Notes": [["Remark"], ["dry"]]})
+    sheet = extract_units(write(tmp_path, "stock.xlsx", data), XLSX, 0, 2)
+    assert _paths(sheet) == [[("Spring stock",)], [("Notes",)]]
+    deck = extract_units(write(tmp_path, "deck.pptx", make_pptx()), PPTX, 0, 2)
+    assert _paths(deck) == [[("Quarterly pigments",)], [("Suppliers",)]]
+    csv_units = extract_units(sample("sample.csv"), CSV, 0, 3)
+    assert csv_units.headings == [] and csv_units.title == ""

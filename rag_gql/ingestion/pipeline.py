@@ -25,9 +25,9 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rag_gql.config import Settings
@@ -39,9 +39,10 @@ from rag_gql.observability.metrics import Metrics
 from rag_gql.providers.ollama import OllamaClient
 from rag_gql.repositories import bm25, documents
 from rag_gql.repositories import chunks as chunk_repo
-from rag_gql.repositories.chunks import ChunkRecord
+from rag_gql.repositories.chunks import ChunkRecord, embedding_input
 from rag_gql.services import parsing, properties
-from rag_gql.services.chunking import chunk_pages
+from rag_gql.services.chunking import ChunkSpan, chunk_pages
+from rag_gql.services.context import chunk_contexts
 from rag_gql.services.extraction import ExtractionPool
 from rag_gql.services.ocr import OcrOptions
 from rag_gql.services.properties import FileProperties
@@ -309,8 +310,14 @@ class IngestionPipeline:
                 )
                 records: list[ChunkRecord] = []
                 if spans:
+                    contexts = self._contexts(spans, extracted, document.filename)
                     with self._metrics.ingest_stage("embed"):
-                        vectors = await self._ollama.embed([span.text for span in spans])
+                        vectors = await self._ollama.embed(
+                            [
+                                embedding_input(context, span.text)
+                                for context, span in zip(contexts, spans, strict=True)
+                            ]
+                        )
                     records = [
                         ChunkRecord(
                             workspace_id=document.workspace_id,
@@ -322,8 +329,11 @@ class IngestionPipeline:
                             char_end=span.char_end,
                             text=span.text,
                             embedding=vector,
+                            context=context,
                         )
-                        for i, (span, vector) in enumerate(zip(spans, vectors, strict=True))
+                        for i, (span, vector, context) in enumerate(
+                            zip(spans, vectors, contexts, strict=True)
+                        )
                     ]
                     ordinal += len(records)
                 await embedded.put((stop, records))
@@ -398,6 +408,17 @@ class IngestionPipeline:
             # Its error, if any, was raised above by `next_batch`.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await producer
+
+    def _contexts(
+        self, spans: Sequence[ChunkSpan], extracted: parsing.Extracted, filename: str
+    ) -> list[str]:
+        """Each chunk's context prefix (`services/context.py`): the document's title (its
+        own, else its file name without the extension) and its heading path; all "" when
+        CONTEXT_PREFIX is off."""
+        if not self._settings.context_prefix:
+            return [""] * len(spans)
+        title = extracted.title or PurePosixPath(filename).stem
+        return chunk_contexts(spans, extracted.texts, extracted.headings, title=title)
 
     async def _reembed(self, run: _Run) -> None:
         """Embeds a document's stored chunk texts again, in one transaction (documents

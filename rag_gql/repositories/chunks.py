@@ -29,8 +29,12 @@ from rag_gql.repositories import search_sql
 @dataclass(frozen=True, slots=True)
 class ChunkRecord:
     """One chunk to write (`copy_chunks`): its place in its document (`ordinal`, 0-based;
-    `page`, 1-based; `char_start`/`char_end`, a span of the page's text) and its embedding
-    (the column's dimension)."""
+    `page`, 1-based; `char_start`/`char_end`, a span of the page's text), its embedding
+    (the column's dimension) and its `context` prefix (`services/context.py`; "" for none).
+
+    The keyword text of a chunk is `context` then `text`: the `tsv` column is generated from
+    both (`models.KEYWORD_TEXT_TSVECTOR`), so anything computed from a chunk's lexemes reads
+    `tsv` and sees the prefix. The embedding's input is `embedding_input(context, text)`."""
 
     workspace_id: uuid.UUID
     document_id: uuid.UUID
@@ -41,6 +45,13 @@ class ChunkRecord:
     char_end: int
     text: str
     embedding: Sequence[float]
+    context: str = ""
+
+
+def embedding_input(context: str, text: str) -> str:
+    """What is embedded for a chunk: its context prefix, a blank line, its passage (just
+    the passage without a prefix)."""
+    return f"{context}\n\n{text}" if context else text
 
 
 CHUNK_COLUMNS = tuple(field.name for field in dataclasses.fields(ChunkRecord))
@@ -114,13 +125,14 @@ def vector_text(vector: Sequence[float]) -> str:
 async def chunk_texts(
     session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
 ) -> list[tuple[int, str]]:
-    """`(chunk id, text)` of a document's chunks, in order."""
+    """`(chunk id, embedding input)` of a document's chunks, in order (`embedding_input` of
+    each chunk's stored context and text)."""
     stmt = (
-        select(Chunk.id, Chunk.text)
+        select(Chunk.id, Chunk.context, Chunk.text)
         .where(Chunk.workspace_id == workspace_id, Chunk.document_id == document_id)
         .order_by(Chunk.ordinal)
     )
-    return [(row.id, row.text) for row in await session.execute(stmt)]
+    return [(row.id, embedding_input(row.context, row.text)) for row in await session.execute(stmt)]
 
 
 async def set_embeddings(session: AsyncSession, rows: Sequence[tuple[int, list[float]]]) -> None:

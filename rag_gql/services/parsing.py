@@ -24,7 +24,7 @@ import re
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from markdown_it import MarkdownIt
 
 from rag_gql.errors import InvalidInput
 from rag_gql.services import office
+from rag_gql.services.context import Heading, paths_from_toc
 from rag_gql.services.ocr import OcrMode, OcrOptions, needs_ocr, ocr_page
 from rag_gql.services.tables import markdown_table, split_table, table_spans
 
@@ -121,6 +122,7 @@ _HTML_TAG = re.compile(r"<(body|div|p|h[1-6])[\s>]")
 _MARKDOWN_HINT = re.compile(r"^(#{1,6}[ \t]+\S|```|~~~)|\]\([^)\s\]]+\)", re.M)
 _SETEXT_UNDERLINE = re.compile(r"(=+|-+)[ \t]*")
 _ALGORITHM = re.compile(rb'Algorithm="([^"]+)"')
+_HTML_HEADING = re.compile(r"\x01([1-6])")
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 _BLOCK_TAGS = [
     *("address", "article", "aside", "blockquote", "dd", "div", "dl", "dt", "figcaption"),
@@ -150,11 +152,14 @@ class Inspection:
 
 @dataclass(frozen=True, slots=True)
 class Extracted:
-    """What `extract_units` read: the texts of the units in order, and how many of them
-    were read by OCR."""
+    """What `extract_units` read: the texts of the units in order, how many of them were
+    read by OCR, the headings each unit sits under (`headings[i]` for `texts[i]`; empty when
+    the file has none) and the document's own title ("" when it has none)."""
 
     texts: list[str]
     ocr_pages: int = 0
+    headings: list[list[Heading]] = field(default_factory=list)
+    title: str = ""
 
 
 # `pymupdf.open` is `pymupdf.Document`, whose constructor has no type hints; nor have these.
@@ -208,7 +213,7 @@ def count_units(path: Path, filename: str, media_type: str, *, max_pages: int) -
         with _open_mupdf(path, media_type, label) as doc:
             count = _page_count(doc, media_type, label)
     else:
-        count = len(_cached_text_units(path, media_type, label))
+        count = len(_cached_text_units(path, media_type, label).texts)
     if count == 0:
         raise InvalidInput(f"{filename!r} has no pages")
     if count > max_pages:
@@ -251,9 +256,14 @@ def extract_units(
     """
     label = f"the {_NAMES[media_type]} file"
     if media_type not in _MUPDF:
-        units = _cached_text_units(path, media_type, label)
-        _check_range(start, stop, len(units))
-        return Extracted(list(units[start:stop]))
+        parsed = _cached_text_units(path, media_type, label)
+        _check_range(start, stop, len(parsed.texts))
+        headings = [[Heading("", path)] if path else [] for path in parsed.paths[start:stop]]
+        return Extracted(
+            list(parsed.texts[start:stop]),
+            headings=headings if any(headings) else [],
+            title=parsed.title,
+        )
     options = ocr or OcrOptions()
     mode = options.mode if media_type in _OCR_FORMATS else OcrMode.OFF
     stat = path.stat()
@@ -275,13 +285,16 @@ def extract_units(
             text = ocr_page(page, options, label)
             ocr_pages += 1
         texts.append(text)
+    headings = paths_from_toc(doc.get_toc(simple=True), start, stop)
+    metadata = doc.metadata or {}
+    title = " ".join(str(metadata.get("title") or "").split())
     # MuPDF keeps decoded fonts and objects in its store (up to 256 MiB): empty it every
     # `MUPDF_STORE_PAGES` pages, so that memory does not follow the document's size.
     # (Emptying it after every batch of 16 pages doubled the extraction time.)
     if epoch != stop // MUPDF_STORE_PAGES:
         tools: Any = pymupdf.TOOLS
         tools.store_shrink(100)
-    return Extracted(texts, ocr_pages)
+    return Extracted(texts, ocr_pages, headings if any(headings) else [], title)
 
 
 def no_text_message(filename: str, media_type: str, *, ocr: OcrMode = OcrMode.AUTO) -> str:
@@ -623,10 +636,19 @@ def _cached_mupdf(path: str, media_type: str, mtime_ns: int, size: int, epoch: i
     return _open_mupdf(Path(path), media_type, f"the {_NAMES[media_type]} file")
 
 
-_last_text_units: tuple[tuple[str, str, int, int], tuple[str, ...]] | None = None
+@dataclass(frozen=True, slots=True)
+class _TextUnits:
+    """A text-like file's units, the heading path each sits under, and its own title."""
+
+    texts: tuple[str, ...]
+    paths: tuple[tuple[str, ...], ...]
+    title: str = ""
 
 
-def _cached_text_units(path: Path, media_type: str, label: str) -> tuple[str, ...]:
+_last_text_units: tuple[tuple[str, str, int, int], _TextUnits] | None = None
+
+
+def _cached_text_units(path: Path, media_type: str, label: str) -> _TextUnits:
     """The units of a text-like file; the last file's stay in the process, so counting and
     each batch of one file parse it once (`label` names the file in errors only)."""
     global _last_text_units
@@ -635,41 +657,66 @@ def _cached_text_units(path: Path, media_type: str, label: str) -> tuple[str, ..
     key = (str(path), media_type, stat.st_mtime_ns, stat.st_size)
     if _last_text_units is None or _last_text_units[0] != key:
         _last_text_units = None  # let the old units go before parsing the next file
-        _last_text_units = (key, tuple(_text_units(path, media_type, label)))
+        _last_text_units = (key, _text_units(path, media_type, label))
     return _last_text_units[1]
 
 
-def _text_units(path: Path, media_type: str, label: str) -> list[str]:
+def _text_units(path: Path, media_type: str, label: str) -> _TextUnits:
     if media_type == DOCX:
-        return _sections(_docx_blocks(path, label))
-    if media_type == XLSX:
-        return office.xlsx_units(path, label)
-    if media_type == PPTX:
-        return office.pptx_units(path, label)
+        blocks, title = _docx_blocks(path, label)
+        return _sections(blocks, title)
+    if media_type in (XLSX, PPTX):
+        read = office.xlsx_units if media_type == XLSX else office.pptx_units
+        units = read(path, label)
+        # Each unit opens with its sheet's name or its slide's title as a Markdown heading.
+        paths = tuple(
+            (_heading_title(unit),) if unit.startswith("#") and _heading_title(unit) else ()
+            for unit in units
+        )
+        return _TextUnits(tuple(units), paths)
     text = _read_text(path, label)
     if media_type == CSV:
-        return _csv_units(text, label)
+        units = _csv_units(text, label)
+        return _TextUnits(tuple(units), ((),) * len(units))
     if media_type == HTML:
-        return _sections(_html_blocks(text))
+        return _sections(*_html_blocks(text))
     if media_type == MARKDOWN:
         return _sections(_markdown_blocks(text))
-    return _sections((False, block) for block in _BLANK_LINE.split(text))
+    return _sections((0, block) for block in _BLANK_LINE.split(text))
 
 
-def _sections(blocks: Iterable[tuple[bool, str]]) -> list[str]:
-    """Groups `(is_heading, text)` blocks into units: a heading opens a unit once the current
-    one has body text, and a unit is closed before it would pass `SECTION_CHARS`."""
+def _sections(blocks: Iterable[tuple[int, str]], title: str = "") -> _TextUnits:
+    """Groups `(heading level, text)` blocks (level 0: body) into units: a heading opens a
+    unit once the current one has body text, and a unit is closed before it would pass
+    `SECTION_CHARS`. Each unit's path: the headings in force where its first body starts."""
     units: list[list[str]] = [[]]
+    paths: list[tuple[str, ...]] = [()]
+    stack: list[tuple[int, str]] = []
     size, has_body = 0, False
-    for heading, block in blocks:
+    for level, block in blocks:
+        if level:
+            name = _heading_title(block)
+            while stack and stack[-1][0] >= level:
+                stack.pop()
+            if name:
+                stack.append((level, name))
         for piece in _pieces(block.strip()):
-            if (heading and has_body) or (size and size + len(piece) > SECTION_CHARS):
+            if (level and has_body) or (size and size + len(piece) > SECTION_CHARS):
                 units.append([])
+                paths.append(())
                 size, has_body = 0, False
             units[-1].append(piece)
+            if not has_body:
+                paths[-1] = tuple(heading for _, heading in stack)
             size += len(piece) + 2
-            has_body = has_body or not heading
-    return ["\n\n".join(unit) for unit in units]
+            has_body = has_body or not level
+    return _TextUnits(tuple("\n\n".join(unit) for unit in units), tuple(paths), title)
+
+
+def _heading_title(text: str) -> str:
+    """A heading block's words: its first line without Markdown's `#` marks."""
+    line = text.strip().split("\n", 1)[0] if text.strip() else ""
+    return " ".join(line.strip().strip("#").split())
 
 
 def _pieces(text: str) -> Iterator[str]:
@@ -690,21 +737,33 @@ def _pieces(text: str) -> Iterator[str]:
         yield text
 
 
-def _docx_blocks(path: Path, label: str) -> list[tuple[bool, str]]:
+def _docx_blocks(path: Path, label: str) -> tuple[list[tuple[int, str]], str]:
+    """`(heading level, text)` blocks (`Title` 1, `Heading n` n + 1, body 0) and the title."""
     try:
         document = docx.Document(str(path))
-        blocks: list[tuple[bool, str]] = []
+        blocks: list[tuple[int, str]] = []
         for item in document.iter_inner_content():
             if isinstance(item, Table):
-                blocks.append((False, markdown_table(_docx_rows(item))))
+                blocks.append((0, markdown_table(_docx_rows(item))))
             else:
                 style = item.style.name if item.style is not None else ""
-                blocks.append((bool(style) and style.startswith(("Heading", "Title")), item.text))
+                blocks.append((_docx_level(style or ""), item.text))
+        title = " ".join((document.core_properties.title or "").split())
     except MemoryError:  # PARSE_MAX_MEMORY's doing, not a damaged file
         raise
     except Exception as exc:  # python-docx raises zip, XML and key errors for damaged files
         raise InvalidInput(f"{label} is not a readable DOCX (corrupt or truncated)") from exc
-    return blocks
+    return blocks, title
+
+
+def _docx_level(style: str) -> int:
+    """A paragraph style's heading level: `Title` 1, `Heading n` n + 1, other styles 0."""
+    if style.startswith("Title"):
+        return 1
+    if style.startswith("Heading"):
+        number = style.removeprefix("Heading").strip()
+        return int(number) + 1 if number.isdecimal() and len(number) < 3 else 2
+    return 0
 
 
 def _docx_rows(table: Table) -> list[list[str]]:
@@ -729,8 +788,10 @@ def _html_rows(table: Tag) -> list[list[str]]:
     return rows
 
 
-def _html_blocks(text: str) -> Iterator[tuple[bool, str]]:
+def _html_blocks(text: str) -> tuple[list[tuple[int, str]], str]:
+    """`(heading level, text)` blocks (`h1`..`h6` their level, others 0) and the `<title>`."""
     soup = BeautifulSoup(text, "html.parser")
+    title = " ".join(soup.title.get_text(" ").split()) if soup.title is not None else ""
     for tag in soup.find_all(["head", "script", "style", "noscript", "template", "svg"]):
         tag.decompose()
     # Each outermost table becomes a Markdown table, its place kept by a \x03 marker.
@@ -744,23 +805,28 @@ def _html_blocks(text: str) -> Iterator[tuple[bool, str]]:
         tag.insert_before("\x02")
         tag.insert_after("\x02")
     for tag in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6"]):
-        tag.insert(0, "\x01")
+        tag.insert(0, "\x01" + tag.name[1])
     for tag in soup.find_all("br"):
         tag.replace_with("\x02")
+    blocks: list[tuple[int, str]] = []
     for block in soup.get_text().split("\x02"):
         if block.startswith("\x03") and block[1:].isdecimal() and int(block[1:]) < len(tables):
-            yield False, tables[int(block[1:])]
+            blocks.append((0, tables[int(block[1:])]))
             continue
-        yield "\x01" in block, " ".join(block.replace("\x01", " ").split())
+        mark = _HTML_HEADING.search(block)
+        level = int(mark.group(1)) if mark else 0
+        blocks.append((level, " ".join(_HTML_HEADING.sub(" ", block).replace("\x01", " ").split())))
+    return blocks, title
 
 
-def _markdown_blocks(text: str) -> Iterator[tuple[bool, str]]:
+def _markdown_blocks(text: str) -> Iterator[tuple[int, str]]:
     lines = text.splitlines()
     # Top-level block tokens map to their source lines; the source is kept as the text.
     for token in MarkdownIt("commonmark").parse(text):
         if token.level == 0 and token.nesting >= 0 and token.map:
             first, last = token.map
-            yield token.type == "heading_open", "\n".join(lines[first:last])
+            level = int(token.tag[1]) if token.type == "heading_open" else 0
+            yield level, "\n".join(lines[first:last])
 
 
 def _csv_units(text: str, label: str) -> list[str]:
