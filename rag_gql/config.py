@@ -116,13 +116,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Characters a chunk shares with the one before it; below CHUNK_SIZE.",
     )
-    context_prefix: bool = Field(
-        default=True,
-        description="Whether each chunk's embedding input and keyword text start with its "
-        "context: the document's title and the heading path the chunk sits under (PDF "
-        "outline, DOCX/HTML/Markdown headings, sheet names), at most 200 characters. The "
-        "passage shown in results stays the chunk's text alone. on or off; documents "
-        "ingested before a change keep theirs until reindexed.",
+    context_prefix: Literal["on", "keyword", "off"] = Field(
+        default="on",
+        description="A chunk's context: its document's title and the heading path it sits "
+        "under (PDF outline, DOCX/HTML/Markdown headings, sheet names), at most 200 "
+        "characters. `on`: it starts the chunk's embedding input and its keyword text; "
+        "`keyword`: its keyword text only; `off`: neither. The passage shown in results is "
+        "the chunk's text alone. Documents ingested before a change keep theirs until "
+        "reindexed.",
     )
 
     password_hash_profile: Literal["RFC_9106_LOW_MEMORY", "RFC_9106_HIGH_MEMORY", "CHEAPEST"] = (

@@ -434,8 +434,9 @@ async def test_a_chunk_is_embedded_and_found_with_its_heading_path_but_shows_its
     assert not any(hit["text"].startswith("handbook") for hit in hits)
 
 
-async def test_with_context_prefix_off_a_chunk_is_its_text_alone(
-    inbox: Inbox, ollama: StandinState, settings: Settings
+@pytest.mark.parametrize("mode", ["keyword", "off"])
+async def test_context_prefix_keyword_leaves_it_out_of_the_embedding_and_off_everywhere(
+    inbox: Inbox, ollama: StandinState, settings: Settings, mode: str
 ) -> None:
     embedded: list[str] = []
 
@@ -444,16 +445,21 @@ async def test_with_context_prefix_off_a_chunk_is_its_text_alone(
         return [embed_text(text, ollama.dim) for text in texts]
 
     ollama.embedder = record
-    off = settings.model_copy(update={"context_prefix": False})
-    async with serve_client(off) as gql:
+    changed = settings.model_copy(update={"context_prefix": mode})
+    async with serve_client(changed) as gql:
         token = await sign_up(gql, inbox, "ada@example.com")
         document = (await gql.upload("handbook.md", HANDBOOK, token=token)).json()
         assert document["data"]["uploadDocument"]["status"] == "READY", document
         hits = (await gql.data(SEARCH, {"q": "zygomorphic", "k": 10}, token=token))["search"]
 
-    chunks = await _stored_chunks(off)
-    assert {context for _, context, _ in chunks} == {""}
+    chunks = await _stored_chunks(changed)
     probes = ["dimension probe"]  # the start-up check of EMBED_DIM
     assert [text for text in embedded if text not in probes] == [text for text, _, _ in chunks]
-    assert [hit for *_, hit in chunks].count(True) == 1
-    assert hits and not any("Paragraph 59 " in hit["text"] for hit in hits)
+    under = any("Paragraph 59 " in hit["text"] for hit in hits)
+    if mode == "keyword":
+        assert {context for _, context, _ in chunks} == {HANDBOOK_CONTEXT}
+        assert all(hit for *_, hit in chunks) and under
+    else:
+        assert {context for _, context, _ in chunks} == {""}
+        assert [hit for *_, hit in chunks].count(True) == 1
+        assert hits and not under

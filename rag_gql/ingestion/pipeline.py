@@ -314,7 +314,7 @@ class IngestionPipeline:
                     with self._metrics.ingest_stage("embed"):
                         vectors = await self._ollama.embed(
                             [
-                                embedding_input(context, span.text)
+                                self._embedding_input(context, span.text)
                                 for context, span in zip(contexts, spans, strict=True)
                             ]
                         )
@@ -415,10 +415,15 @@ class IngestionPipeline:
         """Each chunk's context prefix (`services/context.py`): the document's title (its
         own, else its file name without the extension) and its heading path; all "" when
         CONTEXT_PREFIX is off."""
-        if not self._settings.context_prefix:
+        if self._settings.context_prefix == "off":
             return [""] * len(spans)
         title = extracted.title or PurePosixPath(filename).stem
         return chunk_contexts(spans, extracted.texts, extracted.headings, title=title)
+
+    def _embedding_input(self, context: str, text: str) -> str:
+        """What is embedded for a chunk: `embedding_input`, with its context only when
+        CONTEXT_PREFIX is on (`keyword`: the context is in its keyword text alone)."""
+        return embedding_input(context if self._settings.context_prefix == "on" else "", text)
 
     async def _reembed(self, run: _Run) -> None:
         """Embeds a document's stored chunk texts again, in one transaction (documents
@@ -442,13 +447,15 @@ class IngestionPipeline:
                 )
             for start in range(0, len(chunks), batch):
                 part = chunks[start : start + batch]
-                vectors = await self._ollama.embed([text for _id, text in part])
+                vectors = await self._ollama.embed(
+                    [self._embedding_input(context, text) for _id, context, text in part]
+                )
                 await self._hold(session, run)
                 await chunk_repo.set_embeddings(
                     session,
                     [
                         (chunk_id, vector)
-                        for (chunk_id, _), vector in zip(part, vectors, strict=True)
+                        for (chunk_id, _, _), vector in zip(part, vectors, strict=True)
                     ],
                 )
                 await self._progress(

@@ -34,7 +34,8 @@ class ChunkRecord:
 
     The keyword text of a chunk is `context` then `text`: the `tsv` column is generated from
     both (`models.KEYWORD_TEXT_TSVECTOR`), so anything computed from a chunk's lexemes reads
-    `tsv` and sees the prefix. The embedding's input is `embedding_input(context, text)`."""
+    `tsv` and sees the prefix. The embedding's input is `embedding_input(context, text)` (the
+    context left out with CONTEXT_PREFIX=keyword)."""
 
     workspace_id: uuid.UUID
     document_id: uuid.UUID
@@ -124,15 +125,14 @@ def vector_text(vector: Sequence[float]) -> str:
 
 async def chunk_texts(
     session: AsyncSession, *, workspace_id: uuid.UUID, document_id: uuid.UUID
-) -> list[tuple[int, str]]:
-    """`(chunk id, embedding input)` of a document's chunks, in order (`embedding_input` of
-    each chunk's stored context and text)."""
+) -> list[tuple[int, str, str]]:
+    """`(chunk id, context, text)` of a document's chunks, in order."""
     stmt = (
         select(Chunk.id, Chunk.context, Chunk.text)
         .where(Chunk.workspace_id == workspace_id, Chunk.document_id == document_id)
         .order_by(Chunk.ordinal)
     )
-    return [(row.id, embedding_input(row.context, row.text)) for row in await session.execute(stmt)]
+    return [(row.id, row.context, row.text) for row in await session.execute(stmt)]
 
 
 async def set_embeddings(session: AsyncSession, rows: Sequence[tuple[int, list[float]]]) -> None:
