@@ -117,7 +117,7 @@ class Settings(BaseSettings):
         description="Characters a chunk shares with the one before it; below CHUNK_SIZE.",
     )
     context_prefix: Literal["on", "keyword", "off"] = Field(
-        default="on",
+        default="keyword",
         description="A chunk's context: its document's title and the heading path it sits "
         "under (PDF outline, DOCX/HTML/Markdown headings, sheet names), at most 200 "
         "characters. `on`: it starts the chunk's embedding input and its keyword text; "

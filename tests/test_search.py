@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import math
 import uuid
-from pathlib import PurePosixPath
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
 from rag_gql.repositories import chunks, search_sql
-from rag_gql.repositories.chunks import embedding_input
-from rag_gql.services.context import prefix
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json
 from tests.support.ollama_standin import StandinState, embed_text
@@ -109,9 +106,7 @@ async def test_search_ranks_the_right_page_first(
     dim = settings.embed_dim
     q = embed_text(query, dim)
     for hit in hits:
-        # What was embedded: the chunk's context (here its file's name alone), then its text.
-        context = prefix(PurePosixPath(hit["document"]["filename"]).stem, ())
-        expected = cosine(q, embed_text(embedding_input(context, hit["text"]), dim))
+        expected = cosine(q, embed_text(hit["text"], dim))
         assert math.isclose(hit["score"], expected, abs_tol=1e-5), (hit, expected)
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True)
@@ -127,10 +122,10 @@ async def test_search_ranks_the_right_page_first(
     assert len(await search(gql, token, query)) == 5, "k defaults to 5"
     assert ollama.embed_requests == embeds, "embedded once, by the first search"
 
-    # A page's exact embedding input (its context, then its text) finds that page with a
-    # score of 1; the passage text and offsets are the stored chunk's.
+    # A page's exact text finds that page with a score of 1; the passage text and offsets
+    # are the stored chunk's.
     text = LIBRARY["sailing.pdf"][2]
-    best = (await search(gql, token, embedding_input("sailing", text), k=1))[0]
+    best = (await search(gql, token, text, k=1))[0]
     assert (best["document"]["filename"], best["page"]) == ("sailing.pdf", 3)
     assert math.isclose(best["score"], 1.0, abs_tol=1e-5)
     assert " ".join(best["text"].split()) == " ".join(text.split())
