@@ -52,6 +52,7 @@ ADVERSARIAL: list[tuple[str, Callable[[int], object]]] = [
         lambda n: parsing._SETEXT_UNDERLINE.fullmatch("=" * n + "x"),
     ),
     ("services.parsing._ALGORITHM", lambda n: parsing._ALGORITHM.findall(b'Algorithm="' * n)),
+    ("services.parsing._HTML_HEADING", lambda n: parsing._HTML_HEADING.sub(" ", "\x01x" * n)),
     (
         "services.parsing._BLANK_LINE",
         lambda n: parsing._BLANK_LINE.split(("\n" + " \t" * 8 + "x") * n),
