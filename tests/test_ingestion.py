@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -396,6 +397,18 @@ HANDBOOK = f"# Kiln handbook\n\n## Zygomorphic crawling\n\n{HANDBOOK_BODY}\n".en
 HANDBOOK_CONTEXT = "handbook > Kiln handbook > Zygomorphic crawling"
 
 
+SEARCH_SNIPPETS = "query($q: String!) { search(query: $q, k: 10, mode: KEYWORD) { text snippet } }"
+
+
+async def _document_frequency(settings: Settings, lexeme: str) -> int:
+    """How many chunks hold `lexeme`, by the BM25 statistics keyword ranking reads."""
+    async with connect(settings) as conn:
+        found = await conn.fetchval(
+            "SELECT coalesce(sum(chunks), 0) FROM bm25_delta WHERE lexeme = $1", lexeme
+        )
+    return int(found)
+
+
 async def _stored_chunks(settings: Settings) -> list[tuple[str, str, bool]]:
     """(text, context, whether tsv matches 'zygomorphic') of every chunk, in order."""
     async with connect(settings) as conn:
@@ -456,6 +469,7 @@ async def test_context_prefix_keyword_leaves_it_out_of_the_embedding_and_off_eve
         document = (await gql.upload("handbook.md", HANDBOOK, token=token)).json()
         assert document["data"]["uploadDocument"]["status"] == "READY", document
         hits = (await gql.data(SEARCH, {"q": "zygomorphic", "k": 10}, token=token))["search"]
+        snippets = (await gql.data(SEARCH_SNIPPETS, {"q": "zygomorphic"}, token=token))["search"]
 
     chunks = await _stored_chunks(changed)
     probes = ["dimension probe"]  # the start-up check of EMBED_DIM
@@ -464,7 +478,41 @@ async def test_context_prefix_keyword_leaves_it_out_of_the_embedding_and_off_eve
     if mode == "keyword":
         assert {context for _, context, _ in chunks} == {HANDBOOK_CONTEXT}
         assert all(hit for *_, hit in chunks) and under
+        # The BM25 statistics count the context's words, as the ranking reads them (tsv).
+        assert await _document_frequency(changed, "zygomorph") == len(chunks)
+        # What users see, the text and its highlighted snippet, is the passage alone.
+        assert snippets and not any(
+            HANDBOOK_CONTEXT in hit["text"]
+            or HANDBOOK_CONTEXT in hit["snippet"]
+            or "handbook >" in hit["snippet"]
+            for hit in snippets
+        )
     else:
         assert {context for _, context, _ in chunks} == {""}
         assert [hit for *_, hit in chunks].count(True) == 1
+        assert await _document_frequency(changed, "zygomorph") == 1
         assert hits and not under
+
+
+async def test_a_pdf_chunk_s_context_is_the_file_s_own_title_and_its_outline_path(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings
+) -> None:
+    # The title comes from the file's properties (services/properties.py), the one reader of
+    # it, stored on the document too; the path from the outline entry above the chunk.
+    import pymupdf
+
+    doc: Any = pymupdf.open(stream=make_pdf(["Intro words.", "Usage\n\nOptions words here."]))
+    doc.set_toc([[1, "Intro", 1], [1, "Usage", 2], [2, "Options", 2]])
+    doc.set_metadata({"title": "The  kiln manual"})
+    token = await sign_up(gql, inbox, "ada@example.com")
+    document = await upload_ok(gql, "manual.pdf", doc.tobytes(), token)
+    assert (await gql.wait_for_document(document["id"], token=token))["status"] == "READY"
+    async with connect(settings) as conn:
+        rows = await conn.fetch("SELECT page, text, context FROM chunk ORDER BY ordinal")
+        title = await conn.fetchval("SELECT title FROM document")
+    assert title == "The kiln manual"
+    assert [(r["page"], r["context"]) for r in rows] == [
+        (1, "The kiln manual > Intro"),
+        (2, "The kiln manual > Usage > Options"),
+    ]
+    assert not any(str(r["text"]).startswith("The kiln manual") for r in rows)

@@ -299,18 +299,24 @@ class IngestionPipeline:
         document = run.document
         embedded: asyncio.Queue[tuple[int, list[ChunkRecord]] | None] = asyncio.Queue(2)
         ocr_pages = 0
+        # The file's title, author and date, read beside the first batches: the title opens
+        # every chunk's context, and all three are stored with READY.
+        found_properties = asyncio.ensure_future(self._properties(document, path))
 
         async def produce() -> None:
             nonlocal ocr_pages
             ordinal = 0
+            title = ""
             async for start, stop, extracted in self._extracted(run, path):
+                if start == 0:
+                    title = (await found_properties).title or PurePosixPath(document.filename).stem
                 ocr_pages += extracted.ocr_pages
                 spans = chunk_pages(
                     extracted.texts, size=settings.chunk_size, overlap=settings.chunk_overlap
                 )
                 records: list[ChunkRecord] = []
                 if spans:
-                    contexts = self._contexts(spans, extracted, document.filename)
+                    contexts = self._contexts(spans, extracted, title)
                     with self._metrics.ingest_stage("embed"):
                         vectors = await self._ollama.embed(
                             [
@@ -379,7 +385,7 @@ class IngestionPipeline:
                             document.filename, document.media_type, ocr=self._ocr.mode
                         )
                     )
-                found = await self._properties(document, path)
+                found = await found_properties
                 if not await documents.set_state(
                     session,
                     workspace_id=document.workspace_id,
@@ -404,20 +410,21 @@ class IngestionPipeline:
                     session, workspace_id=document.workspace_id, document_id=document.id
                 )
         finally:
+            found_properties.cancel()
             producer.cancel()
             # Its error, if any, was raised above by `next_batch`.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await producer
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await found_properties
 
     def _contexts(
-        self, spans: Sequence[ChunkSpan], extracted: parsing.Extracted, filename: str
+        self, spans: Sequence[ChunkSpan], extracted: parsing.Extracted, title: str
     ) -> list[str]:
-        """Each chunk's context prefix (`services/context.py`): the document's title (its
-        own, else its file name without the extension) and its heading path; all "" when
-        CONTEXT_PREFIX is off."""
+        """Each chunk's context prefix (`services/context.py`): `title` and its heading path;
+        all "" when CONTEXT_PREFIX is off."""
         if self._settings.context_prefix == "off":
             return [""] * len(spans)
-        title = extracted.title or PurePosixPath(filename).stem
         return chunk_contexts(spans, extracted.texts, extracted.headings, title=title)
 
     def _embedding_input(self, context: str, text: str) -> str:

@@ -153,13 +153,12 @@ class Inspection:
 @dataclass(frozen=True, slots=True)
 class Extracted:
     """What `extract_units` read: the texts of the units in order, how many of them were
-    read by OCR, the headings each unit sits under (`headings[i]` for `texts[i]`; empty when
-    the file has none) and the document's own title ("" when it has none)."""
+    read by OCR, and the headings each unit sits under (`headings[i]` for `texts[i]`; empty
+    when the file has none). The document's own title is `properties.file_properties`'."""
 
     texts: list[str]
     ocr_pages: int = 0
     headings: list[list[Heading]] = field(default_factory=list)
-    title: str = ""
 
 
 # `pymupdf.open` is `pymupdf.Document`, whose constructor has no type hints; nor have these.
@@ -262,7 +261,6 @@ def extract_units(
         return Extracted(
             list(parsed.texts[start:stop]),
             headings=headings if any(headings) else [],
-            title=parsed.title,
         )
     options = ocr or OcrOptions()
     mode = options.mode if media_type in _OCR_FORMATS else OcrMode.OFF
@@ -286,15 +284,13 @@ def extract_units(
             ocr_pages += 1
         texts.append(text)
     headings = paths_from_toc(doc.get_toc(simple=True), start, stop)
-    metadata = doc.metadata or {}
-    title = " ".join(str(metadata.get("title") or "").split())
     # MuPDF keeps decoded fonts and objects in its store (up to 256 MiB): empty it every
     # `MUPDF_STORE_PAGES` pages, so that memory does not follow the document's size.
     # (Emptying it after every batch of 16 pages doubled the extraction time.)
     if epoch != stop // MUPDF_STORE_PAGES:
         tools: Any = pymupdf.TOOLS
         tools.store_shrink(100)
-    return Extracted(texts, ocr_pages, headings if any(headings) else [], title)
+    return Extracted(texts, ocr_pages, headings if any(headings) else [])
 
 
 def no_text_message(filename: str, media_type: str, *, ocr: OcrMode = OcrMode.AUTO) -> str:
@@ -638,11 +634,10 @@ def _cached_mupdf(path: str, media_type: str, mtime_ns: int, size: int, epoch: i
 
 @dataclass(frozen=True, slots=True)
 class _TextUnits:
-    """A text-like file's units, the heading path each sits under, and its own title."""
+    """A text-like file's units and the heading path each sits under."""
 
     texts: tuple[str, ...]
     paths: tuple[tuple[str, ...], ...]
-    title: str = ""
 
 
 _last_text_units: tuple[tuple[str, str, int, int], _TextUnits] | None = None
@@ -663,8 +658,7 @@ def _cached_text_units(path: Path, media_type: str, label: str) -> _TextUnits:
 
 def _text_units(path: Path, media_type: str, label: str) -> _TextUnits:
     if media_type == DOCX:
-        blocks, title = _docx_blocks(path, label)
-        return _sections(blocks, title)
+        return _sections(_docx_blocks(path, label))
     if media_type in (XLSX, PPTX):
         read = office.xlsx_units if media_type == XLSX else office.pptx_units
         units = read(path, label)
@@ -679,13 +673,13 @@ def _text_units(path: Path, media_type: str, label: str) -> _TextUnits:
         units = _csv_units(text, label)
         return _TextUnits(tuple(units), ((),) * len(units))
     if media_type == HTML:
-        return _sections(*_html_blocks(text))
+        return _sections(_html_blocks(text))
     if media_type == MARKDOWN:
         return _sections(_markdown_blocks(text))
     return _sections((0, block) for block in _BLANK_LINE.split(text))
 
 
-def _sections(blocks: Iterable[tuple[int, str]], title: str = "") -> _TextUnits:
+def _sections(blocks: Iterable[tuple[int, str]]) -> _TextUnits:
     """Groups `(heading level, text)` blocks (level 0: body) into units: a heading opens a
     unit once the current one has body text, and a unit is closed before it would pass
     `SECTION_CHARS`. Each unit's path: the headings in force where its first body starts."""
@@ -710,7 +704,7 @@ def _sections(blocks: Iterable[tuple[int, str]], title: str = "") -> _TextUnits:
                 paths[-1] = tuple(heading for _, heading in stack)
             size += len(piece) + 2
             has_body = has_body or not level
-    return _TextUnits(tuple("\n\n".join(unit) for unit in units), tuple(paths), title)
+    return _TextUnits(tuple("\n\n".join(unit) for unit in units), tuple(paths))
 
 
 def _heading_title(text: str) -> str:
@@ -737,8 +731,8 @@ def _pieces(text: str) -> Iterator[str]:
         yield text
 
 
-def _docx_blocks(path: Path, label: str) -> tuple[list[tuple[int, str]], str]:
-    """`(heading level, text)` blocks (`Title` 1, `Heading n` n + 1, body 0) and the title."""
+def _docx_blocks(path: Path, label: str) -> list[tuple[int, str]]:
+    """`(heading level, text)` blocks (`Title` 1, `Heading n` n + 1, body 0)."""
     try:
         document = docx.Document(str(path))
         blocks: list[tuple[int, str]] = []
@@ -748,12 +742,11 @@ def _docx_blocks(path: Path, label: str) -> tuple[list[tuple[int, str]], str]:
             else:
                 style = item.style.name if item.style is not None else ""
                 blocks.append((_docx_level(style or ""), item.text))
-        title = " ".join((document.core_properties.title or "").split())
     except MemoryError:  # PARSE_MAX_MEMORY's doing, not a damaged file
         raise
     except Exception as exc:  # python-docx raises zip, XML and key errors for damaged files
         raise InvalidInput(f"{label} is not a readable DOCX (corrupt or truncated)") from exc
-    return blocks, title
+    return blocks
 
 
 def _docx_level(style: str) -> int:
@@ -788,10 +781,9 @@ def _html_rows(table: Tag) -> list[list[str]]:
     return rows
 
 
-def _html_blocks(text: str) -> tuple[list[tuple[int, str]], str]:
-    """`(heading level, text)` blocks (`h1`..`h6` their level, others 0) and the `<title>`."""
+def _html_blocks(text: str) -> list[tuple[int, str]]:
+    """`(heading level, text)` blocks (`h1`..`h6` their level, others 0)."""
     soup = BeautifulSoup(text, "html.parser")
-    title = " ".join(soup.title.get_text(" ").split()) if soup.title is not None else ""
     for tag in soup.find_all(["head", "script", "style", "noscript", "template", "svg"]):
         tag.decompose()
     # Each outermost table becomes a Markdown table, its place kept by a \x03 marker.
@@ -816,7 +808,7 @@ def _html_blocks(text: str) -> tuple[list[tuple[int, str]], str]:
         mark = _HTML_HEADING.search(block)
         level = int(mark.group(1)) if mark else 0
         blocks.append((level, " ".join(_HTML_HEADING.sub(" ", block).replace("\x01", " ").split())))
-    return blocks, title
+    return blocks
 
 
 def _markdown_blocks(text: str) -> Iterator[tuple[int, str]]:

@@ -860,6 +860,20 @@ class OllamaStandin:
 # --------------------------------------------------------------------------------------------
 
 
+def memoized(embedder: BatchEmbedder) -> BatchEmbedder:
+    """`embedder` with every text's vector kept in memory (unbounded): a text embedded before
+    is answered from there, the others in one call, in order."""
+    known: dict[str, list[float]] = {}
+
+    def embed(texts: list[str]) -> list[list[float]]:
+        new = [t for t in dict.fromkeys(texts) if t not in known]
+        if new:
+            known.update(zip(new, embedder(new), strict=True))
+        return [known[t] for t in texts]
+
+    return embed
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the stand-in in the foreground until interrupted.
 
@@ -890,6 +904,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
+    parser.add_argument(
+        "--memo",
+        action="store_true",
+        help="with --embedder minilm: keep every text's vector in memory and answer a repeated "
+        "text from there (runs of `rag-gql eval` that embed the same chunks again)",
+    )
     args = parser.parse_args(argv)
     embedder: BatchEmbedder | None = None
     dim: int = _HASH_DIM if args.dim is None else args.dim
@@ -906,6 +926,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ModuleNotFoundError as exc:
             parser.error(f"--embedder minilm needs the eval extra: {exc}")
         print(f"Loaded all-MiniLM-L6-v2 in {time.perf_counter() - started:.1f} s", flush=True)
+        if args.memo:
+            embedder = memoized(embedder)
     if dim <= 0:
         parser.error("--dim must be positive")
     state = StandinState(

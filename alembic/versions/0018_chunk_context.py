@@ -8,8 +8,8 @@
   dropped and added again, with its GIN index and the `chunk_fts` view that reads it (0006's
   definition and grants, unchanged).
 
-Revision ID: 0017
-Revises: 0013
+Revision ID: 0018
+Revises: 0015
 Create Date: 2026-12-03
 """
 
@@ -20,8 +20,8 @@ from sqlalchemy.dialects import postgresql
 
 from alembic import op
 
-revision: str = "0017"
-down_revision: str | None = "0013"
+revision: str = "0018"
+down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
