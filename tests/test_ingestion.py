@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pymupdf
 import pytest
 
 from rag_gql.config import Settings
@@ -25,6 +26,7 @@ from tests.support.smtp import Inbox
 from tests.support.sql import connect
 from tests.support.uploads import assert_error, upload_error, upload_ok
 
+pymupdf_open: Any = pymupdf.open  # no type hints
 FORMATS = Path(__file__).parent / "data" / "formats"
 EVENTS = (
     "subscription($id: ID) { documentEvents(documentId: $id) "
@@ -499,9 +501,7 @@ async def test_a_pdf_chunk_s_context_is_the_file_s_own_title_and_its_outline_pat
 ) -> None:
     # The title comes from the file's properties (services/properties.py), the one reader of
     # it, stored on the document too; the path from the outline entry above the chunk.
-    import pymupdf
-
-    doc: Any = pymupdf.open(stream=make_pdf(["Intro words.", "Usage\n\nOptions words here."]))
+    doc: Any = pymupdf_open(stream=make_pdf(["Intro words.", "Usage\n\nOptions words here."]))
     doc.set_toc([[1, "Intro", 1], [1, "Usage", 2], [2, "Options", 2]])
     doc.set_metadata({"title": "The  kiln manual"})
     token = await sign_up(gql, inbox, "ada@example.com")
