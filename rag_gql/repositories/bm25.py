@@ -5,7 +5,9 @@ triggers on `chunk` in the transaction that writes or deletes the chunks, so the
 at every commit, whatever the path (ingestion, re-indexing, a document's, collection's or
 workspace's deletion). A statistic is the sum of its rows: document frequency of a lexeme
 (`chunks`), and on the row with the empty lexeme the chunk count (`chunks`) and the total
-length (`length`). `compact` folds a lexeme's rows into one.
+length (`length`). `compact` folds a lexeme's rows into one. The same triggers keep
+`bm25_posting` (migration 0017): one row per chunk and lexeme, ordered by impact, which
+`ranked` reads top-down per query lexeme and stops early.
 
 Score of chunk d for query q (each distinct lexeme t of q counted once):
 
@@ -17,8 +19,9 @@ occurrences (stop words excluded, as `to_tsvector('english', …)` leaves them o
 the workspace's mean |d|. The IDF is Lucene's (never negative, so a word in most chunks
 still adds a little). Lexemes are PostgreSQL's (`chunk.tsv`, the same parser and English
 stemming as before: `\\DeclareFixedFont`, `read.fwf`, `--disable-nls` are lexemes of their
-own). A chunk matches on any of the query's lexemes (the GIN index on `tsv`, read through
-the `chunk_fts` view, migration 0006, since `@@` is not LEAKPROOF).
+own). A chunk matches on any of the query's lexemes (its postings; when every chunk is scored,
+the GIN index on `tsv`, read through the `chunk_fts` view, migration 0006, since `@@` is
+not LEAKPROOF).
 """
 
 from __future__ import annotations
@@ -34,14 +37,48 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.repositories.search_sql import _ANY_LEXEME, ChunkScope, Statement, _Args
 
-RARE_CHUNKS = 1000
-"""Chunks of the workspace (by document frequency) the first, pruned pass of `ranked` may
-score: its rarest query lexemes, as many as fit."""
+IMPACT_K1, IMPACT_B, IMPACT_AVGDL = 1.2, 0.75, 100.0
+"""The parameters of `bm25_posting.impact` (migration 0017's `rag_gql_bm25_impact`): the
+term-frequency factor tf · (k1 + 1) / (tf + k1 · (1 - b + b · length / avgdl)) at these."""
+
+FIRST_DEPTH = 64
+"""Postings read per query lexeme by the first round of `ranked`; each further round reads
+`DEPTH_GROWTH` times more."""
+DEPTH_GROWTH = 4
+MAX_DEPTH = 16384
+"""Above this depth, `ranked` scores every matching chunk instead."""
+MAX_RESOLVED = 4096
+"""Most candidates a round scores from their `tsv`; with more, it reads deeper first."""
+
+_EPSILON = 1e-9
+"""Relative slack of the bounds' comparisons (float rounding of the Python and SQL sums)."""
 
 
-def _quoted(lexeme: str) -> str:
-    """A lexeme as a tsquery operand: quoted, its backslashes and quotes escaped."""
-    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+def impact(tf: int, length: int) -> float:
+    """`bm25_posting.impact` of a posting, as migration 0017's SQL function computes it (in
+    float8, rounded to a float4 there)."""
+    return (
+        tf * (IMPACT_K1 + 1) / (tf + IMPACT_K1 * (1 - IMPACT_B + IMPACT_B * length / IMPACT_AVGDL))
+    )
+
+
+def impact_factor(k1: float, b: float, avgdl: float) -> float | None:
+    """c such that a posting's term-frequency factor at (`k1`, `b`, `avgdl`) is at most
+    c · its `impact`, for every tf ≥ 1 and length; None when no such c exists (k1 or b not
+    positive: the factor no longer falls with the length as the impact does).
+
+    Both factors are tf · (k + 1) / D with D = tf + p + q · length: p = k1 · (1 - b),
+    q = k1 · b / avgdl (p0, q0 for the impact). D0 ≤ m · D with m = max(1, (1 + p0) / (1 + p),
+    q0 / q) (tf ≥ 1 bounds (tf + p0) / (tf + p)), so the ratio is at most
+    (k1 + 1) / (k1_0 + 1) · m. It is 1 at the impact's own parameters.
+    """
+    if k1 <= 0 or b <= 0 or avgdl <= 0:
+        return None
+    alpha0 = IMPACT_K1 * (1 - IMPACT_B)
+    beta0 = IMPACT_K1 * IMPACT_B / IMPACT_AVGDL
+    alpha, beta = k1 * (1 - b), k1 * b / avgdl
+    m = max(1.0, (1 + alpha0) / (1 + alpha), beta0 / beta)
+    return (k1 + 1) / (IMPACT_K1 + 1) * m * (1 + 1e-6)  # the impact is rounded to a float4
 
 
 def ranking_statement(
@@ -52,19 +89,17 @@ def ranking_statement(
     k1: float = 1.2,
     b: float = 0.75,
     scope: ChunkScope | None = None,
-    match: Sequence[str] | None = None,
+    ids: Sequence[int] | None = None,
 ) -> Statement:
-    """The statement of `ranked` (columns: chunk id, BM25 score); see there. With `match`,
-    only chunks holding one of those lexemes are scored (still over every query lexeme)."""
+    """The statement scoring every matching chunk (columns: chunk id, BM25 score), best
+    first; see `ranked`. With `ids`, only those chunks (when they match)."""
     args = _Args()
     query_text = args.add(query)
     where = (scope or ChunkScope()).where(args, workspace_id)
     ws = args.add(workspace_id)
-    matching = (
-        _ANY_LEXEME.format(query_text)
-        if match is None
-        else args.add(" | ".join(_quoted(lexeme) for lexeme in match), "::tsquery")
-    )
+    matching = _ANY_LEXEME.format(query_text)
+    if ids is not None:
+        where += f" AND c.id = ANY({args.add(list(ids), '::bigint[]')})"
     sql = (
         "WITH terms AS (SELECT DISTINCT w AS lexeme FROM"  # noqa: S608
         f" unnest(tsvector_to_array(to_tsvector('english', {query_text}))) AS w),"
@@ -88,6 +123,33 @@ def ranking_statement(
     return Statement(sql, tuple(args.values))
 
 
+def postings_statement(
+    *,
+    workspace_id: uuid.UUID,
+    lexemes: Sequence[str],
+    depth: int,
+    scope: ChunkScope | None = None,
+) -> Statement:
+    """The first `depth` postings of each of `lexemes` in the workspace (of chunks in
+    `scope`), highest impact first (columns: lexeme, chunk id, tf, length, impact): a
+    backward range scan of `pk_bm25_posting` per lexeme."""
+    args = _Args()
+    ws = args.add(workspace_id)
+    terms = args.add(list(lexemes), "::text[]")
+    scoped = ""
+    if scope is not None and scope != ChunkScope():
+        where = scope.where(args, workspace_id)
+        scoped = f" AND EXISTS (SELECT FROM chunk c WHERE c.id = p.chunk_id AND {where})"
+    sql = (
+        "SELECT t.lexeme, p.chunk_id, p.tf, p.length, p.impact"  # noqa: S608
+        f" FROM unnest({terms}) AS t(lexeme) CROSS JOIN LATERAL"
+        " (SELECT p.chunk_id, p.tf, p.length, p.impact FROM bm25_posting p"
+        f" WHERE p.workspace_id = {ws} AND p.lexeme = t.lexeme{scoped}"
+        f" ORDER BY p.impact DESC, p.chunk_id DESC LIMIT {args.add(depth)}) p"
+    )
+    return Statement(sql, tuple(args.values))
+
+
 async def ranked(
     conn: asyncpg.Connection,
     *,
@@ -105,25 +167,22 @@ async def ranked(
     lexemes (only stop words) matches nothing. `conn` is in
     `Database.driver_transaction(workspace_id)`.
 
-    Exact, with MaxScore pruning (Turtle & Flood 1995): the chunks holding the query's rarest
-    lexemes (up to `RARE_CHUNKS` by document frequency) are scored first; a lexeme adds less
-    than idf · (k1 + 1) to any chunk, so when the other lexemes' bounds sum below the
-    `limit`-th score found, no chunk holding only those can enter the list and the chunks
-    holding them are never read. Otherwise every matching chunk is scored.
+    Exact, by the threshold algorithm (Fagin, Lotem & Naor 2003) over impact-ordered
+    postings (Anh & Moffat 2006; `bm25_posting`, migration 0017): each round reads the
+    first `depth` postings of every query lexeme, best impact first. A chunk not read has,
+    for each lexeme whose list was not read to its end, a term factor of at most
+    `impact_factor` times the last impact read (none for a list read to its end): the sum of
+    those bounds, weighted by IDF, bounds its score. Chunks read are bounded the same way
+    for the lexemes they were not seen under; those that could still reach the
+    `limit`-th score are scored exactly (from their `tsv`, the statement that scores every
+    match). When the `limit`-th exact score is above every bound, the list is final;
+    otherwise the next round reads `DEPTH_GROWTH` times deeper, up to `MAX_DEPTH`, past
+    which every matching chunk is scored. The cost depends on how deep the lists must be
+    read, not on how many chunks hold a lexeme.
     """
-    frequencies = await _frequencies(conn, workspace_id, query)
+    n, total, frequencies = await _frequencies(conn, workspace_id, query)
     if not frequencies:
         return []
-    n = frequencies.pop("")
-    by_rarity = sorted(frequencies.items(), key=lambda item: (item[1], item[0]))
-    rare: list[str] = []
-    budget = 0
-    for lexeme, df in by_rarity:
-        if rare and budget + df > RARE_CHUNKS:
-            break
-        rare.append(lexeme)
-        budget += df
-    common = [lexeme for lexeme, _ in by_rarity[len(rare) :]]
     statement = partial(
         ranking_statement,
         workspace_id=workspace_id,
@@ -133,34 +192,95 @@ async def ranked(
         b=b,
         scope=scope,
     )
-    if common:
-        first = statement(match=rare)
-        rows = [(int(r[0]), float(r[1])) for r in await conn.fetch(first.sql, *first.args)]
-        bound = sum(
-            math.log(1 + (n - frequencies[w] + 0.5) / (frequencies[w] + 0.5)) * (k1 + 1)
-            for w in common
-        )
-        if len(rows) == limit and bound * (1 + 1e-9) < rows[-1][1]:
-            return rows
+    avgdl = max(total / n, 1e-9) if n else 1e-9
+    factor = impact_factor(k1, b, avgdl)
+    held = [w for w, df in frequencies.items() if df > 0]
+    if factor is not None and held:
+        idf = {w: math.log(1 + (n - frequencies[w] + 0.5) / (frequencies[w] + 0.5)) for w in held}
+        depth = FIRST_DEPTH
+        while depth <= MAX_DEPTH:
+            found = await _threshold_round(
+                conn, statement, workspace_id, scope, idf, depth, limit, k1, b, avgdl, factor
+            )
+            if found is not None:
+                return found
+            depth *= DEPTH_GROWTH
     full = statement()
     return [(int(r[0]), float(r[1])) for r in await conn.fetch(full.sql, *full.args)]
 
 
+async def _threshold_round(
+    conn: asyncpg.Connection,
+    statement: partial[Statement],
+    workspace_id: uuid.UUID,
+    scope: ChunkScope | None,
+    idf: dict[str, float],
+    depth: int,
+    limit: int,
+    k1: float,
+    b: float,
+    avgdl: float,
+    factor: float,
+) -> list[tuple[int, float]] | None:
+    """One round of `ranked` at `depth`: the final list, or None when it needs deeper."""
+    read = postings_statement(
+        workspace_id=workspace_id, lexemes=list(idf), depth=depth, scope=scope
+    )
+    rows = await conn.fetch(read.sql, *read.args)
+    seen: dict[int, dict[str, float]] = {}
+    count = dict.fromkeys(idf, 0)
+    last = dict.fromkeys(idf, 0.0)
+    for lexeme, chunk_id, tf, length, key in rows:
+        count[lexeme] += 1
+        last[lexeme] = float(key)
+        part = tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avgdl))
+        seen.setdefault(int(chunk_id), {})[lexeme] = idf[lexeme] * part
+    # The most a lexeme adds to a chunk not among its postings read (0: all were read).
+    bound = {w: idf[w] * factor * last[w] if count[w] == depth else 0.0 for w in idf}
+    unseen = sum(bound.values())
+    if not seen:
+        return [] if unseen == 0 else None
+    lower = {cid: sum(parts.values()) for cid, parts in seen.items()}
+    upper = {
+        cid: lower[cid] + sum(bound[w] for w in idf if w not in parts)
+        for cid, parts in seen.items()
+    }
+    if unseen > 0 and len(seen) < limit:
+        return None
+    if unseen > 0 and sorted(upper.values(), reverse=True)[limit - 1] <= unseen:
+        return None  # no `limit` chunks read can all end above an unread one's bound
+    floor = sorted(lower.values(), reverse=True)[min(limit, len(lower)) - 1]
+    floor *= 1 - _EPSILON
+    wanted = [cid for cid in seen if upper[cid] >= floor]
+    if len(wanted) > MAX_RESOLVED and unseen > 0:
+        return None
+    exact = statement(ids=wanted, limit=len(wanted))
+    scored = [(int(r[0]), float(r[1])) for r in await conn.fetch(exact.sql, *exact.args)]
+    best = scored[:limit]
+    if unseen == 0:
+        return best
+    if len(best) == limit and best[-1][1] > unseen * (1 + _EPSILON):
+        return best
+    return None
+
+
 async def _frequencies(
     conn: asyncpg.Connection, workspace_id: uuid.UUID, query: str
-) -> dict[str, int]:
-    """The workspace's document frequency of each distinct lexeme of `query`, and its chunk
-    count under `''`; empty when the query has no lexeme."""
+) -> tuple[int, int, dict[str, int]]:
+    """The workspace's chunk count and total length, and the document frequency of each
+    distinct lexeme of `query` (empty when the query has no lexeme)."""
     rows = await conn.fetch(
-        "SELECT w, (SELECT coalesce(sum(d.chunks), 0) FROM bm25_delta d"
-        " WHERE d.workspace_id = $1 AND d.lexeme = w) FROM (SELECT DISTINCT w FROM"
+        "SELECT t.w, s.chunks, s.length FROM (SELECT DISTINCT w FROM"
         " unnest(tsvector_to_array(to_tsvector('english', $2))) AS w"
-        " UNION ALL SELECT '') AS t(w)",
+        " UNION ALL SELECT '') AS t(w) CROSS JOIN LATERAL (SELECT"
+        " coalesce(sum(d.chunks), 0) AS chunks, coalesce(sum(d.length), 0) AS length"
+        " FROM bm25_delta d WHERE d.workspace_id = $1 AND d.lexeme = t.w) s",
         workspace_id,
         query,
     )
-    found = {str(r[0]): int(r[1]) for r in rows}
-    return found if len(found) > 1 else {}
+    found = {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+    n, total = found.pop("", (0, 0))
+    return n, total, {w: chunks for w, (chunks, _) in found.items()}
 
 
 async def statistics(
@@ -187,6 +307,10 @@ async def statistics(
     return int(totals[0]), int(totals[1]), {w: found.get(w, 0) for w in lexemes}
 
 
+COMPACT_ABOVE = 8
+"""Rows of a lexeme above which the compaction after a document's ingestion folds them."""
+
+
 def _lock_key(workspace_id: uuid.UUID) -> int:
     """The advisory lock of a workspace's compaction (a signed 64-bit key)."""
     return int.from_bytes(workspace_id.bytes[:8], "big", signed=True) ^ 0x626D3235
@@ -197,16 +321,21 @@ async def compact(
     *,
     workspace_id: uuid.UUID,
     document_id: uuid.UUID | None = None,
+    above: int | None = None,
 ) -> int:
-    """Folds the workspace's rows of each lexeme that has more than one into one row (their
-    sum; none when it is zero); returns how many rows were removed. With `document_id`, only
-    the lexemes of that document's chunks (and the totals row) are folded. Does nothing
-    when another transaction is compacting the workspace (`pg_try_advisory_xact_lock`).
+    """Folds the workspace's rows of each lexeme that has more than `above` into one row
+    (their sum; none when it is zero); returns how many rows were removed. With
+    `document_id`, only the lexemes of that document's chunks (and the totals row) are
+    folded, and `above` defaults to `COMPACT_ABOVE` (the rows a query sums per lexeme stay
+    bounded without rewriting each lexeme's row after every document); without, to 1. Does
+    nothing when another transaction is compacting the workspace
+    (`pg_try_advisory_xact_lock`).
 
     Run it in a short transaction of its own, after the rows were committed: it deletes only
     rows it sees and inserts their sum in the same statement, so every reader sees the same
     sums before and after, and writers (which only insert) never wait for it.
     """
+    threshold = above if above is not None else COMPACT_ABOVE if document_id else 1
     locked = await session.execute(
         text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _lock_key(workspace_id)}
     )
@@ -222,7 +351,7 @@ async def compact(
         text(
             f"WITH terms AS ({terms}),"  # noqa: S608 (constant SQL; values are parameters)
             " folded AS (SELECT d.lexeme FROM bm25_delta d JOIN terms t ON t.lexeme = d.lexeme"
-            " WHERE d.workspace_id = :ws GROUP BY d.lexeme HAVING count(*) > 1),"
+            " WHERE d.workspace_id = :ws GROUP BY d.lexeme HAVING count(*) > :above),"
             " gone AS (DELETE FROM bm25_delta d USING folded f"
             " WHERE d.workspace_id = :ws AND d.lexeme = f.lexeme"
             " RETURNING d.lexeme, d.chunks, d.length),"
@@ -231,7 +360,7 @@ async def compact(
             " HAVING sum(g.chunks) <> 0 OR sum(g.length) <> 0 RETURNING 1)"
             " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM added)"
         ),
-        {"ws": workspace_id, "doc": document_id},
+        {"ws": workspace_id, "doc": document_id, "above": threshold},
     )
     removed, added = result.one()
     return int(removed) - int(added)
