@@ -287,14 +287,15 @@ async def test_the_threshold_algorithm_returns_the_full_ranking(
     await assert_exact(settings, ws)
     monkeypatch.setattr(bm25, "FIRST_DEPTH", 4)
     monkeypatch.setattr(bm25, "MAX_DEPTH", 256)
+    monkeypatch.setattr(bm25, "EXHAUSTIVE_POSTINGS", 0)  # rounds, whatever the lists' length
     depths: list[int] = []
-    read = bm25.postings_statement
+    read = bm25.round_statement
 
     def spy(**kwargs: object) -> object:
         depths.append(int(kwargs["depth"]))  # type: ignore[call-overload]
         return read(**kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(bm25, "postings_statement", spy)
+    monkeypatch.setattr(bm25, "round_statement", spy)
     rounds: dict[tuple[str, int, float, float, bool], list[int]] = {}
     for query in ("zeppelin garden", "hangar walls", "garden", "stone walls gates", "nothing"):
         for limit in (1, 5, 30):
@@ -318,7 +319,8 @@ async def test_the_threshold_algorithm_returns_the_full_ranking(
                         want = [
                             (int(r[0]), float(r[1])) for r in await conn.fetch(full.sql, *full.args)
                         ]
-                    assert got == want, (query, limit, k1, b, scoped)
+                    assert [c for c, _ in got] == [c for c, _ in want], (query, limit, k1, b)
+                    assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-12)
                     rounds[(query, limit, k1, b, scoped)] = list(depths)
     # One round when the first postings outscore every bound; deeper rounds otherwise.
     # "garden" is in ~350 chunks: its list is read to 16 only, and no chunk is scored but
@@ -337,6 +339,18 @@ async def test_the_threshold_algorithm_returns_the_full_ranking(
         await bm25.ranked(conn, workspace_id=ws, query="zeppelin garden", limit=5)
     assert scored
     assert all(ids is not None and len(ids) <= 16 * 2 for ids in scored)  # type: ignore[arg-type]
+
+    # Short lists: every posting read at once, no round, the same ranking.
+    monkeypatch.setattr(bm25, "EXHAUSTIVE_POSTINGS", 10_000)
+    for query in ("zeppelin garden", "hangar walls", "stone walls gates"):
+        depths.clear()
+        async with app_db.driver_transaction(ws) as conn:
+            got = await bm25.ranked(conn, workspace_id=ws, query=query, limit=30)
+            full = statement(workspace_id=ws, query=query, limit=30)
+            want = [(int(r[0]), float(r[1])) for r in await conn.fetch(full.sql, *full.args)]
+        assert [c for c, _ in got] == [c for c, _ in want], query
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-12)
+        assert depths == []
 
 
 async def test_the_bound_holds_for_any_parameters_and_length() -> None:

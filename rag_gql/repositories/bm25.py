@@ -41,14 +41,21 @@ IMPACT_K1, IMPACT_B, IMPACT_AVGDL = 1.2, 0.75, 100.0
 """The parameters of `bm25_posting.impact` (migration 0017's `rag_gql_bm25_impact`): the
 term-frequency factor tf · (k1 + 1) / (tf + k1 · (1 - b + b · length / avgdl)) at these."""
 
-FIRST_DEPTH = 64
+FIRST_DEPTH = 128
 """Postings read per query lexeme by the first round of `ranked`; each further round reads
 `DEPTH_GROWTH` times more."""
 DEPTH_GROWTH = 4
-MAX_DEPTH = 16384
-"""Above this depth, `ranked` scores every matching chunk instead."""
-MAX_RESOLVED = 4096
+MAX_DEPTH = 2048
+"""Past this depth, `ranked` scores every chunk holding a query lexeme from its postings."""
+EXHAUSTIVE_POSTINGS = 50000
+"""When the query's lexemes have at most this many postings in all (the sum of their
+document frequencies), `ranked` reads them all at once instead of by rounds."""
+MAX_RESOLVED = 512
 """Most candidates a round scores from their `tsv`; with more, it reads deeper first."""
+
+ORDER = "round({}::numeric, 9) DESC"
+"""How scores are ordered (then by chunk id): to 9 decimals, so equal scores summed in
+another order (from postings or from a `tsv`) tie, and go by id."""
 
 _EPSILON = 1e-9
 """Relative slack of the bounds' comparisons (float rounding of the Python and SQL sums)."""
@@ -118,9 +125,23 @@ def ranking_statement(
         " / (cardinality(u.positions) + p.k1 * (1 - p.b + p.b * l.len / p.avgdl))) AS score"
         " FROM unnest(c.tsv) AS u JOIN idf i ON i.lexeme = u.lexeme) m"
         f" WHERE {where} AND c.tsv @@ {matching}"
-        f" ORDER BY m.score DESC, c.id LIMIT {args.add(limit)}"
+        f" ORDER BY {ORDER.format('m.score')}, c.id LIMIT {args.add(limit)}"
     )
     return Statement(sql, tuple(args.values))
+
+
+def _scoped(args: _Args, workspace_id: uuid.UUID, scope: ChunkScope | None) -> str:
+    """The condition on posting `p` that its chunk is in `scope` ('' for the workspace)."""
+    if scope is None or scope == ChunkScope():
+        return ""
+    where = scope.where(args, workspace_id)
+    return f" AND EXISTS (SELECT FROM chunk c WHERE c.id = p.chunk_id AND {where})"
+
+
+def _term_factor(args: _Args, k1: float, b: float, avgdl: float) -> str:
+    """SQL of a posting's BM25 term-frequency factor (`p.tf`, `p.length`) at these values."""
+    k, bb, avg = args.add(k1, "::float8"), args.add(b, "::float8"), args.add(avgdl, "::float8")
+    return f"p.tf * ({k} + 1) / (p.tf + {k} * (1 - {bb} + {bb} * p.length / {avg}))"
 
 
 def postings_statement(
@@ -136,16 +157,89 @@ def postings_statement(
     args = _Args()
     ws = args.add(workspace_id)
     terms = args.add(list(lexemes), "::text[]")
-    scoped = ""
-    if scope is not None and scope != ChunkScope():
-        where = scope.where(args, workspace_id)
-        scoped = f" AND EXISTS (SELECT FROM chunk c WHERE c.id = p.chunk_id AND {where})"
+    scoped = _scoped(args, workspace_id, scope)
     sql = (
         "SELECT t.lexeme, p.chunk_id, p.tf, p.length, p.impact"  # noqa: S608
         f" FROM unnest({terms}) AS t(lexeme) CROSS JOIN LATERAL"
         " (SELECT p.chunk_id, p.tf, p.length, p.impact FROM bm25_posting p"
         f" WHERE p.workspace_id = {ws} AND p.lexeme = t.lexeme{scoped}"
         f" ORDER BY p.impact DESC, p.chunk_id DESC LIMIT {args.add(depth)}) p"
+    )
+    return Statement(sql, tuple(args.values))
+
+
+def round_statement(
+    *,
+    workspace_id: uuid.UUID,
+    idf: dict[str, float],
+    depth: int,
+    limit: int,
+    k1: float,
+    b: float,
+    avgdl: float,
+    factor: float,
+    scope: ChunkScope | None = None,
+) -> Statement:
+    """One round of `ranked`: `postings_statement`'s rows at `depth`, summed per chunk in the
+    database. Columns: chunk id, lower bound (its postings read), upper bound (plus the
+    bound of each lexeme it was not read under), the bound of a chunk not read at all
+    (`unseen`), and how many chunks reach the `limit`-th lower bound. Rows: the chunks
+    whose upper bound reaches the `limit`-th lower bound, best upper first, at most
+    `MAX_RESOLVED` + 1 (none when no chunk was read)."""
+    args = _Args()
+    ws = args.add(workspace_id)
+    terms = args.add(list(idf), "::text[]")
+    weights = args.add(list(idf.values()), "::float8[]")
+    d = args.add(depth)
+    scoped = _scoped(args, workspace_id, scope)
+    part = _term_factor(args, k1, b, avgdl)
+    sql = (
+        f"WITH t AS (SELECT * FROM unnest({terms}, {weights}) AS t(lexeme, idf)),"  # noqa: S608
+        f" r AS MATERIALIZED (SELECT t.lexeme, t.idf * {part} AS score, p.chunk_id, p.impact"
+        " FROM t CROSS JOIN LATERAL (SELECT p.chunk_id, p.tf, p.length, p.impact"
+        f" FROM bm25_posting p WHERE p.workspace_id = {ws} AND p.lexeme = t.lexeme{scoped}"
+        f" ORDER BY p.impact DESC, p.chunk_id DESC LIMIT {d}) p),"
+        " lists AS (SELECT t.lexeme, CASE WHEN count(r.chunk_id) = "
+        f"{d} THEN t.idf * {args.add(factor, '::float8')} * min(r.impact) ELSE 0 END AS bound"
+        " FROM t LEFT JOIN r ON r.lexeme = t.lexeme GROUP BY t.lexeme, t.idf),"
+        " unseen AS (SELECT sum(bound) AS bound FROM lists),"
+        " s AS MATERIALIZED (SELECT r.chunk_id, sum(r.score) AS lower, sum(l.bound) AS seen"
+        " FROM r JOIN lists l ON l.lexeme = r.lexeme GROUP BY r.chunk_id),"
+        " floor AS (SELECT coalesce((SELECT lower FROM s ORDER BY lower DESC"
+        f" OFFSET {args.add(limit)} - 1 LIMIT 1), 0) * (1 - {_EPSILON}) AS lower),"
+        " c AS (SELECT s.chunk_id, s.lower, s.lower + u.bound - s.seen AS upper"
+        " FROM s, unseen u, floor f WHERE s.lower + u.bound - s.seen >= f.lower)"
+        " SELECT c.chunk_id, c.lower, c.upper, u.bound, count(*) OVER ()"
+        " FROM c, unseen u ORDER BY c.upper DESC, c.chunk_id"
+        f" LIMIT {args.add(MAX_RESOLVED + 1)}"
+    )
+    return Statement(sql, tuple(args.values))
+
+
+def exhaustive_statement(
+    *,
+    workspace_id: uuid.UUID,
+    idf: dict[str, float],
+    limit: int,
+    k1: float,
+    b: float,
+    avgdl: float,
+    scope: ChunkScope | None = None,
+) -> Statement:
+    """Every chunk holding one of `idf`'s lexemes scored from its postings (columns: chunk
+    id, score), best `limit` first: every posting of those lexemes read."""
+    args = _Args()
+    ws = args.add(workspace_id)
+    terms = args.add(list(idf), "::text[]")
+    weights = args.add(list(idf.values()), "::float8[]")
+    scoped = _scoped(args, workspace_id, scope)
+    part = _term_factor(args, k1, b, avgdl)
+    sql = (
+        "SELECT s.chunk_id, s.score FROM (SELECT p.chunk_id,"  # noqa: S608
+        f" sum(t.idf * {part}) AS score FROM unnest({terms}, {weights}) AS t(lexeme, idf)"
+        f" JOIN bm25_posting p ON p.workspace_id = {ws} AND p.lexeme = t.lexeme"
+        f" WHERE true{scoped} GROUP BY p.chunk_id) s"
+        f" ORDER BY {ORDER.format('s.score')}, s.chunk_id LIMIT {args.add(limit)}"
     )
     return Statement(sql, tuple(args.values))
 
@@ -167,101 +261,69 @@ async def ranked(
     lexemes (only stop words) matches nothing. `conn` is in
     `Database.driver_transaction(workspace_id)`.
 
-    Exact, by the threshold algorithm (Fagin, Lotem & Naor 2003) over impact-ordered
-    postings (Anh & Moffat 2006; `bm25_posting`, migration 0017): each round reads the
-    first `depth` postings of every query lexeme, best impact first. A chunk not read has,
-    for each lexeme whose list was not read to its end, a term factor of at most
-    `impact_factor` times the last impact read (none for a list read to its end): the sum of
-    those bounds, weighted by IDF, bounds its score. Chunks read are bounded the same way
-    for the lexemes they were not seen under; those that could still reach the
-    `limit`-th score are scored exactly (from their `tsv`, the statement that scores every
-    match). When the `limit`-th exact score is above every bound, the list is final;
-    otherwise the next round reads `DEPTH_GROWTH` times deeper, up to `MAX_DEPTH`, past
-    which every matching chunk is scored. The cost depends on how deep the lists must be
-    read, not on how many chunks hold a lexeme.
+    Exact, by the threshold algorithm without random access (Fagin, Lotem & Naor 2003)
+    over impact-ordered postings (Anh & Moffat 2006; `bm25_posting`, migration 0017): each
+    round (`round_statement`) reads the first `depth` postings of every query lexeme, best
+    impact first, and sums them per chunk in the database. A chunk not read has, for each
+    lexeme whose list was not read to its end, a term factor of at most `impact_factor`
+    times the last impact read (none for a list read to its end): the sum of those bounds,
+    weighted by IDF, bounds its score; a chunk read is bounded the same way for the
+    lexemes it was not read under. Those that could still reach the `limit`-th score are
+    scored exactly (from their `tsv`: `ranking_statement` restricted to them). When the
+    `limit`-th exact score is above every bound, the list is final; otherwise the next
+    round reads `DEPTH_GROWTH` times deeper. Past `MAX_DEPTH`, or at once when the query's
+    lexemes hold at most `EXHAUSTIVE_POSTINGS` postings, every chunk holding a query
+    lexeme is scored from its postings (`exhaustive_statement`, no `tsv` read). Scores are
+    ordered to 9 decimals (`ORDER`), then by id.
     """
     n, total, frequencies = await _frequencies(conn, workspace_id, query)
-    if not frequencies:
+    held = [w for w, df in frequencies.items() if df > 0]
+    if not held:
         return []
     statement = partial(
         ranking_statement,
         workspace_id=workspace_id,
         query=query,
-        limit=limit,
         k1=k1,
         b=b,
         scope=scope,
     )
-    avgdl = max(total / n, 1e-9) if n else 1e-9
+    avgdl = max(total / n, 1e-9)
+    idf = {w: math.log(1 + (n - frequencies[w] + 0.5) / (frequencies[w] + 0.5)) for w in held}
     factor = impact_factor(k1, b, avgdl)
-    held = [w for w, df in frequencies.items() if df > 0]
-    if factor is not None and held:
-        idf = {w: math.log(1 + (n - frequencies[w] + 0.5) / (frequencies[w] + 0.5)) for w in held}
-        depth = FIRST_DEPTH
-        while depth <= MAX_DEPTH:
-            found = await _threshold_round(
-                conn, statement, workspace_id, scope, idf, depth, limit, k1, b, avgdl, factor
-            )
-            if found is not None:
-                return found
-            depth *= DEPTH_GROWTH
-    full = statement()
-    return [(int(r[0]), float(r[1])) for r in await conn.fetch(full.sql, *full.args)]
-
-
-async def _threshold_round(
-    conn: asyncpg.Connection,
-    statement: partial[Statement],
-    workspace_id: uuid.UUID,
-    scope: ChunkScope | None,
-    idf: dict[str, float],
-    depth: int,
-    limit: int,
-    k1: float,
-    b: float,
-    avgdl: float,
-    factor: float,
-) -> list[tuple[int, float]] | None:
-    """One round of `ranked` at `depth`: the final list, or None when it needs deeper."""
-    read = postings_statement(
-        workspace_id=workspace_id, lexemes=list(idf), depth=depth, scope=scope
+    depth = FIRST_DEPTH
+    if sum(frequencies[w] for w in held) <= EXHAUSTIVE_POSTINGS:
+        factor = None  # reading every posting costs less than a round
+    while factor is not None and depth <= MAX_DEPTH:
+        step = round_statement(
+            workspace_id=workspace_id,
+            idf=idf,
+            depth=depth,
+            limit=limit,
+            k1=k1,
+            b=b,
+            avgdl=avgdl,
+            factor=factor,
+            scope=scope,
+        )
+        rows = await conn.fetch(step.sql, *step.args)
+        depth *= DEPTH_GROWTH
+        if not rows:
+            return []
+        unseen = float(rows[0][3])
+        uppers = [float(r[2]) for r in rows]
+        if len(rows) > MAX_RESOLVED or (len(rows) >= limit and uppers[limit - 1] <= unseen):
+            continue  # too many to score, or none can end above an unread chunk's bound
+        if unseen > 0 and len(rows) < limit:
+            continue
+        exact = statement(ids=[int(r[0]) for r in rows], limit=limit)
+        best = [(int(r[0]), float(r[1])) for r in await conn.fetch(exact.sql, *exact.args)]
+        if unseen == 0 or (len(best) == limit and best[-1][1] > unseen * (1 + _EPSILON)):
+            return best
+    every = exhaustive_statement(
+        workspace_id=workspace_id, idf=idf, limit=limit, k1=k1, b=b, avgdl=avgdl, scope=scope
     )
-    rows = await conn.fetch(read.sql, *read.args)
-    seen: dict[int, dict[str, float]] = {}
-    count = dict.fromkeys(idf, 0)
-    last = dict.fromkeys(idf, 0.0)
-    for lexeme, chunk_id, tf, length, key in rows:
-        count[lexeme] += 1
-        last[lexeme] = float(key)
-        part = tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avgdl))
-        seen.setdefault(int(chunk_id), {})[lexeme] = idf[lexeme] * part
-    # The most a lexeme adds to a chunk not among its postings read (0: all were read).
-    bound = {w: idf[w] * factor * last[w] if count[w] == depth else 0.0 for w in idf}
-    unseen = sum(bound.values())
-    if not seen:
-        return [] if unseen == 0 else None
-    lower = {cid: sum(parts.values()) for cid, parts in seen.items()}
-    upper = {
-        cid: lower[cid] + sum(bound[w] for w in idf if w not in parts)
-        for cid, parts in seen.items()
-    }
-    if unseen > 0 and len(seen) < limit:
-        return None
-    if unseen > 0 and sorted(upper.values(), reverse=True)[limit - 1] <= unseen:
-        return None  # no `limit` chunks read can all end above an unread one's bound
-    floor = sorted(lower.values(), reverse=True)[min(limit, len(lower)) - 1]
-    floor *= 1 - _EPSILON
-    wanted = [cid for cid in seen if upper[cid] >= floor]
-    if len(wanted) > MAX_RESOLVED and unseen > 0:
-        return None
-    exact = statement(ids=wanted, limit=len(wanted))
-    scored = [(int(r[0]), float(r[1])) for r in await conn.fetch(exact.sql, *exact.args)]
-    best = scored[:limit]
-    if unseen == 0:
-        return best
-    if len(best) == limit and best[-1][1] > unseen * (1 + _EPSILON):
-        return best
-    return None
+    return [(int(r[0]), float(r[1])) for r in await conn.fetch(every.sql, *every.args)]
 
 
 async def _frequencies(
