@@ -67,7 +67,7 @@ from rag_gql.config import Settings  # noqa: E402 - after the path set-up above
 from rag_gql.db import migrate  # noqa: E402
 from rag_gql.db.models import User  # noqa: E402
 from rag_gql.db.session import APP_ROLE, SET_TENANT  # noqa: E402
-from rag_gql.repositories import chunks, search_sql, workspaces  # noqa: E402
+from rag_gql.repositories import bm25, chunks, search_sql, workspaces  # noqa: E402
 from rag_gql.repositories.search_sql import (  # noqa: E402
     ExactScan,
     Statement,
@@ -338,6 +338,7 @@ async def build_indexes(conn: Any, memory: str) -> tuple[float, float]:
     await conn.execute("VACUUM ANALYZE chunk")
     await conn.execute("VACUUM ANALYZE document")
     await conn.execute("VACUUM ANALYZE bm25_delta")
+    await conn.execute("VACUUM ANALYZE bm25_posting")
     return gin, hnsw
 
 
@@ -847,6 +848,10 @@ async def _load(bench: Bench, workspace: uuid.UUID, ids: list[int], query: int) 
 PART_AUTH = "authenticate (1 tx, 1 SELECT)"
 PART_EMBED = "embed the query (stand-in HTTP)"
 PART_SEARCH = "RetrievalService.search (the 3 above)"
+PART_KEYWORD = "bm25.ranked, KEYWORD's depth (1 tx)"
+KEYWORD_ROUNDS: dict[uuid.UUID, list[int]] = {}
+"""The depth of the last round per query of `_keyword_ranked`, per workspace (0: every
+match scored from its postings; -1: no round)."""
 
 
 async def breakdown(bench: Bench, workspace: uuid.UUID, token: str) -> dict[str, Stats]:
@@ -859,6 +864,7 @@ async def breakdown(bench: Bench, workspace: uuid.UUID, token: str) -> dict[str,
         "vector_ranked (1 tx)": [],
         "load hits + ts_headline (1 tx)": [],
         PART_SEARCH: [],
+        PART_KEYWORD: [],
     }
     names = list(parts)
     for i in range(len(bench.texts)):
@@ -875,7 +881,36 @@ async def breakdown(bench: Bench, workspace: uuid.UUID, token: str) -> dict[str,
             SearchRequest(text, bench.k, SearchMode.VECTOR),
         )
         parts[names[4]].append(await timed(search))
+        parts[PART_KEYWORD].append(await timed(partial(_keyword_ranked, bench, workspace, i)))
     return {name: Stats.of(samples) for name, samples in parts.items()}
+
+
+async def _keyword_ranked(bench: Bench, workspace: uuid.UUID, query: int) -> None:
+    """`bm25.ranked` as KEYWORD search calls it (k * 2 deep), counting its rounds."""
+    depths: list[int] = []
+    read = bm25.round_statement
+
+    def counted(**kwargs: Any) -> Statement:
+        depths.append(int(kwargs["depth"]))
+        return read(**kwargs)
+
+    every = bm25.exhaustive_statement
+
+    def exhaustive(**kwargs: Any) -> Statement:
+        depths.append(0)
+        return every(**kwargs)
+
+    bm25.round_statement = counted
+    bm25.exhaustive_statement = exhaustive
+    try:
+        async with bench.services.db.driver_transaction(workspace) as conn:
+            await bm25.ranked(
+                conn, workspace_id=workspace, query=bench.questions[query], limit=bench.k * 2
+            )
+    finally:
+        bm25.round_statement = read
+        bm25.exhaustive_statement = every
+    KEYWORD_ROUNDS.setdefault(workspace, []).append(depths[-1] if depths else -1)
 
 
 # --- per-workspace strategies -------------------------------------------------------------------
@@ -884,6 +919,9 @@ SWEEP_SHARES = (0.30, 0.10, 0.05, 0.03, 0.02, 0.01, 0.003, 0.001, 0.0003)
 GOAL_RATIO = 1.5
 GOAL_RECALL = 0.95
 GOAL_SMALL_P95_MS = 2.0
+GOAL_KEYWORD_P95_MS = {0.30: 150.0, 0.01: 50.0}
+"""Issue 17's goals for HYBRID and KEYWORD GraphQL p95 (ms), by workspace share (stated at
+1M chunks: the 300k-chunk and the 1 % workspaces)."""
 
 
 def sweep_picks(sizes: Sequence[int]) -> list[int]:
@@ -1118,6 +1156,14 @@ async def measure(
         f"folded to {folded_rows:,} (one per workspace and lexeme) in {fold_s:.1f} s"
     )
     print(await describe_sizes(owner, n))
+    postings, heap, key = await owner.fetchrow(
+        "SELECT (SELECT count(*) FROM bm25_posting), pg_relation_size('bm25_posting'),"
+        " pg_relation_size('pk_bm25_posting')"
+    )
+    print(
+        f"BM25 postings: {postings:,} ({postings / n:.0f} a chunk; written by the same "
+        f"triggers during the COPY), heap {megabytes(heap)}, key {megabytes(key)}"
+    )
     print(
         f"workspaces: largest {sizes[0]:,} ({sizes[0] / n:.1%}), 1 % one #{one_percent} "
         f"{sizes[one_percent]:,}, small one #{small} {sizes[small]:,}, median "
@@ -1189,6 +1235,20 @@ async def report(bench: Bench, served_ranks: Sequence[int], *, cluster: bool) ->
         served[rank] = await measure_served(bench, ids[rank], user, token)
         parts[rank] = await breakdown(bench, ids[rank], token)
     print_served(bench, whole, served, parts, truth)
+    print(
+        f"\nbm25.ranked (KEYWORD's depth, in-process): postings read per query lexeme in "
+        f"the last round (first {bm25.FIRST_DEPTH}, x{bm25.DEPTH_GROWTH} a round; past "
+        f"{bm25.MAX_DEPTH} every match is scored from its postings), per workspace: median / "
+        "p95 / max"
+    )
+    for rank in served_ranks:
+        last = KEYWORD_ROUNDS.get(ids[rank], [])
+        depths = sorted(d for d in last if d > 0) or [0]
+        p95 = depths[min(len(depths) - 1, int(0.95 * len(depths)))]
+        print(
+            f"  #{rank}: {statistics.median(depths):g} / {p95} / {depths[-1]}; every match "
+            f"scored from its postings in {last.count(0)} of {len(last)} queries"
+        )
     print_phase(
         "exact scan against HNSW, each forced, per workspace (SELECT p50 / p95 ms; HNSW "
         f"recall@{bench.k} against exact; ef_search {bench.ef_search}):",
@@ -1325,6 +1385,22 @@ def goals(
         want = GOAL_RECALL if served[rank].floor.strategies == {VectorStrategy.HNSW} else 1.0
         got = mean_recall(served[rank].floor.results, truth[rank])
         out.append((f"recall@10 >= {want}, #{rank} as served", f"{got:.3f}", got >= want))
+    n = sum(bench.tenants.sizes)
+    for rank, result in served.items():
+        share = bench.tenants.sizes[rank] / n
+        ceiling = next(
+            (ms for s, ms in GOAL_KEYWORD_P95_MS.items() if abs(share - s) < s / 2), None
+        )
+        if ceiling is None:
+            continue
+        for mode, stats in (("KEYWORD", result.keyword), ("HYBRID", result.hybrid)):
+            out.append(
+                (
+                    f"{mode} p95 #{rank} ({share:.0%}) <= {ceiling:g} ms",
+                    f"{stats.p95:.2f} ms",
+                    stats.p95 <= ceiling,
+                )
+            )
     one_percent = served_ranks[1]
     p95s = [("as served, SELECT", served[one_percent].floor.select.p95)]
     p95s.append(("as served, count+set + SELECT", served_p95(served[one_percent])))

@@ -8,11 +8,12 @@ import uuid
 from collections import Counter
 
 import asyncpg
+import numpy as np
 import pytest
 
 from rag_gql.config import Settings
 from rag_gql.db import Database
-from rag_gql.repositories import bm25
+from rag_gql.repositories import bm25, search_sql
 from tests.conftest import TEST_EMBED_DIM
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient
@@ -63,10 +64,33 @@ async def recounted(conn: asyncpg.Connection, ws: uuid.UUID) -> Statistics:
     return int(n), int(total), {r[0]: int(r[1]) for r in rows}
 
 
+Posting = tuple[str, int, int, int, float]
+
+
+async def postings(conn: asyncpg.Connection, ws: uuid.UUID) -> set[Posting]:
+    """The workspace's `bm25_posting` rows: (lexeme, chunk id, tf, length, impact)."""
+    rows = await conn.fetch(
+        "SELECT lexeme, chunk_id, tf, length, impact FROM bm25_posting WHERE workspace_id = $1",
+        ws,
+    )
+    return {(r[0], r[1], r[2], r[3], r[4]) for r in rows}
+
+
+async def recounted_postings(conn: asyncpg.Connection, ws: uuid.UUID) -> set[Posting]:
+    """The same postings from the chunks themselves, the impact computed in Python."""
+    rows = await conn.fetch(
+        "SELECT u.lexeme, c.id, cardinality(u.positions), (SELECT sum(cardinality(v.positions))"
+        " FROM unnest(c.tsv) v) FROM chunk c, unnest(c.tsv) u WHERE c.workspace_id = $1",
+        ws,
+    )
+    return {(r[0], r[1], r[2], r[3], float(np.float32(bm25.impact(r[2], r[3])))) for r in rows}
+
+
 async def assert_exact(settings: Settings, ws: uuid.UUID) -> Statistics:
     async with connect(settings) as conn:
         now = await stored(conn, ws)
         assert now == await recounted(conn, ws)
+        assert await postings(conn, ws) == await recounted_postings(conn, ws)
     return now
 
 
@@ -232,15 +256,16 @@ async def test_a_workspace_s_ranking_ignores_another_workspace_s_chunks(
     assert before["search"][0]["page"] == 1, "both words first"
 
 
-async def test_maxscore_pruning_returns_the_full_ranking(
+async def test_the_threshold_algorithm_returns_the_full_ranking(
     gql: GraphQLClient,
     inbox: Inbox,
     settings: Settings,
     app_db: Database,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The pruned first pass (rarest lexemes only) returns exactly what scoring every match
-    returns, and falls back to that when the common lexemes' bound is not below the list."""
+    """Read top-down from the postings, stopping early, `ranked` returns exactly what scoring
+    every match returns: at any depth, with a scope, with parameters far from the impact's
+    (the bound's factor above 1), and it reads deeper when the bound says so."""
     token = await sign_up(gql, inbox, "ada@example.com")
     ws = await workspace_of(settings, "ada@example.com")
     doc = await upload_ok(gql, "seed.pdf", make_pdf(["a zeppelin over a garden"]), token)
@@ -249,35 +274,105 @@ async def test_maxscore_pruning_returns_the_full_ranking(
         document = await conn.fetchval("SELECT id FROM document WHERE workspace_id = $1", ws)
         await conn.execute(
             "INSERT INTO chunk (workspace_id, document_id, ordinal, page, char_start, char_end,"
-            " text, embedding) SELECT $1, $2, 10 + n, 1, 0, 10, CASE"
+            " text, embedding) SELECT $1, $2, 10 + n, 1 + n % 3, 0, 10, CASE"
             " WHEN n % 50 = 0 THEN 'zeppelin garden hangar ' || n"
-            " WHEN n % 7 = 0 THEN 'garden garden walls and gates ' || n"
+            " WHEN n % 7 = 0 THEN 'garden garden walls and gates ' || repeat('stone ', n % 5) || n"
+            " WHEN n % 11 = 0 THEN 'walls of the hangar, ' || repeat('a long wall ', n % 9) || n"
             " ELSE 'garden path number ' || n END, $3::vector"
             " FROM generate_series(1, 400) AS n",
             ws,
             document,
             A_VECTOR,
         )
-    monkeypatch.setattr(bm25, "RARE_CHUNKS", 20)
-    passes: list[bool] = []
-    statement = bm25.ranking_statement
+    await assert_exact(settings, ws)
+    monkeypatch.setattr(bm25, "FIRST_DEPTH", 4)
+    monkeypatch.setattr(bm25, "MAX_DEPTH", 256)
+    monkeypatch.setattr(bm25, "EXHAUSTIVE_POSTINGS", 0)  # rounds, whatever the lists' length
+    depths: list[int] = []
+    read = bm25.round_statement
 
     def spy(**kwargs: object) -> object:
-        passes.append(kwargs.get("match") is not None)
+        depths.append(int(kwargs["depth"]))  # type: ignore[call-overload]
+        return read(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bm25, "round_statement", spy)
+    rounds: dict[tuple[str, int, float, float, bool], list[int]] = {}
+    for query in ("zeppelin garden", "hangar walls", "garden", "stone walls gates", "nothing"):
+        for limit in (1, 5, 30):
+            for k1, b in ((1.2, 0.75), (2.0, 0.3), (0.5, 1.0)):
+                for scoped in (False, True):
+                    scope = search_sql.ChunkScope(page_from=2) if scoped else None
+                    depths.clear()
+                    async with app_db.driver_transaction(ws) as conn:
+                        got = await bm25.ranked(
+                            conn,
+                            workspace_id=ws,
+                            query=query,
+                            limit=limit,
+                            k1=k1,
+                            b=b,
+                            scope=scope,
+                        )
+                        full = bm25.ranking_statement(
+                            workspace_id=ws, query=query, limit=limit, k1=k1, b=b, scope=scope
+                        )
+                        want = [
+                            (int(r[0]), float(r[1])) for r in await conn.fetch(full.sql, *full.args)
+                        ]
+                    assert [c for c, _ in got] == [c for c, _ in want], (query, limit, k1, b)
+                    assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-12)
+                    rounds[(query, limit, k1, b, scoped)] = list(depths)
+    # One round when the first postings outscore every bound; deeper rounds otherwise.
+    # "garden" is in ~350 chunks: its list is read to 16 only, and no chunk is scored but
+    # the candidates (every match is scored only past MAX_DEPTH).
+    assert rounds[("zeppelin garden", 5, 1.2, 0.75, False)] == [4, 16]
+    assert rounds[("nothing", 5, 1.2, 0.75, False)] == []
+    scored: list[object] = []
+    statement = bm25.ranking_statement
+
+    def scoring(**kwargs: object) -> object:
+        scored.append(kwargs.get("ids"))
         return statement(**kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(bm25, "ranking_statement", spy)
-    # (True: the pruned pass; False: every match scored)
-    for query, limit, expected_passes in (
-        ("zeppelin garden", 5, [True]),  # 9 zeppelin chunks outscore any garden-only chunk
-        ("zeppelin garden", 30, [True, False]),  # fewer than 30 zeppelin chunks
-        ("hangar walls", 5, [True, False]),  # "wall" could still outscore the hangar chunks
-        ("garden", 5, [False]),  # one lexeme: nothing to prune
-    ):
-        passes.clear()
+    monkeypatch.setattr(bm25, "ranking_statement", scoring)
+    async with app_db.driver_transaction(ws) as conn:
+        await bm25.ranked(conn, workspace_id=ws, query="zeppelin garden", limit=5)
+    assert scored
+    assert all(ids is not None and len(ids) <= 16 * 2 for ids in scored)  # type: ignore[arg-type]
+
+    # Short lists: every posting read at once, no round, the same ranking.
+    monkeypatch.setattr(bm25, "EXHAUSTIVE_POSTINGS", 10_000)
+    for query in ("zeppelin garden", "hangar walls", "stone walls gates"):
+        depths.clear()
         async with app_db.driver_transaction(ws) as conn:
-            got = await bm25.ranked(conn, workspace_id=ws, query=query, limit=limit)
-            full = statement(workspace_id=ws, query=query, limit=limit)
-            expected = [(int(r[0]), float(r[1])) for r in await conn.fetch(full.sql, *full.args)]
-        assert got == expected, query
-        assert passes == expected_passes, query
+            got = await bm25.ranked(conn, workspace_id=ws, query=query, limit=30)
+            full = statement(workspace_id=ws, query=query, limit=30)
+            want = [(int(r[0]), float(r[1])) for r in await conn.fetch(full.sql, *full.args)]
+        assert [c for c, _ in got] == [c for c, _ in want], query
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-12)
+        assert depths == []
+
+
+async def test_the_bound_holds_for_any_parameters_and_length() -> None:
+    """`impact_factor` times the impact bounds the term factor at other (k1, b, avgdl), for every tf
+    and length (the threshold algorithm is exact only if it does); None where none can."""
+    for k1, b, avgdl in ((1.2, 0.75, 100.0), (2.0, 0.3, 7.0), (0.5, 1.0, 400.0), (3.0, 0.9, 1.0)):
+        factor = bm25.impact_factor(k1, b, avgdl)
+        assert factor is not None
+        for tf in (1, 2, 3, 7, 50, 256):
+            for length in (tf, tf + 1, 10, 99, 100, 101, 1000, 100000):
+                if length < tf:
+                    continue
+                real = tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avgdl))
+                key = float(np.float32(bm25.impact(tf, length)))
+                assert real <= factor * key, (k1, b, avgdl, tf, length)
+    assert bm25.impact_factor(1.2, 0.75, 100.0) == pytest.approx(1.0, abs=1e-5)
+    assert bm25.impact_factor(1.2, 0.0, 100.0) is None
+    assert bm25.impact_factor(0.0, 0.75, 100.0) is None
+
+
+async def test_the_impact_is_the_migration_s_function(settings: Settings) -> None:
+    async with connect(settings) as conn:
+        for tf, length in ((1, 1), (1, 100), (3, 17), (200, 4000)):
+            got = await conn.fetchval("SELECT rag_gql_bm25_impact($1, $2)", tf, length)
+            assert got == float(np.float32(bm25.impact(tf, length)))

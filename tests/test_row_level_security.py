@@ -25,7 +25,7 @@ from tests.support.smtp import Inbox
 from tests.support.sql import asyncpg_dsn, connect, workspace_of
 from tests.support.uploads import upload_ok
 
-TENANT_TABLES = ("collection", "document", "chunk", "bm25_delta")
+TENANT_TABLES = ("collection", "document", "chunk", "bm25_delta", "bm25_posting")
 A_VECTOR = "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]"
 """An embedding as pgvector text, for chunks written straight into the table."""
 
@@ -89,6 +89,7 @@ async def test_app_role_cannot_bypass_rls(settings: Settings, app_db: Database) 
         "document": (True, True),
         "chunk": (True, False),
         "bm25_delta": (True, True),
+        "bm25_posting": (True, True),
     }
 
 
@@ -181,6 +182,62 @@ async def test_bm25_statistics_show_and_take_only_the_workspace_s_rows(
         )
 
 
+async def test_bm25_postings_show_and_take_only_the_workspace_s_rows(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
+) -> None:
+    """`bm25_posting`: another workspace's postings are invisible (by id, by word, through the
+    ranking's own statement), cannot be written into, forged, or deleted (by the triggers'
+    own path neither: deleting one's chunks removes only one's postings); no UPDATE at all."""
+    for email, words in (("pa@example.com", "apples"), ("pb@example.com", "bananas")):
+        token = await sign_up(gql, inbox, email)
+        doc = await upload_ok(gql, f"{words}.pdf", make_pdf([f"All about {words}."]), token=token)
+        await gql.wait_for_document(doc["id"], token=token)
+    ws_a = await workspace_of(settings, "pa@example.com")
+    ws_b = await workspace_of(settings, "pb@example.com")
+    async with connect(settings) as conn:
+        b_chunk = await conn.fetchval("SELECT id FROM chunk WHERE workspace_id = $1", ws_b)
+        b_postings = await conn.fetchval(
+            "SELECT count(*) FROM bm25_posting WHERE workspace_id = $1", ws_b
+        )
+    assert b_postings > 0
+    async with app_db.driver_transaction(ws_a) as conn:
+        seen = await conn.fetch("SELECT DISTINCT workspace_id FROM bm25_posting")
+        other = await conn.fetchval(
+            "SELECT count(*) FROM bm25_posting WHERE workspace_id = $1 OR lexeme = 'banana'"
+            " OR chunk_id = $2",
+            ws_b,
+            b_chunk,
+        )
+        read = bm25.postings_statement(workspace_id=ws_b, lexemes=["banana"], depth=10)
+        through_ranking = await conn.fetch(read.sql, *read.args)
+        deleted = await conn.execute("DELETE FROM bm25_posting WHERE workspace_id = $1", ws_b)
+        # A's own chunks deleted: the trigger removes A's postings, never B's.
+        await conn.execute("DELETE FROM chunk")
+        assert await conn.fetchval("SELECT count(*) FROM bm25_posting") == 0
+    assert [r[0] for r in seen] == [ws_a]
+    assert other == 0
+    assert through_ranking == []
+    assert deleted == "DELETE 0"
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+        async with app_db.driver_transaction(ws_a) as conn:
+            await conn.execute(
+                "INSERT INTO bm25_posting (workspace_id, lexeme, impact, chunk_id, tf, length)"
+                " VALUES ($1, 'banana', 99, $2, 1, 1)",
+                ws_b,
+                b_chunk,
+            )
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        async with app_db.driver_transaction(ws_b) as conn:
+            await conn.execute("UPDATE bm25_posting SET impact = 99")
+    async with app_db.driver_transaction() as conn:  # no workspace set: empty
+        assert await conn.fetchval("SELECT count(*) FROM bm25_posting") == 0
+    async with connect(settings) as conn:
+        assert (
+            await conn.fetchval("SELECT count(*) FROM bm25_posting WHERE workspace_id = $1", ws_b)
+            == b_postings
+        )
+
+
 async def test_vector_search_uses_hnsw_under_rls(
     gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
 ) -> None:
@@ -221,6 +278,29 @@ async def test_keyword_search_uses_the_gin_index_as_the_app_role(
     assert "Bitmap Index Scan on ix_chunk_tsv" in plan, plan
     assert "ix_bm25_delta_workspace_lexeme" in plan, plan
     assert found == 2
+
+
+async def test_bm25_postings_are_read_best_first_through_their_key_as_the_app_role(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
+) -> None:
+    """The policy on `bm25_posting` does not keep the ranking off its key: each lexeme's
+    postings are a backward range scan of `pk_bm25_posting`, not a read of the table."""
+    token = await sign_up(gql, inbox, "postings@example.com")
+    await upload_ok(gql, "f.pdf", make_pdf(["tsvector plans", "gin index"]), token=token)
+    ws = await workspace_of(settings, "postings@example.com")
+    async with connect(settings) as conn:
+        document = await conn.fetchval("SELECT id FROM document WHERE workspace_id = $1", ws)
+        await add_filler_chunks(conn, ws, document)
+        await conn.execute("ANALYZE bm25_posting")
+    read = bm25.postings_statement(workspace_id=ws, lexemes=["filler", "plan"], depth=8)
+    async with app_db.driver_transaction(ws) as conn:
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + read.sql, *read.args))
+        rows = await conn.fetch(read.sql, *read.args)
+    assert "Index Scan Backward using pk_bm25_posting" in plan or (
+        "Index Only Scan Backward using pk_bm25_posting" in plan
+    ), plan
+    assert [r["lexeme"] for r in rows].count("filler") == 8
+    assert [r["lexeme"] for r in rows].count("plan") == 1
 
 
 async def test_the_keyword_view_holds_only_the_current_workspace_and_is_read_only(

@@ -5,7 +5,9 @@ triggers on `chunk` in the transaction that writes or deletes the chunks, so the
 at every commit, whatever the path (ingestion, re-indexing, a document's, collection's or
 workspace's deletion). A statistic is the sum of its rows: document frequency of a lexeme
 (`chunks`), and on the row with the empty lexeme the chunk count (`chunks`) and the total
-length (`length`). `compact` folds a lexeme's rows into one.
+length (`length`). `compact` folds a lexeme's rows into one. The same triggers keep
+`bm25_posting` (migration 0017): one row per chunk and lexeme, ordered by impact, which
+`ranked` reads top-down per query lexeme and stops early.
 
 Score of chunk d for query q (each distinct lexeme t of q counted once):
 
@@ -17,8 +19,9 @@ occurrences (stop words excluded, as `to_tsvector('english', …)` leaves them o
 the workspace's mean |d|. The IDF is Lucene's (never negative, so a word in most chunks
 still adds a little). Lexemes are PostgreSQL's (`chunk.tsv`, the same parser and English
 stemming as before: `\\DeclareFixedFont`, `read.fwf`, `--disable-nls` are lexemes of their
-own). A chunk matches on any of the query's lexemes (the GIN index on `tsv`, read through
-the `chunk_fts` view, migration 0006, since `@@` is not LEAKPROOF).
+own). A chunk matches on any of the query's lexemes (its postings; when every chunk is scored,
+the GIN index on `tsv`, read through the `chunk_fts` view, migration 0006, since `@@` is
+not LEAKPROOF).
 """
 
 from __future__ import annotations
@@ -34,14 +37,55 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag_gql.repositories.search_sql import _ANY_LEXEME, ChunkScope, Statement, _Args
 
-RARE_CHUNKS = 1000
-"""Chunks of the workspace (by document frequency) the first, pruned pass of `ranked` may
-score: its rarest query lexemes, as many as fit."""
+IMPACT_K1, IMPACT_B, IMPACT_AVGDL = 1.2, 0.75, 100.0
+"""The parameters of `bm25_posting.impact` (migration 0017's `rag_gql_bm25_impact`): the
+term-frequency factor tf · (k1 + 1) / (tf + k1 · (1 - b + b · length / avgdl)) at these."""
+
+FIRST_DEPTH = 128
+"""Postings read per query lexeme by the first round of `ranked`; each further round reads
+`DEPTH_GROWTH` times more."""
+DEPTH_GROWTH = 4
+MAX_DEPTH = 2048
+"""Past this depth, `ranked` scores every chunk holding a query lexeme from its postings."""
+EXHAUSTIVE_POSTINGS = 50000
+"""When the query's lexemes have at most this many postings in all (the sum of their
+document frequencies), `ranked` reads them all at once instead of by rounds."""
+MAX_RESOLVED = 512
+"""Most candidates a round scores from their `tsv`; with more, it reads deeper first."""
+
+ORDER = "round({}::numeric, 9) DESC"
+"""How scores are ordered (then by chunk id): to 9 decimals, so equal scores summed in
+another order (from postings or from a `tsv`) tie, and go by id."""
+
+_EPSILON = 1e-9
+"""Relative slack of the bounds' comparisons (float rounding of the Python and SQL sums)."""
 
 
-def _quoted(lexeme: str) -> str:
-    """A lexeme as a tsquery operand: quoted, its backslashes and quotes escaped."""
-    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+def impact(tf: int, length: int) -> float:
+    """`bm25_posting.impact` of a posting, as migration 0017's SQL function computes it (in
+    float8, rounded to a float4 there)."""
+    return (
+        tf * (IMPACT_K1 + 1) / (tf + IMPACT_K1 * (1 - IMPACT_B + IMPACT_B * length / IMPACT_AVGDL))
+    )
+
+
+def impact_factor(k1: float, b: float, avgdl: float) -> float | None:
+    """c such that a posting's term-frequency factor at (`k1`, `b`, `avgdl`) is at most
+    c · its `impact`, for every tf ≥ 1 and length; None when no such c exists (k1 or b not
+    positive: the factor no longer falls with the length as the impact does).
+
+    Both factors are tf · (k + 1) / D with D = tf + p + q · length: p = k1 · (1 - b),
+    q = k1 · b / avgdl (p0, q0 for the impact). D0 ≤ m · D with m = max(1, (1 + p0) / (1 + p),
+    q0 / q) (tf ≥ 1 bounds (tf + p0) / (tf + p)), so the ratio is at most
+    (k1 + 1) / (k1_0 + 1) · m. It is 1 at the impact's own parameters.
+    """
+    if k1 <= 0 or b <= 0 or avgdl <= 0:
+        return None
+    alpha0 = IMPACT_K1 * (1 - IMPACT_B)
+    beta0 = IMPACT_K1 * IMPACT_B / IMPACT_AVGDL
+    alpha, beta = k1 * (1 - b), k1 * b / avgdl
+    m = max(1.0, (1 + alpha0) / (1 + alpha), beta0 / beta)
+    return (k1 + 1) / (IMPACT_K1 + 1) * m * (1 + 1e-6)  # the impact is rounded to a float4
 
 
 def ranking_statement(
@@ -52,19 +96,17 @@ def ranking_statement(
     k1: float = 1.2,
     b: float = 0.75,
     scope: ChunkScope | None = None,
-    match: Sequence[str] | None = None,
+    ids: Sequence[int] | None = None,
 ) -> Statement:
-    """The statement of `ranked` (columns: chunk id, BM25 score); see there. With `match`,
-    only chunks holding one of those lexemes are scored (still over every query lexeme)."""
+    """The statement scoring every matching chunk (columns: chunk id, BM25 score), best
+    first; see `ranked`. With `ids`, only those chunks (when they match)."""
     args = _Args()
     query_text = args.add(query)
     where = (scope or ChunkScope()).where(args, workspace_id)
     ws = args.add(workspace_id)
-    matching = (
-        _ANY_LEXEME.format(query_text)
-        if match is None
-        else args.add(" | ".join(_quoted(lexeme) for lexeme in match), "::tsquery")
-    )
+    matching = _ANY_LEXEME.format(query_text)
+    if ids is not None:
+        where += f" AND c.id = ANY({args.add(list(ids), '::bigint[]')})"
     sql = (
         "WITH terms AS (SELECT DISTINCT w AS lexeme FROM"  # noqa: S608
         f" unnest(tsvector_to_array(to_tsvector('english', {query_text}))) AS w),"
@@ -83,7 +125,121 @@ def ranking_statement(
         " / (cardinality(u.positions) + p.k1 * (1 - p.b + p.b * l.len / p.avgdl))) AS score"
         " FROM unnest(c.tsv) AS u JOIN idf i ON i.lexeme = u.lexeme) m"
         f" WHERE {where} AND c.tsv @@ {matching}"
-        f" ORDER BY m.score DESC, c.id LIMIT {args.add(limit)}"
+        f" ORDER BY {ORDER.format('m.score')}, c.id LIMIT {args.add(limit)}"
+    )
+    return Statement(sql, tuple(args.values))
+
+
+def _scoped(args: _Args, workspace_id: uuid.UUID, scope: ChunkScope | None) -> str:
+    """The condition on posting `p` that its chunk is in `scope` ('' for the workspace)."""
+    if scope is None or scope == ChunkScope():
+        return ""
+    where = scope.where(args, workspace_id)
+    return f" AND EXISTS (SELECT FROM chunk c WHERE c.id = p.chunk_id AND {where})"
+
+
+def _term_factor(args: _Args, k1: float, b: float, avgdl: float) -> str:
+    """SQL of a posting's BM25 term-frequency factor (`p.tf`, `p.length`) at these values."""
+    k, bb, avg = args.add(k1, "::float8"), args.add(b, "::float8"), args.add(avgdl, "::float8")
+    return f"p.tf * ({k} + 1) / (p.tf + {k} * (1 - {bb} + {bb} * p.length / {avg}))"
+
+
+def postings_statement(
+    *,
+    workspace_id: uuid.UUID,
+    lexemes: Sequence[str],
+    depth: int,
+    scope: ChunkScope | None = None,
+) -> Statement:
+    """The first `depth` postings of each of `lexemes` in the workspace (of chunks in
+    `scope`), highest impact first (columns: lexeme, chunk id, tf, length, impact): a
+    backward range scan of `pk_bm25_posting` per lexeme."""
+    args = _Args()
+    ws = args.add(workspace_id)
+    terms = args.add(list(lexemes), "::text[]")
+    scoped = _scoped(args, workspace_id, scope)
+    sql = (
+        "SELECT t.lexeme, p.chunk_id, p.tf, p.length, p.impact"  # noqa: S608
+        f" FROM unnest({terms}) AS t(lexeme) CROSS JOIN LATERAL"
+        " (SELECT p.chunk_id, p.tf, p.length, p.impact FROM bm25_posting p"
+        f" WHERE p.workspace_id = {ws} AND p.lexeme = t.lexeme{scoped}"
+        f" ORDER BY p.impact DESC, p.chunk_id DESC LIMIT {args.add(depth)}) p"
+    )
+    return Statement(sql, tuple(args.values))
+
+
+def round_statement(
+    *,
+    workspace_id: uuid.UUID,
+    idf: dict[str, float],
+    depth: int,
+    limit: int,
+    k1: float,
+    b: float,
+    avgdl: float,
+    factor: float,
+    scope: ChunkScope | None = None,
+) -> Statement:
+    """One round of `ranked`: `postings_statement`'s rows at `depth`, summed per chunk in the
+    database. Columns: chunk id, lower bound (its postings read), upper bound (plus the
+    bound of each lexeme it was not read under), the bound of a chunk not read at all
+    (`unseen`), and how many chunks reach the `limit`-th lower bound. Rows: the chunks
+    whose upper bound reaches the `limit`-th lower bound, best upper first, at most
+    `MAX_RESOLVED` + 1 (none when no chunk was read)."""
+    args = _Args()
+    ws = args.add(workspace_id)
+    terms = args.add(list(idf), "::text[]")
+    weights = args.add(list(idf.values()), "::float8[]")
+    d = args.add(depth)
+    scoped = _scoped(args, workspace_id, scope)
+    part = _term_factor(args, k1, b, avgdl)
+    sql = (
+        f"WITH t AS (SELECT * FROM unnest({terms}, {weights}) AS t(lexeme, idf)),"  # noqa: S608
+        f" r AS MATERIALIZED (SELECT t.lexeme, t.idf * {part} AS score, p.chunk_id, p.impact"
+        " FROM t CROSS JOIN LATERAL (SELECT p.chunk_id, p.tf, p.length, p.impact"
+        f" FROM bm25_posting p WHERE p.workspace_id = {ws} AND p.lexeme = t.lexeme{scoped}"
+        f" ORDER BY p.impact DESC, p.chunk_id DESC LIMIT {d}) p),"
+        " lists AS (SELECT t.lexeme, CASE WHEN count(r.chunk_id) = "
+        f"{d} THEN t.idf * {args.add(factor, '::float8')} * min(r.impact) ELSE 0 END AS bound"
+        " FROM t LEFT JOIN r ON r.lexeme = t.lexeme GROUP BY t.lexeme, t.idf),"
+        " unseen AS (SELECT sum(bound) AS bound FROM lists),"
+        " s AS MATERIALIZED (SELECT r.chunk_id, sum(r.score) AS lower, sum(l.bound) AS seen"
+        " FROM r JOIN lists l ON l.lexeme = r.lexeme GROUP BY r.chunk_id),"
+        " floor AS (SELECT coalesce((SELECT lower FROM s ORDER BY lower DESC"
+        f" OFFSET {args.add(limit)} - 1 LIMIT 1), 0) * (1 - {_EPSILON}) AS lower),"
+        " c AS (SELECT s.chunk_id, s.lower, s.lower + u.bound - s.seen AS upper"
+        " FROM s, unseen u, floor f WHERE s.lower + u.bound - s.seen >= f.lower)"
+        " SELECT c.chunk_id, c.lower, c.upper, u.bound, count(*) OVER ()"
+        " FROM c, unseen u ORDER BY c.upper DESC, c.chunk_id"
+        f" LIMIT {args.add(MAX_RESOLVED + 1)}"
+    )
+    return Statement(sql, tuple(args.values))
+
+
+def exhaustive_statement(
+    *,
+    workspace_id: uuid.UUID,
+    idf: dict[str, float],
+    limit: int,
+    k1: float,
+    b: float,
+    avgdl: float,
+    scope: ChunkScope | None = None,
+) -> Statement:
+    """Every chunk holding one of `idf`'s lexemes scored from its postings (columns: chunk
+    id, score), best `limit` first: every posting of those lexemes read."""
+    args = _Args()
+    ws = args.add(workspace_id)
+    terms = args.add(list(idf), "::text[]")
+    weights = args.add(list(idf.values()), "::float8[]")
+    scoped = _scoped(args, workspace_id, scope)
+    part = _term_factor(args, k1, b, avgdl)
+    sql = (
+        "SELECT s.chunk_id, s.score FROM (SELECT p.chunk_id,"  # noqa: S608
+        f" sum(t.idf * {part}) AS score FROM unnest({terms}, {weights}) AS t(lexeme, idf)"
+        f" JOIN bm25_posting p ON p.workspace_id = {ws} AND p.lexeme = t.lexeme"
+        f" WHERE true{scoped} GROUP BY p.chunk_id) s"
+        f" ORDER BY {ORDER.format('s.score')}, s.chunk_id LIMIT {args.add(limit)}"
     )
     return Statement(sql, tuple(args.values))
 
@@ -105,62 +261,88 @@ async def ranked(
     lexemes (only stop words) matches nothing. `conn` is in
     `Database.driver_transaction(workspace_id)`.
 
-    Exact, with MaxScore pruning (Turtle & Flood 1995): the chunks holding the query's rarest
-    lexemes (up to `RARE_CHUNKS` by document frequency) are scored first; a lexeme adds less
-    than idf · (k1 + 1) to any chunk, so when the other lexemes' bounds sum below the
-    `limit`-th score found, no chunk holding only those can enter the list and the chunks
-    holding them are never read. Otherwise every matching chunk is scored.
+    Exact, by the threshold algorithm without random access (Fagin, Lotem & Naor 2003)
+    over impact-ordered postings (Anh & Moffat 2006; `bm25_posting`, migration 0017): each
+    round (`round_statement`) reads the first `depth` postings of every query lexeme, best
+    impact first, and sums them per chunk in the database. A chunk not read has, for each
+    lexeme whose list was not read to its end, a term factor of at most `impact_factor`
+    times the last impact read (none for a list read to its end): the sum of those bounds,
+    weighted by IDF, bounds its score; a chunk read is bounded the same way for the
+    lexemes it was not read under. Those that could still reach the `limit`-th score are
+    scored exactly (from their `tsv`: `ranking_statement` restricted to them). When the
+    `limit`-th exact score is above every bound, the list is final; otherwise the next
+    round reads `DEPTH_GROWTH` times deeper. Past `MAX_DEPTH`, or at once when the query's
+    lexemes hold at most `EXHAUSTIVE_POSTINGS` postings, every chunk holding a query
+    lexeme is scored from its postings (`exhaustive_statement`, no `tsv` read). Scores are
+    ordered to 9 decimals (`ORDER`), then by id.
     """
-    frequencies = await _frequencies(conn, workspace_id, query)
-    if not frequencies:
+    n, total, frequencies = await _frequencies(conn, workspace_id, query)
+    held = [w for w, df in frequencies.items() if df > 0]
+    if not held:
         return []
-    n = frequencies.pop("")
-    by_rarity = sorted(frequencies.items(), key=lambda item: (item[1], item[0]))
-    rare: list[str] = []
-    budget = 0
-    for lexeme, df in by_rarity:
-        if rare and budget + df > RARE_CHUNKS:
-            break
-        rare.append(lexeme)
-        budget += df
-    common = [lexeme for lexeme, _ in by_rarity[len(rare) :]]
     statement = partial(
         ranking_statement,
         workspace_id=workspace_id,
         query=query,
-        limit=limit,
         k1=k1,
         b=b,
         scope=scope,
     )
-    if common:
-        first = statement(match=rare)
-        rows = [(int(r[0]), float(r[1])) for r in await conn.fetch(first.sql, *first.args)]
-        bound = sum(
-            math.log(1 + (n - frequencies[w] + 0.5) / (frequencies[w] + 0.5)) * (k1 + 1)
-            for w in common
+    avgdl = max(total / n, 1e-9)
+    idf = {w: math.log(1 + (n - frequencies[w] + 0.5) / (frequencies[w] + 0.5)) for w in held}
+    factor = impact_factor(k1, b, avgdl)
+    depth = FIRST_DEPTH
+    if sum(frequencies[w] for w in held) <= EXHAUSTIVE_POSTINGS:
+        factor = None  # reading every posting costs less than a round
+    while factor is not None and depth <= MAX_DEPTH:
+        step = round_statement(
+            workspace_id=workspace_id,
+            idf=idf,
+            depth=depth,
+            limit=limit,
+            k1=k1,
+            b=b,
+            avgdl=avgdl,
+            factor=factor,
+            scope=scope,
         )
-        if len(rows) == limit and bound * (1 + 1e-9) < rows[-1][1]:
-            return rows
-    full = statement()
-    return [(int(r[0]), float(r[1])) for r in await conn.fetch(full.sql, *full.args)]
+        rows = await conn.fetch(step.sql, *step.args)
+        depth *= DEPTH_GROWTH
+        if not rows:
+            return []
+        unseen = float(rows[0][3])
+        uppers = [float(r[2]) for r in rows]
+        if len(rows) > MAX_RESOLVED or (len(rows) >= limit and uppers[limit - 1] <= unseen):
+            continue  # too many to score, or none can end above an unread chunk's bound
+        if unseen > 0 and len(rows) < limit:
+            continue
+        exact = statement(ids=[int(r[0]) for r in rows], limit=limit)
+        best = [(int(r[0]), float(r[1])) for r in await conn.fetch(exact.sql, *exact.args)]
+        if unseen == 0 or (len(best) == limit and best[-1][1] > unseen * (1 + _EPSILON)):
+            return best
+    every = exhaustive_statement(
+        workspace_id=workspace_id, idf=idf, limit=limit, k1=k1, b=b, avgdl=avgdl, scope=scope
+    )
+    return [(int(r[0]), float(r[1])) for r in await conn.fetch(every.sql, *every.args)]
 
 
 async def _frequencies(
     conn: asyncpg.Connection, workspace_id: uuid.UUID, query: str
-) -> dict[str, int]:
-    """The workspace's document frequency of each distinct lexeme of `query`, and its chunk
-    count under `''`; empty when the query has no lexeme."""
+) -> tuple[int, int, dict[str, int]]:
+    """The workspace's chunk count and total length, and the document frequency of each
+    distinct lexeme of `query` (empty when the query has no lexeme)."""
     rows = await conn.fetch(
-        "SELECT w, (SELECT coalesce(sum(d.chunks), 0) FROM bm25_delta d"
-        " WHERE d.workspace_id = $1 AND d.lexeme = w) FROM (SELECT DISTINCT w FROM"
+        "SELECT t.w, s.chunks, s.length FROM (SELECT DISTINCT w FROM"
         " unnest(tsvector_to_array(to_tsvector('english', $2))) AS w"
-        " UNION ALL SELECT '') AS t(w)",
+        " UNION ALL SELECT '') AS t(w) CROSS JOIN LATERAL (SELECT"
+        " coalesce(sum(d.chunks), 0) AS chunks, coalesce(sum(d.length), 0) AS length"
+        " FROM bm25_delta d WHERE d.workspace_id = $1 AND d.lexeme = t.w) s",
         workspace_id,
         query,
     )
-    found = {str(r[0]): int(r[1]) for r in rows}
-    return found if len(found) > 1 else {}
+    found = {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+    n, total = found.pop("", (0, 0))
+    return n, total, {w: chunks for w, (chunks, _) in found.items()}
 
 
 async def statistics(
@@ -187,6 +369,10 @@ async def statistics(
     return int(totals[0]), int(totals[1]), {w: found.get(w, 0) for w in lexemes}
 
 
+COMPACT_ABOVE = 8
+"""Rows of a lexeme above which the compaction after a document's ingestion folds them."""
+
+
 def _lock_key(workspace_id: uuid.UUID) -> int:
     """The advisory lock of a workspace's compaction (a signed 64-bit key)."""
     return int.from_bytes(workspace_id.bytes[:8], "big", signed=True) ^ 0x626D3235
@@ -197,16 +383,21 @@ async def compact(
     *,
     workspace_id: uuid.UUID,
     document_id: uuid.UUID | None = None,
+    above: int | None = None,
 ) -> int:
-    """Folds the workspace's rows of each lexeme that has more than one into one row (their
-    sum; none when it is zero); returns how many rows were removed. With `document_id`, only
-    the lexemes of that document's chunks (and the totals row) are folded. Does nothing
-    when another transaction is compacting the workspace (`pg_try_advisory_xact_lock`).
+    """Folds the workspace's rows of each lexeme that has more than `above` into one row
+    (their sum; none when it is zero); returns how many rows were removed. With
+    `document_id`, only the lexemes of that document's chunks (and the totals row) are
+    folded, and `above` defaults to `COMPACT_ABOVE` (the rows a query sums per lexeme stay
+    bounded without rewriting each lexeme's row after every document); without, to 1. Does
+    nothing when another transaction is compacting the workspace
+    (`pg_try_advisory_xact_lock`).
 
     Run it in a short transaction of its own, after the rows were committed: it deletes only
     rows it sees and inserts their sum in the same statement, so every reader sees the same
     sums before and after, and writers (which only insert) never wait for it.
     """
+    threshold = above if above is not None else COMPACT_ABOVE if document_id else 1
     locked = await session.execute(
         text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _lock_key(workspace_id)}
     )
@@ -222,7 +413,7 @@ async def compact(
         text(
             f"WITH terms AS ({terms}),"  # noqa: S608 (constant SQL; values are parameters)
             " folded AS (SELECT d.lexeme FROM bm25_delta d JOIN terms t ON t.lexeme = d.lexeme"
-            " WHERE d.workspace_id = :ws GROUP BY d.lexeme HAVING count(*) > 1),"
+            " WHERE d.workspace_id = :ws GROUP BY d.lexeme HAVING count(*) > :above),"
             " gone AS (DELETE FROM bm25_delta d USING folded f"
             " WHERE d.workspace_id = :ws AND d.lexeme = f.lexeme"
             " RETURNING d.lexeme, d.chunks, d.length),"
@@ -231,7 +422,7 @@ async def compact(
             " HAVING sum(g.chunks) <> 0 OR sum(g.length) <> 0 RETURNING 1)"
             " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM added)"
         ),
-        {"ws": workspace_id, "doc": document_id},
+        {"ws": workspace_id, "doc": document_id, "above": threshold},
     )
     removed, added = result.one()
     return int(removed) - int(added)
