@@ -254,6 +254,14 @@ class Settings(BaseSettings):
         description="Seconds an answer may run from its sources to its end; past them it "
         "stops, stored `interrupted` (an AnswerError INTERRUPTED).",
     )
+    answer_token_window_ms: float = Field(
+        default=20.0,
+        ge=0,
+        description="Milliseconds a streamed answer's tokens wait after the last token event "
+        "sent, for more to join them: the tokens that arrive within them go to the client as "
+        "one AnswerToken (its `seq` that of the last), which spares a GraphQL event per token "
+        "under load. The first token never waits. 0: every piece as its own event.",
+    )
 
     smtp_host: str | None = Field(
         default=None,

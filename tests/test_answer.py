@@ -69,7 +69,7 @@ async def test_answer_streams_sources_then_tokens_then_done(
     assert names[-1] == "AnswerDone"
     assert names.count("AnswerDone") == 1
     assert names[1:-1] == ["AnswerToken"] * (len(names) - 2)
-    assert len(names) - 2 >= 2
+    assert len(names) - 2 >= 1  # instant tokens arrive together: a few events carry them
 
     sources = got[0]["sources"]
     assert len(sources) == 3
@@ -87,7 +87,7 @@ async def test_answer_streams_sources_then_tokens_then_done(
 
     done = got[-1]
     assert done["promptTokens"] > 0
-    assert done["completionTokens"] == len(_tokens(got))  # Ollama's eval_count
+    assert done["completionTokens"] == len(split_tokens(text))  # Ollama's eval_count
     assert 0 < done["timeToFirstTokenMs"] <= done["totalMs"]
     assert ollama.chat_requests == 1
 
@@ -246,7 +246,10 @@ async def test_dropped_stream_ends_with_an_error_event_and_the_socket_stays_usab
     async with gql.websocket() as ws:
         await _authenticated(ws, token)
         got = events(await answer_frames(ws, BREAD_QUESTION))
-        assert kinds(got) == ["AnswerSources"] + ["AnswerToken"] * 3 + ["AnswerError"]
+        names = kinds(got)
+        assert names[0] == "AnswerSources" and names[-1] == "AnswerError", names
+        assert set(names[1:-1]) == {"AnswerToken"}, names  # 3 tokens, in one event or more
+        assert len(split_tokens("".join(_tokens(got)))) == 3
         assert got[-1]["code"] == "UPSTREAM_UNAVAILABLE"
         assert got[-1]["message"]
         assert "Traceback" not in got[-1]["message"]

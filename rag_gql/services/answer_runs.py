@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class Run:
     """The message was deleted (with its conversation) while running."""
     task: asyncio.Task[None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def finished(self) -> bool:
@@ -106,24 +108,57 @@ class Run:
         if isinstance(event, Token):
             self.parts.append(event.text)
             self.pending.append(item)
+        if item.terminal:
+            self._ended.set()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         return item
 
-    async def follow(self, after_seq: int) -> AsyncIterator[Sequenced]:
-        """The events after `after_seq`, as they come, up to the end."""
+    async def follow(self, after_seq: int, *, window: float = 0.0) -> AsyncIterator[Sequenced]:
+        """The events after `after_seq`, as they come, up to the end.
+
+        Consecutive tokens waiting together go as one `Token` (their texts joined, in order)
+        numbered with the last one's `seq`. With `window` (seconds), the tokens after a token
+        event wait until `window` after it for more to join them (the end does not wait: the
+        tokens before it go at once, then the end); the first token never waits. Nothing is
+        dropped or reordered: the texts of the tokens followed are the answer's text.
+        """
         seen = after_seq
+        loop = asyncio.get_running_loop()
+        hold_until = -math.inf
         while True:
             changed = self._changed
             while seen < len(self.events):
                 item = self.events[seen]
-                seen += 1
+                if isinstance(item.event, Token) and not self.finished:
+                    wait = hold_until - loop.time()
+                    if wait > 0:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(wait):
+                                await self._ended.wait()
+                end = seen + 1
+                while end < len(self.events) and isinstance(self.events[end].event, Token):
+                    end += 1
+                if isinstance(item.event, Token):
+                    item = joined(self.events[seen:end])
+                    seen = end
+                    hold_until = loop.time() + window
+                else:
+                    seen += 1
                 yield item
                 if item.terminal:
                     return
             if self.finished:
                 return
             await changed.wait()
+
+
+def joined(items: list[Sequenced]) -> Sequenced:
+    """Consecutive tokens as one: their texts joined in order, the last one's `seq`."""
+    if len(items) == 1:
+        return items[0]
+    text = "".join(item.event.text for item in items if isinstance(item.event, Token))
+    return Sequenced(items[-1].seq, Token(text))
 
 
 def _message_key(payload_: str) -> Hashable | None:
@@ -432,7 +467,8 @@ class AnswerRuns:
                 raise NotFound("Answer not found")
             run = self._runs.get(message_id)
             if run is not None:
-                async for item in run.follow(after_seq):
+                window = self._settings.answer_token_window_ms / 1000
+                async for item in run.follow(after_seq, window=window):
                     yield item
                 return
             seen = after_seq

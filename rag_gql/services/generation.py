@@ -67,6 +67,8 @@ class AskResult:
     done: Done | None = None
     failed: Failed | None = None
     tokens: list[str] = field(default_factory=list)
+    failed_seq: int = 0
+    """The `seq` of `failed`, when it is set."""
 
 
 def _template(name: str) -> Template:
@@ -184,8 +186,9 @@ class GenerationService:
             self.streams.release(key)
             raise
         ended = False
+        window = self._settings.answer_token_window_ms / 1000
         try:
-            async for item in run.follow(0):
+            async for item in run.follow(0, window=window):
                 ended = item.terminal
                 yield item
         finally:
@@ -267,6 +270,7 @@ class GenerationService:
                     result.done = done
                 case Failed() as failed:
                     result.failed = failed
+                    result.failed_seq = item.seq
         result.text = "".join(result.tokens)
         return result
 

@@ -20,8 +20,8 @@ subscription Answer($question: String!, $k: Int!) {
   answer(question: $question, k: $k) {
     __typename
     ... on AnswerSources { sources { score text page document { id filename } } }
-    ... on AnswerToken { text }
-    ... on AnswerDone { promptTokens completionTokens timeToFirstTokenMs totalMs }
+    ... on AnswerToken { seq text }
+    ... on AnswerDone { seq promptTokens completionTokens timeToFirstTokenMs totalMs }
     ... on AnswerError { code message }
   }
 }

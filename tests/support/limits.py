@@ -12,13 +12,15 @@ CAPS = (
     "max_answer_streams_per_user",
     "ws_max_operations_per_connection",
     "ws_max_operations_per_user",
+    "max_websockets_per_user",
+    "max_websockets_per_ip",
 )
 
 
 def raised_limits() -> dict[str, str | int]:
     """`Settings` updates: every `RATE_LIMIT_*` rate at 1,000,000/minute, and the caps on
-    live answers and subscriptions per user and per socket at 1,000,000 (those of them that
-    this version of `Settings` has)."""
+    live answers, subscriptions and sockets (per user, per socket, per IP) at 1,000,000 (those
+    of them that this version of `Settings` has)."""
     updates: dict[str, str | int] = {
         name: HIGH_RATE
         for name in Settings.model_fields

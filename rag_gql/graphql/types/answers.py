@@ -60,7 +60,9 @@ class Citation:
 
 SEQ = (
     "The event's number in its answer: 1 (the sources), 2, 3... Keep the last one received; "
-    "`answerStream(messageId, afterSeq)` resumes after it."
+    "`answerStream(messageId, afterSeq)` resumes after it. Each streamed piece has its "
+    "number: an AnswerToken that carries several (they arrived together) has the last one's, "
+    "so numbers may skip."
 )
 
 
@@ -82,7 +84,10 @@ class AnswerSources:
     )
 
 
-@strawberry.type(description="A piece of the answer, as the model streamed it.")
+@strawberry.type(
+    description="The next piece of the answer, as the model streamed it: one or more of its "
+    "tokens (those that arrived within ANSWER_TOKEN_WINDOW_MS of each other go together)."
+)
 class AnswerToken:
     seq: int = strawberry.field(description=SEQ)
     text: str = strawberry.field(description="The next piece of the answer's text.")
@@ -193,8 +198,7 @@ def ask_result(result: generation.AskResult) -> AskResult:
         )
         if done
         else None,
-        # Its sources are event 1, then each token: the error is the one after them.
-        error=AnswerError(seq=len(result.tokens) + 2, code=failed.code, message=failed.message)
+        error=AnswerError(seq=result.failed_seq, code=failed.code, message=failed.message)
         if failed
         else None,
     )
