@@ -575,19 +575,20 @@ class Settings(BaseSettings):
     history_token_budget: int = Field(
         default=1024, ge=0, description="Tokens of conversation history kept in the prompt."
     )
-    # Reciprocal rank fusion (Cormack et al. 2009). Tuned with `rag-gql eval` on
-    # tests/data/eval_questions.jsonl with all-MiniLM-L6-v2: k 30, vector:keyword 5:1 gave
-    # MRR 0.767 against 0.734 for Cormack's k 60 at 1:1 (R2R ships k 50 at 5:1).
+    # Reciprocal rank fusion (Cormack et al. 2009). Tuned with `bench/fusion.py` on the LaTeX
+    # set (tests/data/eval_questions.jsonl, all-MiniLM-L6-v2, BM25 keyword leg), checked on
+    # the SQLite set: a plateau where the keyword list weighs 1.5 to 3 times the vector list;
+    # bench/README.md has the figures.
     rrf_k: float = Field(
-        default=30.0, gt=0, description="k of reciprocal rank fusion: score = w / (k + rank)."
+        default=20.0, gt=0, description="k of reciprocal rank fusion: score = w / (k + rank)."
     )
     hybrid_vector_weight: float = Field(
-        default=5.0,
+        default=1.0,
         ge=0,
         description="Weight w of the vector list in HYBRID search (tuned with `rag-gql eval`).",
     )
     hybrid_keyword_weight: float = Field(
-        default=1.0,
+        default=2.0,
         ge=0,
         description="Weight w of the keyword list in HYBRID search (tuned with `rag-gql eval`).",
     )

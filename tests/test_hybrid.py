@@ -690,13 +690,14 @@ async def test_a_nul_character_is_not_an_internal_error(
 async def test_keyword_ranks_a_question_s_rare_words_above_its_common_ones(
     gql: GraphQLClient, inbox: Inbox
 ) -> None:
-    # Twelve pages hold "bridge" (common here), two "zeppelin" (rare). A chunk matches on any
-    # of the words; BM25's inverse document frequency puts the zeppelin pages first, the one
-    # with both words above the other.
+    # Twelve pages hold "bridge" (common here), two "zeppelin" (rare); the file is named for
+    # neither word (its name starts every chunk's keyword text, CONTEXT_PREFIX). A chunk
+    # matches on any of the words; BM25's inverse document frequency puts the zeppelin pages
+    # first, the one with both words above the other.
     token = await sign_up(gql, inbox, "ada@example.com")
     pages = [f"The old stone bridge number {n} crosses the river at noon." for n in range(12)]
     pages += ["A zeppelin over the bridge.", "A zeppelin hangar in the hills."]
-    await upload_ok(gql, "bridges.pdf", make_pdf(pages), token)
+    await upload_ok(gql, "crossings.pdf", make_pdf(pages), token)
     rare, common = await search_many(
         gql,
         token,

@@ -15,6 +15,7 @@ from tests.support.ollama_standin import (
     OllamaStandin,
     StandinState,
     embed_text,
+    memoized,
     split_tokens,
     tokenize,
 )
@@ -196,3 +197,17 @@ def test_start_stop_is_quick() -> None:
         assert httpx.get(f"{server.url}/api/version", timeout=5.0).status_code == 200
         started = time.perf_counter() - began
     assert started < 1.0
+
+
+def test_memoized_embeds_each_new_text_once_and_keeps_the_order() -> None:
+    calls: list[list[str]] = []
+
+    def embedder(texts: list[str]) -> list[list[float]]:
+        calls.append(texts)
+        return [[float(len(text))] for text in texts]
+
+    embed = memoized(embedder)
+    assert embed(["ab", "c", "ab"]) == [[2.0], [1.0], [2.0]]
+    assert embed(["c", "def"]) == [[1.0], [3.0]]
+    assert embed(["def"]) == [[3.0]]
+    assert calls == [["ab", "c"], ["def"]]

@@ -1,12 +1,14 @@
 """Contextual chunks: a chunk's context prefix, stored apart from its passage.
 
 - `chunk.context`: the chunk's document title and heading path (`services/context.py`), ""
-  for chunks written before (a reindex fills it). It is embedded with the passage, and it is
-  part of the keyword text.
-- `chunk.tsv` is generated from `context || ' ' || text` (it was `text` alone). PostgreSQL 16
-  cannot change a generated column's expression (`SET EXPRESSION` is 17+), so the column is
-  dropped and added again, with its GIN index and the `chunk_fts` view that reads it (0006's
-  definition and grants, unchanged).
+  for chunks written before (a reindex fills it). It is part of the keyword text, and with
+  `CONTEXT_PREFIX=on` embedded with the passage.
+- `chunk.tsv` is generated from `text` (weight A) and `context` (weight C) (it was `text`
+  alone); the chunks already there have the context "", so their lexemes, and the BM25
+  statistics counted from them (`bm25_delta`, migration 0014), stay as they were. The
+  downgrade counts the statistics again. PostgreSQL 16 cannot change a generated column's
+  expression (`SET EXPRESSION` is 17+), so the column is dropped and added again, with its
+  GIN index and the `chunk_fts` view that reads it (0006's definition and grants, unchanged).
 
 Revision ID: 0018
 Revises: 0017
@@ -61,6 +63,26 @@ def upgrade() -> None:
     )
 
 
+# The BM25 statistics (migration 0014) counted again from `tsv`, each workspace under its
+# own scope (the policy is forced): after the downgrade a context's lexemes are gone from it.
+RECOUNT = (
+    "DO $$ DECLARE w uuid; BEGIN"
+    " FOR w IN SELECT id FROM workspace LOOP"
+    "  PERFORM set_config('app.workspace_id', w::text, true);"
+    "  DELETE FROM bm25_delta WHERE workspace_id = w;"
+    "  INSERT INTO bm25_delta (workspace_id, lexeme, chunks, length)"
+    "  SELECT c.workspace_id, u.lexeme, count(*), 0 FROM chunk c, unnest(c.tsv) AS u"
+    "   WHERE c.workspace_id = w GROUP BY c.workspace_id, u.lexeme"
+    "  UNION ALL"
+    "  SELECT c.workspace_id, '', count(*), coalesce(sum((SELECT sum(cardinality(u.positions))"
+    "   FROM unnest(c.tsv) AS u)), 0) FROM chunk c WHERE c.workspace_id = w"
+    "   GROUP BY c.workspace_id;"
+    " END LOOP;"
+    " PERFORM set_config('app.workspace_id', '', true); END $$"
+)
+
+
 def downgrade() -> None:
     _tsv("to_tsvector('english', text)")
     op.drop_column("chunk", "context")
+    op.execute(RECOUNT)
