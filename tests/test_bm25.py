@@ -376,3 +376,26 @@ async def test_the_impact_is_the_migration_s_function(settings: Settings) -> Non
         for tf, length in ((1, 1), (1, 100), (3, 17), (200, 4000)):
             got = await conn.fetchval("SELECT rag_gql_bm25_impact($1, $2)", tf, length)
             assert got == float(np.float32(bm25.impact(tf, length)))
+
+
+async def test_a_deleted_workspace_leaves_no_postings(
+    gql: GraphQLClient, inbox: Inbox, settings: Settings
+) -> None:
+    """Deleting a workspace (its chunks go by cascade) removes its postings by their key's
+    prefix; another workspace's stay as they were."""
+    for email in ("a@example.com", "b@example.com"):
+        token = await sign_up(gql, inbox, email)
+        doc = await upload_ok(gql, "k.pdf", make_pdf(["a kettle of fish", "fish again"]), token)
+        assert (await gql.wait_for_document(doc["id"], token=token))["status"] == "READY"
+    gone = await workspace_of(settings, "a@example.com")
+    kept = await workspace_of(settings, "b@example.com")
+    async with connect(settings) as conn:
+        before = await postings(conn, kept)
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.workspace_id', $1, true)", str(gone))
+            await conn.execute("DELETE FROM workspace WHERE id = $1", gone)
+        left = await conn.fetchval(
+            "SELECT count(*) FROM bm25_posting WHERE workspace_id = $1", gone
+        )
+        assert left == 0
+        assert await postings(conn, kept) == before != set()

@@ -208,8 +208,17 @@ async def test_bm25_postings_show_and_take_only_the_workspace_s_rows(
             ws_b,
             b_chunk,
         )
-        read = bm25.postings_statement(workspace_id=ws_b, lexemes=["banana"], depth=10)
-        through_ranking = await conn.fetch(read.sql, *read.args)
+        idf = {"banana": 1.0}
+        by_rounds = bm25.round_statement(
+            workspace_id=ws_b, idf=idf, depth=10, limit=5, k1=1.2, b=0.75, avgdl=9, factor=1.0
+        )
+        every = bm25.exhaustive_statement(
+            workspace_id=ws_b, idf=idf, limit=5, k1=1.2, b=0.75, avgdl=9
+        )
+        through_ranking = [
+            *await conn.fetch(by_rounds.sql, *by_rounds.args),
+            *await conn.fetch(every.sql, *every.args),
+        ]
         deleted = await conn.execute("DELETE FROM bm25_posting WHERE workspace_id = $1", ws_b)
         # A's own chunks deleted: the trigger removes A's postings, never B's.
         await conn.execute("DELETE FROM chunk")
@@ -292,15 +301,20 @@ async def test_bm25_postings_are_read_best_first_through_their_key_as_the_app_ro
         document = await conn.fetchval("SELECT id FROM document WHERE workspace_id = $1", ws)
         await add_filler_chunks(conn, ws, document)
         await conn.execute("ANALYZE bm25_posting")
-    read = bm25.postings_statement(workspace_id=ws, lexemes=["filler", "plan"], depth=8)
+    idf = {"filler": 0.1, "plan": 5.0}
+    by_rounds = bm25.round_statement(
+        workspace_id=ws, idf=idf, depth=8, limit=5, k1=1.2, b=0.75, avgdl=3.0, factor=1.0
+    )
+    every = bm25.exhaustive_statement(workspace_id=ws, idf=idf, limit=5, k1=1.2, b=0.75, avgdl=3)
     async with app_db.driver_transaction(ws) as conn:
-        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + read.sql, *read.args))
-        rows = await conn.fetch(read.sql, *read.args)
-    assert "Index Scan Backward using pk_bm25_posting" in plan or (
-        "Index Only Scan Backward using pk_bm25_posting" in plan
-    ), plan
-    assert [r["lexeme"] for r in rows].count("filler") == 8
-    assert [r["lexeme"] for r in rows].count("plan") == 1
+        for statement in (by_rounds, every):
+            explained = await conn.fetch("EXPLAIN " + statement.sql, *statement.args)
+            plan = "\n".join(r[0] for r in explained)
+            assert "Scan Backward using pk_bm25_posting" in plan or statement is every, plan
+            assert "using pk_bm25_posting" in plan, plan
+            assert "Seq Scan on bm25_posting" not in plan, plan
+        rows = await conn.fetch(every.sql, *every.args)
+    assert len(rows) == 5
 
 
 async def test_the_keyword_view_holds_only_the_current_workspace_and_is_read_only(

@@ -144,30 +144,6 @@ def _term_factor(args: _Args, k1: float, b: float, avgdl: float) -> str:
     return f"p.tf * ({k} + 1) / (p.tf + {k} * (1 - {bb} + {bb} * p.length / {avg}))"
 
 
-def postings_statement(
-    *,
-    workspace_id: uuid.UUID,
-    lexemes: Sequence[str],
-    depth: int,
-    scope: ChunkScope | None = None,
-) -> Statement:
-    """The first `depth` postings of each of `lexemes` in the workspace (of chunks in
-    `scope`), highest impact first (columns: lexeme, chunk id, tf, length, impact): a
-    backward range scan of `pk_bm25_posting` per lexeme."""
-    args = _Args()
-    ws = args.add(workspace_id)
-    terms = args.add(list(lexemes), "::text[]")
-    scoped = _scoped(args, workspace_id, scope)
-    sql = (
-        "SELECT t.lexeme, p.chunk_id, p.tf, p.length, p.impact"  # noqa: S608
-        f" FROM unnest({terms}) AS t(lexeme) CROSS JOIN LATERAL"
-        " (SELECT p.chunk_id, p.tf, p.length, p.impact FROM bm25_posting p"
-        f" WHERE p.workspace_id = {ws} AND p.lexeme = t.lexeme{scoped}"
-        f" ORDER BY p.impact DESC, p.chunk_id DESC LIMIT {args.add(depth)}) p"
-    )
-    return Statement(sql, tuple(args.values))
-
-
 def round_statement(
     *,
     workspace_id: uuid.UUID,
@@ -180,8 +156,10 @@ def round_statement(
     factor: float,
     scope: ChunkScope | None = None,
 ) -> Statement:
-    """One round of `ranked`: `postings_statement`'s rows at `depth`, summed per chunk in the
-    database. Columns: chunk id, lower bound (its postings read), upper bound (plus the
+    """One round of `ranked`: the first `depth` postings of each lexeme of `idf` in the
+    workspace (of chunks in `scope`), highest impact first (a backward range scan of
+    `pk_bm25_posting` per lexeme), summed per chunk in the database. Columns: chunk id,
+    lower bound (its postings read), upper bound (plus the
     bound of each lexeme it was not read under), the bound of a chunk not read at all
     (`unseen`), and how many chunks reach the `limit`-th lower bound. Rows: the chunks
     whose upper bound reaches the `limit`-th lower bound, best upper first, at most
