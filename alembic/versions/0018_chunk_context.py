@@ -63,7 +63,7 @@ def upgrade() -> None:
     )
 
 
-# The BM25 statistics (migration 0014) counted again from `tsv`, each workspace under its
+# The BM25 statistics (migration 0014) and postings (0017) counted again from `tsv`, each workspace under its
 # own scope (the policy is forced): after the downgrade a context's lexemes are gone from it.
 RECOUNT = (
     "DO $$ DECLARE w uuid; BEGIN"
@@ -77,6 +77,15 @@ RECOUNT = (
     "  SELECT c.workspace_id, '', count(*), coalesce(sum((SELECT sum(cardinality(u.positions))"
     "   FROM unnest(c.tsv) AS u)), 0) FROM chunk c WHERE c.workspace_id = w"
     "   GROUP BY c.workspace_id;"
+    # The postings of migration 0017, read from the same `tsv`.
+    "  DELETE FROM bm25_posting WHERE workspace_id = w;"
+    "  INSERT INTO bm25_posting (workspace_id, lexeme, impact, chunk_id, tf, length)"
+    "  SELECT c.workspace_id, u.lexeme,"
+    "   rag_gql_bm25_impact(cardinality(u.positions), l.length),"
+    "   c.id, cardinality(u.positions), l.length"
+    "   FROM chunk c CROSS JOIN LATERAL (SELECT coalesce(sum(cardinality(v.positions)), 0)"
+    "   ::integer AS length FROM unnest(c.tsv) AS v) l, unnest(c.tsv) AS u"
+    "   WHERE c.workspace_id = w;"
     " END LOOP;"
     " PERFORM set_config('app.workspace_id', '', true); END $$"
 )
