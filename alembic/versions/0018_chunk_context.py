@@ -63,8 +63,9 @@ def upgrade() -> None:
     )
 
 
-# The BM25 statistics (migration 0014) and postings (0017) counted again from `tsv`, each workspace under its
-# own scope (the policy is forced): after the downgrade a context's lexemes are gone from it.
+# The BM25 statistics (migration 0014) and postings (0017) counted again from `tsv`, each
+# workspace under its own scope (the policy is forced): after the downgrade a context's
+# lexemes are gone from it.
 RECOUNT = (
     "DO $$ DECLARE w uuid; BEGIN"
     " FOR w IN SELECT id FROM workspace LOOP"
