@@ -2,14 +2,15 @@
 
 Usage:
     bash ../shared/corpus/get.sh ./corpus-pdfs      # LaTeX documentation PDFs from Debian
-    python bench/ingest.py ./corpus-pdfs [--pdfs N] [--dim 768]
+    python bench/ingest.py ./corpus-pdfs [--pdfs N] [--dim 768] [--without-bm25-statistics]
 
 Prints, in one run, side by side:
 - the floor: raw PyMuPDF text extraction of every page on ONE core (pages/s);
 - the full ingest path of `rag-gql ingest` (store + queue every file, then the worker: parse
   in a process pool, chunk, batched `/api/embed`, `COPY` into PostgreSQL, one transaction a
   document), with embeddings from the loopback Ollama stand-in in its own process answering
-  at once (pages/s, chunks/s), and the ratio to the floor (goal >= 1.2x on 2 cores);
+  at once (pages/s, chunks/s), and the ratio to the floor (goal >= 0.6x, stretch 0.8x);
+  then how long the workspace's own HNSW index takes to build after the load;
 - OCR: the first `--ocr-pages` pages of the corpus rendered to images (150 dpi, grayscale)
   as an image-only PDF, read back by `extract_units` with OCR at the defaults (300 dpi, eng)
   on ONE core (pages/s); `--ocr-only` prints just that;
@@ -176,6 +177,7 @@ async def ingest(settings: Settings, paths: list[Path]) -> dict[str, Any]:
         submitted = time.perf_counter() - started
         await bulk.wait_for(services.db, principal.workspace_id, outcomes)
         elapsed = time.perf_counter() - started
+        index_seconds = await _wait_for_vector_index(services, principal.workspace_id)
         registry = services.metrics.registry
         stages = {
             stage: registry.get_sample_value("rag_gql_ingest_stage_seconds_total", {"stage": stage})
@@ -188,10 +190,32 @@ async def ingest(settings: Settings, paths: list[Path]) -> dict[str, Any]:
         "pages": sum(o.pages for o in outcomes if o.status == "READY"),
         "chunks": sum(o.chunks for o in outcomes if o.status == "READY"),
         "seconds": elapsed,
+        "index_seconds": index_seconds,
         "submit_seconds": submitted,
         "stages": stages,
         "failed": failed,
     }
+
+
+async def _wait_for_vector_index(services: Any, workspace_id: Any) -> float | None:
+    """After the load: seconds until the workspace's own HNSW index (built by the
+    `vector_index` job once ingestion settles) is valid; None when it needs none."""
+    from rag_gql.ingestion.vector_indexes import exact_scan
+    from rag_gql.repositories import vector_indexes
+
+    started = time.perf_counter()
+    while True:
+        async with services.db.driver_transaction(workspace_id) as conn:
+            found = await vector_indexes.state(
+                conn, workspace_id=workspace_id, exact=exact_scan(services.settings)
+            )
+        if found.chunks <= found.threshold:
+            return None
+        if found.index is True:
+            return time.perf_counter() - started
+        if time.perf_counter() - started > 1800:
+            raise RuntimeError("the workspace's vector index was not built in 30 minutes")
+        await asyncio.sleep(0.5)
 
 
 def measure_rss(settings: Settings, path: Path) -> dict[str, Any]:
@@ -219,19 +243,6 @@ def measure_rss(settings: Settings, path: Path) -> dict[str, Any]:
         "extractor_kib": max(children, default=0),
         "size_bytes": path.stat().st_size,
     }
-
-
-async def _drop_hnsw(url: str) -> None:
-    import asyncpg
-
-    from rag_gql.ingestion.queue import conninfo
-
-    conn = await asyncpg.connect(conninfo(url))
-    try:
-        await conn.execute("DROP INDEX IF EXISTS ix_chunk_embedding_hnsw")
-    finally:
-        await conn.close()
-    print("HNSW index dropped (--without-hnsw)")
 
 
 async def _drop_bm25_statistics(url: str) -> None:
@@ -278,11 +289,6 @@ def main() -> None:
     parser.add_argument("--pdfs", type=int, default=0, help="only the first N PDFs (0: all)")
     parser.add_argument("--dim", type=int, default=768, help="embedding size (default 768)")
     parser.add_argument(
-        "--without-hnsw",
-        action="store_true",
-        help="drop the HNSW index first: shows what maintaining it costs (search then scans)",
-    )
-    parser.add_argument(
         "--ocr-pages", type=int, default=8, help="pages for the OCR rate (default 8; 0: none)"
     )
     parser.add_argument("--ocr-only", action="store_true", help="only the OCR rate")
@@ -319,8 +325,6 @@ def main() -> None:
     standin, ollama_url = start_standin(args.dim)
     try:
         migrate.upgrade(url, embed_dim=args.dim)
-        if args.without_hnsw:
-            asyncio.run(_drop_hnsw(url))
         if args.without_bm25_statistics:
             asyncio.run(_drop_bm25_statistics(url))
         env = {
@@ -355,8 +359,20 @@ def main() -> None:
         print(
             f"{'rag-gql ingest (full path)':34}{full['pages']:>7}{full['seconds']:>9.1f}"
             f"{rate:>9.1f}{full['chunks'] / full['seconds']:>10.1f}"
-            f"{rate / floor_rate:>6.2f}x   (goal >= 1.20x)"
+            f"{rate / floor_rate:>6.2f}x"
         )
+        ratio = rate / floor_rate
+        verdict = "ok" if ratio >= 0.6 else "MISS"
+        stretch = "ok" if ratio >= 0.8 else "MISS"
+        print(f"  ratio {ratio:.2f}  goal >= 0.6  {verdict};  stretch >= 0.8  {stretch}")
+        if full["index_seconds"] is None:
+            print("  vector index: none needed (the workspace is under the exact-scan threshold)")
+        else:
+            whole = full["pages"] / (full["seconds"] + full["index_seconds"])
+            print(
+                f"  the workspace's HNSW index, built after the load: {full['index_seconds']:.1f} s"
+                f" (load + build: {whole:.1f} pages/s, ratio {whole / floor_rate:.2f})"
+            )
         print(
             f"  storing and queueing the files (overlaps the work): {full['submit_seconds']:.1f} s"
         )

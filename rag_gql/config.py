@@ -547,6 +547,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Chunks in scope above which EXACT_SEARCH_MAX_SHARE no longer applies.",
     )
+    vector_index_build_memory: str = Field(
+        default="256MB",
+        pattern=r"^[1-9][0-9]*(kB|MB|GB)$",
+        description="`maintenance_work_mem` of the jobs building a workspace's HNSW index "
+        "(a PostgreSQL size: kB, MB or GB): the graph is built in it, and much slower past it "
+        "(about 4 x EMBED_DIM + 200 bytes a chunk).",
+    )
     # Robertson & Zaragoza (2009), section 3.4: k1 in [1.2, 2], b 0.75, the usual defaults.
     bm25_k1: float = Field(
         default=1.2,

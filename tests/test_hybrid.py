@@ -27,6 +27,7 @@ from tests.support.serving import serve_client
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 from tests.support.uploads import upload_ok
+from tests.support.vector_index import build_index, hnsw_scan
 
 MODES = ("VECTOR", "KEYWORD", "HYBRID")
 
@@ -415,6 +416,9 @@ async def test_filtered_vector_search_reads_past_the_first_index_candidates(
             "SELECT id FROM chunk WHERE workspace_id = $1 AND document_id = $2 "
             "ORDER BY embedding <=> $3::vector LIMIT 3"
         )
+        async with connect(settings) as conn:
+            workspace = await conn.fetchval("SELECT workspace_id FROM document LIMIT 1")
+        await build_index(settings, workspace)
         async with connect(settings) as conn, conn.transaction():
             await conn.execute("SET LOCAL hnsw.ef_search = 3")
             await conn.execute("SET LOCAL hnsw.iterative_scan = off")
@@ -424,7 +428,7 @@ async def test_filtered_vector_search_reads_past_the_first_index_candidates(
                 vector,
             )
             plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
-            assert "ix_chunk_embedding_hnsw" in plan, plan
+            assert hnsw_scan(workspace) in plan, plan
             assert len(await conn.fetch(sql, *args)) < 3
 
         filters: list[Json | None] = [{"documentIds": [far["id"]]}, {"filenames": ["far.pdf"]}]

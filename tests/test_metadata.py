@@ -31,6 +31,7 @@ from tests.support.pdfs import make_pdf, pymupdf
 from tests.support.smtp import Inbox
 from tests.support.sql import connect
 from tests.support.uploads import assert_error
+from tests.support.vector_index import build_index, hnsw_scan
 from tests.test_search_strategy import app_database
 
 WHEN = datetime(2024, 3, 15, 9, 30, tzinfo=UTC)
@@ -399,6 +400,7 @@ async def test_recall_under_a_selective_metadata_filter(
     assert len(truth) == 4  # notes 0, 13, 26, 39
     (condition,) = check_conditions([ConditionInput("set", eq="keep")])
     scope = ChunkScope(metadata=[condition])
+    await build_index(settings, workspace)
     async with app_database(settings) as db:
         for exact, strategy in [
             (ExactScan(1000), VectorStrategy.EXACT),
@@ -422,7 +424,7 @@ async def test_recall_under_a_selective_metadata_filter(
                     await conn.execute("SET LOCAL enable_sort = off")
                     await conn.execute("SET LOCAL enable_seqscan = off")
                     plan = await conn.fetch("EXPLAIN " + hnsw.sql, *hnsw.args)
-                    assert "ix_chunk_embedding_hnsw" in "\n".join(r[0] for r in plan)
+                    assert hnsw_scan(workspace) in "\n".join(r[0] for r in plan)
                     indexed = await conn.fetch(hnsw.sql, *hnsw.args)
                     assert sorted(r[0] for r in indexed) == sorted(truth)
                     await conn.execute("SET LOCAL hnsw.iterative_scan = off")

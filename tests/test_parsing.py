@@ -50,8 +50,10 @@ from rag_gql.services.parsing import (
     Unit,
     extract_units,
     inspect_file,
+    may_hold_ruled_table,
     no_text_message,
 )
+from rag_gql.services.pgtext import repair_surrogates
 from rag_gql.services.tables import markdown_table
 from tests.support.accounts import sign_up
 from tests.support.graphql_client import GraphQLClient, Json
@@ -416,6 +418,32 @@ def test_pdf_tables_become_markdown_without_their_words_twice(tmp_path: Path) ->
     assert text.startswith("Stock of pigments, spring.\n")
     assert "| Pigment | Supplier | Litres |\n| --- | --- | --- |\n| ochre0 | vendor0 | 0 |" in text
     assert text.count("ochre3") == 1 and text.count("Supplier") == 1
+
+
+_OPEN: Any = pymupdf.open
+
+
+def test_the_table_finder_runs_only_where_a_ruled_table_can_be() -> None:
+    """`may_hold_ruled_table` is a necessary condition of `find_tables` finding one (checked
+    on every page of the LaTeX corpus, bench/README.md): the table's page passes; prose, and
+    prose under horizontal rules only (no columns), do not, and neither finds a table."""
+    table = _OPEN(stream=make_table_pdf("Pigments.", TABLE_HEADER, TABLE_ROWS[:5]))
+    assert may_hold_ruled_table(table[0]) and table[0].find_tables(use_layout=False).tables
+    ruled = _OPEN()
+    page = ruled.new_page()
+    page.insert_text((72, 100), "A heading over a rule, then prose under another rule.")
+    for y in (104, 140, 180):
+        page.draw_line((72, y), (520, y))
+    plain = _OPEN(stream=make_pdf(["Only prose on this page."]))
+    for other in (ruled[0], plain[0]):
+        assert not may_hold_ruled_table(other)
+        assert not other.find_tables(use_layout=False).tables
+
+
+def test_surrogates_from_a_pdf_font_are_made_whole() -> None:
+    assert repair_surrogates("x\ud83d\ude00y") == "x\U0001f600y"  # a pair: its character
+    assert repair_surrogates("a\ud80c b") == "a\ufffd b"  # a lone half: U+FFFD
+    assert repair_surrogates("plain") == "plain"
 
 
 def test_a_long_table_is_chunked_by_rows_with_its_header() -> None:

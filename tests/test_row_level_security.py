@@ -24,6 +24,7 @@ from tests.support.pdfs import make_pdf
 from tests.support.smtp import Inbox
 from tests.support.sql import asyncpg_dsn, connect, workspace_of
 from tests.support.uploads import upload_ok
+from tests.support.vector_index import build_index, hnsw_scan
 
 TENANT_TABLES = ("collection", "document", "chunk", "bm25_delta", "bm25_posting")
 A_VECTOR = "[" + ",".join(["0.1"] * TEST_EMBED_DIM) + "]"
@@ -247,29 +248,33 @@ async def test_bm25_postings_show_and_take_only_the_workspace_s_rows(
         )
 
 
-async def test_vector_search_uses_hnsw_under_rls(
+async def test_vector_search_uses_the_workspace_s_index_under_rls(
     gql: GraphQLClient, inbox: Inbox, settings: Settings, app_db: Database
 ) -> None:
+    """The search's statement, as the app role under the policy, reads the workspace's own
+    partial HNSW index (migration 0016); another workspace reading through it sees nothing
+    (tests/test_vector_indexes.py builds them through the job)."""
     token = await sign_up(gql, inbox, "plan@example.com")
     await gql.upload("p.pdf", make_pdf(["pgvector plans", "hnsw index"]), token=token)
+    other = await sign_up(gql, inbox, "other@example.com")
+    await gql.upload("o.pdf", make_pdf(["other plans"]), token=other)
     ws = await workspace_of(settings, "plan@example.com")
-    async with app_db.transaction(ws) as session:
-        # The table is tiny; make the planner show what it does when the index pays off.
-        await session.execute(text("SET LOCAL enable_seqscan = off"))
-        await session.execute(text("SET LOCAL enable_sort = off"))
-        plan = "\n".join(
-            (
-                await session.execute(
-                    text(
-                        "EXPLAIN SELECT id FROM chunk "
-                        "ORDER BY embedding <=> CAST(:v AS vector) LIMIT 5"
-                    ),
-                    {"v": A_VECTOR},
-                )
-            ).scalars()
-        )
-    assert "ix_chunk_embedding_hnsw" in plan, plan
-    assert "app.workspace_id" in plan, plan  # the policy is applied inside the index scan
+    other_ws = await workspace_of(settings, "other@example.com")
+    await build_index(settings, ws)
+    sql = (
+        "SELECT id FROM chunk c WHERE c.workspace_id = $1"
+        " ORDER BY c.embedding <=> $2::vector LIMIT 5"
+    )
+    for scope, expected in ((ws, 2), (other_ws, 0)):  # p.pdf: two pages, a chunk each
+        async with app_db.driver_transaction(scope) as conn:
+            # The table is tiny; make the planner show what it does when the index pays off.
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            await conn.execute("SET LOCAL enable_sort = off")
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, ws, A_VECTOR))
+            rows = await conn.fetch(sql, ws, A_VECTOR)
+        assert hnsw_scan(ws) in plan, plan
+        assert "app.workspace_id" in plan, plan  # the policy is applied inside the index scan
+        assert len(rows) == expected  # another workspace's scope: none of ws's chunks
 
 
 async def test_keyword_search_uses_the_gin_index_as_the_app_role(

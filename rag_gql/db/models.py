@@ -324,15 +324,9 @@ class Chunk(Base):
     """A passage of a document: its page (1-based), character span in that page, embedding."""
 
     __tablename__ = "chunk"
-    __table_args__ = (
-        Index(
-            "ix_chunk_embedding_hnsw",
-            "embedding",
-            postgresql_using="hnsw",
-            postgresql_ops={"embedding": "vector_cosine_ops"},
-        ),
-        _in_workspace("chunk", "document_id", "document"),
-    )
+    # No index on `embedding` here: each workspace above the exact-scan threshold has a
+    # partial HNSW index of its own (migration 0016, `repositories/vector_indexes.py`).
+    __table_args__ = (_in_workspace("chunk", "document_id", "document"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     workspace_id: Mapped[uuid.UUID] = mapped_column(

@@ -271,6 +271,25 @@ class Database:
                 raise
             raise _timed_out(setting) from exc
 
+    @asynccontextmanager
+    async def owner_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """Yields an asyncpg connection as the URL's own user (the tables' owner: the role
+        set on pooled connections reset), outside any transaction and without timeouts, for
+        maintenance only the owner may do and no transaction may hold (`CREATE INDEX
+        CONCURRENTLY`). The connection is closed afterwards, never returned to the pool."""
+        async with self.engine.connect() as connection:
+            try:
+                raw = (await connection.get_raw_connection()).driver_connection
+                if not isinstance(raw, asyncpg.Connection):
+                    raise TypeError(f"not an asyncpg connection: {raw!r}")
+                await raw.execute(
+                    "RESET ROLE; SET statement_timeout = 0; SET lock_timeout = 0;"
+                    " SET idle_in_transaction_session_timeout = 0"
+                )
+                yield raw
+            finally:
+                await connection.invalidate()
+
     def _busy(self) -> ServerBusy:
         return ServerBusy(
             "The server is at capacity: no database connection came free in "

@@ -35,6 +35,7 @@ from rag_gql.db import Database
 from rag_gql.db.models import Document, DocumentStatus
 from rag_gql.errors import InvalidInput, UpstreamError, UpstreamUnavailable
 from rag_gql.ingestion import queue
+from rag_gql.ingestion.vector_indexes import VectorIndexes
 from rag_gql.observability.metrics import Metrics
 from rag_gql.providers.ollama import OllamaClient
 from rag_gql.repositories import bm25, documents
@@ -61,8 +62,17 @@ class IngestionPipeline:
     """
 
     def __init__(
-        self, *, settings: Settings, db: Database, ollama: OllamaClient, metrics: Metrics
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        ollama: OllamaClient,
+        metrics: Metrics,
+        vector_indexes: VectorIndexes | None = None,
     ) -> None:
+        """`vector_indexes`: where a READY document schedules its workspace's index upkeep
+        (None: no upkeep scheduled, as in tests of the pipeline alone)."""
+        self._vector_indexes = vector_indexes
         self._settings = settings
         self._db = db
         self._ollama = ollama
@@ -403,6 +413,8 @@ class IngestionPipeline:
                     error=None,
                 ):
                     raise _Stopped
+                if self._vector_indexes is not None:
+                    await self._vector_indexes.schedule(session, document.workspace_id)
             self._metrics.ingested_pages.inc(document.page_count)
             self._metrics.ingested_chunks.inc(written)
             async with self._db.transaction(document.workspace_id) as session:

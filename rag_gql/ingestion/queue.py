@@ -49,10 +49,14 @@ INGEST_TASK = "ingest_document"
 
 RECOVER_TASK = "retry_stalled_jobs"
 """procrastinate task name of the recovery of stalled jobs and unfinished documents."""
+VECTOR_INDEX_TASK = "vector_index"
+"""procrastinate task name of a workspace's vector index upkeep (kwargs: `workspace_id`)."""
 QUEUE = "ingest"
 
 IngestHandler = Callable[[uuid.UUID, uuid.UUID, bool], Awaitable[None]]
 """`(document_id, workspace_id, final_attempt)`: runs one ingestion job."""
+VectorIndexHandler = Callable[[uuid.UUID], Awaitable[None]]
+"""`(workspace_id)`: builds or drops the workspace's vector index as it needs."""
 
 
 class Recovery(Protocol):
@@ -72,6 +76,41 @@ def conninfo(database_url: str) -> str:
     """A libpq URI (what psycopg, and so procrastinate, takes) for a SQLAlchemy URL."""
     url = make_url(database_url).set(drivername="postgresql")
     return url.render_as_string(hide_password=False)
+
+
+def vector_index_lock(workspace_id: uuid.UUID) -> str:
+    """The procrastinate lock of a workspace's vector index jobs: one at a time, at most one
+    waiting."""
+    return f"vector-index:{workspace_id}"
+
+
+async def defer_vector_index(
+    session: AsyncSession, *, workspace_id: uuid.UUID, delay: float = 0.0
+) -> bool:
+    """Queues the upkeep of a workspace's vector index in the caller's transaction, to run
+    `delay` seconds after it commits at the earliest; False when one is already waiting."""
+    statement = text(
+        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW("
+        ":queue, :task, 0, :lock, :lock, CAST(:args AS jsonb),"
+        " CASE WHEN CAST(:delay AS float8) > 0"
+        " THEN now() + make_interval(secs => CAST(:delay AS float8)) END"
+        ")::procrastinate_job_to_defer_v1])"
+    )
+    try:
+        async with session.begin_nested():
+            await session.execute(
+                statement,
+                {
+                    "queue": QUEUE,
+                    "task": VECTOR_INDEX_TASK,
+                    "lock": vector_index_lock(workspace_id),
+                    "args": json.dumps({"workspace_id": str(workspace_id)}),
+                    "delay": delay,
+                },
+            )
+    except IntegrityError:  # procrastinate_jobs_queueing_lock_idx: one is already waiting
+        return False
+    return True
 
 
 def document_lock(document_id: uuid.UUID) -> str:
@@ -190,9 +229,14 @@ async def fail_running(session: AsyncSession, *, job_id: int) -> bool:
 
 
 def build_queue(
-    settings: Settings, database_url: str, ingest: IngestHandler, recovery: Recovery
+    settings: Settings,
+    database_url: str,
+    ingest: IngestHandler,
+    recovery: Recovery,
+    vector_index: VectorIndexHandler | None = None,
 ) -> procrastinate.App:
-    """A procrastinate app on `database_url` whose tasks call `ingest` and `recovery`.
+    """A procrastinate app on `database_url` whose tasks call `ingest`, `recovery` and
+    `vector_index` (without one, vector index jobs do nothing).
 
     Ingestion retries on `UpstreamUnavailable`/`UpstreamError` (Ollama down or failing) with
     exponential backoff, `INGEST_MAX_ATTEMPTS` runs in all; `ingest` is told when a run is the
@@ -216,6 +260,11 @@ def build_queue(
         assert context.job is not None
         final = context.job.attempts >= retries
         await ingest(uuid.UUID(document_id), uuid.UUID(workspace_id), final)
+
+    @app.task(name=VECTOR_INDEX_TASK, queue=QUEUE)
+    async def vector_index_upkeep(workspace_id: str) -> None:
+        if vector_index is not None:
+            await vector_index(uuid.UUID(workspace_id))
 
     # croniter: seconds are the sixth field.
     @app.periodic(cron=f"* * * * * */{settings.worker_recovery_interval}")

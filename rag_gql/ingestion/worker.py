@@ -14,6 +14,7 @@ import procrastinate
 from rag_gql.ingestion import queue
 from rag_gql.ingestion.pipeline import IngestionPipeline
 from rag_gql.ingestion.recovery import IngestRecovery
+from rag_gql.ingestion.vector_indexes import VectorIndexes
 from rag_gql.resources import Services
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,18 @@ async def ingestion_worker(
             CONNECTIONS_PER_JOB,
         )
     # Its transactions last as long as a document's embedding: free of the request timeouts.
+    indexes = VectorIndexes(settings=settings, db=services.db.without_timeouts())
     pipeline = IngestionPipeline(
         settings=settings,
         db=services.db.without_timeouts(),
         ollama=services.ollama,
         metrics=services.metrics,
+        vector_indexes=indexes,
     )
     recovery = IngestRecovery(settings=settings, db=services.db.without_timeouts())
-    app = queue.build_queue(settings, settings.database_url, pipeline.run, recovery)
+    app = queue.build_queue(
+        settings, settings.database_url, pipeline.run, recovery, vector_index=indexes.upkeep
+    )
     worker_name = name or f"{socket.gethostname()}-{os.getpid()}"
     try:
         async with app.open_async():

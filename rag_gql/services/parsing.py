@@ -31,6 +31,7 @@ from typing import Any
 import charset_normalizer
 import docx
 import pymupdf
+import pymupdf.table
 from bs4 import BeautifulSoup, Tag
 from bs4.element import NavigableString
 from docx.table import Table
@@ -40,6 +41,7 @@ from rag_gql.errors import InvalidInput
 from rag_gql.services import office
 from rag_gql.services.context import Heading, paths_from_toc
 from rag_gql.services.ocr import OcrMode, OcrOptions, needs_ocr, ocr_page
+from rag_gql.services.pgtext import repair_surrogates
 from rag_gql.services.tables import markdown_table, split_table, table_spans
 
 PDF = "application/pdf"
@@ -282,7 +284,7 @@ def extract_units(
         if needs_ocr(page, text, mode):
             text = ocr_page(page, options, label)
             ocr_pages += 1
-        texts.append(text)
+        texts.append(repair_surrogates(text))
     headings = paths_from_toc(doc.get_toc(simple=True), start, stop)
     # MuPDF keeps decoded fonts and objects in its store (up to 256 MiB): empty it every
     # `MUPDF_STORE_PAGES` pages, so that memory does not follow the document's size.
@@ -313,8 +315,8 @@ def _pdf_page_text(page: Any) -> str:
     """The text of a PDF page, its ruled tables (`find_tables`) as Markdown tables where
     their first line was, their words not repeated."""
     text: str = page.get_text("text", sort=False)
-    # Line-based table detection needs drawn lines or rectangles: skip pages without any.
-    if not any(kind.endswith("path") for kind, _ in page.get_bboxlog()):
+    # `find_tables` costs ~30 times the text itself: only where a ruled table can be.
+    if not may_hold_ruled_table(page):
         return text
     # use_layout=False: the line-based finder, not the ONNX layout model of pymupdf-layout.
     tables = page.find_tables(use_layout=False).tables
@@ -344,6 +346,103 @@ def _pdf_page_text(page: Any) -> str:
                 out.append(f"\n{rendered[inside]}\n\n")
     out.extend(f"\n{rendered[i]}\n\n" for i in range(len(rendered)) if i not in emitted)
     return "".join(out)
+
+
+_SNAP = float(pymupdf.table.DEFAULT_SNAP_TOLERANCE)
+_MAX_PATHS_CHECKED = 2000
+
+
+def may_hold_ruled_table(page: Any) -> bool:
+    """False only when PyMuPDF's `find_tables` (the `lines` strategy, default settings) cannot
+    find a table on `page`: a cheap necessary condition, read from the page's drawings.
+
+    `find_tables` keeps only tables of at least two columns, whose cells come from the
+    crossings of horizontal and vertical edges: so at least three distinct vertical edge
+    positions and two horizontal ones. Its edges are the axis-parallel segments of drawn
+    lines, the sides of rectangles and quads, and the borders of each cluster of touching
+    paths (their rectangles within the snap tolerance) that holds a character. This counts
+    the distinct coordinates of a superset of those edges (snapping and clipping only merge
+    them): every such segment and side, and the borders of every cluster that overlaps a word
+    and is at least 1 pt tall (a thinner one holds no glyph). Rotated pages, and pages of
+    more than `_MAX_PATHS_CHECKED` paths, are left to `find_tables`.
+    """
+    paths = page.get_cdrawings()
+    if not paths:
+        return False
+    if page.rotation or len(paths) > _MAX_PATHS_CHECKED:
+        return True
+    xs: set[float] = set()
+    ys: set[float] = set()
+
+    def enough() -> bool:
+        return len(xs) >= 3 and len(ys) >= 2
+
+    for path in paths:
+        items = path["items"]
+        if path.get("closePath") and items and items[0][0] == "l" and items[-1][0] == "l":
+            items = [*items, ("l", items[-1][2], items[0][1])]  # as `find_tables` closes it
+        for item in items:
+            if item[0] == "l":
+                (x1, y1), (x2, y2) = item[1], item[2]
+                if y1 == y2:  # `find_tables`: horizontal when top == bottom, else vertical
+                    ys.add(y1)
+                elif abs(x1 - x2) <= _SNAP or abs(y1 - y2) <= _SNAP:
+                    xs.update((x1, x2))
+            elif item[0] == "re":
+                x0, y0, x1, y1 = item[1]
+                xs.update((x0, x1))
+                ys.update((y0, y1))
+            elif item[0] == "qu":
+                for x, y in item[1]:
+                    xs.add(x)
+                    ys.add(y)
+    if enough():
+        return True
+    words: list[Any] | None = None
+    for x0, y0, x1, y1 in _path_clusters([tuple(path["rect"]) for path in paths]):
+        if y1 - y0 < 1.0 or x1 <= x0:
+            continue
+        if words is None:
+            words = page.get_text("words")
+        if any(w[0] <= x1 and w[2] >= x0 and w[1] <= y1 and w[3] >= y0 for w in words):
+            xs.update((x0, x1))
+            ys.update((y0, y1))
+            if enough():
+                return True
+    return False
+
+
+def _path_clusters(rects: list[tuple[float, ...]]) -> Iterator[tuple[float, float, float, float]]:
+    """The enveloping rectangles of touching path rectangles, as `find_tables` joins them
+    (its `clean_graphics`: neighbours within the snap tolerance)."""
+
+    def near(a: list[float], b: tuple[float, ...]) -> bool:
+        return (
+            (b[0] - _SNAP <= a[0] <= b[2] + _SNAP or b[0] - _SNAP <= a[2] <= b[2] + _SNAP)
+            and (b[1] - _SNAP <= a[1] <= b[3] + _SNAP or b[1] - _SNAP <= a[3] <= b[3] + _SNAP)
+        ) or (
+            (a[0] - _SNAP <= b[0] <= a[2] + _SNAP or a[0] - _SNAP <= b[2] <= a[2] + _SNAP)
+            and (a[1] - _SNAP <= b[1] <= a[3] + _SNAP or a[1] - _SNAP <= b[3] <= a[3] + _SNAP)
+        )
+
+    pending = sorted(set(rects), key=lambda r: (r[3], r[0]))
+    while pending:
+        box = list(pending[0])
+        grown = True
+        while grown:
+            grown = False
+            for i in range(len(pending) - 1, 0, -1):
+                if near(box, pending[i]):
+                    other = pending.pop(i)
+                    box = [
+                        min(box[0], other[0]),
+                        min(box[1], other[1]),
+                        max(box[2], other[2]),
+                        max(box[3], other[3]),
+                    ]
+                    grown = True
+        del pending[0]
+        yield box[0], box[1], box[2], box[3]
 
 
 def _check_range(start: int, stop: int, count: int) -> None:
