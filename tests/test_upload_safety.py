@@ -26,7 +26,7 @@ from rag_gql.errors import InvalidInput
 from rag_gql.graphql import files, view
 from rag_gql.ingestion.pipeline import IngestionPipeline
 from rag_gql.observability import logs
-from rag_gql.services import chunking, citations, parsing, properties
+from rag_gql.services import chunking, citations, parsing, pgtext, properties
 from rag_gql.services.extraction import ExtractionLimit, ExtractionPool
 from tests.support import hostile
 from tests.support.accounts import sign_up
@@ -70,6 +70,10 @@ ADVERSARIAL: list[tuple[str, Callable[[int], object]]] = [
     (
         "services.chunking._BLANK_LINES",
         lambda n: chunking._BLANK_LINES.split("\n" + " \n" * n + "x"),
+    ),
+    (  # a character class: linear whatever the text (a PDF page's text, half surrogates)
+        "services.pgtext._SURROGATE",
+        lambda n: pgtext._SURROGATE.sub("\ufffd", "\ud800x" * n),
     ),
     ("services.citations._MARKER", lambda n: citations._MARKER.findall("[1" + " , 1" * n)),
     (
