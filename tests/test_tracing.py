@@ -219,6 +219,8 @@ async def test_a_websocket_operation_is_a_trace_of_its_own(
             assert (await init(ws, {"authorization": f"Bearer {token}"}))["type"] == (
                 "connection_ack"
             )
+            # Tokens further apart than ANSWER_TOKEN_WINDOW_MS: an event each, several events.
+            ollama.token_delay = 0.05
             got = events(await answer_frames(ws, "What does sourdough bread need?"))
             # Another answer, stopped by the client after its sources and a token.
             ollama.chat_reply, ollama.token_delay = " ".join(["word"] * 30), 0.1
