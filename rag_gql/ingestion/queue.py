@@ -89,28 +89,13 @@ async def defer_vector_index(
 ) -> bool:
     """Queues the upkeep of a workspace's vector index in the caller's transaction, to run
     `delay` seconds after it commits at the earliest; False when one is already waiting."""
-    statement = text(
-        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW("
-        ":queue, :task, 0, :lock, :lock, CAST(:args AS jsonb),"
-        " CASE WHEN CAST(:delay AS float8) > 0"
-        " THEN now() + make_interval(secs => CAST(:delay AS float8)) END"
-        ")::procrastinate_job_to_defer_v1])"
+    return await _defer(
+        session,
+        task=VECTOR_INDEX_TASK,
+        lock=vector_index_lock(workspace_id),
+        args={"workspace_id": str(workspace_id)},
+        delay=delay,
     )
-    try:
-        async with session.begin_nested():
-            await session.execute(
-                statement,
-                {
-                    "queue": QUEUE,
-                    "task": VECTOR_INDEX_TASK,
-                    "lock": vector_index_lock(workspace_id),
-                    "args": json.dumps({"workspace_id": str(workspace_id)}),
-                    "delay": delay,
-                },
-            )
-    except IntegrityError:  # procrastinate_jobs_queueing_lock_idx: one is already waiting
-        return False
-    return True
 
 
 def document_lock(document_id: uuid.UUID) -> str:
@@ -147,27 +132,51 @@ async def defer_ingest(
     Returns False when a job for this document is already waiting (its queueing lock), which
     will do the same work.
     """
-    args = json.dumps({"document_id": str(document_id), "workspace_id": str(workspace_id)})
-    lock = document_lock(document_id)
     fair = await session.execute(
         _FAIR_PRIORITY, {"queue": QUEUE, "task": INGEST_TASK, "workspace": str(workspace_id)}
     )
     priority = int(fair.scalar_one())
-    statement = text(
-        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW("
-        ":queue, :task, :priority, :lock, :lock, CAST(:args AS jsonb), NULL"
-        ")::procrastinate_job_to_defer_v1])"
+    return await _defer(
+        session,
+        task=INGEST_TASK,
+        lock=document_lock(document_id),
+        args={"document_id": str(document_id), "workspace_id": str(workspace_id)},
+        priority=priority,
     )
+
+
+_DEFER = text(
+    "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW("
+    ":queue, :task, :priority, :lock, :lock, CAST(:args AS jsonb),"
+    " CASE WHEN CAST(:delay AS float8) > 0"
+    " THEN now() + make_interval(secs => CAST(:delay AS float8)) END"
+    ")::procrastinate_job_to_defer_v1])"
+)
+
+
+async def _defer(
+    session: AsyncSession,
+    *,
+    task: str,
+    lock: str,
+    args: dict[str, str],
+    priority: int = 0,
+    delay: float = 0.0,
+) -> bool:
+    """Queues a job of `QUEUE` in the caller's transaction (`lock` as both its lock and its
+    queueing lock), to run `delay` seconds after it commits at the earliest (0: at once);
+    False when a job with that queueing lock is already waiting."""
     try:
         async with session.begin_nested():
             await session.execute(
-                statement,
+                _DEFER,
                 {
                     "queue": QUEUE,
-                    "task": INGEST_TASK,
+                    "task": task,
                     "priority": priority,
                     "lock": lock,
-                    "args": args,
+                    "args": json.dumps(args),
+                    "delay": delay,
                 },
             )
     except IntegrityError:  # procrastinate_jobs_queueing_lock_idx: one is already waiting
